@@ -166,15 +166,31 @@ class RefcountArray:
     ``attach`` opens an existing one by name from any process.
     """
 
-    def __init__(self, segment: Segment) -> None:
-        if segment.payload_size % SLOT_BYTES:
-            raise IpcError(f"{segment.name}: payload is not a whole number of atomic_t slots")
+    def __init__(self, segment: Segment, offset: int = 0, n: int | None = None) -> None:
+        """View ``n`` slots of ``segment`` starting ``offset`` bytes into its payload."""
+        if offset % SLOT_BYTES or offset < 0:
+            raise ValueError("offset must be a non-negative multiple of 4")
+        avail = (segment.payload_size - offset) // SLOT_BYTES
+        if n is None:
+            if (segment.payload_size - offset) % SLOT_BYTES:
+                raise IpcError(f"{segment.name}: payload is not a whole number of atomic_t slots")
+            n = avail
+        if not 0 < n <= avail:
+            raise IpcError(f"{segment.name}: {n} slots do not fit at offset {offset}")
         self.segment = segment
         self.name = segment.name
-        self._n = segment.payload_size // SLOT_BYTES
-        base = _ffi.cast("int32_t*", segment.address)
+        self._n = n
+        base = _ffi.cast("int32_t*", segment.address + offset)
         self._base = base
-        self._slots: list[Any] = [base + i for i in range(self._n)]
+        self._slots: list[Any] = [base + i for i in range(n)]
+        self._owns_segment = offset == 0 and n * SLOT_BYTES == segment.payload_size
+
+    @classmethod
+    def over(cls, segment: Segment, offset: int, n: int) -> RefcountArray:
+        """Atomic words inside a segment that also holds other data (logs, mailboxes)."""
+        arr = cls(segment, offset, n)
+        arr._owns_segment = False
+        return arr
 
     @classmethod
     def create(cls, n: int, name: str | None = None, initial: int = 0) -> RefcountArray:
@@ -199,7 +215,8 @@ class RefcountArray:
         self._n = 0
         self._slots = []
         self._base = None
-        self.segment.close()
+        if self._owns_segment:
+            self.segment.close()
 
     def __enter__(self) -> RefcountArray:
         return self

@@ -9,6 +9,7 @@ suffix keeps pytest-xdist workers apart even if pids were reused.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import mmap
 import os
 import re
@@ -96,10 +97,8 @@ def unlink_all_owned() -> list[str]:
         items = list(_owned.items())
         _owned.clear()
     for _, unlink in items:
-        try:
+        with contextlib.suppress(posix_ipc.ExistentialError):
             unlink()
-        except posix_ipc.ExistentialError:
-            pass
     return [n for n, _ in items]
 
 
@@ -220,10 +219,8 @@ class Segment:
             self.unlink()
 
     def unlink(self) -> None:
-        try:
+        with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory(self.name)
-        except posix_ipc.ExistentialError:
-            pass
         _forget(self.name)
 
     def __enter__(self) -> Segment:
@@ -261,15 +258,11 @@ def open_semaphore(name: str) -> posix_ipc.Semaphore:
 
 def remove_semaphore(sem: posix_ipc.Semaphore, owner: bool) -> None:
     name = sem.name
-    try:
+    with contextlib.suppress(posix_ipc.ExistentialError):
         sem.close()
-    except posix_ipc.ExistentialError:
-        pass
     if owner:
-        try:
+        with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_semaphore(name)
-        except posix_ipc.ExistentialError:
-            pass
         _forget(name)
 
 

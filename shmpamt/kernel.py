@@ -1,0 +1,260 @@
+"""The kernel primitives a variant may use, each passing one scheduling point.
+
+Variants are written against this object exactly as the kernel code is written
+against ``atomic_*``, ``spin_lock`` and the SEAMCALL wrappers, so the two read
+side by side. Every primitive first calls ``self.point(op, target)``: empty in
+free-running mode, a random delay in chaos mode, a wait for the scheduler's
+grant in explore mode (loom's single choke point). Variants never know which.
+
+Refcounts are named by their range index (what ``tdx_get_pamt_refcount``
+returns); pages by their physical address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Protocol
+
+from shmpamt import tdx
+
+if TYPE_CHECKING:
+    from shmpamt.atomic import RefcountArray
+    from shmpamt.lock import PamtLock
+
+# Physical address layout of the emulated machine: guest memory starts at 0,
+# PAMT pages come from a pool far above it so the two can never be confused.
+GUEST_BASE: Final = 0
+POOL_BASE: Final = 1 << 40
+
+# Operation names seen by hooks, traces and schedule timelines.
+OP_READ: Final = "atomic_read"
+OP_SET: Final = "atomic_set"
+LOCK_OPS: Final = frozenset({"spin_lock"})
+
+
+class Hook(Protocol):
+    """Called around every primitive. ``before`` may block (explore) or sleep (chaos)."""
+
+    def before(self, op: str, target: int) -> None: ...
+
+    def after(self, op: str, target: int, result: int, value: int) -> None: ...
+
+
+class PagePool(Protocol):
+    def alloc(self, cpu: int) -> int | None: ...
+
+    def free(self, cpu: int, hpa: int) -> None: ...
+
+
+class SeamcallPort(Protocol):
+    def call(self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> tuple[int, int, int, int]:
+        ...
+
+
+class Kernel:
+    """One CPU's view of the kernel: refcounts, pamt_lock, page allocator, SEAMCALL."""
+
+    def __init__(
+        self,
+        cpu: int,
+        refcounts: RefcountArray,
+        lock: PamtLock,
+        pool: PagePool,
+        port: SeamcallPort,
+        hook: Hook | None = None,
+        alloc_fails: Callable[[], bool] | None = None,
+    ) -> None:
+        self.cpu = cpu
+        self.refcounts = refcounts
+        self.pamt_lock = lock
+        self._pool = pool
+        self._port = port
+        self._hook = hook
+        self._alloc_fails = alloc_fails
+        self.warnings = 0
+        self.last_warning = ""
+        #: injected faults this CPU has seen (alloc failures + busy statuses)
+        self.injected = 0
+
+    # -- the choke point --------------------------------------------------
+
+    def _before(self, op: str, target: int) -> None:
+        if self._hook is not None:
+            self._hook.before(op, target)
+
+    def _after(self, op: str, target: int, result: int) -> None:
+        if self._hook is not None:
+            value = self.refcounts.read(target) if op.startswith("atomic") else 0
+            self._hook.after(op, target, result, value)
+
+    # -- atomic_t ----------------------------------------------------------
+
+    def atomic_read(self, v: int) -> int:
+        self._before("atomic_read", v)
+        r = self.refcounts.read(v)
+        self._after("atomic_read", v, r)
+        return r
+
+    def atomic_set(self, v: int, i: int) -> None:
+        self._before("atomic_set", v)
+        self.refcounts.set(v, i)
+        self._after("atomic_set", v, i)
+
+    def atomic_inc(self, v: int) -> None:
+        self._before("atomic_inc", v)
+        self.refcounts.inc(v)
+        self._after("atomic_inc", v, 0)
+
+    def atomic_dec(self, v: int) -> None:
+        self._before("atomic_dec", v)
+        self.refcounts.dec(v)
+        self._after("atomic_dec", v, 0)
+
+    def atomic_inc_return(self, v: int) -> int:
+        self._before("atomic_inc_return", v)
+        r = self.refcounts.inc_return(v)
+        self._after("atomic_inc_return", v, r)
+        return r
+
+    def atomic_dec_return(self, v: int) -> int:
+        self._before("atomic_dec_return", v)
+        r = self.refcounts.dec_return(v)
+        self._after("atomic_dec_return", v, r)
+        return r
+
+    def atomic_dec_and_test(self, v: int) -> bool:
+        self._before("atomic_dec_and_test", v)
+        r = self.refcounts.dec_and_test(v)
+        self._after("atomic_dec_and_test", v, int(r))
+        return r
+
+    def atomic_inc_not_zero(self, v: int) -> bool:
+        self._before("atomic_inc_not_zero", v)
+        r = self.refcounts.inc_not_zero(v)
+        self._after("atomic_inc_not_zero", v, int(r))
+        return r
+
+    def atomic_add_unless(self, v: int, a: int, u: int) -> bool:
+        self._before("atomic_add_unless", v)
+        r = self.refcounts.add_unless(v, a, u)
+        self._after("atomic_add_unless", v, int(r))
+        return r
+
+    def atomic_inc_unless_negative(self, v: int) -> bool:
+        self._before("atomic_inc_unless_negative", v)
+        r = self.refcounts.inc_unless_negative(v)
+        self._after("atomic_inc_unless_negative", v, int(r))
+        return r
+
+    def atomic_dec_unless_positive(self, v: int) -> bool:
+        self._before("atomic_dec_unless_positive", v)
+        r = self.refcounts.dec_unless_positive(v)
+        self._after("atomic_dec_unless_positive", v, int(r))
+        return r
+
+    def atomic_dec_if_positive(self, v: int) -> int:
+        self._before("atomic_dec_if_positive", v)
+        r = self.refcounts.dec_if_positive(v)
+        self._after("atomic_dec_if_positive", v, r)
+        return r
+
+    def atomic_cmpxchg(self, v: int, old: int, new: int) -> int:
+        self._before("atomic_cmpxchg", v)
+        r = self.refcounts.cmpxchg(v, old, new)
+        self._after("atomic_cmpxchg", v, r)
+        return r
+
+    def atomic_dec_and_lock(self, v: int) -> bool:
+        """Kernel ``atomic_dec_and_lock(v, &pamt_lock)``, built from the hooked primitives."""
+        if self.atomic_add_unless(v, -1, 1):
+            return False
+        self.spin_lock()
+        if self.atomic_dec_and_test(v):
+            return True
+        self.spin_unlock()
+        return False
+
+    # -- pamt_lock -----------------------------------------------------------
+
+    def spin_lock(self) -> None:
+        self._before("spin_lock", -1)
+        self.pamt_lock.acquire()
+        self._after("spin_lock", -1, 0)
+
+    def spin_unlock(self) -> None:
+        self._before("spin_unlock", -1)
+        self.pamt_lock.release()
+        self._after("spin_unlock", -1, 0)
+
+    # -- page allocator ----------------------------------------------------
+
+    def alloc_page(self) -> int | None:
+        """A 4 KiB page's physical address, or None as alloc_page() returns NULL."""
+        self._before("alloc_page", -1)
+        if self._alloc_fails is not None and self._alloc_fails():
+            self.injected += 1
+            hpa = None
+        else:
+            hpa = self._pool.alloc(self.cpu)
+        self._after("alloc_page", -1, hpa or 0)
+        return hpa
+
+    def free_page(self, hpa: int) -> None:
+        """``__free_page``."""
+        self._before("free_page", -1)
+        self._pool.free(self.cpu, hpa)
+        self._after("free_page", -1, hpa)
+
+    # -- SEAMCALLs -------------------------------------------------------------
+
+    def seamcall(self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> tuple[int, int, int, int]:
+        target = range_of(rcx)
+        self._before(tdx.leaf_name(leaf), target)
+        out = self._port.call(leaf, rcx, rdx, r8)
+        if out[0] and tdx.status_class(out[0]) == tdx.TDX_OPERAND_BUSY:
+            # Only injection produces BUSY in this emulator (see docs/design.md).
+            self.injected += 1
+        self._after(tdx.leaf_name(leaf), target, out[0])
+        return out
+
+    def tdh_phymem_pamt_add(self, hpa_ps: int, pamt_pages: list[int]) -> int:
+        """PAMT.ADD with the two-page list; returns the status word."""
+        rdx = pamt_pages[0] if len(pamt_pages) > 0 else 0
+        r8 = pamt_pages[1] if len(pamt_pages) > 1 else 0
+        return self.seamcall(tdx.TDH_PHYMEM_PAMT_ADD, hpa_ps, rdx, r8)[0]
+
+    def tdh_phymem_pamt_remove(self, hpa_ps: int, pamt_pages: list[int]) -> int:
+        """PAMT.REMOVE; on success the returned pages are appended to ``pamt_pages``."""
+        err, _, rdx, r8 = self.seamcall(tdx.TDH_PHYMEM_PAMT_REMOVE, hpa_ps)
+        if not err:
+            pamt_pages.extend(p for p in (rdx, r8) if p)
+        return err
+
+    def tdh_mem_page_aug(self, hpa: int) -> int:
+        return self.seamcall(tdx.TDH_MEM_PAGE_AUG, hpa | tdx.TDX_PS_4K)[0]
+
+    def tdh_phymem_page_reclaim(self, hpa: int) -> int:
+        return self.seamcall(tdx.TDH_PHYMEM_PAGE_RECLAIM, hpa | tdx.TDX_PS_4K)[0]
+
+    # -- misc kernel helpers -------------------------------------------------
+
+    def tdx_get_pamt_refcount(self, hpa: int) -> int:
+        return range_of(hpa)
+
+    def pr_err(self, msg: str) -> None:
+        self.warnings += 1
+        self.last_warning = msg
+
+    def WARN_ON_ONCE(self, cond: bool, msg: str = "WARN_ON_ONCE") -> bool:  # noqa: N802
+        if cond:
+            self.pr_err(msg)
+        return cond
+
+
+def range_of(hpa: int) -> int:
+    """2 MiB range index of a guest physical address (rcx page-size bits ignored)."""
+    return (hpa - GUEST_BASE) // tdx.SZ_2M
+
+
+def page_hpa(range_index: int, page: int) -> int:
+    return GUEST_BASE + range_index * tdx.SZ_2M + page * tdx.PAGE_SIZE
