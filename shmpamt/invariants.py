@@ -55,13 +55,16 @@ LOST_FREED_BY_MODULE_OWNER: Final = 3  # freed while the module owns it
 LOST_NOT_OWNED: Final = 4  # handed to PAMT.ADD by a CPU that does not own it
 LOST_HELD_BY_MODULE: Final = 5  # module holds pages of a PAMT nobody uses at quiescence
 
+QUIESCENT_REFCOUNT: Final = 1  # c of a quiescent_mismatch: a = value, b = expected
+QUIESCENT_PAMT_PRESENT: Final = 2  # c of a quiescent_mismatch: PAMT present, nobody uses it
+
 NO_CPU: Final = -1
 NO_RANGE: Final = -1
 NO_LEAF: Final = -1
 
-# kind, cpu, range, leaf, ts_ns, a, b
-_REC: Final = struct.Struct("<iiiiqqq")
-_REC_SIZE: Final = 48  # padded; the last 4 bytes are the "written" flag
+# kind, cpu, range, leaf, ts_ns, a, b, c
+_REC: Final = struct.Struct("<iiiiqqqq")
+_REC_SIZE: Final = 48
 _HDR_WORDS: Final = 16  # next index, committed, counts[8], spare
 KIND_VIOLATIONS: Final = 0x564C0001
 DEFAULT_CAPACITY: Final = 4096
@@ -76,6 +79,7 @@ class Violation:
     ts_ns: int
     a: int
     b: int
+    c: int = 0
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -102,7 +106,7 @@ def describe(v: Violation) -> str:
         case "get_failed":
             return f"tdx_pamt_get on {where} by {who} returned {v.a} with no fault injected"
         case "quiescent_mismatch":
-            if v.b == 1:
+            if v.c == QUIESCENT_PAMT_PRESENT:
                 return f"at quiescence {where} still has its PAMT with no user"
             return f"at quiescence the refcount of {where} is {v.a}, expected {v.b}"
         case "pamt_pages_lost":
@@ -161,6 +165,7 @@ class ViolationLog:
         leaf: int = NO_LEAF,
         a: int = 0,
         b: int = 0,
+        c: int = 0,
     ) -> None:
         code = _CODE[name]  # KeyError for a name outside the catalogue
         self._hdr.inc(2 + code)
@@ -169,7 +174,7 @@ class ViolationLog:
             return  # ring full: the count above is still exact
         _REC.pack_into(
             self._buf, self._rec_base + idx * _REC_SIZE,
-            code, cpu, range_, leaf, time.monotonic_ns(), a, b,
+            code, cpu, range_, leaf, time.monotonic_ns(), a, b, c,
         )
         # Invariant: a record is visible to readers only once fully written.
         self._flags.set(idx, 1)
@@ -186,10 +191,10 @@ class ViolationLog:
         for idx in range(n):
             if not self._flags.read(idx):
                 continue
-            code, cpu, rng, leaf, ts, a, b = _REC.unpack_from(
+            code, cpu, rng, leaf, ts, a, b, c = _REC.unpack_from(
                 self._buf, self._rec_base + idx * _REC_SIZE
             )
-            out.append(Violation(VIOLATIONS[code], cpu, rng, leaf, ts, a, b))
+            out.append(Violation(VIOLATIONS[code], cpu, rng, leaf, ts, a, b, c))
         out.sort(key=lambda v: v.ts_ns)
         return out
 
