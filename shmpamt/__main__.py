@@ -1,0 +1,5 @@
+"""``python -m shmpamt`` is the ``shmpamt`` command."""
+
+from shmpamt.cli import main
+
+main()

@@ -1,0 +1,310 @@
+"""The ``shmpamt`` command line.
+
+Exit status everywhere: 0 no violation, 1 violations found, 2 bad usage or an
+internal failure (one clear line, never a traceback), 130/143 when stopped by
+SIGINT/SIGTERM (after a partial report and full cleanup).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from shmpamt.report import EXIT_ERROR, Campaign
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def fail(msg: str) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {msg}", highlight=False)
+    sys.exit(EXIT_ERROR)
+
+
+class Interrupt:
+    """SIGINT/SIGTERM become a flag the runners poll, so cleanup always runs."""
+
+    def __init__(self) -> None:
+        self.signal = ""
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def __bool__(self) -> bool:
+        return bool(self.signal)
+
+
+@contextmanager
+def trapped_signals() -> Iterator[Interrupt]:
+    flag = Interrupt()
+    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def check_json_path(path: Path | None) -> None:
+    if path is None:
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        fail(f"--json {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        fail(f"--json {path}: folder {parent} is not writable")
+    if path.is_dir():
+        fail(f"--json {path} is a folder")
+
+
+def resolve_variants(specs: tuple[str, ...]) -> list[str]:
+    from shmpamt.variants.registry import BUILTIN, VariantLoadError, load_variant
+
+    if not specs:
+        return list(BUILTIN)
+    for spec in specs:
+        try:
+            load_variant(spec)
+        except VariantLoadError as e:
+            fail(str(e))
+    return list(specs)
+
+
+def finish(campaign: Campaign, json_path: Path | None) -> NoReturn:
+    campaign.render(out_console)
+    if json_path is not None:
+        try:
+            campaign.write_json(json_path)
+        except OSError as e:
+            fail(f"cannot write {json_path}: {e}")
+        out_console.print(f"JSON report written to {json_path}")
+    sys.exit(campaign.exit_code())
+
+
+def run_guarded(fn: Callable[[], Any], campaign: Campaign) -> None:
+    """Turn internal failures into one clear line in the report (exit 2)."""
+    from shmpamt.ipc import IpcError
+    from shmpamt.lock import LockError
+
+    try:
+        fn()
+    except ValueError as e:
+        fail(str(e))
+    except (IpcError, LockError, OSError, RuntimeError) as e:
+        campaign.error = f"{type(e).__name__}: {e}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="shmpamt")
+def main() -> None:
+    """Torture-test rig for the TDX Dynamic PAMT refcount helpers."""
+
+
+@main.command()
+def variants() -> None:
+    """List the built-in variants."""
+    from shmpamt.variants.registry import describe_variants
+
+    for name, desc in describe_variants():
+        click.echo(f"{name:24} {desc}")
+
+
+@main.command()
+@click.option(
+    "--variant",
+    "variant_specs",
+    multiple=True,
+    metavar="NAME",
+    help="Built-in name, path/to/file.py:Class or package.module:Class (repeatable). "
+    "Default: every built-in variant.",
+)
+@click.option("--cpus", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option(
+    "--ranges",
+    type=click.IntRange(1, 4096),
+    default=2,
+    show_default=True,
+    help="2 MiB ranges (range 0 is the hot one).",
+)
+@click.option(
+    "--pages-per-range",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="4 KiB pages used per range (>= --cpus). Default: 2 x cpus.",
+)
+@click.option(
+    "--hot",
+    type=click.FloatRange(0, 1),
+    default=0.7,
+    show_default=True,
+    help="Probability that a pick goes to the hot range.",
+)
+@click.option(
+    "--hold-us",
+    type=click.IntRange(0, 1_000_000),
+    default=50,
+    show_default=True,
+    help="Longest time a CPU holds an assigned page.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0.1, 86400),
+    default=None,
+    help="Seconds per variant. Default: about a minute for the whole campaign.",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(1),
+    default=None,
+    help="get/put rounds per CPU instead of a duration.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=None,
+    help="Seed of every random choice. Default: random, printed.",
+)
+@click.option(
+    "--chaos",
+    type=click.FloatRange(0, 1),
+    default=None,
+    is_flag=False,
+    flag_value=0.3,
+    help="Random delays/yields at every primitive, with this probability (flag alone: 0.3).",
+)
+@click.option(
+    "--faults",
+    "fault_spec",
+    default="",
+    metavar="SPEC",
+    help="Fault injection, e.g. 'add.busy=0.1,aug.delay=0.2:0.001,alloc.fail=0.01'.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the result as JSON here.",
+)
+def stress(
+    variant_specs: tuple[str, ...],
+    cpus: int,
+    ranges: int,
+    pages_per_range: int | None,
+    hot: float,
+    hold_us: int,
+    duration: float | None,
+    iterations: int | None,
+    seed: int | None,
+    chaos: float | None,
+    fault_spec: str,
+    json_path: Path | None,
+) -> None:
+    """Free-running multiprocess stress over one or more variants."""
+    from shmpamt.cpu import Workload
+    from shmpamt.module.faults import FaultPlan
+    from shmpamt.runner import Progress as Tick
+    from shmpamt.runner import run_stress
+    from shmpamt.system import SystemConfig
+
+    check_json_path(json_path)
+    if duration is not None and iterations is not None:
+        fail("give either --duration or --iterations, not both")
+    specs = resolve_variants(variant_specs)
+    seed = random.randrange(2**32) if seed is None else seed
+    try:
+        FaultPlan.parse(fault_spec, seed)
+    except ValueError as e:
+        fail(f"--faults: {e}")
+    if duration is None and iterations is None:
+        duration = max(5.0, 56.0 / len(specs))
+    ppr = pages_per_range if pages_per_range is not None else min(512, 2 * cpus)
+    workload = Workload(
+        ranges=ranges,
+        pages_per_range=ppr,
+        hot=hot,
+        hold_us=hold_us,
+        iterations=iterations or 0,
+        chaos=chaos or 0.0,
+    )
+    config = SystemConfig(cpus=cpus, ranges=ranges, pages_per_range=ppr)
+    try:
+        workload.validate(cpus)
+        config.validate()
+    except ValueError as e:
+        fail(str(e))
+    out_console.print(
+        f"shmpamt stress: {len(specs)} variant(s), {cpus} CPUs, {ranges} ranges, seed {seed}"
+        + (f", chaos {chaos}" if chaos else "")
+        + (f", faults {fault_spec}" if fault_spec else "")
+    )
+    campaign = Campaign()
+    with (
+        trapped_signals() as interrupted,
+        Progress(
+            TextColumn("{task.description:24}"),
+            BarColumn(),
+            TextColumn("{task.fields[rate]:>10} ops/s"),
+            TextColumn("{task.fields[viol]:>5} violations"),
+            TimeRemainingColumn(),
+            console=out_console,
+            transient=False,
+        ) as bar,
+    ):
+
+        def run_all() -> None:
+            for spec in specs:
+                if interrupted:
+                    break
+                task = bar.add_task(
+                    spec, total=duration or (iterations or 0) * cpus, rate="-", viol=0
+                )
+
+                def tick(p: Tick, task: Any = task) -> None:
+                    rate = f"{p.operations / p.elapsed:,.0f}" if p.elapsed > 0 else "-"
+                    done = p.elapsed if p.total else p.operations
+                    bar.update(task, completed=done, rate=rate, viol=p.violations)
+
+                res = run_stress(
+                    spec,
+                    config,
+                    workload,
+                    duration or 0.0,
+                    seed,
+                    fault_spec,
+                    on_progress=tick,
+                    should_stop=lambda: bool(interrupted),
+                )
+                bar.update(task, completed=duration or res.operations)
+                campaign.results.append(res)
+
+        run_guarded(run_all, campaign)
+        campaign.interrupted = interrupted.signal
+    finish(campaign, json_path)
+
+
+@main.command("clean")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def clean_cmd(dry_run: bool) -> None:
+    """Remove IPC objects left by shmpamt runs whose process is gone."""
+    from shmpamt.janitor import clean
+
+    gone, kept = clean(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for lo in gone:
+        click.echo(f"{verb} {lo.kind} {lo.name} (creator pid {lo.pid} is gone)")
+    for lo in kept:
+        why = "creator is alive" if lo.alive else "owned by another user"
+        click.echo(f"kept {lo.kind} {lo.name} ({why})")
+    click.echo(f"{len(gone)} {verb}, {len(kept)} kept")

@@ -1,0 +1,186 @@
+"""A system under test: refcounts, pamt_lock, page pool, violation log, TDX module.
+
+One ``System`` owns every IPC object of a run and removes all of them on
+``close`` — also after errors, Ctrl-C, or a CPU or the daemon being killed.
+The daemon doubles as guardian: it knows every name and unlinks them if the
+runner itself dies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from shmpamt import tdx
+from shmpamt.atomic import RefcountArray
+from shmpamt.cpu import CpuBoard, SystemNames
+from shmpamt.invariants import (
+    LOCK_LEAKED,
+    PAMT_PAGES_LOST,
+    QUIESCENT_MISMATCH,
+    QUIESCENT_PAMT_PRESENT,
+    QUIESCENT_REFCOUNT,
+    ViolationLog,
+)
+from shmpamt.ipc import new_token, pid_alive
+from shmpamt.lock import PamtLock
+
+if TYPE_CHECKING:
+    from shmpamt.module.daemon import TdxModule
+    from shmpamt.module.faults import FaultPlan
+    from shmpamt.pages import PamtPagePool
+
+_ = PAMT_PAGES_LOST
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    cpus: int = 4
+    ranges: int = 2
+    pages_per_range: int = 8
+    initial_refcount: int = 0
+    pool_pages: int = 0  # 0 = enough for every CPU to hold two page pairs, plus the module
+
+    def validate(self) -> None:
+        if self.cpus < 1:
+            raise ValueError("--cpus must be at least 1")
+        if self.cpus > 64:
+            raise ValueError("--cpus must be at most 64")
+        if not 1 <= self.ranges <= 4096:
+            raise ValueError("--ranges must be within 1..4096")
+        if self.pool_pages < 0:
+            raise ValueError("pool size must not be negative")
+
+    def pool_size(self) -> int:
+        if self.pool_pages:
+            return self.pool_pages
+        # every range's PAMT pair with the module + a pair in flight per CPU, and slack
+        # so that leaks show up as leaks, not as allocation failures
+        return tdx.PAMT_PAGES_PER_2M * (self.ranges + 2 * self.cpus) + 64
+
+
+class System:
+    """Create with :meth:`start`; attach CPUs with :attr:`names`."""
+
+    def __init__(self) -> None:
+        self.token = new_token()
+        self._closers: list[object] = []
+        self.refcounts: RefcountArray
+        self.lock: PamtLock
+        self.log: ViolationLog
+        self.pool: PamtPagePool
+        self.board: CpuBoard
+        self.module: TdxModule
+        self.names: SystemNames
+        self.config: SystemConfig
+
+    @classmethod
+    def start(cls, config: SystemConfig, faults: FaultPlan) -> System:
+        from shmpamt.module.daemon import TdxModule
+        from shmpamt.pages import PamtPagePool
+
+        config.validate()
+        s = cls()
+        s.config = config
+        try:
+            s.refcounts = RefcountArray.create(
+                config.ranges, _name("refcounts", s.token), initial=config.initial_refcount
+            )
+            s._closers.append(s.refcounts)
+            s.lock = PamtLock.create(s.token)
+            s._closers.append(s.lock)
+            s.log = ViolationLog.create(token=s.token)
+            s._closers.append(s.log)
+            s.pool = PamtPagePool.create(config.pool_size(), s.log, s.token)
+            s._closers.append(s.pool)
+            s.board = CpuBoard.create(config.cpus, s.token)
+            s._closers.append(s.board)
+            own = (
+                s.refcounts.name,
+                *s.lock.names(),
+                s.log.name,
+                s.pool.name,
+                s.board.name,
+            )
+            s.module = TdxModule.start(
+                config.cpus,
+                config.ranges,
+                config.pages_per_range,
+                s.pool,
+                s.log,
+                faults,
+                s.token,
+                extra_names=own,
+            )
+            s._closers.append(s.module)
+            s.names = SystemNames(
+                token=s.token,
+                cpus=config.cpus,
+                refcounts=s.refcounts.name,
+                lock_sem=s.lock.sem_name,
+                lock_owner=s.lock.owner_name,
+                log=s.log.name,
+                pool=s.pool.name,
+                board=s.board.name,
+                module=s.module.names,
+            )
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    # -- checks -------------------------------------------------------------------
+
+    def check_lock(self, dead_ok: bool = False) -> bool:
+        """Record lock_leaked if pamt_lock is held; True if it was. Frees it afterwards."""
+        pid, cpu = self.lock.holder()
+        if pid == 0 and not self.lock.is_held():
+            return False
+        # Invariant: at the end of a run (or when its holder is dead) nobody holds pamt_lock.
+        dead = pid != 0 and not pid_alive(pid)
+        if dead or not dead_ok:
+            self.log.record(LOCK_LEAKED, cpu=cpu, a=pid if dead else 0)
+            self.lock.force_release()
+            return True
+        return False
+
+    def check_quiescent(self) -> None:
+        """Every CPU is idle: refcounts back to initial, no PAMT without user, pages home."""
+        st = self.module.state
+        initial = self.config.initial_refcount
+        for r in range(self.config.ranges):
+            v = self.refcounts.read(r)
+            # Invariant: with nobody using range r its refcount is the variant's initial value.
+            if v != initial:
+                self.log.record(QUIESCENT_MISMATCH, range_=r, a=v, b=initial, c=QUIESCENT_REFCOUNT)
+            # Invariant: with nobody using range r its PAMT has been removed.
+            if st.pamt_present(r):
+                self.log.record(QUIESCENT_MISMATCH, range_=r, c=QUIESCENT_PAMT_PRESENT)
+        # Invariant: every PAMT page a CPU allocated went back to the pool or to the module.
+        self.pool.check_quiescent()
+        self.check_lock()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        for obj in reversed(self._closers):
+            try:
+                obj.close()  # type: ignore[attr-defined]
+            except Exception:
+                continue
+        self._closers.clear()
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _name(role: str, token: str) -> str:
+    from shmpamt.ipc import make_name
+
+    return make_name(role, token)
