@@ -1,0 +1,230 @@
+"""Schedule strings: one failing execution as one short, copy-pasteable word.
+
+A schedule carries everything a replay needs: the variant, the scenario
+parameters and the CPU chosen at every scheduling point. It is printed with
+the command that replays it, saved in JSON reports, and read back by
+``shmpamt replay``. Only ``[A-Za-z0-9._:-]`` appear, so it survives a shell,
+a URL and a filename without quoting.
+
+Grammar (format version 1)::
+
+    schedule := "s1" ":" variant ":" params ":" steps
+    variant  := 1*( ALNUM | "_" | "-" | "." HEX HEX )
+    params   := "c" N "." "r" N "." "g" N "." "p" N "." "w" N
+    steps    := "" | block *( "." block )
+    block    := N [ "x" N ]               ; cpu, then how many steps in a row (default 1)
+    N        := "0" | [1-9] *[0-9]          ; decimal, no leading zeros
+    HEX      := [0-9a-f]
+
+* ``variant``: a built-in name (``rfc-norecheck``) is written as is. Any other
+  character, as in a user variant ``tests/my.py:Mine``, is written byte by byte
+  of its UTF-8 as ``.`` and two lowercase hex digits: ``tests.2fmy.2epy.3aMine``.
+  ``.`` never occurs in a built-in name, so plain names stay plain and the
+  encoding is reversible. A path is replayed relative to the current directory.
+* ``params``: ``c`` CPUs, ``r`` get/use/put rounds per CPU, ``g`` 2 MiB ranges,
+  ``p`` pages per range, ``w`` the workload seed of ``next_u64``.
+* ``steps``: the CPU granted each step, run-length encoded: ``0x5.1x3.0x2`` is
+  cpu 0 five times, cpu 1 three times, cpu 0 twice; ``1`` alone is ``1x1``.
+  Adjacent blocks of one CPU are accepted and merged. When the recorded steps
+  run out before the execution ends, replay continues without preemption
+  (keep the current CPU while it can run, else the lowest runnable one), which
+  is what lets a minimised schedule drop its tail.
+
+Example: ``s1:rfc-norecheck:c2.r1.g1.p1.w42:0x5.1x3.0x2``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Final
+
+VERSION: Final = "s1"
+#: refuse to materialise absurd schedules from a hostile or mangled string
+MAX_STEPS: Final = 1_000_000
+MAX_CPUS: Final = 4096
+_MAX_U64: Final = (1 << 64) - 1
+
+_PLAIN: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_NUM: Final = r"(0|[1-9][0-9]{0,19})"
+_PARAMS_RE: Final = re.compile(rf"c{_NUM}\.r{_NUM}\.g{_NUM}\.p{_NUM}\.w{_NUM}", re.ASCII)
+_BLOCK_RE: Final = re.compile(rf"{_NUM}(?:x{_NUM})?", re.ASCII)
+_VARIANT_RE: Final = re.compile(r"(?:[A-Za-z0-9_-]|\.[0-9a-f]{2})+", re.ASCII)
+
+
+class ScheduleError(ValueError):
+    """A schedule string or value that is malformed; the message says what is wrong."""
+
+
+def encode_variant(name: str) -> str:
+    """The variant field for ``name`` (see the module docstring)."""
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ScheduleError(f"variant name {name!r} is not valid Unicode text") from e
+    return "".join(chr(b) if chr(b) in _PLAIN else f".{b:02x}" for b in raw)
+
+
+def decode_variant(field: str) -> str:
+    if not field:
+        raise ScheduleError("the variant field is empty")
+    if not _VARIANT_RE.fullmatch(field):
+        bad = next((c for c in field if c not in _PLAIN and c != "."), None)
+        if bad is not None:
+            raise ScheduleError(f"variant field {field!r} contains {bad!r}")
+        raise ScheduleError(
+            f"variant field {field!r}: '.' must be followed by two lowercase hex digits"
+        )
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        if field[i] == ".":
+            b = int(field[i + 1 : i + 3], 16)
+            if chr(b) in _PLAIN:
+                raise ScheduleError(
+                    f"variant field {field!r}: .{b:02x} stands for {chr(b)!r}, write it plainly"
+                )
+            out.append(b)
+            i += 3
+        else:
+            out.append(ord(field[i]))
+            i += 1
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScheduleError(f"variant field {field!r} does not decode as UTF-8") from e
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One execution: variant, scenario and the CPU granted at each scheduling point."""
+
+    variant: str
+    cpus: int
+    rounds: int
+    ranges: int
+    pages: int
+    seed: int
+    steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, tuple):
+            object.__setattr__(self, "steps", tuple(self.steps))
+        if not isinstance(self.variant, str) or not self.variant:
+            raise ScheduleError("the variant name is empty")
+        encode_variant(self.variant)
+        for what, value, lo, hi in (
+            ("cpus", self.cpus, 1, MAX_CPUS),
+            ("rounds", self.rounds, 1, _MAX_U64),
+            ("ranges", self.ranges, 1, _MAX_U64),
+            ("pages", self.pages, 1, _MAX_U64),
+            ("seed", self.seed, 0, _MAX_U64),
+        ):
+            if type(value) is not int or not lo <= value <= hi:
+                raise ScheduleError(f"{what} must be an integer in [{lo}, {hi}], not {value!r}")
+        if len(self.steps) > MAX_STEPS:
+            raise ScheduleError(f"{len(self.steps)} steps is more than the {MAX_STEPS} allowed")
+        for i, cpu in enumerate(self.steps):
+            # Invariant: every step names one of the scenario's CPUs.
+            if type(cpu) is not int or not 0 <= cpu < self.cpus:
+                raise ScheduleError(f"step {i} names cpu {cpu!r}, but there are {self.cpus} CPUs")
+
+    # -- the string form ---------------------------------------------------------
+
+    def encode(self) -> str:
+        params = f"c{self.cpus}.r{self.rounds}.g{self.ranges}.p{self.pages}.w{self.seed}"
+        steps = ".".join(f"{c}x{n}" if n > 1 else f"{c}" for c, n in self.blocks())
+        return f"{VERSION}:{encode_variant(self.variant)}:{params}:{steps}"
+
+    def __str__(self) -> str:
+        return self.encode()
+
+    @classmethod
+    def parse(cls, s: str) -> Schedule:
+        """The schedule a string stands for; ScheduleError for anything malformed."""
+        if not isinstance(s, str):
+            raise ScheduleError(f"a schedule is a string, not {type(s).__name__}")
+        s = s.strip()
+        parts = s.split(":")
+        if len(parts) != 4:
+            raise ScheduleError(
+                f"expected 4 ':'-separated fields (version:variant:params:steps), got {len(parts)}"
+            )
+        version, variant_field, params, steps_field = parts
+        if version != VERSION:
+            raise ScheduleError(
+                f"unsupported schedule format {version[:20]!r} (this shmpamt reads {VERSION!r})"
+            )
+        variant = decode_variant(variant_field)
+        m = _PARAMS_RE.fullmatch(params)
+        if m is None:
+            raise ScheduleError(
+                f"scenario field {params[:60]!r} is not c<cpus>.r<rounds>.g<ranges>.p<pages>"
+                ".w<seed> (decimal, no leading zeros), e.g. c2.r1.g1.p1.w42"
+            )
+        cpus, rounds, ranges, pages, seed = (int(g) for g in m.groups())
+        steps: list[int] = []
+        if steps_field:
+            for i, block in enumerate(steps_field.split(".")):
+                b = _BLOCK_RE.fullmatch(block)
+                if b is None:
+                    raise ScheduleError(
+                        f"step block {i} {block[:30]!r} is not <cpu> or <cpu>x<count>, e.g. 0x5"
+                    )
+                cpu = int(b.group(1))
+                count = 1 if b.group(2) is None else int(b.group(2))
+                if count < 1:
+                    raise ScheduleError(f"step block {i} {block!r} repeats cpu {cpu} zero times")
+                if len(steps) + count > MAX_STEPS:
+                    raise ScheduleError(f"more than the {MAX_STEPS} steps allowed")
+                if cpu >= cpus:
+                    raise ScheduleError(
+                        f"step block {i} {block!r} names cpu {cpu}, "
+                        f"but the scenario has {cpus} CPUs"
+                    )
+                steps.extend([cpu] * count)
+        return cls(variant, cpus, rounds, ranges, pages, seed, tuple(steps))
+
+    def replay_command(self) -> str:
+        return f"shmpamt replay {self.encode()}"
+
+    # -- shape -------------------------------------------------------------------
+
+    def blocks(self) -> tuple[tuple[int, int], ...]:
+        """Run-length blocks ``(cpu, count)``; adjacent blocks have different CPUs."""
+        out: list[tuple[int, int]] = []
+        for cpu in self.steps:
+            if out and out[-1][0] == cpu:
+                out[-1] = (cpu, out[-1][1] + 1)
+            else:
+                out.append((cpu, 1))
+        return tuple(out)
+
+    def context_switches(self) -> int:
+        """Steps whose CPU differs from the previous step's."""
+        return sum(1 for a, b in zip(self.steps, self.steps[1:], strict=False) if a != b)
+
+    def preemptions(self) -> int:
+        """Context switches away from a CPU that takes another step later.
+
+        The string does not record which CPUs were runnable, so this stands in
+        for the scheduler's definition (switching away from a still-runnable
+        CPU): a CPU that runs again later evidently still had work. A switch
+        away from a CPU blocked on pamt_lock counts too, so this is an upper
+        bound of the scheduler's count.
+        """
+        last = {cpu: i for i, cpu in enumerate(self.steps)}
+        return sum(
+            1
+            for i in range(1, len(self.steps))
+            if self.steps[i] != self.steps[i - 1] and last[self.steps[i - 1]] > i
+        )
+
+    def with_steps(self, steps: tuple[int, ...] | list[int]) -> Schedule:
+        """The same variant and scenario with other steps."""
+        return replace(self, steps=tuple(steps))
+
+    @staticmethod
+    def steps_from_blocks(blocks: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+        return tuple(cpu for cpu, n in blocks for _ in range(n))

@@ -1,0 +1,195 @@
+"""The one small interface every scheduling strategy implements, and what they share.
+
+The shape is shuttle's: the controller calls ``new_execution()`` before each
+execution (False: the strategy has nothing left), ``next_cpu(runnable,
+current)`` at every scheduling point to pick which parked CPU may take the next
+step, and ``next_u64()`` whenever the workload wants a random number. A
+strategy never sees processes or semaphores, so each one is a deterministic
+function of its seed and of the runnable sets it is shown, and can be tested
+without any process at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Protocol, runtime_checkable
+
+_MASK64: Final = (1 << 64) - 1
+_GOLDEN: Final = 0x9E3779B97F4A7C15
+
+
+class SchedulingError(Exception):
+    """The execution did not behave as the strategy was promised it would."""
+
+
+class Nondeterminism(SchedulingError):
+    """Replaying a recorded prefix met a different runnable set: the run is not deterministic."""
+
+
+class ScheduleMismatch(SchedulingError):
+    """A replayed schedule names a CPU that is not runnable at that step."""
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """Chooses interleavings. One instance lives across all executions of one exploration."""
+
+    #: short strategy name for reports ("random", "pct", "dfs", "replay")
+    name: str
+
+    def new_execution(self) -> bool:
+        """Start the next execution; False when the strategy has nothing left to run."""
+        ...
+
+    def next_cpu(self, runnable: Sequence[int], current: int | None) -> int:
+        """The CPU (one of ``runnable``) that takes the next step.
+
+        ``current`` is the CPU that took the previous step, None before the first.
+        """
+        ...
+
+    def next_u64(self) -> int:
+        """A random number for the workload, reproducible from ``workload_seed``."""
+        ...
+
+    @property
+    def workload_seed(self) -> int:
+        """Seed of this execution's ``next_u64`` stream: record it in the Schedule."""
+        ...
+
+    def coverage(self) -> str:
+        """One line saying what the executions so far have covered."""
+        ...
+
+
+class SplitMix64:
+    """A tiny portable PRNG, so a seed means the same numbers on every Python version."""
+
+    def __init__(self, seed: int) -> None:
+        self._state = seed & _MASK64
+
+    def next_u64(self) -> int:
+        self._state = (self._state + _GOLDEN) & _MASK64
+        z = self._state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+
+    def below(self, n: int) -> int:
+        """Uniform in [0, n) without modulo bias."""
+        if n <= 0:
+            raise ValueError("below() needs n >= 1")
+        limit = (1 << 64) - (1 << 64) % n
+        while True:
+            x = self.next_u64()
+            if x < limit:
+                return x % n
+
+    def sample(self, population: Sequence[int], k: int) -> list[int]:
+        """``k`` distinct elements of ``population`` (partial Fisher-Yates)."""
+        pool = list(population)
+        k = min(k, len(pool))
+        for i in range(k):
+            j = i + self.below(len(pool) - i)
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:k]
+
+
+def default_choice(runnable: Sequence[int], current: int | None) -> int:
+    """The non-preemptive choice: keep running ``current`` if it can, else the lowest CPU.
+
+    DFS takes it first at every new step, and replay follows it once a
+    schedule's recorded steps run out, so a truncated schedule still means
+    exactly one execution.
+    """
+    if not runnable:
+        raise SchedulingError("no runnable CPU: every CPU is blocked (deadlock) or done")
+    if current is not None and current in runnable:
+        return current
+    return min(runnable)
+
+
+class BaseScheduler:
+    """Bookkeeping every strategy shares: execution/step counts, distinct schedules, data."""
+
+    name = "base"
+
+    def __init__(self, workload_seed: int = 0) -> None:
+        self._base_seed = workload_seed & _MASK64
+        self._seed = self._base_seed
+        self._data = SplitMix64(self._seed)
+        self.executions = 0
+        self.total_steps = 0
+        #: steps of the longest execution so far
+        self.max_steps = 0
+        #: most CPUs seen runnable at once, or the highest CPU id + 1
+        self.cpus_seen = 0
+        #: CPU choices of the current execution, in order
+        self.steps: list[int] = []
+        #: CPU choices of the execution before the current one
+        self.last_steps: tuple[int, ...] = ()
+        self._distinct: set[int] = set()
+
+    # -- what subclasses override ----------------------------------------------
+
+    def _start(self) -> bool:
+        """Prepare the next execution (counters already reset); False when done."""
+        return True
+
+    def _choose(self, runnable: Sequence[int], current: int | None) -> int:
+        raise NotImplementedError
+
+    def _seed_for(self, execution: int) -> int:
+        """Workload seed of the given execution (0-based); fixed unless overridden."""
+        return self._base_seed
+
+    # -- the Scheduler interface -------------------------------------------------
+
+    def new_execution(self) -> bool:
+        self._finish()
+        if not self._start():
+            return False
+        self._seed = self._seed_for(self.executions) & _MASK64
+        self._data = SplitMix64(self._seed)
+        self.executions += 1
+        return True
+
+    def next_cpu(self, runnable: Sequence[int], current: int | None) -> int:
+        if not runnable:
+            raise SchedulingError("next_cpu called with no runnable CPU")
+        self.cpus_seen = max(self.cpus_seen, len(runnable), max(runnable) + 1)
+        cpu = self._choose(runnable, current)
+        # Invariant: a strategy only ever grants a step to a runnable CPU.
+        if cpu not in runnable:
+            raise SchedulingError(f"{self.name} chose cpu {cpu}, not in runnable {list(runnable)}")
+        self.steps.append(cpu)
+        self.total_steps += 1
+        return cpu
+
+    def next_u64(self) -> int:
+        return self._data.next_u64()
+
+    @property
+    def workload_seed(self) -> int:
+        return self._seed
+
+    @property
+    def distinct_schedules(self) -> int:
+        """Distinct step sequences among the finished executions (and the current one)."""
+        return len(self._distinct) + (1 if self.steps and self._key() not in self._distinct else 0)
+
+    def coverage(self) -> str:
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _key(self) -> int:
+        return hash((self._seed, tuple(self.steps)))
+
+    def _finish(self) -> None:
+        """Account for the execution that just ended (if any)."""
+        if self.executions:
+            self._distinct.add(self._key())
+            self.max_steps = max(self.max_steps, len(self.steps))
+        self.last_steps = tuple(self.steps)
+        self.steps = []
