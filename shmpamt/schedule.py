@@ -211,8 +211,9 @@ class Schedule:
         The string does not record which CPUs were runnable, so this stands in
         for the scheduler's definition (switching away from a still-runnable
         CPU): a CPU that runs again later evidently still had work. A switch
-        away from a CPU blocked on pamt_lock counts too, so this is an upper
-        bound of the scheduler's count.
+        away from a CPU blocked on pamt_lock counts too; a switch away from a
+        CPU that runs again only after the recorded steps (replay's default
+        continuation) does not.
         """
         last = {cpu: i for i, cpu in enumerate(self.steps)}
         return sum(
