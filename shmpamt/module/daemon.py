@@ -1,0 +1,373 @@
+"""The TDX module daemon: a separate process that answers SEAMCALLs and guards the run's IPC names.
+
+One serving thread per mailbox blocks on that CPU's request semaphore, so a
+round trip is a bare semaphore ping-pong plus the handling. Each call that
+touches a range holds that range's ``threading.Lock`` for its whole duration,
+which makes it atomic per 2 MiB range as on hardware; calls on one range wait
+for each other and the module never answers BUSY on its own (only injection
+does). Violations a call reveals are logged while the range lock is held, so
+the log's timestamps follow the order of the state changes.
+
+The daemon is also the run's guardian: if its parent dies (a SIGKILLed runner
+cannot clean up), it unlinks every name it knows and exits, so nothing is left
+in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import random
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+import posix_ipc
+
+from shmpamt import tdx
+from shmpamt.invariants import ViolationLog
+from shmpamt.ipc import (
+    create_semaphore,
+    make_name,
+    open_semaphore,
+    pid_alive,
+    remove_semaphore,
+    unlink_name,
+)
+from shmpamt.module.faults import INJECTED_KINDS, NO_FAULT, FaultPlan
+from shmpamt.module.state import ModuleState, ModuleStatistics, apply_seamcall, target_range
+from shmpamt.pages import PamtPagePool
+from shmpamt.seamcall import REQUEST, RESPONSE, Mailbox, SeamcallPort
+
+GUARD_PERIOD: Final = 0.1  # seconds between checks that the parent still lives
+_READY_SLICE: Final = 0.05
+
+
+class ModuleStartError(RuntimeError):
+    """The daemon did not come up (it failed, or did not signal readiness in time)."""
+
+
+@dataclass(frozen=True)
+class ModuleNames:
+    """Every IPC name of one TDX module; picklable, handed to spawned CPUs."""
+
+    token: str
+    ncpus: int
+    nranges: int
+    pages_per_range: int
+    mailbox: str
+    state: str
+    requests: tuple[str, ...]  # ncpus + 1: one per CPU, then the control port
+    responses: tuple[str, ...]
+
+    @property
+    def control(self) -> int:
+        """Mailbox index of the runner's control port."""
+        return self.ncpus
+
+    def all_names(self) -> tuple[str, ...]:
+        return (self.mailbox, self.state, *self.requests, *self.responses)
+
+
+# --- the daemon process ---------------------------------------------------------------
+
+
+class _Server:
+    """Everything the daemon process holds; one instance per daemon."""
+
+    def __init__(
+        self, names: ModuleNames, pool_name: str, log_name: str, faults: FaultPlan
+    ) -> None:
+        self.names = names
+        self.faults = faults
+        self.mailbox = Mailbox.attach(names.mailbox)
+        self.log = ViolationLog.attach(log_name)
+        self.pool = PamtPagePool.attach(pool_name, self.log)
+        self.state = ModuleState.attach(names.state)
+        self.requests = [open_semaphore(n) for n in names.requests]
+        self.responses = [open_semaphore(n) for n in names.responses]
+        self.locks = [threading.Lock() for _ in range(self.state.nranges)]
+        self.stopped = threading.Event()
+
+    def serve(self, slot: int) -> None:
+        """Answer the SEAMCALLs of mailbox ``slot`` until told to stop."""
+        buf = self.mailbox.buf
+        req_off = Mailbox.request_offset(slot)
+        resp_off = Mailbox.response_offset(slot)
+        req, resp = self.requests[slot], self.responses[slot]
+        rng = self.faults.module_rng(slot)
+        unpack = REQUEST.unpack_from
+        pack = RESPONSE.pack_into
+        while True:
+            req.acquire()
+            if self.mailbox.stopping:
+                break
+            seq, leaf, rcx, rdx, r8 = unpack(buf, req_off)
+            try:
+                status, o_rcx, o_rdx, o_r8, flags = self.handle(slot, rng, leaf, rcx, rdx, r8)
+            except Exception as e:  # an emulator bug: answer, say what, keep serving
+                self.mailbox.set_message(f"internal error in {tdx.leaf_name(leaf)}: {e!r}")
+                traceback.print_exc()
+                status, o_rcx, o_rdx, o_r8, flags = tdx.TDX_SW_ERROR, 0, 0, 0, 0
+            pack(buf, resp_off, seq, status, o_rcx, o_rdx, o_r8, flags)
+            resp.release()
+        self.stopped.set()
+
+    def handle(
+        self, cpu: int, rng: random.Random, leaf: int, rcx: int, rdx: int, r8: int
+    ) -> tuple[int, int, int, int, int]:
+        state = self.state
+        state.count_call(leaf)
+        if leaf == tdx.SHMPAMT_NOP:
+            return tdx.TDX_SUCCESS, 0, 0, 0, 0
+        d = self.faults.decide(rng, leaf) if self.faults.leaves else NO_FAULT
+        flags = d.flags
+        for bit, kind in INJECTED_KINDS.items():
+            if flags & bit:
+                state.count_injected(kind)
+        if d.busy:
+            return tdx.TDX_OPERAND_BUSY, 0, 0, 0, flags
+        if d.delay_before:
+            time.sleep(d.delay_before)
+        if leaf == tdx.SHMPAMT_RESET:
+            with contextlib.ExitStack() as stack:
+                for lk in self.locks:
+                    stack.enter_context(lk)
+                out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
+        else:
+            r = target_range(state, leaf, rcx)
+            if r is None:
+                out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
+            else:
+                with self.locks[r]:
+                    out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
+                    for f in out.findings:
+                        self.log.record(f.name, cpu=cpu, range_=f.range, leaf=leaf, a=f.a, b=f.b)
+        if d.delay_after:
+            time.sleep(d.delay_after)
+        return out.status, out.rcx, out.rdx, out.r8, flags
+
+    def close(self) -> None:
+        for s in (*self.requests, *self.responses):
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                s.close()
+        self.state.close()
+        self.pool.close()
+        self.log.close()
+        self.mailbox.close()
+
+
+def _parent_gone(parent: int) -> bool:
+    return os.getppid() != parent or not pid_alive(parent)
+
+
+def _guardian_cleanup(names: ModuleNames, extra_names: tuple[str, ...]) -> None:
+    for n in (*names.all_names(), *extra_names):
+        unlink_name(n)
+
+
+def daemon_main(
+    names: ModuleNames,
+    pool_name: str,
+    log_name: str,
+    faults: FaultPlan,
+    extra_names: tuple[str, ...],
+    parent: int,
+) -> None:
+    """Entry point of the daemon process (spawned)."""
+    # Ctrl-C reaches the whole process group; the runner decides when the module stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        server = _Server(names, pool_name, log_name, faults)
+    except Exception as e:
+        with contextlib.suppress(Exception):
+            mb = Mailbox.attach(names.mailbox)
+            mb.set_message(f"startup failed: {type(e).__name__}: {e}")
+            mb.close()
+        if _parent_gone(parent):
+            _guardian_cleanup(names, extra_names)
+        os._exit(1)
+    threads = [
+        threading.Thread(target=server.serve, args=(i,), name=f"mailbox-{i}", daemon=True)
+        for i in range(names.ncpus + 1)
+    ]
+    for t in threads:
+        t.start()
+    server.mailbox.set_daemon_pid(os.getpid())
+    # Ready: the first post of the control port's response semaphore.
+    server.responses[names.control].release()
+    while not server.stopped.wait(GUARD_PERIOD):
+        if _parent_gone(parent):
+            # Guardian duty: the runner cannot clean up any more, so the module does.
+            _guardian_cleanup(names, extra_names)
+            os._exit(0)
+    for t in threads:
+        t.join(1.0)
+    server.close()
+    os._exit(0)
+
+
+# --- the parent's handle ------------------------------------------------------------------
+
+
+class TdxModule:
+    """A running TDX module daemon; creates every IPC object it needs and removes them on close."""
+
+    def __init__(self, names: ModuleNames, mailbox: Mailbox, state: ModuleState) -> None:
+        self.names = names
+        self.state = state
+        self._mailbox = mailbox
+        self._sems: list[posix_ipc.Semaphore] = []
+        self._proc: mp.process.BaseProcess | None = None
+        self._control: SeamcallPort | None = None
+        self._closed = False
+        self._pid = 0
+
+    @classmethod
+    def start(
+        cls,
+        ncpus: int,
+        nranges: int,
+        pages_per_range: int,
+        pool: PamtPagePool,
+        log: ViolationLog,
+        faults: FaultPlan,
+        token: str,
+        ready_timeout: float = 30.0,
+        extra_names: tuple[str, ...] = (),
+    ) -> TdxModule:
+        """Create the IPC objects, spawn the daemon and wait until it serves."""
+        if ncpus < 1:
+            raise ValueError("ncpus must be at least 1")
+        names = ModuleNames(
+            token=token,
+            ncpus=ncpus,
+            nranges=nranges,
+            pages_per_range=pages_per_range,
+            mailbox=make_name("seammbox", token),
+            state=make_name("modstate", token),
+            requests=tuple(make_name(f"seamreq{i}", token) for i in range(ncpus + 1)),
+            responses=tuple(make_name(f"seamresp{i}", token) for i in range(ncpus + 1)),
+        )
+        state = ModuleState.create(nranges, pages_per_range, token)
+        try:
+            mailbox = Mailbox.create(names.mailbox, ncpus + 1)
+        except BaseException:
+            state.close()
+            raise
+        m = cls(names, mailbox, state)
+        try:
+            for n in (*names.requests, *names.responses):
+                m._sems.append(create_semaphore(n, 0))
+            ctx = mp.get_context("spawn")
+            proc = ctx.Process(
+                target=daemon_main,
+                args=(names, pool.name, log.name, faults, tuple(extra_names), os.getpid()),
+                name=f"tdx-module-{token}",
+                daemon=True,
+            )
+            proc.start()
+            m._proc = proc
+            m._pid = proc.pid or 0
+            m._wait_ready(ready_timeout)
+            m._control = SeamcallPort.attach(names, names.control)
+        except BaseException:
+            m.close()
+            raise
+        return m
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None
+        ready = self._sems[len(self.names.requests) + self.names.control]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ready.acquire(_READY_SLICE)
+                return
+            except posix_ipc.BusyError:
+                pass
+            if not self._proc.is_alive():
+                why = self._mailbox.message or f"exit code {self._proc.exitcode}"
+                raise ModuleStartError(f"the TDX module daemon failed to start: {why}")
+            if time.monotonic() >= deadline:
+                raise ModuleStartError(f"the TDX module daemon was not ready within {timeout:g} s")
+
+    # -- inspection ------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def statistics(self) -> ModuleStatistics:
+        return self.state.statistics()
+
+    @property
+    def message(self) -> str:
+        """The daemon's last internal-error message ('' if none)."""
+        return self._mailbox.message
+
+    def call(self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> tuple[int, int, int, int]:
+        """A SEAMCALL through the runner's control port."""
+        if self._control is None:
+            raise RuntimeError("the TDX module is not running")
+        return self._control.call(leaf, rcx, rdx, r8)
+
+    def reset(self) -> None:
+        """SHMPAMT_RESET: every PAMT absent, nothing assigned (pool and log are the runner's)."""
+        status = self.call(tdx.SHMPAMT_RESET)[0]
+        if status != tdx.TDX_SUCCESS:
+            raise RuntimeError(f"module reset failed: {tdx.status_name(status)}")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the daemon to exit; SIGKILL it if it does not within ``timeout``."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.is_alive():
+            self._mailbox.set_stopping()
+            for s in self._sems[: len(self.names.requests)]:
+                s.release()
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout)
+        else:
+            proc.join(0)
+        with contextlib.suppress(ValueError):
+            proc.close()
+        self._proc = None
+
+    def close(self) -> None:
+        """Stop the daemon and remove every IPC object created for it (also after a SIGKILL)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.stop()
+        finally:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+            for s in self._sems:
+                remove_semaphore(s, owner=True)
+            self._sems.clear()
+            self.state.close()
+            self._mailbox.close()
+
+    def __enter__(self) -> TdxModule:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,374 @@
+"""The TDX module's Dynamic PAMT state and the SEAMCALL transitions that change it.
+
+State lives in shared memory so the runner can read it at quiescence, but only
+the daemon writes it (under its per-range locks). ``apply_seamcall`` is the
+whole behaviour of the module as one function of (state, pool, call): it
+changes the state, returns the registers the module would return, and lists
+the violations the call reveals, so it is tested without any process.
+
+Status codes chosen for the refusals (tdx.py): REMOVE of an absent PAMT ->
+TDX_PAMT_NOT_PRESENT; REMOVE while 4 KiB pages are assigned -> TDX_PAGE_IN_USE;
+AUG or RECLAIM in a range without PAMT -> TDX_PAMT_MISSING; RECLAIM of an
+unassigned page -> TDX_PAGE_NOT_ASSIGNED; AUG of an assigned page ->
+TDX_PAGE_ALREADY_ASSIGNED. The last two are worker bugs (the CPU loop gives
+every CPU its own 4 KiB slots), not get/put protocol bugs, so they are refused
+but not recorded as violations. Malformed operands -> TDX_OPERAND_INVALID,
+also for an unknown leaf, and for a PAMT.ADD whose page pair is not a pair of
+distinct pool pages owned by the caller (the pool records the latter as
+``pamt_pages_lost``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from shmpamt import tdx
+from shmpamt.atomic import RefcountArray
+from shmpamt.invariants import (
+    ADD_PRESENT,
+    NO_RANGE,
+    REMOVE_ABSENT,
+    REMOVE_WHILE_IN_USE,
+    USE_WITHOUT_PAMT,
+)
+from shmpamt.ipc import IpcError, Segment, make_name
+from shmpamt.kernel import GUEST_BASE
+
+KIND_MODULE_STATE: Final = 0x4D535441  # "MSTA"
+MAX_RANGES: Final = 4096
+
+# Statistics slots: calls per leaf, then injected faults per kind.
+LEAF_SLOTS: Final[dict[int, int]] = {
+    tdx.TDH_PHYMEM_PAMT_ADD: 0,
+    tdx.TDH_PHYMEM_PAMT_REMOVE: 1,
+    tdx.TDH_MEM_PAGE_AUG: 2,
+    tdx.TDH_PHYMEM_PAGE_RECLAIM: 3,
+    tdx.SHMPAMT_NOP: 4,
+    tdx.SHMPAMT_STATUS: 5,
+    tdx.SHMPAMT_RESET: 6,
+}
+OTHER_LEAF_SLOT: Final = 7
+INJECTED_SLOT: Final[dict[str, int]] = {"busy": 8, "delay_before": 9, "delay_after": 10}
+_COUNTERS: Final = 16
+
+_HDR_WORDS: Final = 8  # nranges, pages_per_range, spare
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A violation a SEAMCALL reveals; the daemon adds cpu and leaf when it logs it."""
+
+    name: str
+    range: int
+    a: int = 0
+    b: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Registers the module returns, plus what the call revealed."""
+
+    status: int
+    rcx: int = 0
+    rdx: int = 0
+    r8: int = 0
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def registers(self) -> tuple[int, int, int, int]:
+        return self.status, self.rcx, self.rdx, self.r8
+
+
+INVALID: Final = Outcome(tdx.TDX_OPERAND_INVALID)
+SUCCESS: Final = Outcome(tdx.TDX_SUCCESS)
+
+
+@dataclass(frozen=True)
+class ModuleStatistics:
+    """Calls per leaf name and injected faults per kind, read from shared memory."""
+
+    calls: tuple[tuple[str, int], ...]
+    injected: tuple[tuple[str, int], ...]
+    injected_total: int
+
+    def calls_of(self, leaf: int) -> int:
+        return dict(self.calls).get(tdx.leaf_name(leaf), 0)
+
+    def injected_of(self, kind: str) -> int:
+        return dict(self.injected).get(kind, 0)
+
+
+class PageOwnership(Protocol):
+    """The part of the page pool the module uses (PamtPagePool implements it)."""
+
+    def contains(self, hpa: int) -> bool: ...
+
+    def module_take(self, cpu: int, hpa: int, range_: int = NO_RANGE) -> bool: ...
+
+    def module_give(self, cpu: int, hpa: int) -> None: ...
+
+
+class ModuleState:
+    """Per 2 MiB range: PAMT present, its page pair, assigned count; per 4 KiB page: assigned."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.name = segment.name
+        hdr = segment.payload[: _HDR_WORDS * 4].cast("i")
+        self.nranges = int(hdr[0])
+        self.pages_per_range = int(hdr[1])
+        hdr.release()
+        if (
+            not 1 <= self.nranges <= MAX_RANGES
+            or not 1 <= self.pages_per_range <= tdx.PAGES_PER_2M
+            or segment.payload_size != self._size(self.nranges, self.pages_per_range)
+        ):
+            raise IpcError(f"{segment.name}: not a TDX module state segment")
+        n, ppr = self.nranges, self.pages_per_range
+        o_cnt, o_present, o_assigned, o_pamt, o_flags = self._layout(n, ppr)
+        p = segment.payload
+        self._counters = RefcountArray.over(segment, o_cnt, _COUNTERS)
+        # Plain stores: the daemon is the only writer and holds the range lock.
+        self._present = p[o_present : o_present + 4 * n].cast("i")
+        self._assigned = p[o_assigned : o_assigned + 4 * n].cast("i")
+        self._pamt = p[o_pamt : o_pamt + 16 * n].cast("q")
+        self._flags = p[o_flags : o_flags + n * ppr]
+
+    @staticmethod
+    def _layout(n: int, ppr: int) -> tuple[int, int, int, int, int]:
+        o_cnt = _HDR_WORDS * 4
+        o_present = o_cnt + _COUNTERS * 4
+        o_assigned = o_present + 4 * n
+        o_pamt = (o_assigned + 4 * n + 7) // 8 * 8
+        o_flags = o_pamt + 16 * n
+        return o_cnt, o_present, o_assigned, o_pamt, o_flags
+
+    @classmethod
+    def _size(cls, n: int, ppr: int) -> int:
+        return cls._layout(n, ppr)[4] + n * ppr
+
+    @classmethod
+    def create(cls, nranges: int, pages_per_range: int, token: str | None = None) -> ModuleState:
+        if not 1 <= nranges <= MAX_RANGES:
+            raise ValueError(f"nranges must be within 1..{MAX_RANGES}, got {nranges}")
+        if not 1 <= pages_per_range <= tdx.PAGES_PER_2M:
+            raise ValueError(f"pages_per_range must be within 1..{tdx.PAGES_PER_2M}")
+        seg = Segment.create(
+            make_name("modstate", token), KIND_MODULE_STATE, cls._size(nranges, pages_per_range)
+        )
+        try:
+            hdr = seg.payload[: _HDR_WORDS * 4].cast("i")
+            hdr[0] = nranges
+            hdr[1] = pages_per_range
+            hdr.release()
+            return cls(seg)
+        except BaseException:
+            seg.close()
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> ModuleState:
+        seg = Segment.attach(name, KIND_MODULE_STATE)
+        try:
+            return cls(seg)
+        except BaseException:
+            seg.close()
+            raise
+
+    # -- reads (any process) ----------------------------------------------------------
+
+    def pamt_present(self, r: int) -> bool:
+        return bool(self._present[r])
+
+    def assigned_count(self, r: int) -> int:
+        return int(self._assigned[r])
+
+    def page_assigned(self, r: int, j: int) -> bool:
+        if not 0 <= j < self.pages_per_range:
+            raise IndexError(f"page {j} outside 0..{self.pages_per_range - 1}")
+        return bool(self._flags[r * self.pages_per_range + j])
+
+    def pamt_pages(self, r: int) -> tuple[int, int]:
+        """The two PAMT pages the module holds for range ``r`` (0, 0 when absent)."""
+        return int(self._pamt[2 * r]), int(self._pamt[2 * r + 1])
+
+    def present_ranges(self) -> list[int]:
+        return [r for r in range(self.nranges) if self._present[r]]
+
+    # -- writes (the daemon, holding the range's lock) -------------------------------
+
+    def _set_present(self, r: int, p0: int, p1: int) -> None:
+        self._pamt[2 * r] = p0
+        self._pamt[2 * r + 1] = p1
+        self._present[r] = 1
+
+    def _set_absent(self, r: int) -> None:
+        self._present[r] = 0
+        self._pamt[2 * r] = 0
+        self._pamt[2 * r + 1] = 0
+
+    def _assign(self, r: int, j: int, on: bool) -> None:
+        self._flags[r * self.pages_per_range + j] = 1 if on else 0
+        self._assigned[r] += 1 if on else -1
+
+    def reset(self) -> None:
+        """Every PAMT absent, no page assigned (statistics are kept)."""
+        for r in range(self.nranges):
+            self._set_absent(r)
+            self._assigned[r] = 0
+        self._flags[:] = bytes(len(self._flags))
+
+    # -- statistics (atomic counters: several daemon threads update them) ----------------
+
+    def count_call(self, leaf: int) -> None:
+        self._counters.inc(LEAF_SLOTS.get(leaf, OTHER_LEAF_SLOT))
+
+    def count_injected(self, kind: str) -> None:
+        self._counters.inc(INJECTED_SLOT[kind])
+
+    def statistics(self) -> ModuleStatistics:
+        c = self._counters.snapshot()
+        calls = tuple((tdx.leaf_name(leaf), c[s]) for leaf, s in LEAF_SLOTS.items())
+        calls += (("other", c[OTHER_LEAF_SLOT]),)
+        injected = tuple((k, c[s]) for k, s in INJECTED_SLOT.items())
+        return ModuleStatistics(calls, injected, sum(v for _, v in injected))
+
+    def close(self) -> None:
+        for mv in (self._present, self._assigned, self._pamt, self._flags):
+            mv.release()
+        self._counters.close()
+        self.segment.close()
+
+    def __enter__(self) -> ModuleState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- operand decoding ------------------------------------------------------------------
+
+
+def decode_2m(state: ModuleState, rcx: int) -> int | None:
+    """Range index of a PAMT.ADD/REMOVE operand (2 MiB-aligned hpa | TDX_PS_2M), or None."""
+    if rcx & (tdx.SZ_2M - 1) != tdx.TDX_PS_2M:
+        return None
+    off = (rcx & ~(tdx.SZ_2M - 1)) - GUEST_BASE
+    r = off // tdx.SZ_2M
+    return r if off >= 0 and r < state.nranges else None
+
+
+def decode_4k(state: ModuleState, rcx: int) -> tuple[int, int] | None:
+    """(range, page) of an AUG/RECLAIM operand (4 KiB-aligned hpa | TDX_PS_4K), or None."""
+    if rcx & (tdx.PAGE_SIZE - 1) != tdx.TDX_PS_4K:
+        return None
+    off = rcx - GUEST_BASE
+    r, within = divmod(off, tdx.SZ_2M)
+    j = within // tdx.PAGE_SIZE
+    if off < 0 or r >= state.nranges or j >= state.pages_per_range:
+        return None
+    return r, j
+
+
+def target_range(state: ModuleState, leaf: int, rcx: int) -> int | None:
+    """The range whose lock a call must hold (None: it touches no range's state)."""
+    if leaf in (tdx.TDH_PHYMEM_PAMT_ADD, tdx.TDH_PHYMEM_PAMT_REMOVE):
+        return decode_2m(state, rcx)
+    if leaf in (tdx.TDH_MEM_PAGE_AUG, tdx.TDH_PHYMEM_PAGE_RECLAIM):
+        rj = decode_4k(state, rcx)
+        return None if rj is None else rj[0]
+    if leaf == tdx.SHMPAMT_STATUS:
+        return rcx if 0 <= rcx < state.nranges else None
+    return None
+
+
+# --- the transitions ---------------------------------------------------------------------
+
+
+def apply_seamcall(
+    state: ModuleState, pool: PageOwnership, cpu: int, leaf: int, rcx: int, rdx: int, r8: int
+) -> Outcome:
+    """One SEAMCALL by ``cpu``; the caller holds the lock of ``target_range(...)``."""
+    if leaf == tdx.TDH_PHYMEM_PAMT_ADD:
+        return _pamt_add(state, pool, cpu, rcx, rdx, r8)
+    if leaf == tdx.TDH_PHYMEM_PAMT_REMOVE:
+        return _pamt_remove(state, pool, cpu, rcx)
+    if leaf == tdx.TDH_MEM_PAGE_AUG:
+        return _page_aug(state, rcx)
+    if leaf == tdx.TDH_PHYMEM_PAGE_RECLAIM:
+        return _page_reclaim(state, rcx)
+    if leaf == tdx.SHMPAMT_NOP:
+        return SUCCESS
+    if leaf == tdx.SHMPAMT_STATUS:
+        if not 0 <= rcx < state.nranges:
+            return INVALID
+        return Outcome(tdx.TDX_SUCCESS, 0, int(state.pamt_present(rcx)), state.assigned_count(rcx))
+    if leaf == tdx.SHMPAMT_RESET:
+        state.reset()  # the caller holds every range lock
+        return SUCCESS
+    return INVALID
+
+
+def _pamt_add(
+    state: ModuleState, pool: PageOwnership, cpu: int, rcx: int, rdx: int, r8: int
+) -> Outcome:
+    r = decode_2m(state, rcx)
+    if r is None or rdx == r8 or not pool.contains(rdx) or not pool.contains(r8):
+        return INVALID
+    if state.pamt_present(r):
+        # Invariant: PAMT.ADD is issued only for a range whose PAMT is absent.
+        return Outcome(tdx.TDX_HPA_RANGE_NOT_FREE, findings=(Finding(ADD_PRESENT, r, a=rcx),))
+    if not pool.module_take(cpu, rdx, r):
+        return INVALID
+    if not pool.module_take(cpu, r8, r):
+        pool.module_give(cpu, rdx)  # undo: the ADD did not happen
+        return INVALID
+    state._set_present(r, rdx, r8)
+    return SUCCESS
+
+
+def _pamt_remove(state: ModuleState, pool: PageOwnership, cpu: int, rcx: int) -> Outcome:
+    r = decode_2m(state, rcx)
+    if r is None:
+        return INVALID
+    if not state.pamt_present(r):
+        # Invariant: PAMT.REMOVE is issued only for a range whose PAMT is present.
+        return Outcome(tdx.TDX_PAMT_NOT_PRESENT, findings=(Finding(REMOVE_ABSENT, r, a=rcx),))
+    n = state.assigned_count(r)
+    if n:
+        # Invariant: PAMT.REMOVE is issued only when no 4 KiB page of the range is assigned.
+        return Outcome(tdx.TDX_PAGE_IN_USE, findings=(Finding(REMOVE_WHILE_IN_USE, r, a=n),))
+    p0, p1 = state.pamt_pages(r)
+    state._set_absent(r)
+    pool.module_give(cpu, p0)
+    pool.module_give(cpu, p1)
+    return Outcome(tdx.TDX_SUCCESS, 0, p0, p1)
+
+
+def _page_aug(state: ModuleState, rcx: int) -> Outcome:
+    rj = decode_4k(state, rcx)
+    if rj is None:
+        return INVALID
+    r, j = rj
+    if not state.pamt_present(r):
+        # Invariant: a 4 KiB page is assigned only while its range's PAMT is present.
+        return Outcome(tdx.TDX_PAMT_MISSING, findings=(Finding(USE_WITHOUT_PAMT, r, a=rcx),))
+    if state.page_assigned(r, j):
+        return Outcome(tdx.TDX_PAGE_ALREADY_ASSIGNED)  # a worker bug, not a protocol bug
+    state._assign(r, j, True)
+    return SUCCESS
+
+
+def _page_reclaim(state: ModuleState, rcx: int) -> Outcome:
+    rj = decode_4k(state, rcx)
+    if rj is None:
+        return INVALID
+    r, j = rj
+    if not state.pamt_present(r):
+        # Invariant: a 4 KiB page is used only while its range's PAMT is present.
+        return Outcome(tdx.TDX_PAMT_MISSING, findings=(Finding(USE_WITHOUT_PAMT, r, a=rcx),))
+    if not state.page_assigned(r, j):
+        return Outcome(tdx.TDX_PAGE_NOT_ASSIGNED)  # a worker bug, not a protocol bug
+    state._assign(r, j, False)
+    return SUCCESS

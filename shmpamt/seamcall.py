@@ -1,0 +1,247 @@
+"""SEAMCALL transport: a shared-memory mailbox per CPU and two semaphores per mailbox.
+
+A call writes the leaf and registers into the CPU's mailbox, posts the request
+semaphore and waits on the response semaphore; the daemon's thread for that
+mailbox writes status, registers and an "injected" flag back and posts. The
+round trip is one semaphore ping-pong plus two small ``struct`` copies, with no
+pickling, so a SEAMCALL costs about what waking another process costs.
+
+A call never hangs on a broken module: it waits in short slices and between
+them checks that the daemon still lives (``ModuleDied``), and gives up after
+the port's timeout (``ModuleHung``). Mailbox ``ncpus`` is the runner's
+control port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import time
+from typing import TYPE_CHECKING, Final
+
+import posix_ipc
+
+from shmpamt import tdx
+from shmpamt.ipc import IpcError, Segment, open_semaphore, pid_alive
+
+if TYPE_CHECKING:
+    from shmpamt.module.daemon import ModuleNames
+
+KIND_MAILBOX: Final = 0x4D424F58  # "MBOX"
+MASK64: Final = (1 << 64) - 1
+SLICE: Final = 0.05  # seconds between liveness checks while waiting for an answer
+
+# Header: daemon pid, stop flag, number of slots, then a NUL-terminated message
+# (why the daemon failed to start or hit an internal error).
+HEADER: Final = struct.Struct("<qqq")
+MSG_OFFSET: Final = 64
+MSG_BYTES: Final = 192
+SLOTS_OFFSET: Final = 256
+SLOT_BYTES: Final = 128  # request and response on separate cache lines
+RESPONSE_OFFSET: Final = 64
+# seq, leaf, rcx, rdx, r8
+REQUEST: Final = struct.Struct("<QQQQQ")
+# seq, status, rcx, rdx, r8, injected flags
+RESPONSE: Final = struct.Struct("<QQQQQQ")
+
+
+class SeamcallError(Exception):
+    """The TDX module could not answer a SEAMCALL."""
+
+
+class ModuleDied(SeamcallError):
+    """The daemon process is gone."""
+
+
+class ModuleHung(SeamcallError):
+    """The daemon lives but did not answer within the port's timeout."""
+
+
+class Mailbox:
+    """The mailbox segment: header plus ``nslots`` request/response slots."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.name = segment.name
+        self.buf = segment.payload
+        _, _, n = HEADER.unpack_from(self.buf, 0)
+        if n < 1 or segment.payload_size != SLOTS_OFFSET + n * SLOT_BYTES:
+            raise IpcError(f"{segment.name}: not a SEAMCALL mailbox")
+        self.nslots = int(n)
+
+    @classmethod
+    def create(cls, name: str, nslots: int) -> Mailbox:
+        seg = Segment.create(name, KIND_MAILBOX, SLOTS_OFFSET + nslots * SLOT_BYTES)
+        HEADER.pack_into(seg.payload, 0, 0, 0, nslots)
+        return cls(seg)
+
+    @classmethod
+    def attach(cls, name: str) -> Mailbox:
+        seg = Segment.attach(name, KIND_MAILBOX)
+        try:
+            return cls(seg)
+        except BaseException:
+            seg.close()
+            raise
+
+    @staticmethod
+    def request_offset(slot: int) -> int:
+        return SLOTS_OFFSET + slot * SLOT_BYTES
+
+    @staticmethod
+    def response_offset(slot: int) -> int:
+        return SLOTS_OFFSET + slot * SLOT_BYTES + RESPONSE_OFFSET
+
+    # header fields ------------------------------------------------------------------
+
+    @property
+    def daemon_pid(self) -> int:
+        return int(HEADER.unpack_from(self.buf, 0)[0])
+
+    def set_daemon_pid(self, pid: int) -> None:
+        struct.pack_into("<q", self.buf, 0, pid)
+
+    @property
+    def stopping(self) -> bool:
+        return bool(struct.unpack_from("<q", self.buf, 8)[0])
+
+    def set_stopping(self) -> None:
+        struct.pack_into("<q", self.buf, 8, 1)
+
+    @property
+    def message(self) -> str:
+        raw = bytes(self.buf[MSG_OFFSET : MSG_OFFSET + MSG_BYTES])
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def set_message(self, msg: str) -> None:
+        data = msg.encode("utf-8", "replace")[: MSG_BYTES - 1] + b"\0"
+        self.buf[MSG_OFFSET : MSG_OFFSET + len(data)] = data
+
+    def close(self) -> None:
+        self.buf = memoryview(b"")
+        self.segment.close()
+
+
+class SeamcallPort:
+    """One CPU's SEAMCALL instruction: ``call(leaf, rcx, rdx, r8) -> (status, rcx, rdx, r8)``."""
+
+    def __init__(
+        self,
+        mailbox: Mailbox,
+        request: posix_ipc.Semaphore,
+        response: posix_ipc.Semaphore,
+        cpu: int,
+        timeout: float,
+    ) -> None:
+        self.cpu = cpu
+        self.timeout = timeout
+        self._mailbox = mailbox
+        self._buf = mailbox.buf
+        self._req = request
+        self._resp = response
+        self._in = Mailbox.request_offset(cpu)
+        self._out = Mailbox.response_offset(cpu)
+        self._seq = int(RESPONSE.unpack_from(self._buf, self._out)[0])
+        self._pid = mailbox.daemon_pid
+        self._broken: SeamcallError | None = None
+        #: responses that carried an injected fault (BUSY or a delay)
+        self.injected = 0
+        #: responses that carried an injected TDX_OPERAND_BUSY
+        self.injected_busy = 0
+        #: injected-fault bits of the last response (module.faults.INJECTED_*)
+        self.last_injected = 0
+        if self._pid <= 0:
+            raise ModuleDied("the TDX module daemon has not started")
+
+    @classmethod
+    def attach(cls, names: ModuleNames, cpu: int, timeout: float = 10.0) -> SeamcallPort:
+        if not 0 <= cpu <= names.ncpus:
+            raise ValueError(
+                f"cpu {cpu} has no mailbox (0..{names.ncpus - 1}, {names.ncpus} = control)"
+            )
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        mailbox = Mailbox.attach(names.mailbox)
+        sems: list[posix_ipc.Semaphore] = []
+        try:
+            sems.append(open_semaphore(names.requests[cpu]))
+            sems.append(open_semaphore(names.responses[cpu]))
+            return cls(mailbox, sems[0], sems[1], cpu, timeout)
+        except BaseException:
+            for s in sems:
+                s.close()
+            mailbox.close()
+            raise
+
+    def call(self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> tuple[int, int, int, int]:
+        if self._broken is not None:
+            raise self._broken
+        seq = (self._seq + 1) & MASK64
+        self._seq = seq
+        REQUEST.pack_into(
+            self._buf, self._in, seq, leaf & MASK64, rcx & MASK64, rdx & MASK64, r8 & MASK64
+        )
+        self._req.release()
+        try:
+            self._resp.acquire(SLICE)
+        except posix_ipc.BusyError:
+            self._wait_slow(leaf)
+        got, status, o_rcx, o_rdx, o_r8, flags = RESPONSE.unpack_from(self._buf, self._out)
+        # Invariant: a response answers the request just posted (one call in flight per port).
+        if got != seq:
+            self._broken = SeamcallError(
+                f"cpu {self.cpu}: response {got} does not answer request {seq}"
+            )
+            raise self._broken
+        if flags:
+            self.injected += 1
+            self.last_injected = flags
+            if status == tdx.TDX_OPERAND_BUSY:
+                self.injected_busy += 1
+        else:
+            self.last_injected = 0
+        return status, o_rcx, o_rdx, o_r8
+
+    def _wait_slow(self, leaf: int) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if not pid_alive(self._pid):
+                try:
+                    self._resp.acquire(0)  # it may have answered just before dying
+                    return
+                except posix_ipc.BusyError:
+                    pass
+                self._broken = ModuleDied(
+                    f"cpu {self.cpu}: the TDX module daemon (pid {self._pid}) died "
+                    f"during {tdx.leaf_name(leaf)}"
+                )
+                raise self._broken
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._broken = ModuleHung(
+                    f"cpu {self.cpu}: the TDX module daemon (pid {self._pid}) did not answer "
+                    f"{tdx.leaf_name(leaf)} within {self.timeout:g} s"
+                )
+                raise self._broken
+            try:
+                self._resp.acquire(min(SLICE, left))
+                return
+            except posix_ipc.BusyError:
+                continue
+
+    @property
+    def daemon_pid(self) -> int:
+        return self._pid
+
+    def close(self) -> None:
+        for s in (self._req, self._resp):
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                s.close()
+        self._buf = memoryview(b"")
+        self._mailbox.close()
+
+    def __enter__(self) -> SeamcallPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
