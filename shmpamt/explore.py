@@ -34,7 +34,6 @@ from shmpamt.ipc import (
 
 if TYPE_CHECKING:
     from shmpamt.schedulers.base import Scheduler
-    from shmpamt.seamcall import SeamcallPort
     from shmpamt.system import System
 
 # Every op a point can carry, in a fixed order: the index is what crosses the board.
@@ -238,13 +237,11 @@ class Explorer:
         system: System,
         board: SchedBoard,
         procs: list[BaseProcess],
-        control: SeamcallPort,
         max_steps: int,
     ) -> None:
         self.s = system
         self.b = board
         self.procs = procs
-        self.control = control
         self.max_steps = max_steps
         self.cpus = len(procs)
 
@@ -295,7 +292,7 @@ class Explorer:
             s.refcounts.set(r, s.config.initial_refcount)
         s.lock.reset()
         s.pool.reset()
-        status = self.control.call(tdx.SHMPAMT_RESET)[0]
+        status = s.module.call(tdx.SHMPAMT_RESET)[0]
         if status != tdx.TDX_SUCCESS:
             raise ExploreError(f"module reset failed: {tdx.status_name(status)}")
         s.log.reset()

@@ -110,20 +110,21 @@ class Campaign:
         if not self.results:
             return
         table = Table(title="verdict: violations found per variant", title_justify="left")
-        table.add_column("variant", style="bold")
+        table.add_column("variant", style="bold", no_wrap=True)
         names = [n for n in VIOLATIONS if any(r.counts.get(n) for r in self.results)]
         for n in names:
-            table.add_column(n, justify="right")
+            # one word per line keeps eight violation columns inside 80 columns
+            table.add_column(n.replace("_", "\n"), justify="right")
         table.add_column("ops", justify="right")
-        table.add_column("verdict")
+        table.add_column("verdict", no_wrap=True)
         for r in self.results:
             cells = [str(r.counts.get(n, 0) or "·") for n in names]
             if r.clean and not r.incidents:
-                verdict = "[green]no violation[/green]"
+                verdict = "[green]clean[/green]"
             elif r.clean:
-                verdict = "[yellow]incident (see below)[/yellow]"
+                verdict = "[yellow]incident[/yellow]"
             else:
-                verdict = "[red]" + ", ".join(sorted(r.found)) + "[/red]"
+                verdict = f"[red]{len(r.found)} kind(s)[/red]"
             table.add_row(r.variant, *cells, f"{r.operations:,}", verdict)
         console.print(table)
         for r in self.results:

@@ -192,4 +192,3 @@ def _join_all(s: System, procs: list[mp.process.BaseProcess], incidents: list[st
         if p.exitcode not in (EXIT_OK, None) and not any(f"cpu {c} " in i for i in incidents):
             msg = s.board.message(c)
             incidents.append(f"cpu {c} {_describe_exit(p.exitcode)}" + (f": {msg}" if msg else ""))
-        p.close() if p.exitcode is not None else None

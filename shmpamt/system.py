@@ -63,8 +63,8 @@ class SystemConfig:
 class System:
     """Create with :meth:`start`; attach CPUs with :attr:`names`."""
 
-    def __init__(self) -> None:
-        self.token = new_token()
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token or new_token()
         self._closers: list[object] = []
         self.refcounts: RefcountArray
         self.lock: PamtLock
@@ -76,12 +76,19 @@ class System:
         self.config: SystemConfig
 
     @classmethod
-    def start(cls, config: SystemConfig, faults: FaultPlan) -> System:
+    def start(
+        cls,
+        config: SystemConfig,
+        faults: FaultPlan,
+        token: str | None = None,
+        extra_names: tuple[str, ...] = (),
+    ) -> System:
+        """Create every IPC object and start the daemon; ``extra_names`` are guarded too."""
         from shmpamt.module.daemon import TdxModule
         from shmpamt.pages import PamtPagePool
 
         config.validate()
-        s = cls()
+        s = cls(token)
         s.config = config
         try:
             s.refcounts = RefcountArray.create(
@@ -102,6 +109,7 @@ class System:
                 s.log.name,
                 s.pool.name,
                 s.board.name,
+                *extra_names,
             )
             s.module = TdxModule.start(
                 config.cpus,
