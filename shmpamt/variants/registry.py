@@ -176,4 +176,4 @@ def _check(obj: object, label: str) -> type[PamtVariant]:
 def _kind(obj: object) -> str:
     if isinstance(obj, type):
         return f"class {obj.__name__}"
-    return f"a {type(obj).__name__}"
+    return f"an object of type {type(obj).__name__}"
