@@ -103,6 +103,11 @@ def run_guarded(fn: Callable[[], Any], campaign: Campaign) -> None:
         fail(str(e))
     except (IpcError, LockError, OSError, RuntimeError) as e:
         campaign.error = f"{type(e).__name__}: {e}"
+    except Exception as e:
+        # A bug in the rig itself: one line by default, the traceback on request.
+        if os.environ.get("SHMPAMT_DEBUG"):
+            raise
+        campaign.error = f"internal error: {type(e).__name__}: {e} (SHMPAMT_DEBUG=1 shows where)"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

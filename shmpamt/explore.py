@@ -61,6 +61,7 @@ W_CMD: Final = 6  # controller -> CPU: what to do on the next grant
 W_ARG: Final = 7  # execution id / workload seed for CMD_START
 W_LAST_LO: Final = 8  # 64-bit result words for SEAMCALL statuses (lo, hi)
 W_LAST_HI: Final = 9
+W_ARG_HI: Final = 10  # high 32 bits of the workload seed
 WORDS: Final = 12
 
 # states
@@ -184,7 +185,9 @@ class ExploreHook:
         """Idle between executions: park, then return (command, argument)."""
         self._b.doorbell.release()
         self._grant.acquire()
-        return self._w.read(self._base + W_CMD), self._w.read(self._base + W_ARG)
+        w, base = self._w, self._base
+        seed = (w.read(base + W_ARG) & 0xFFFFFFFF) | ((w.read(base + W_ARG_HI) & 0xFFFFFFFF) << 32)
+        return w.read(base + W_CMD), seed
 
 
 def workload_rng(seed: int, cpu: int) -> random.Random:
@@ -271,7 +274,8 @@ class Explorer:
 
     def _grant(self, cpu: int, cmd: int, arg: int = 0) -> None:
         self.b.set(cpu, W_CMD, cmd)
-        self.b.set(cpu, W_ARG, arg)
+        self.b.set(cpu, W_ARG, arg & 0xFFFFFFFF)
+        self.b.set(cpu, W_ARG_HI, (arg >> 32) & 0xFFFFFFFF)
         self.b.grants[cpu].release()
         self._wait(cpu)
 
@@ -305,7 +309,7 @@ class Explorer:
         self.reset()
         b, log = self.b, self.s.log
         for c in range(self.cpus):
-            self._grant(c, CMD_START, workload_seed & 0x7FFFFFFF)
+            self._grant(c, CMD_START, workload_seed)
         steps: list[int] = []
         trace: list[Step] = []
         current: int | None = None

@@ -148,7 +148,7 @@ def make_scheduler(
     if strategy == "random":
         return RandomWalk(seed=seed, max_executions=executions)
     if strategy == "pct":
-        return PCT(depth=depth, seed=seed, max_executions=executions, steps_hint=steps_hint)
+        return PCT(depth=depth, seed=seed, max_executions=executions)
     if strategy == "dfs":
         return DFS(preemption_bound=preemptions, workload_seed=seed, max_executions=executions)
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
