@@ -178,9 +178,11 @@ class SeamcallPort:
             raise self._broken
         seq = (self._seq + 1) & MASK64
         self._seq = seq
-        REQUEST.pack_into(
-            self._buf, self._in, seq, leaf & MASK64, rcx & MASK64, rdx & MASK64, r8 & MASK64
-        )
+        try:
+            REQUEST.pack_into(self._buf, self._in, seq, leaf, rcx, rdx, r8)
+        except struct.error:  # a negative or oversized register: wrap it like the hardware
+            m = MASK64
+            REQUEST.pack_into(self._buf, self._in, seq, leaf & m, rcx & m, rdx & m, r8 & m)
         self._req.release()
         try:
             self._resp.acquire(SLICE)
