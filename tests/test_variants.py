@@ -250,7 +250,12 @@ def make_rig() -> Iterator[Callable[[str], Rig]]:
 
 
 # --------------------------------------------------------------------------
-# shared helpers
+# shared helpers and the documented example
+
+
+def test_docs_show_the_example_file_verbatim() -> None:
+    doc = (EXAMPLE.parent.parent / "docs" / "variants.md").read_text()
+    assert f"```python\n{EXAMPLE.read_text()}```" in doc
 
 
 def test_alloc_pamt_pages_gives_the_pair_and_frees_on_partial_failure(
