@@ -334,7 +334,9 @@ def cpu_explore_main(
                 for _ in range(rounds):
                     one_round(k, variant, pick_page(rng, cpu, names.cpus, workload), 0.0, log)
                     board.inc(cpu, ITERATIONS)
-            except Aborted:
+            except Aborted as stop:
+                if stop.cmd == CMD_EXIT:
+                    break
                 state = IDLE
             sb.set(cpu, W_STATE, state)
         code = EXIT_OK

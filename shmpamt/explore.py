@@ -74,6 +74,10 @@ KIND_SCHED: Final = 0x53434844
 class Aborted(BaseException):
     """Raised inside a CPU to unwind an execution the controller abandoned."""
 
+    def __init__(self, cmd: int) -> None:
+        super().__init__(cmd)
+        self.cmd = cmd  # CMD_ABORT, or CMD_EXIT when the whole session ends
+
 
 @dataclass(frozen=True)
 class SchedNames:
@@ -171,8 +175,9 @@ class ExploreHook:
         w.set(base + W_STATE, PARKED)
         self._b.doorbell.release()
         self._grant.acquire()
-        if w.read(base + W_CMD) != CMD_GO:
-            raise Aborted
+        cmd = w.read(base + W_CMD)
+        if cmd != CMD_GO:
+            raise Aborted(cmd)
 
     def after(self, op: str, target: int, result: int, value: int) -> None:
         w, base = self._w, self._base
