@@ -1,3 +1,87 @@
-"""shmpamt: a torture-test rig for the TDX Dynamic PAMT refcount helpers."""
+"""shmpamt: a torture-test rig for the TDX Dynamic PAMT refcount helpers.
+
+The public API (see docs/library.md)::
+
+    import shmpamt
+
+    result = shmpamt.explore("rfc-norecheck", executions=300, seed=1)
+    result.check()  # raises shmpamt.ViolationFound carrying "shmpamt replay ..."
+
+Every name below is imported on first use, not here: CPU processes, the module
+daemon and the pytest plugin all import this package, and none of them should
+pay for cffi, posix_ipc and the atomics binding before they need them.
+
+``shmpamt.explore`` is the function even though a submodule ``shmpamt/explore.py``
+exists (the controller): importing that submodule would normally rebind the
+package attribute to the module, so the package refuses that one rebinding.
+Import the controller as ``from shmpamt.explore import Explorer``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any, Final
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from shmpamt.api import Result as Result
+    from shmpamt.api import ViolationFound as ViolationFound
+    from shmpamt.api import explore as explore
+    from shmpamt.api import replay as replay
+    from shmpamt.api import stress as stress
+    from shmpamt.api import variant_spec as variant_spec
+    from shmpamt.kernel import Kernel as Kernel
+    from shmpamt.session import Scenario as Scenario
+    from shmpamt.session import Session as Session
+    from shmpamt.variants.base import PamtVariant as PamtVariant
+
+#: public name -> module that defines it
+_LAZY: Final[dict[str, str]] = {
+    "stress": "shmpamt.api",
+    "explore": "shmpamt.api",
+    "replay": "shmpamt.api",
+    "variant_spec": "shmpamt.api",
+    "Result": "shmpamt.api",
+    "ViolationFound": "shmpamt.api",
+    "PamtVariant": "shmpamt.variants.base",
+    "Kernel": "shmpamt.kernel",
+    "Session": "shmpamt.session",
+    "Scenario": "shmpamt.session",
+}
+
+#: public names that are also submodule names: never cached, never rebound
+_SHADOWED: Final = frozenset({"explore"})
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        # AttributeError lets ``from shmpamt import tdx`` fall through to the submodule.
+        raise AttributeError(f"module 'shmpamt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    if name not in _SHADOWED:
+        globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """The package's module type: keeps ``shmpamt.explore`` the API function."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The import system binds each imported submodule on its package; for
+        # ``explore`` that would hide the function behind the controller module.
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
