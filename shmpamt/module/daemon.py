@@ -94,8 +94,11 @@ class _Server:
         self.locks = [threading.Lock() for _ in range(self.state.nranges)]
         self.stopped = threading.Event()
 
-    def serve(self, slot: int) -> None:
+    def serve(self, slot: int, last: int) -> None:
         """Answer the SEAMCALLs of mailbox ``slot`` until told to stop.
+
+        ``last`` is the sequence number already in the slot, read before the
+        daemon signalled readiness (reading it here could race a first call).
 
         The loop is the hot path of every SEAMCALL: locals only, and a NOP is
         answered without a method call so the benchmark sees the transport.
@@ -111,7 +114,6 @@ class _Server:
         count_nop = self.state.count_call
         handle = self.handle
         nop = tdx.SHMPAMT_NOP
-        last = unpack(buf, req_off)[0]
         while True:
             acquire()
             seq, leaf, rcx, rdx, r8 = unpack(buf, req_off)
@@ -209,7 +211,12 @@ def daemon_main(
             _guardian_cleanup(names, extra_names)
         os._exit(1)
     threads = [
-        threading.Thread(target=server.serve, args=(i,), name=f"mailbox-{i}", daemon=True)
+        threading.Thread(
+            target=server.serve,
+            args=(i, REQUEST.unpack_from(server.mailbox.buf, Mailbox.request_offset(i))[0]),
+            name=f"mailbox-{i}",
+            daemon=True,
+        )
         for i in range(names.ncpus + 1)
     ]
     for t in threads:
