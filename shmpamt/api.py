@@ -139,8 +139,14 @@ def stress(
 
     spec = variant_spec(variant)
     ppr = pages_per_range if pages_per_range is not None else 2 * cpus
-    workload = Workload(ranges=ranges, pages_per_range=ppr, hot=hot, hold_us=hold_us,
-                        iterations=iterations or 0, chaos=chaos)
+    workload = Workload(
+        ranges=ranges,
+        pages_per_range=ppr,
+        hot=hot,
+        hold_us=hold_us,
+        iterations=iterations or 0,
+        chaos=chaos,
+    )
     config = SystemConfig(cpus=cpus, ranges=ranges, pages_per_range=ppr)
     config.validate()
     dur = 0.0 if iterations else duration
@@ -166,8 +172,14 @@ def explore(
 
     scenario = Scenario(variant_spec(variant), cpus=cpus, rounds=rounds, ranges=ranges)
     result, _ = run_explore(
-        scenario, strategy, seed, depth=depth, preemptions=preemptions,
-        budget=budget if executions is None else 0.0, executions=executions, minimize=minimize,
+        scenario,
+        strategy,
+        seed,
+        depth=depth,
+        preemptions=preemptions,
+        budget=budget if executions is None else 0.0,
+        executions=executions,
+        minimize=minimize,
     )
     return Result(result)
 

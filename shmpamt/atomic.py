@@ -125,7 +125,7 @@ def _load_backend() -> Any:
     if os.environ.get("SHMPAMT_ATOMICS_BACKEND") == "abi":
         return _AbiBackend()
     try:
-        from shmpamt import _atomic_shim  # type: ignore[attr-defined]
+        from shmpamt import _atomic_shim
     except ImportError:
         return _AbiBackend()
     lib = _atomic_shim.lib

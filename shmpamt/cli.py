@@ -333,32 +333,73 @@ def _check_html_path(path: Path | None) -> None:
 
 
 @main.command()
-@click.option("--variant", "variant_spec", required=True, metavar="NAME",
-              help="Built-in name, path/to/file.py:Class or package.module:Class.")
-@click.option("--strategy", type=click.Choice(["random", "pct", "dfs"]), default="pct",
-              show_default=True)
-@click.option("--depth", type=click.IntRange(1, 10), default=2, show_default=True,
-              help="PCT bug depth d.")
-@click.option("--preemptions", type=click.IntRange(0, 50), default=2, show_default=True,
-              help="DFS preemption bound.")
+@click.option(
+    "--variant",
+    "variant_spec",
+    required=True,
+    metavar="NAME",
+    help="Built-in name, path/to/file.py:Class or package.module:Class.",
+)
+@click.option(
+    "--strategy", type=click.Choice(["random", "pct", "dfs"]), default="pct", show_default=True
+)
+@click.option(
+    "--depth", type=click.IntRange(1, 10), default=2, show_default=True, help="PCT bug depth d."
+)
+@click.option(
+    "--preemptions",
+    type=click.IntRange(0, 50),
+    default=2,
+    show_default=True,
+    help="DFS preemption bound.",
+)
 @click.option("--cpus", type=click.IntRange(1, 8), default=2, show_default=True)
-@click.option("--rounds", type=click.IntRange(1, 100), default=2, show_default=True,
-              help="get/use/put rounds per CPU per execution.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 100),
+    default=2,
+    show_default=True,
+    help="get/use/put rounds per CPU per execution.",
+)
 @click.option("--ranges", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option("--budget", type=click.FloatRange(0.1, 86400), default=None,
-              help="Seconds to search (default 20 unless --executions is given).")
-@click.option("--executions", type=click.IntRange(1), default=None,
-              help="Stop after this many executions.")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
-              help="Strategy seed. Default: random, printed.")
+@click.option(
+    "--budget",
+    type=click.FloatRange(0.1, 86400),
+    default=None,
+    help="Seconds to search (default 20 unless --executions is given).",
+)
+@click.option(
+    "--executions", type=click.IntRange(1), default=None, help="Stop after this many executions."
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=None,
+    help="Strategy seed. Default: random, printed.",
+)
 @click.option("--no-minimize", is_flag=True, help="Do not shrink the failing schedule.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
-@click.option("--html", "html_path", type=click.Path(path_type=Path), default=None,
-              help="Write the failing execution's timeline as a self-contained HTML file.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the failing execution's timeline as a self-contained HTML file.",
+)
 def explore(
-    variant_spec: str, strategy: str, depth: int, preemptions: int, cpus: int, rounds: int,
-    ranges: int, budget: float | None, executions: int | None, seed: int | None,
-    no_minimize: bool, json_path: Path | None, html_path: Path | None,
+    variant_spec: str,
+    strategy: str,
+    depth: int,
+    preemptions: int,
+    cpus: int,
+    rounds: int,
+    ranges: int,
+    budget: float | None,
+    executions: int | None,
+    seed: int | None,
+    no_minimize: bool,
+    json_path: Path | None,
+    html_path: Path | None,
 ) -> None:
     """Controlled scheduling: the rig chooses every interleaving."""
     from shmpamt.explore import ExploreError
@@ -383,27 +424,47 @@ def explore(
     )
     campaign = Campaign()
     failure: Any = None
-    with trapped_signals() as interrupted, Progress(
-        TextColumn("{task.description}"), BarColumn(),
-        TextColumn("{task.fields[execs]:>7} executions {task.fields[rate]:>7}/s"),
-        TextColumn("{task.fields[distinct]:>7} distinct"), TextColumn("{task.fields[viol]} violations"),
-        TimeRemainingColumn(), console=out_console,
-    ) as bar:
-        task = bar.add_task(variant_spec, total=budget or executions, execs=0, rate="-",
-                            distinct=0, viol=0)
+    with (
+        trapped_signals() as interrupted,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[execs]:>7} executions {task.fields[rate]:>7}/s"),
+            TextColumn("{task.fields[distinct]:>7} distinct"),
+            TextColumn("{task.fields[viol]} violations"),
+            TimeRemainingColumn(),
+            console=out_console,
+        ) as bar,
+    ):
+        task = bar.add_task(
+            variant_spec, total=budget or executions, execs=0, rate="-", distinct=0, viol=0
+        )
 
         def tick(p: ExploreProgress) -> None:
             rate = f"{p.executions / p.elapsed:,.0f}" if p.elapsed > 0 else "-"
-            bar.update(task, completed=p.elapsed if budget else p.executions, execs=p.executions,
-                       rate=rate, distinct=p.distinct, viol=p.violations)
+            bar.update(
+                task,
+                completed=p.elapsed if budget else p.executions,
+                execs=p.executions,
+                rate=rate,
+                distinct=p.distinct,
+                viol=p.violations,
+            )
 
         def go() -> None:
             nonlocal failure
             try:
                 res, failure = run_explore(
-                    scenario, strategy, seed, depth=depth, preemptions=preemptions,
-                    budget=budget or 0.0, executions=executions, minimize=not no_minimize,
-                    on_progress=tick, should_stop=lambda: bool(interrupted),
+                    scenario,
+                    strategy,
+                    seed,
+                    depth=depth,
+                    preemptions=preemptions,
+                    budget=budget or 0.0,
+                    executions=executions,
+                    minimize=not no_minimize,
+                    on_progress=tick,
+                    should_stop=lambda: bool(interrupted),
                 )
             except ExploreError as e:
                 campaign.error = str(e)
@@ -416,7 +477,8 @@ def explore(
         shown = failure.minimized or failure.schedule
         ex = failure.minimized_execution or failure.execution
         out_console.print(
-            f"first failing schedule ({len(failure.schedule.steps)} steps): {failure.schedule.encode()}"
+            f"first failing schedule ({len(failure.schedule.steps)} steps): "
+            f"{failure.schedule.encode()}"
         )
         if failure.minimized is not None:
             out_console.print(
@@ -429,23 +491,38 @@ def explore(
 
 @main.command()
 @click.argument("schedule")
-@click.option("--minimize", "do_minimize", is_flag=True,
-              help="Shrink the schedule while it still fails, and print the result.")
-@click.option("--times", type=click.IntRange(1, 1000), default=1, show_default=True,
-              help="Replay this many times and check every replay agrees.")
+@click.option(
+    "--minimize",
+    "do_minimize",
+    is_flag=True,
+    help="Shrink the schedule while it still fails, and print the result.",
+)
+@click.option(
+    "--times",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Replay this many times and check every replay agrees.",
+)
 @click.option("--html", "html_path", type=click.Path(path_type=Path), default=None)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
-def replay(schedule: str, do_minimize: bool, times: int, html_path: Path | None,
-           json_path: Path | None) -> None:
+def replay(
+    schedule: str, do_minimize: bool, times: int, html_path: Path | None, json_path: Path | None
+) -> None:
     """Re-run one schedule string deterministically (exit 1 if it fails)."""
     from shmpamt.explore import ExploreError
+    from shmpamt.report import VariantResult
     from shmpamt.schedule import Schedule, ScheduleError
     from shmpamt.schedulers.base import SchedulingError
     from shmpamt.session import (
-        Failure, Scenario, Session, execution_counts, first_violation, minimize_failure,
+        Failure,
+        Scenario,
+        Session,
+        execution_counts,
+        first_violation,
+        minimize_failure,
         replay_once,
     )
-    from shmpamt.report import VariantResult
 
     check_json_path(json_path)
     _check_html_path(html_path)
@@ -481,26 +558,41 @@ def replay(schedule: str, do_minimize: bool, times: int, html_path: Path | None,
                     minimize_failure(session, f)
                     assert f.minimized is not None and f.minimized_execution is not None
                     shown, shown_ex = f.minimized, f.minimized_execution
-                    out_console.print(f"minimised: {len(sched.steps)} -> {len(shown.steps)} steps, "
-                                      f"{shown.preemptions()} preemption(s)")
-                _timeline(shown_ex, sched.cpus, f"{session.variant_name}: {shown.encode()}",
-                          html_path)
+                    out_console.print(
+                        f"minimised: {len(sched.steps)} -> {len(shown.steps)} steps, "
+                        f"{shown.preemptions()} preemption(s)"
+                    )
+                _timeline(
+                    shown_ex, sched.cpus, f"{session.variant_name}: {shown.encode()}", html_path
+                )
                 fv = first_violation(shown_ex)
                 if fv is None:
                     out_console.print(f"replayed {len(outcomes)}x: no violation")
                 else:
                     out_console.print(
                         f"replayed {len(outcomes)}x: {fv[0]} at step {fv[1]} every time"
-                        if len(set(outcomes)) == 1 else f"replayed: {outcomes}"
+                        if len(set(outcomes)) == 1
+                        else f"replayed: {outcomes}"
                     )
                     out_console.print(f"replay with: [cyan]{shown.replay_command()}[/cyan]")
                 counts, examples = execution_counts(shown_ex)
-                campaign.results.append(VariantResult(
-                    variant=session.variant_name, mode="replay", seed=sched.seed, cpus=sched.cpus,
-                    operations=len(outcomes), elapsed_s=0.0, counts=counts, examples=examples,
-                    schedules=(shown.encode(),) if fv else (),
-                    extra={"steps": len(shown_ex.steps), "first_violation_step": fv[1] if fv else None},
-                ))
+                campaign.results.append(
+                    VariantResult(
+                        variant=session.variant_name,
+                        mode="replay",
+                        seed=sched.seed,
+                        cpus=sched.cpus,
+                        operations=len(outcomes),
+                        elapsed_s=0.0,
+                        counts=counts,
+                        examples=examples,
+                        schedules=(shown.encode(),) if fv else (),
+                        extra={
+                            "steps": len(shown_ex.steps),
+                            "first_violation_step": fv[1] if fv else None,
+                        },
+                    )
+                )
         except (SchedulingError, ScheduleError) as e:
             fail(f"schedule does not fit {sched.variant}: {e}")
         except ExploreError as e:

@@ -182,10 +182,7 @@ class ChaosHook:
 
 def pick_page(rng: random.Random, cpu: int, cpus: int, w: Workload) -> int:
     """Physical address of a page this CPU may use, skewed toward range 0."""
-    if w.ranges == 1 or rng.random() < w.hot:
-        r = 0
-    else:
-        r = rng.randrange(1, w.ranges)
+    r = 0 if w.ranges == 1 or rng.random() < w.hot else rng.randrange(1, w.ranges)
     slots = range(cpu, w.pages_per_range, cpus)
     return page_hpa(r, rng.choice(slots))
 

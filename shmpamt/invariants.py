@@ -89,7 +89,7 @@ class Violation:
 
 def describe(v: Violation) -> str:
     """One sentence saying what happened, for reports."""
-    from shmpamt.tdx import leaf_name, status_name
+    from shmpamt.tdx import leaf_name
 
     who = f"cpu {v.cpu}" if v.cpu >= 0 else "the runner"
     where = f"range {v.range}" if v.range >= 0 else "the system"
@@ -173,8 +173,16 @@ class ViolationLog:
         if idx >= self.capacity or idx < 0:
             return  # ring full: the count above is still exact
         _REC.pack_into(
-            self._buf, self._rec_base + idx * _REC_SIZE,
-            code, cpu, range_, leaf, time.monotonic_ns(), a, b, c,
+            self._buf,
+            self._rec_base + idx * _REC_SIZE,
+            code,
+            cpu,
+            range_,
+            leaf,
+            time.monotonic_ns(),
+            a,
+            b,
+            c,
         )
         # Invariant: a record is visible to readers only once fully written.
         self._flags.set(idx, 1)

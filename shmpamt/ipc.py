@@ -17,7 +17,7 @@ import secrets
 import stat
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import posix_ipc
@@ -210,11 +210,9 @@ class Segment:
         self._closed = True
         self.payload.release()
         self.view.release()
-        try:
+        # A cffi/ctypes view may still point into the mapping; the OS frees it at exit.
+        with contextlib.suppress(BufferError):
             self.mm.close()
-        except BufferError:
-            # A cffi/ctypes view still points into the mapping; the OS frees it at exit.
-            pass
         if self.owner:
             self.unlink()
 
@@ -276,3 +274,24 @@ def pid_alive(pid: int) -> bool:
     # state is the field after the parenthesised command name
     state = data[data.rfind(b")") + 2 : data.rfind(b")") + 3]
     return state not in (b"Z", b"X")
+
+
+@contextlib.contextmanager
+def sigint_ignored_in_children() -> Iterator[None]:
+    """Start children with SIGINT ignored from their very first instruction.
+
+    Ctrl-C goes to the whole foreground process group; children must leave the
+    decision to stop to the runner, which then stops them in order. An ignored
+    disposition survives exec (spawn), so even a child still importing
+    modules cannot die of KeyboardInterrupt.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -47,8 +47,9 @@ class PagePool(Protocol):
 
 
 class SeamcallPort(Protocol):
-    def call(self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> tuple[int, int, int, int]:
-        ...
+    def call(
+        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0
+    ) -> tuple[int, int, int, int]: ...
 
 
 class Kernel:
@@ -207,7 +208,9 @@ class Kernel:
 
     # -- SEAMCALLs -------------------------------------------------------------
 
-    def seamcall(self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> tuple[int, int, int, int]:
+    def seamcall(
+        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0
+    ) -> tuple[int, int, int, int]:
         target = range_of(rcx)
         self._before(tdx.leaf_name(leaf), target)
         out = self._port.call(leaf, rcx, rdx, r8)
@@ -245,7 +248,7 @@ class Kernel:
         self.warnings += 1
         self.last_warning = msg
 
-    def WARN_ON_ONCE(self, cond: bool, msg: str = "WARN_ON_ONCE") -> bool:  # noqa: N802
+    def WARN_ON_ONCE(self, cond: bool, msg: str = "WARN_ON_ONCE") -> bool:
         if cond:
             self.pr_err(msg)
         return cond

@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -24,7 +24,7 @@ from shmpamt.cpu import (
     cpu_main,
 )
 from shmpamt.invariants import VIOLATIONS
-from shmpamt.ipc import pid_alive
+from shmpamt.ipc import pid_alive, sigint_ignored_in_children
 from shmpamt.report import VariantResult, first_examples
 from shmpamt.system import System, SystemConfig
 
@@ -95,8 +95,9 @@ def run_stress(
         ]
         t0 = time.monotonic()
         try:
-            for p in procs:
-                p.start()
+            with sigint_ignored_in_children():
+                for p in procs:
+                    p.start()
             _watch(s, procs, label, duration, workload, t0, incidents, on_progress, should_stop)
         finally:
             s.board.stop()
@@ -137,7 +138,7 @@ def run_stress(
 
 def _watch(
     s: System,
-    procs: list[mp.process.BaseProcess],
+    procs: Sequence[mp.process.BaseProcess],
     label: str,
     duration: float,
     workload: Workload,
@@ -172,7 +173,7 @@ def _watch(
             return
 
 
-def _join_all(s: System, procs: list[mp.process.BaseProcess], incidents: list[str]) -> None:
+def _join_all(s: System, procs: Sequence[mp.process.BaseProcess], incidents: list[str]) -> None:
     deadline = time.monotonic() + JOIN_GRACE
     for c, p in enumerate(procs):
         if p.pid is None:

@@ -18,7 +18,7 @@ from typing import Final
 from shmpamt.cpu import Workload, cpu_explore_main
 from shmpamt.explore import Execution, Explorer, SchedBoard
 from shmpamt.invariants import VIOLATIONS, Violation
-from shmpamt.ipc import new_token
+from shmpamt.ipc import new_token, sigint_ignored_in_children
 from shmpamt.module.faults import FaultPlan
 from shmpamt.report import VariantResult, first_examples
 from shmpamt.schedule import Schedule, ScheduleError
@@ -55,8 +55,13 @@ class Scenario:
 
     def schedule(self, seed: int, steps: tuple[int, ...]) -> Schedule:
         return Schedule(
-            variant=self.variant, cpus=self.cpus, rounds=self.rounds, ranges=self.ranges,
-            pages=self.pages, seed=seed, steps=steps,
+            variant=self.variant,
+            cpus=self.cpus,
+            rounds=self.rounds,
+            ranges=self.ranges,
+            pages=self.pages,
+            seed=seed,
+            steps=steps,
         )
 
     @classmethod
@@ -75,7 +80,9 @@ class Session:
         self.scenario = scenario
         self.variant_name = variant.name or scenario.variant
         config = SystemConfig(
-            cpus=scenario.cpus, ranges=scenario.ranges, pages_per_range=scenario.pages,
+            cpus=scenario.cpus,
+            ranges=scenario.ranges,
+            pages_per_range=scenario.pages,
             initial_refcount=variant.initial_refcount,
         )
         workload = Workload(ranges=scenario.ranges, pages_per_range=scenario.pages, hold_us=0)
@@ -94,11 +101,19 @@ class Session:
             for c in range(scenario.cpus):
                 p = ctx.Process(
                     target=cpu_explore_main,
-                    args=(self.system.names, self.board.names, c, scenario.variant, workload,
-                          scenario.rounds),
-                    name=f"shmpamt-cpu{c}", daemon=True,
+                    args=(
+                        self.system.names,
+                        self.board.names,
+                        c,
+                        scenario.variant,
+                        workload,
+                        scenario.rounds,
+                    ),
+                    name=f"shmpamt-cpu{c}",
+                    daemon=True,
                 )
-                p.start()
+                with sigint_ignored_in_children():
+                    p.start()
                 self._procs.append(p)
             self.explorer = Explorer(self.system, self.board, self._procs, max_steps)
             self.explorer.boot()
@@ -138,7 +153,10 @@ class Session:
 
 
 def make_scheduler(
-    strategy: str, seed: int, depth: int = 2, preemptions: int = 2,
+    strategy: str,
+    seed: int,
+    depth: int = 2,
+    preemptions: int = 2,
     executions: int | None = None,
 ) -> Scheduler:
     from shmpamt.schedulers.dfs import DFS
@@ -253,8 +271,11 @@ def run_explore(
             minimize_failure(session, failure)
         elapsed = time.monotonic() - t0
         if on_progress is not None:
-            on_progress(ExploreProgress(ran, _distinct(scheduler), int(failure is not None),
-                                        elapsed, budget))
+            on_progress(
+                ExploreProgress(
+                    ran, _distinct(scheduler), int(failure is not None), elapsed, budget
+                )
+            )
         name = session.variant_name
     counts = {n: 0 for n in VIOLATIONS}
     examples: dict[str, Violation] = {}
@@ -264,11 +285,23 @@ def run_explore(
         best = failure.minimized or failure.schedule
         schedules = (best.encode(),)
     result = VariantResult(
-        variant=name, mode="explore", seed=seed, cpus=scenario.cpus, operations=ran,
-        elapsed_s=elapsed, counts=counts, examples=examples, incidents=tuple(incidents),
-        schedules=schedules, coverage=scheduler.coverage(),
-        extra={"strategy": strategy, "executions": ran, "distinct_schedules": _distinct(scheduler),
-               "steps_total": getattr(scheduler, "total_steps", 0)},
+        variant=name,
+        mode="explore",
+        seed=seed,
+        cpus=scenario.cpus,
+        operations=ran,
+        elapsed_s=elapsed,
+        counts=counts,
+        examples=examples,
+        incidents=tuple(incidents),
+        schedules=schedules,
+        coverage=scheduler.coverage(),
+        extra={
+            "strategy": strategy,
+            "executions": ran,
+            "distinct_schedules": _distinct(scheduler),
+            "steps_total": getattr(scheduler, "total_steps", 0),
+        },
     )
     return result, failure
 
@@ -286,8 +319,16 @@ def parse_schedule(text: str) -> Schedule:
 
 def trace_events(ex: Execution) -> list[TraceEvent]:
     return [
-        TraceEvent(step=s.index, cpu=s.cpu, op=s.op, target=s.target, before=s.before,
-                   after=s.after, result=s.result, note="")
+        TraceEvent(
+            step=s.index,
+            cpu=s.cpu,
+            op=s.op,
+            target=s.target,
+            before=s.before,
+            after=s.after,
+            result=s.result,
+            note="",
+        )
         for s in ex.trace
     ]
 
@@ -311,11 +352,22 @@ def replay_results(text: str, times: int = 1) -> list[VariantResult]:
             t0 = time.monotonic()
             ex = replay_once(s, schedule)
             counts, examples = execution_counts(ex)
-            out.append(VariantResult(
-                variant=s.variant_name, mode="replay", seed=schedule.seed, cpus=schedule.cpus,
-                operations=1, elapsed_s=time.monotonic() - t0, counts=counts, examples=examples,
-                schedules=(schedule.encode(),) if ex.failed else (),
-                extra={"steps": len(ex.steps), "outcome": ex.outcome,
-                       "first_violation_step": ex.violation_steps[0] if ex.failed else None},
-            ))
+            out.append(
+                VariantResult(
+                    variant=s.variant_name,
+                    mode="replay",
+                    seed=schedule.seed,
+                    cpus=schedule.cpus,
+                    operations=1,
+                    elapsed_s=time.monotonic() - t0,
+                    counts=counts,
+                    examples=examples,
+                    schedules=(schedule.encode(),) if ex.failed else (),
+                    extra={
+                        "steps": len(ex.steps),
+                        "outcome": ex.outcome,
+                        "first_violation_step": ex.violation_steps[0] if ex.failed else None,
+                    },
+                )
+            )
     return out

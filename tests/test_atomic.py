@@ -76,7 +76,8 @@ class Model:
 def call(arr: RefcountArray, op: str, a: int, b: int) -> object:
     match op:
         case "set":
-            return arr.set(0, a)
+            arr.set(0, a)
+            return None
         case "add_unless":
             return arr.add_unless(0, a, b)
         case "cmpxchg":
@@ -171,12 +172,10 @@ def test_attach_by_name_shares_the_words() -> None:
 def test_attach_errors_are_clear() -> None:
     with pytest.raises(IpcError, match="no shared memory segment"):
         RefcountArray.attach(make_name("refcounts"))
-    with RefcountArray.create(4) as a:
-        with pytest.raises(IpcError, match="payload"):
-            RefcountArray.attach(a.name, 5)
-    with Segment.create(make_name("other"), 0x1234, 16) as s:
-        with pytest.raises(IpcError, match="kind"):
-            RefcountArray.attach(s.name)
+    with RefcountArray.create(4) as a, pytest.raises(IpcError, match="payload"):
+        RefcountArray.attach(a.name, 5)
+    with Segment.create(make_name("other"), 0x1234, 16) as s, pytest.raises(IpcError, match="kind"):
+        RefcountArray.attach(s.name)
 
 
 def test_attach_refuses_foreign_bytes() -> None:

@@ -31,8 +31,9 @@ def test_pct_finds_each_slip(variant: str) -> None:
 
 
 def test_locked_has_no_violation_in_any_bounded_schedule() -> None:
-    res, failure = run_explore(Scenario("locked", rounds=1), "dfs", seed=0, preemptions=1,
-                               executions=3000, budget=0)
+    res, failure = run_explore(
+        Scenario("locked", rounds=1), "dfs", seed=0, preemptions=1, executions=3000, budget=0
+    )
     assert failure is None, res.to_dict()
     # DFS says whether it covered the whole bounded space.
     assert "exhausted" in res.coverage, res.coverage
@@ -40,8 +41,9 @@ def test_locked_has_no_violation_in_any_bounded_schedule() -> None:
 
 @pytest.fixture(scope="module")
 def norecheck_failure() -> Iterator[tuple[Session, Failure]]:
-    res, failure = run_explore(Scenario("rfc-norecheck"), "pct", seed=3, executions=400,
-                               minimize=False)
+    _res, failure = run_explore(
+        Scenario("rfc-norecheck"), "pct", seed=3, executions=400, minimize=False
+    )
     assert failure is not None
     with Session(Scenario("rfc-norecheck")) as s:
         yield s, failure
@@ -82,14 +84,20 @@ def test_dfs_replays_prefixes_deterministically() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shmpamt", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "shmpamt", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "nonsense", "s1:rfc:c2.r2.g1.p2.w1:0x3.9", "s9:rfc:c2.r2.g1.p2.w1:0x3",
-     "s1:no-such-variant:c2.r2.g1.p2.w1:0x3"],
+    [
+        "",
+        "nonsense",
+        "s1:rfc:c2.r2.g1.p2.w1:0x3.9",
+        "s9:rfc:c2.r2.g1.p2.w1:0x3",
+        "s1:no-such-variant:c2.r2.g1.p2.w1:0x3",
+    ],
 )
 def test_replay_rejects_bad_schedules_with_one_line(bad: str) -> None:
     r = _cli("replay", bad)
@@ -110,8 +118,19 @@ def test_explore_cli_end_to_end_writes_json_and_html(tmp_path: object) -> None:
     from pathlib import Path
 
     out = Path(str(tmp_path))
-    r = _cli("explore", "--variant", "rfc-early-publish", "--executions", "300", "--seed", "5",
-             "--json", str(out / "r.json"), "--html", str(out / "t.html"))
+    r = _cli(
+        "explore",
+        "--variant",
+        "rfc-early-publish",
+        "--executions",
+        "300",
+        "--seed",
+        "5",
+        "--json",
+        str(out / "r.json"),
+        "--html",
+        str(out / "t.html"),
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "shmpamt replay s1:rfc-early-publish:" in r.stdout
     data = json.loads((out / "r.json").read_text())

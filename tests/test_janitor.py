@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -48,14 +49,10 @@ def test_removes_only_objects_of_dead_creators() -> None:
         live.close()
         posix_ipc.unlink_shared_memory(foreign)
         for n in (stale_shm,):
-            try:
+            with contextlib.suppress(posix_ipc.ExistentialError):
                 posix_ipc.unlink_shared_memory(n)
-            except posix_ipc.ExistentialError:
-                pass
-        try:
+        with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_semaphore(stale_sem)
-        except posix_ipc.ExistentialError:
-            pass
 
 
 def test_cli_clean_dry_run_lists(tmp_path: object) -> None:

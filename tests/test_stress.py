@@ -12,8 +12,9 @@ from shmpamt.runner import Progress, run_stress
 from shmpamt.system import SystemConfig
 
 
-def _run(variant: str, seconds: float, chaos: float = 0.0, faults: str = "", cpus: int = 3,
-         **kw: object) -> object:
+def _run(
+    variant: str, seconds: float, chaos: float = 0.0, faults: str = "", cpus: int = 3, **kw: object
+) -> object:
     config = SystemConfig(cpus=cpus, ranges=2, pages_per_range=2 * cpus)
     work = Workload(ranges=2, pages_per_range=2 * cpus, hold_us=20, chaos=chaos)
     return run_stress(variant, config, work, seconds, seed=7, fault_spec=faults, **kw)  # type: ignore[arg-type]
@@ -66,9 +67,7 @@ def test_killed_cpu_is_an_incident_and_the_run_still_ends() -> None:
 def _cpu_pids() -> list[int]:
     import multiprocessing as mp
 
-    return sorted(
-        p.pid for p in mp.active_children() if p.name.startswith("shmpamt-cpu") and p.pid
-    )
+    return sorted(p.pid for p in mp.active_children() if p.name.startswith("shmpamt-cpu") and p.pid)
 
 
 SLEEPY = os.path.join(os.path.dirname(__file__), "sleepy_variant.py") + ":SleepyLocked"

@@ -77,7 +77,9 @@ def main() -> int:
                 return False
 
             rows.append(("atomics public inc_not_zero", median_ns(public_inc_not_zero, n, b // 4)))
-            rows.append(("atomics public dec_and_test", median_ns(lambda: a.fetch_dec() == 1, n, b // 4)))
+            rows.append(
+                ("atomics public dec_and_test", median_ns(lambda: a.fetch_dec() == 1, n, b // 4))
+            )
 
         val = mp.get_context("spawn").Value("i", BIG)
 
@@ -88,7 +90,9 @@ def main() -> int:
                     return True
                 return False
 
-        rows.append(("multiprocessing.Value + lock inc_not_zero", median_ns(locked_inc_not_zero, n, b)))
+        rows.append(
+            ("multiprocessing.Value + lock inc_not_zero", median_ns(locked_inc_not_zero, n, b))
+        )
 
         def sem_pair() -> None:
             sem.acquire()
@@ -101,7 +105,9 @@ def main() -> int:
         arr.close()
     _ = posix_ipc
 
-    table = Table(title=f"atomic_t fast path (backend {BACKEND}); median ns/op, {b} batches x {n} ops")
+    table = Table(
+        title=f"atomic_t fast path (backend {BACKEND}); median ns/op, {b} batches x {n} ops"
+    )
     table.add_column("operation")
     table.add_column("median ns", justify="right")
     table.add_column("x shmpamt inc_not_zero", justify="right")
@@ -121,8 +127,8 @@ def main() -> int:
         fast_enough = speedup >= 10 and mine <= 500
         ok &= fast_enough
         print(
-            f"{ours_name}: {mine:.0f} ns (target <= 500), {speedup:.1f}x faster than the public API "
-            f"(target >= 10x): {'PASS' if fast_enough else 'FAIL'}"
+            f"{ours_name}: {mine:.0f} ns (target <= 500), {speedup:.1f}x faster than the "
+            f"public API (target >= 10x): {'PASS' if fast_enough else 'FAIL'}"
         )
     return 0 if ok else 1
 
