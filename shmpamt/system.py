@@ -23,7 +23,7 @@ from shmpamt.invariants import (
     QUIESCENT_REFCOUNT,
     ViolationLog,
 )
-from shmpamt.ipc import new_token, pid_alive, sigint_ignored_in_children
+from shmpamt.ipc import new_token, pid_alive
 from shmpamt.lock import PamtLock
 
 if TYPE_CHECKING:
@@ -111,17 +111,16 @@ class System:
                 s.board.name,
                 *extra_names,
             )
-            with sigint_ignored_in_children():
-                s.module = TdxModule.start(
-                    config.cpus,
-                    config.ranges,
-                    config.pages_per_range,
-                    s.pool,
-                    s.log,
-                    faults,
-                    s.token,
-                    extra_names=own,
-                )
+            s.module = TdxModule.start(
+                config.cpus,
+                config.ranges,
+                config.pages_per_range,
+                s.pool,
+                s.log,
+                faults,
+                s.token,
+                extra_names=own,
+            )
             s._closers.append(s.module)
             s.names = SystemNames(
                 token=s.token,

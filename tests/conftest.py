@@ -7,18 +7,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from shmpamt.ipc import parse_name
+from shmpamt.ipc import parse_name, pid_alive
 
 
 def _ours() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if parse_name(n) is not None and _mine(n)}
+    return {n for n in os.listdir("/dev/shm") if _mine(n)}
 
 
 def _mine(n: str) -> bool:
+    """Created by this test process, or by a process it started that is now gone.
+
+    Another pytest run on the machine may use the same xdist worker suffix; its
+    objects belong to a live creator other than us, so they are not ours.
+    """
     p = parse_name(n)
-    # Only objects created by this worker process or its children (pid in name is
-    # the creator; children are spawned from it, so compare the worker suffix).
-    return p is not None and (p.worker or "") == os.environ.get("PYTEST_XDIST_WORKER", "")
+    if p is None or (p.worker or "") != os.environ.get("PYTEST_XDIST_WORKER", ""):
+        return False
+    return p.pid == os.getpid() or not pid_alive(p.pid)
 
 
 @pytest.fixture(autouse=True)

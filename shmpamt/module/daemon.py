@@ -37,6 +37,7 @@ from shmpamt.ipc import (
     open_semaphore,
     pid_alive,
     remove_semaphore,
+    sigint_ignored_in_children,
     unlink_name,
 )
 from shmpamt.module.faults import INJECTED_KINDS, NO_FAULT, FaultPlan
@@ -294,7 +295,8 @@ class TdxModule:
                 name=f"tdx-module-{token}",
                 daemon=True,
             )
-            proc.start()
+            with sigint_ignored_in_children():
+                proc.start()
             m._proc = proc
             m._pid = proc.pid or 0
             m._wait_ready(ready_timeout)
