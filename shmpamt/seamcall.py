@@ -141,7 +141,11 @@ class SeamcallPort:
         self._resp = response
         self._in = Mailbox.request_offset(cpu)
         self._out = Mailbox.response_offset(cpu)
-        self._seq = int(RESPONSE.unpack_from(self._buf, self._out)[0])
+        # Continue after whatever a predecessor on this mailbox posted last.
+        self._seq = max(
+            int(REQUEST.unpack_from(self._buf, self._in)[0]),
+            int(RESPONSE.unpack_from(self._buf, self._out)[0]),
+        )
         self._pid = mailbox.daemon_pid
         self._broken: SeamcallError | None = None
         #: responses that carried an injected fault (BUSY or a delay)
@@ -184,17 +188,21 @@ class SeamcallPort:
             m = MASK64
             REQUEST.pack_into(self._buf, self._in, seq, leaf & m, rcx & m, rdx & m, r8 & m)
         self._req.release()
-        try:
-            self._resp.acquire(SLICE)
-        except posix_ipc.BusyError:
-            self._wait_slow(leaf)
-        got, status, o_rcx, o_rdx, o_r8, flags = RESPONSE.unpack_from(self._buf, self._out)
-        # Invariant: a response answers the request just posted (one call in flight per port).
-        if got != seq:
-            self._broken = SeamcallError(
-                f"cpu {self.cpu}: response {got} does not answer request {seq}"
-            )
-            raise self._broken
+        while True:
+            try:
+                self._resp.acquire(SLICE)
+            except posix_ipc.BusyError:
+                self._wait_slow(leaf)
+            got, status, o_rcx, o_rdx, o_r8, flags = RESPONSE.unpack_from(self._buf, self._out)
+            if got == seq:
+                break
+            # Invariant: a response answers the request just posted, or is an older
+            # one left behind by a CPU killed mid-call on this mailbox.
+            if got > seq:
+                self._broken = SeamcallError(
+                    f"cpu {self.cpu}: response {got} does not answer request {seq}"
+                )
+                raise self._broken
         if flags:
             self.injected += 1
             self.last_injected = flags

@@ -18,7 +18,14 @@ from shmpamt.ipc import new_token, parse_name, pid_alive
 from shmpamt.module.daemon import ModuleNames, TdxModule
 from shmpamt.module.faults import FaultPlan
 from shmpamt.pages import PamtPagePool
-from shmpamt.seamcall import ModuleDied, ModuleHung, SeamcallError, SeamcallPort
+from shmpamt.seamcall import (
+    REQUEST,
+    Mailbox,
+    ModuleDied,
+    ModuleHung,
+    SeamcallError,
+    SeamcallPort,
+)
 
 NCPUS, NRANGES = 2, 2
 
@@ -174,3 +181,24 @@ def test_guardian_cleans_up_after_a_sigkilled_parent() -> None:
         if runner.is_alive():
             runner.kill()
             runner.join()
+
+
+def test_a_new_port_skips_the_answer_left_for_a_cpu_killed_mid_call() -> None:
+    with running_module() as (m, _):
+        dead = SeamcallPort.attach(m.names, 0)
+        dead.call(tdx.SHMPAMT_NOP)
+        # What a CPU does right before being SIGKILLed inside a SEAMCALL: post, never wait.
+        mb = Mailbox.attach(m.names.mailbox)
+        REQUEST.pack_into(mb.buf, Mailbox.request_offset(0), 2, tdx.SHMPAMT_STATUS, 1, 0, 0)
+        mb.close()
+        dead._req.release()
+        deadline = time.monotonic() + 10
+        while dead._resp.value == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the module answers a CPU that no longer listens
+        assert dead._resp.value == 1
+        dead.close()
+        with SeamcallPort.attach(m.names, 0) as heir:
+            for _ in range(3):
+                assert heir.call(tdx.SHMPAMT_STATUS, 0) == (tdx.TDX_SUCCESS, 0, 0, 0)
+                assert heir.call(tdx.SHMPAMT_NOP, 0) == (tdx.TDX_SUCCESS, 0, 0, 0)
+        assert m.statistics().calls_of(tdx.SHMPAMT_STATUS) == 4
