@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Free-running stress: throughput of the lock-free fast path, and time to first violation.
+
+Prints, in one run: get+put pairs per second of ``locked`` vs ``rfc`` for 1, 2
+and 4 CPUs sharing one 2 MiB range (the lock-free fast path should win once
+several CPUs share a range), and for each built-in variant the median wall time
+to the first violation over N seeds (``--chaos``; capped).
+
+    python tools/bench_stress.py [--seconds 4] [--seeds 5] [--cap 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from shmpamt.cpu import Workload
+from shmpamt.runner import Progress, run_stress
+from shmpamt.system import SystemConfig
+from shmpamt.variants.registry import BUILTIN
+
+
+def pairs_per_second(variant: str, cpus: int, seconds: float) -> float:
+    """Rate over a window that starts once every CPU is running (spawn time excluded)."""
+    samples: list[tuple[float, int]] = []
+
+    def tick(p: Progress) -> None:
+        samples.append((p.elapsed, p.operations))
+
+    warm = 1.5
+    cfg = SystemConfig(cpus=cpus, ranges=1, pages_per_range=cpus)
+    work = Workload(ranges=1, pages_per_range=cpus, hold_us=0)
+    run_stress(variant, cfg, work, seconds + warm, seed=1, on_progress=tick)
+    window = [(t, n) for t, n in samples if t >= warm]
+    (t0, n0), (t1, n1) = window[0], window[-1]
+    return (n1 - n0) / (t1 - t0)
+
+
+def first_violation(variant: str, seed: int, cap: float) -> float | None:
+    first: list[float] = []
+
+    def tick(p: Progress) -> None:
+        if p.violations and not first:
+            first.append(p.elapsed)
+
+    cfg = SystemConfig(cpus=4, ranges=2, pages_per_range=8)
+    work = Workload(ranges=2, pages_per_range=8, hold_us=50, chaos=0.3)
+    run_stress(variant, cfg, work, cap, seed, on_progress=tick, should_stop=lambda: bool(first))
+    return first[0] if first else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=4.0, help="per throughput measurement")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--cap", type=float, default=20.0, help="seconds per detection run")
+    args = ap.parse_args()
+    if args.seconds <= 0 or args.seeds < 1 or args.cap <= 0:
+        ap.error("all values must be positive")
+    console = Console()
+
+    t = Table(title="get+put pairs/s, every CPU on one shared 2 MiB range, no hold")
+    for col in ("cpus", "locked", "rfc", "rfc / locked"):
+        t.add_column(col, justify="right")
+    for cpus in (1, 2, 4):
+        locked = pairs_per_second("locked", cpus, args.seconds)
+        rfc = pairs_per_second("rfc", cpus, args.seconds)
+        t.add_row(str(cpus), f"{locked:,.0f}", f"{rfc:,.0f}", f"{rfc / locked:.2f}x")
+    console.print(t)
+
+    d = Table(title=f"stress --chaos (4 CPUs, 2 ranges): seconds to first violation, "
+              f"{args.seeds} seeds, cap {args.cap:g} s")
+    for col in ("variant", "median s", "found"):
+        d.add_column(col, justify="right")
+    for variant in BUILTIN:
+        times = [x for s in range(args.seeds) if (x := first_violation(variant, s, args.cap))
+                 is not None]
+        med = f"{statistics.median(times):.2f}" if times else "-"
+        d.add_row(variant, med, f"{len(times)}/{args.seeds}")
+    console.print(d)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
