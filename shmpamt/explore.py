@@ -311,6 +311,21 @@ class Explorer:
     # -- one execution ------------------------------------------------------------
 
     def run(self, scheduler: Scheduler, workload_seed: int) -> Execution:
+        """One execution; whatever happens, no CPU is left parked mid-execution."""
+        try:
+            return self._run(scheduler, workload_seed)
+        except BaseException:
+            self._abort_parked()
+            raise
+
+    def _abort_parked(self) -> None:
+        # Invariant: between executions every CPU waits in its idle loop, so the
+        # next START is answered from a clean slate (replays stay deterministic).
+        for c in range(self.cpus):
+            if self.procs[c].exitcode is None and self.b.get(c, W_STATE) == PARKED:
+                self._grant(c, CMD_ABORT)
+
+    def _run(self, scheduler: Scheduler, workload_seed: int) -> Execution:
         self.reset()
         b, log = self.b, self.s.log
         for c in range(self.cpus):
@@ -359,9 +374,7 @@ class Explorer:
             self.s.check_quiescent()
         elif outcome == "deadlock":
             self.s.check_lock()
-        for c in range(self.cpus):
-            if b.get(c, W_STATE) == PARKED:
-                self._grant(c, CMD_ABORT)
+        self._abort_parked()
         new = log.records()[seen:]
         violations.extend(new)
         vsteps.extend([len(steps)] * len(new))

@@ -145,3 +145,17 @@ def test_explore_cli_end_to_end_writes_json_and_html(tmp_path: object) -> None:
     assert rr.returncode == 1, rr.stdout + rr.stderr
     again = json.loads((out / "rr.json").read_text())["variants"][0]
     assert set(again["verdict"]) & set(v["verdict"])
+
+
+def test_an_abandoned_replay_leaves_the_session_deterministic(
+    norecheck_failure: tuple[Session, Failure],
+) -> None:
+    from shmpamt.schedulers.base import SchedulingError
+
+    session, failure = norecheck_failure
+    # cpu 0 alone for far longer than it has steps: it finishes and stops being runnable
+    bad = failure.schedule.with_steps((0,) * 500)
+    with pytest.raises(SchedulingError):
+        replay_once(session, bad)
+    ex = replay_once(session, failure.schedule)
+    assert first_violation(ex) == first_violation(failure.execution)
