@@ -166,8 +166,12 @@ def explore(
     executions: int | None = None,
     seed: int = 0,
     minimize: bool = True,
+    ignore: frozenset[str] | set[str] | tuple[str, ...] = (),
 ) -> Result:
-    """Controlled-scheduling search; stops at the first failing execution."""
+    """Controlled-scheduling search; stops at the first failing execution.
+
+    ``ignore``: violation names that alone do not make an execution fail.
+    """
     from shmpamt.session import Scenario, run_explore
 
     scenario = Scenario(variant_spec(variant), cpus=cpus, rounds=rounds, ranges=ranges)
@@ -180,6 +184,7 @@ def explore(
         budget=budget if executions is None else 0.0,
         executions=executions,
         minimize=minimize,
+        ignore=frozenset(ignore),
     )
     return Result(result)
 

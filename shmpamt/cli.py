@@ -23,6 +23,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from shmpamt.report import EXIT_ERROR, Campaign
 
+VIOLATION_NAMES = (
+    "use_without_pamt",
+    "remove_while_in_use",
+    "remove_absent",
+    "add_present",
+    "get_failed",
+    "quiescent_mismatch",
+    "pamt_pages_lost",
+    "lock_leaked",
+)  # fmt: skip  (== invariants.VIOLATIONS; kept literal so --help imports nothing heavy)
 err_console = Console(stderr=True)
 out_console = Console()
 
@@ -378,6 +388,14 @@ def _check_html_path(path: Path | None) -> None:
     help="Strategy seed. Default: random, printed.",
 )
 @click.option("--no-minimize", is_flag=True, help="Do not shrink the failing schedule.")
+@click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    type=click.Choice(VIOLATION_NAMES),
+    help="An execution whose only violations are of this kind is not a failure "
+    "(e.g. add_present, which rfc/v4 treat as an expected race). Repeatable.",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option(
     "--html",
@@ -398,6 +416,7 @@ def explore(
     executions: int | None,
     seed: int | None,
     no_minimize: bool,
+    ignore: tuple[str, ...],
     json_path: Path | None,
     html_path: Path | None,
 ) -> None:
@@ -463,6 +482,7 @@ def explore(
                     budget=budget or 0.0,
                     executions=executions,
                     minimize=not no_minimize,
+                    ignore=frozenset(ignore),
                     on_progress=tick,
                     should_stop=lambda: bool(interrupted),
                 )

@@ -190,12 +190,13 @@ class Failure:
     notes: list[str] = field(default_factory=list)
 
 
-def first_violation(ex: Execution) -> tuple[str, int] | None:
-    if not ex.violations:
-        return None
-    v = ex.violations[0]
-    assert isinstance(v, Violation)
-    return v.name, ex.violation_steps[0]
+def first_violation(ex: Execution, ignore: frozenset[str] = frozenset()) -> tuple[str, int] | None:
+    """(name, step) of the first violation whose name is not ignored."""
+    for v, step in zip(ex.violations, ex.violation_steps, strict=True):
+        assert isinstance(v, Violation)
+        if v.name not in ignore:
+            return v.name, step
+    return None
 
 
 def replay_once(session: Session, schedule: Schedule) -> Execution:
@@ -206,11 +207,13 @@ def replay_once(session: Session, schedule: Schedule) -> Execution:
     return session.execute(sched)
 
 
-def minimize_failure(session: Session, failure: Failure, budget: int = 300) -> None:
+def minimize_failure(
+    session: Session, failure: Failure, budget: int = 300, ignore: frozenset[str] = frozenset()
+) -> None:
     """Shrink a failing schedule while the same violation still happens."""
     from shmpamt.minimize import minimize
 
-    want = first_violation(failure.execution)
+    want = first_violation(failure.execution, ignore)
     assert want is not None
 
     def still_fails(candidate: Schedule) -> bool:
@@ -218,7 +221,7 @@ def minimize_failure(session: Session, failure: Failure, budget: int = 300) -> N
             ex = replay_once(session, candidate)
         except SchedulingError:
             return False  # infeasible: a recorded CPU was not runnable
-        got = first_violation(ex)
+        got = first_violation(ex, ignore)
         return got is not None and got[0] == want[0]
 
     small = minimize(failure.schedule, still_fails, budget)
@@ -236,6 +239,7 @@ def run_explore(
     budget: float = 20.0,
     executions: int | None = None,
     minimize: bool = True,
+    ignore: frozenset[str] = frozenset(),
     on_progress: Callable[[ExploreProgress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[VariantResult, Failure | None]:
@@ -261,14 +265,14 @@ def run_explore(
             ran += 1
             if ex.outcome == "step-limit":
                 incidents.append(f"execution {ran} hit the step limit (livelock?)")
-            if ex.failed:
+            if first_violation(ex, ignore) is not None:
                 failure = Failure(scenario.schedule(ex.workload_seed, tuple(ex.steps)), ex)
                 break
             if on_progress is not None and elapsed - last_tick >= 0.2:
                 last_tick = elapsed
                 on_progress(ExploreProgress(ran, _distinct(scheduler), 0, elapsed, budget))
         if failure is not None and minimize:
-            minimize_failure(session, failure)
+            minimize_failure(session, failure, ignore=ignore)
         elapsed = time.monotonic() - t0
         if on_progress is not None:
             on_progress(
