@@ -171,13 +171,15 @@ class ExploreHook:
         w, base = self._w, self._base
         w.set(base + W_OP, OP_INDEX[op])
         w.set(base + W_TARGET, target)
-        w.set(base + W_BEFORE, self._rc.read(target) if op.startswith("atomic") else 0)
         w.set(base + W_STATE, PARKED)
         self._b.doorbell.release()
         self._grant.acquire()
         cmd = w.read(base + W_CMD)
         if cmd != CMD_GO:
             raise Aborted(cmd)
+        # Read after the grant: only this CPU runs now, so this is exactly the
+        # value the primitive will see (at park time another CPU could still change it).
+        w.set(base + W_BEFORE, self._rc.read(target) if op.startswith("atomic") else 0)
 
     def after(self, op: str, target: int, result: int, value: int) -> None:
         w, base = self._w, self._base
@@ -356,8 +358,8 @@ class Explorer:
             op = OPS[b.get(c, W_OP)]
             target = b.get(c, W_TARGET)
             is_atomic = op.startswith("atomic")
-            before = b.get(c, W_BEFORE) if is_atomic else None
             self._grant(c, CMD_GO)
+            before = b.get(c, W_BEFORE) if is_atomic else None
             result = (b.get(c, W_LAST_LO) & 0xFFFFFFFF) | ((b.get(c, W_LAST_HI) & 0xFFFFFFFF) << 32)
             if result >= 1 << 63 and is_atomic:
                 result -= 1 << 64

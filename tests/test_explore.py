@@ -159,3 +159,17 @@ def test_an_abandoned_replay_leaves_the_session_deterministic(
         replay_once(session, bad)
     ex = replay_once(session, failure.schedule)
     assert first_violation(ex) == first_violation(failure.execution)
+
+
+def test_timeline_values_chain_step_to_step(norecheck_failure: tuple[Session, Failure]) -> None:
+    """With one CPU per step, each atomic's 'before' is the previous atomic's 'after'."""
+    session, failure = norecheck_failure
+    ex = replay_once(session, failure.schedule)
+    last: dict[int, int] = {}
+    atomics = [s for s in ex.trace if s.op.startswith("atomic")]
+    assert len(atomics) > 10
+    for s in atomics:
+        if s.target in last:
+            assert s.before == last[s.target], s
+        assert s.after is not None
+        last[s.target] = s.after
