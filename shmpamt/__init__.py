@@ -11,17 +11,11 @@ Every name below is imported on first use, not here: CPU processes, the module
 daemon and the pytest plugin all import this package, and none of them should
 pay for cffi, posix_ipc and the atomics binding before they need them.
 
-``shmpamt.explore`` is the function even though a submodule ``shmpamt/explore.py``
-exists (the controller): importing that submodule would normally rebind the
-package attribute to the module, so the package refuses that one rebinding.
-Import the controller as ``from shmpamt.explore import Explorer``.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any, Final
 
 __version__ = "0.1.0"
@@ -52,9 +46,6 @@ _LAZY: Final[dict[str, str]] = {
     "Scenario": "shmpamt.session",
 }
 
-#: public names that are also submodule names: never cached, never rebound
-_SHADOWED: Final = frozenset({"explore"})
-
 __all__ = ["__version__", *_LAZY]
 
 
@@ -64,24 +55,9 @@ def __getattr__(name: str) -> Any:
         # AttributeError lets ``from shmpamt import tdx`` fall through to the submodule.
         raise AttributeError(f"module 'shmpamt' has no attribute {name!r}")
     value = getattr(importlib.import_module(where), name)
-    if name not in _SHADOWED:
-        globals()[name] = value  # later lookups skip __getattr__
+    globals()[name] = value  # later lookups skip __getattr__
     return value
 
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
-
-
-class _Package(types.ModuleType):
-    """The package's module type: keeps ``shmpamt.explore`` the API function."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        # The import system binds each imported submodule on its package; for
-        # ``explore`` that would hide the function behind the controller module.
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

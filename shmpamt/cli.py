@@ -421,7 +421,7 @@ def explore(
     html_path: Path | None,
 ) -> None:
     """Controlled scheduling: the rig chooses every interleaving."""
-    from shmpamt.explore import ExploreError
+    from shmpamt.scheduling import ExploreError
     from shmpamt.session import ExploreProgress, Scenario, run_explore
 
     check_json_path(json_path)
@@ -530,10 +530,10 @@ def replay(
     schedule: str, do_minimize: bool, times: int, html_path: Path | None, json_path: Path | None
 ) -> None:
     """Re-run one schedule string deterministically (exit 1 if it fails)."""
-    from shmpamt.explore import ExploreError
     from shmpamt.report import VariantResult
     from shmpamt.schedule import Schedule, ScheduleError
     from shmpamt.schedulers.base import SchedulingError
+    from shmpamt.scheduling import ExploreError
     from shmpamt.session import (
         Failure,
         Scenario,

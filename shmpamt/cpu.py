@@ -288,7 +288,8 @@ def cpu_explore_main(
 ) -> None:
     """Entry point of a CPU process in explore mode: one step per grant."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from shmpamt.explore import (
+    from shmpamt.pages import PamtPagePool
+    from shmpamt.scheduling import (
         CMD_EXIT,
         CMD_START,
         DONE,
@@ -300,7 +301,6 @@ def cpu_explore_main(
         SchedNames,
         workload_rng,
     )
-    from shmpamt.pages import PamtPagePool
     from shmpamt.seamcall import SeamcallError, SeamcallPort
     from shmpamt.variants.registry import load_variant
 

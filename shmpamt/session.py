@@ -16,13 +16,13 @@ from types import TracebackType
 from typing import Final
 
 from shmpamt.cpu import Workload, cpu_explore_main
-from shmpamt.explore import Execution, Explorer, SchedBoard
 from shmpamt.invariants import VIOLATIONS, Violation
 from shmpamt.ipc import new_token, sigint_ignored_in_children
 from shmpamt.module.faults import FaultPlan
 from shmpamt.report import VariantResult, first_examples
 from shmpamt.schedule import Schedule, ScheduleError
 from shmpamt.schedulers.base import Scheduler, SchedulingError
+from shmpamt.scheduling import Execution, Explorer, SchedBoard
 from shmpamt.system import System, SystemConfig
 from shmpamt.timeline import TraceEvent
 
