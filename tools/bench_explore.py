@@ -52,8 +52,9 @@ def stress_to_failure(variant: str, seed: int, cap: float) -> tuple[float | None
 
     cfg = SystemConfig(cpus=2, ranges=1, pages_per_range=2)
     work = Workload(ranges=1, pages_per_range=2, hold_us=20, chaos=0.3)
-    res = run_stress(variant, cfg, work, cap, seed, on_progress=tick,
-                     should_stop=lambda: bool(first))
+    res = run_stress(
+        variant, cfg, work, cap, seed, on_progress=tick, should_stop=lambda: bool(first)
+    )
     return (first[0] if first else None), res.operations
 
 
@@ -81,11 +82,14 @@ def main() -> int:
         ap.error("--seeds must be >= 1 and --cap > 0")
     console = Console()
     steps_s, execs_s = throughput(5.0)
-    console.print(f"locked, 2 CPUs x 2 rounds: {steps_s:,.0f} scheduled steps/s, "
-                  f"{execs_s:,.0f} executions/s")
+    console.print(
+        f"locked, 2 CPUs x 2 rounds: {steps_s:,.0f} scheduled steps/s, {execs_s:,.0f} executions/s"
+    )
 
-    table = Table(title=f"first violation: median seconds, median executions (ex) or "
-                  f"get/put rounds (ops), seeds that found it; cap {args.cap:g} s")
+    table = Table(
+        title=f"first violation: median seconds, median executions (ex) or "
+        f"get/put rounds (ops), seeds that found it; cap {args.cap:g} s"
+    )
     table.add_column("variant")
     cols = [f"{s} d={d}" if s == "pct" else s for s, d in STRATEGIES]
     if not args.no_stress:
@@ -125,10 +129,14 @@ def main() -> int:
         for strategy, depth in STRATEGIES:
             sched = make_scheduler(strategy, 0, depth=depth, preemptions=depth)
             t, n = time_to_failure(session, sched, min(args.cap, 20.0))
-            console.print(f"locked under {strategy} d={depth}: {n} executions, "
-                          + ("VIOLATION" if t is not None else "no violation"))
+            console.print(
+                f"locked under {strategy} d={depth}: {n} executions, "
+                + ("VIOLATION" if t is not None else "no violation")
+            )
             clean &= t is None
-    console.print(f"PCT found every buggy variant in >= 90% of seeds: {'PASS' if pct_ok else 'FAIL'}")
+    console.print(
+        f"PCT found every buggy variant in >= 90% of seeds: {'PASS' if pct_ok else 'FAIL'}"
+    )
     console.print(f"locked never reported a violation: {'PASS' if clean else 'FAIL'}")
     return 0 if pct_ok and clean else 1
 
@@ -136,7 +144,8 @@ def main() -> int:
 def _cell(times: list[float], counts: list[int], seeds: int, unit: str = "ex") -> str:
     if not times:
         return f"- 0/{seeds}"
-    return f"{statistics.median(times):.2f}s {statistics.median(counts):,.0f}{unit} {len(times)}/{seeds}"
+    med_t, med_n = statistics.median(times), statistics.median(counts)
+    return f"{med_t:.2f}s {med_n:,.0f}{unit} {len(times)}/{seeds}"
 
 
 if __name__ == "__main__":

@@ -72,13 +72,16 @@ def main() -> int:
         t.add_row(str(cpus), f"{locked:,.0f}", f"{rfc:,.0f}", f"{rfc / locked:.2f}x")
     console.print(t)
 
-    d = Table(title=f"stress --chaos (4 CPUs, 2 ranges): seconds to first violation, "
-              f"{args.seeds} seeds, cap {args.cap:g} s")
+    d = Table(
+        title=f"stress --chaos (4 CPUs, 2 ranges): seconds to first violation, "
+        f"{args.seeds} seeds, cap {args.cap:g} s"
+    )
     for col in ("variant", "median s", "found"):
         d.add_column(col, justify="right")
     for variant in BUILTIN:
-        times = [x for s in range(args.seeds) if (x := first_violation(variant, s, args.cap))
-                 is not None]
+        times = [
+            x for s in range(args.seeds) if (x := first_violation(variant, s, args.cap)) is not None
+        ]
         med = f"{statistics.median(times):.2f}" if times else "-"
         d.add_row(variant, med, f"{len(times)}/{args.seeds}")
     console.print(d)
