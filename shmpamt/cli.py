@@ -34,7 +34,8 @@ VIOLATION_NAMES = (
     "lock_leaked",
 )  # fmt: skip  (== invariants.VIOLATIONS; kept literal so --help imports nothing heavy)
 err_console = Console(stderr=True)
-out_console = Console()
+# A log file or pipe gets 120 columns instead of rich's 80, so reports stay tables.
+out_console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def fail(msg: str) -> NoReturn:

@@ -66,7 +66,8 @@ NO_LEAF: Final = -1
 _REC: Final = struct.Struct("<iiiiqqqq")
 _REC_SIZE: Final = 48
 _HDR_WORDS: Final = 16  # next index, committed, counts[8], spare
-KIND_VIOLATIONS: Final = 0x564C0001
+KIND_VIOLATIONS: Final = 0x564C0002
+_FIRSTS: Final = len(VIOLATIONS)
 DEFAULT_CAPACITY: Final = 4096
 
 
@@ -132,14 +133,16 @@ class ViolationLog:
         self.segment = segment
         self.name = segment.name
         self.capacity = capacity
+        n = _FIRSTS + capacity  # slot k < _FIRSTS: the first record of kind k
         self._hdr = RefcountArray.over(segment, 0, _HDR_WORDS)
-        self._flags = RefcountArray.over(segment, _HDR_WORDS * 4, capacity)
-        self._rec_base = _HDR_WORDS * 4 + capacity * 4
+        self._flags = RefcountArray.over(segment, _HDR_WORDS * 4, n)
+        self._rec_base = _HDR_WORDS * 4 + n * 4
         self._buf = segment.payload
 
     @staticmethod
     def _size(capacity: int) -> int:
-        return _HDR_WORDS * 4 + capacity * 4 + capacity * _REC_SIZE
+        n = _FIRSTS + capacity
+        return _HDR_WORDS * 4 + n * 4 + n * _REC_SIZE
 
     @classmethod
     def create(cls, capacity: int = DEFAULT_CAPACITY, token: str | None = None) -> ViolationLog:
@@ -151,7 +154,7 @@ class ViolationLog:
     @classmethod
     def attach(cls, name: str) -> ViolationLog:
         seg = Segment.attach(name, KIND_VIOLATIONS)
-        cap = (seg.payload_size - _HDR_WORDS * 4) // (4 + _REC_SIZE)
+        cap = (seg.payload_size - _HDR_WORDS * 4) // (4 + _REC_SIZE) - _FIRSTS
         if cls._size(cap) != seg.payload_size:
             seg.close()
             raise ValueError(f"{name}: payload size does not match a violation log")
@@ -168,10 +171,16 @@ class ViolationLog:
         c: int = 0,
     ) -> None:
         code = _CODE[name]  # KeyError for a name outside the catalogue
-        self._hdr.inc(2 + code)
-        idx = self._hdr.fetch_add(0, 1)
-        if idx >= self.capacity or idx < 0:
-            return  # ring full: the count above is still exact
+        if self._hdr.fetch_add(2 + code, 1) == 0:
+            # The first of each kind has a slot of its own, so a flood of one kind
+            # can never leave another kind without an example.
+            slot = code
+        else:
+            idx = self._hdr.fetch_add(0, 1)
+            if idx >= self.capacity or idx < 0:
+                return  # ring full: the count above is still exact
+            slot = _FIRSTS + idx
+        idx = slot
         _REC.pack_into(
             self._buf,
             self._rec_base + idx * _REC_SIZE,
@@ -194,7 +203,7 @@ class ViolationLog:
         return sum(self.counts().values())
 
     def records(self) -> list[Violation]:
-        n = min(max(self._hdr.read(0), 0), self.capacity)
+        n = _FIRSTS + min(max(self._hdr.read(0), 0), self.capacity)
         out = []
         for idx in range(n):
             if not self._flags.read(idx):
@@ -208,7 +217,7 @@ class ViolationLog:
 
     def reset(self) -> None:
         """Forget everything (between explore executions, with every CPU parked)."""
-        n = min(max(self._hdr.read(0), 0), self.capacity)
+        n = _FIRSTS + min(max(self._hdr.read(0), 0), self.capacity)
         for idx in range(n):
             self._flags.set(idx, 0)
         for w in range(_HDR_WORDS):

@@ -118,14 +118,16 @@ class Campaign:
         table.add_column("ops", justify="right")
         table.add_column("verdict", no_wrap=True)
         for r in self.results:
-            cells = [str(r.counts.get(n, 0) or "·") for n in names]
+            cells = [compact(r.counts.get(n, 0)) for n in names]
             if r.clean and not r.incidents:
                 verdict = "[green]clean[/green]"
             elif r.clean:
                 verdict = "[yellow]incident[/yellow]"
             else:
-                verdict = f"[red]{len(r.found)} kind(s)[/red]"
-            table.add_row(r.variant, *cells, f"{r.operations:,}", verdict)
+                verdict = (
+                    f"[red]{len(r.found)} kinds[/red]" if len(r.found) > 1 else "[red]1 kind[/red]"
+                )
+            table.add_row(r.variant, *cells, compact(r.operations), verdict)
         console.print(table)
         for r in self.results:
             for name in sorted(r.found):
@@ -142,6 +144,17 @@ class Campaign:
             console.print(f"[yellow]interrupted by {self.interrupted}: partial report[/yellow]")
         if self.error:
             console.print(f"[red]error:[/red] {self.error}")
+
+
+def compact(n: int) -> str:
+    """Counts that fit a narrow column: 7, 812, 4.3k, 81k, 1.2M; "·" for none."""
+    if n == 0:
+        return "·"
+    for div, unit in ((1_000_000, "M"), (1_000, "k")):
+        if n >= div:
+            v = n / div
+            return f"{v:.1f}{unit}" if v < 9.95 else f"{v:.0f}{unit}"
+    return str(n)
 
 
 def first_examples(records: list[Violation]) -> dict[str, Violation]:
