@@ -13,8 +13,9 @@ import random
 import signal
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from shmpamt import tdx
 from shmpamt.atomic import RefcountArray
@@ -24,7 +25,10 @@ from shmpamt.kernel import Hook, Kernel, page_hpa, range_of
 from shmpamt.lock import LockError, PamtLock
 
 if TYPE_CHECKING:
+    from shmpamt.kernel import PagePool
     from shmpamt.module.daemon import ModuleNames
+    from shmpamt.scheduling import SchedNames
+    from shmpamt.seamcall import SeamcallPort
     from shmpamt.variants.base import PamtVariant
 
 # --- per-CPU statistics words (in one shared segment) ------------------------
@@ -215,18 +219,24 @@ def _retry_busy(k: Kernel, leaf_call: object, hpa: int) -> int:
     return err
 
 
-def cpu_main(
-    names: SystemNames,
-    cpu: int,
-    variant_spec: str,
-    workload: Workload,
-    seed: int,
-    fault_spec: str,
-) -> None:
-    """Entry point of a CPU process (spawned)."""
+@dataclass
+class Attached:
+    """One CPU process's handles on the running system."""
+
+    refcounts: RefcountArray
+    lock: PamtLock
+    log: ViolationLog
+    pool: PagePool
+    port: SeamcallPort
+    variant: PamtVariant
+
+
+def _cpu_process(
+    names: SystemNames, cpu: int, variant_spec: str, body: Callable[[CpuBoard, Attached], None]
+) -> NoReturn:
+    """The life every CPU process shares: attach, run ``body``, say how it ended, exit."""
     # Ctrl-C goes to the whole process group; the runner decides when CPUs stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from shmpamt.module.faults import FaultPlan
     from shmpamt.pages import PamtPagePool
     from shmpamt.seamcall import SeamcallError, SeamcallPort
     from shmpamt.variants.registry import load_variant
@@ -234,34 +244,17 @@ def cpu_main(
     board = CpuBoard.attach(names.board, names.cpus)
     code = EXIT_INTERNAL
     try:
-        refcounts = RefcountArray.attach(names.refcounts)
-        lock = PamtLock.attach(names.lock_sem, names.lock_owner, cpu=cpu)
         log = ViolationLog.attach(names.log)
-        pool = PamtPagePool.attach(names.pool, log)
-        port = SeamcallPort.attach(names.module, cpu)
-        variant = load_variant(variant_spec)()
-        faults = FaultPlan.parse(fault_spec, seed)
-        rng = random.Random(f"{seed}:cpu{cpu}")
-        hook: Hook | None = None
-        if workload.chaos > 0:
-            hook = ChaosHook(random.Random(f"{seed}:chaos{cpu}"), workload.chaos, workload.chaos_us)
-        k = Kernel(
-            cpu, refcounts, lock, pool, port, hook=hook, alloc_fails=faults.alloc_failer(cpu)
+        attached = Attached(
+            refcounts=RefcountArray.attach(names.refcounts),
+            lock=PamtLock.attach(names.lock_sem, names.lock_owner, cpu=cpu),
+            log=log,
+            pool=PamtPagePool.attach(names.pool, log),
+            port=SeamcallPort.attach(names.module, cpu),
+            variant=load_variant(variant_spec)(),
         )
         board.set(cpu, STATE, STATE_RUNNING)
-        done = 0
-        hold_max = workload.hold_us / 1e6
-        while not board.stopping():
-            if workload.iterations and done >= workload.iterations:
-                break
-            hpa = pick_page(rng, cpu, names.cpus, workload)
-            if not one_round(k, variant, hpa, rng.random() * hold_max, log):
-                board.inc(cpu, GETS_FAILED)
-            done += 1
-            board.inc(cpu, ITERATIONS)
-            board.set(cpu, INJECTED, k.injected)
-            board.set(cpu, WARNINGS, k.warnings)
-        board.set(cpu, STATE, STATE_DONE)
+        body(board, attached)
         code = EXIT_OK
     except SeamcallError as e:
         board.set_message(cpu, f"cpu {cpu}: {e}")
@@ -273,22 +266,61 @@ def cpu_main(
         board.set_message(cpu, f"cpu {cpu}: internal error: {type(e).__name__}: {e}")
         code = EXIT_INTERNAL
     finally:
-        if code != EXIT_OK:
-            board.set(cpu, STATE, STATE_FAILED)
+        board.set(cpu, STATE, STATE_DONE if code == EXIT_OK else STATE_FAILED)
     os._exit(code)  # skip atexit: a CPU owns no IPC object, the runner does
+
+
+def cpu_main(
+    names: SystemNames,
+    cpu: int,
+    variant_spec: str,
+    workload: Workload,
+    seed: int,
+    fault_spec: str,
+) -> None:
+    """Entry point of a free-running CPU process (spawned)."""
+    from shmpamt.module.faults import FaultPlan
+
+    def loop(board: CpuBoard, a: Attached) -> None:
+        faults = FaultPlan.parse(fault_spec, seed)
+        rng = random.Random(f"{seed}:cpu{cpu}")
+        hook: Hook | None = None
+        if workload.chaos > 0:
+            hook = ChaosHook(random.Random(f"{seed}:chaos{cpu}"), workload.chaos, workload.chaos_us)
+        k = Kernel(
+            cpu,
+            a.refcounts,
+            a.lock,
+            a.pool,
+            a.port,
+            hook=hook,
+            alloc_fails=faults.alloc_failer(cpu),
+        )
+        done = 0
+        hold_max = workload.hold_us / 1e6
+        while not board.stopping():
+            if workload.iterations and done >= workload.iterations:
+                break
+            hpa = pick_page(rng, cpu, names.cpus, workload)
+            if not one_round(k, a.variant, hpa, rng.random() * hold_max, a.log):
+                board.inc(cpu, GETS_FAILED)
+            done += 1
+            board.inc(cpu, ITERATIONS)
+            board.set(cpu, INJECTED, k.injected)
+            board.set(cpu, WARNINGS, k.warnings)
+
+    _cpu_process(names, cpu, variant_spec, loop)
 
 
 def cpu_explore_main(
     names: SystemNames,
-    sched: object,
+    sched: SchedNames,
     cpu: int,
     variant_spec: str,
     workload: Workload,
     rounds: int,
 ) -> None:
     """Entry point of a CPU process in explore mode: one step per grant."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from shmpamt.pages import PamtPagePool
     from shmpamt.scheduling import (
         CMD_EXIT,
         CMD_START,
@@ -298,30 +330,17 @@ def cpu_explore_main(
         Aborted,
         ExploreHook,
         SchedBoard,
-        SchedNames,
         workload_rng,
     )
-    from shmpamt.seamcall import SeamcallError, SeamcallPort
-    from shmpamt.variants.registry import load_variant
 
-    assert isinstance(sched, SchedNames)
-    board = CpuBoard.attach(names.board, names.cpus)
-    code = EXIT_INTERNAL
-    try:
-        refcounts = RefcountArray.attach(names.refcounts)
-        lock = PamtLock.attach(names.lock_sem, names.lock_owner, cpu=cpu)
-        log = ViolationLog.attach(names.log)
-        pool = PamtPagePool.attach(names.pool, log)
-        port = SeamcallPort.attach(names.module, cpu)
+    def loop(board: CpuBoard, a: Attached) -> None:
         sb = SchedBoard.attach(sched)
-        variant = load_variant(variant_spec)()
-        hook = ExploreHook(sb, cpu, refcounts)
-        k = Kernel(cpu, refcounts, lock, pool, port, hook=hook)
-        board.set(cpu, STATE, STATE_RUNNING)
+        hook = ExploreHook(sb, cpu, a.refcounts)
+        k = Kernel(cpu, a.refcounts, a.lock, a.pool, a.port, hook=hook)
         while True:
             cmd, arg = hook.wait_command()
             if cmd == CMD_EXIT:
-                break
+                return
             if cmd != CMD_START:
                 continue  # an abort that reached an idle CPU: nothing to unwind
             rng = workload_rng(arg, cpu)
@@ -329,24 +348,12 @@ def cpu_explore_main(
             state = DONE
             try:
                 for _ in range(rounds):
-                    one_round(k, variant, pick_page(rng, cpu, names.cpus, workload), 0.0, log)
+                    one_round(k, a.variant, pick_page(rng, cpu, names.cpus, workload), 0.0, a.log)
                     board.inc(cpu, ITERATIONS)
             except Aborted as stop:
                 if stop.cmd == CMD_EXIT:
-                    break
+                    return
                 state = IDLE
             sb.set(cpu, W_STATE, state)
-        code = EXIT_OK
-    except SeamcallError as e:
-        board.set_message(cpu, f"cpu {cpu}: {e}")
-        code = EXIT_MODULE
-    except LockError as e:
-        board.set_message(cpu, f"cpu {cpu}: {e}")
-        code = EXIT_LOCK
-    except Exception as e:
-        board.set_message(cpu, f"cpu {cpu}: internal error: {type(e).__name__}: {e}")
-        code = EXIT_INTERNAL
-    finally:
-        if code != EXIT_OK:
-            board.set(cpu, STATE, STATE_FAILED)
-    os._exit(code)
+
+    _cpu_process(names, cpu, variant_spec, loop)
