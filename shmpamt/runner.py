@@ -160,17 +160,22 @@ def _watch(
             return
         if all(p.exitcode is not None for p in procs):
             return  # iteration mode: every CPU finished (or died)
-        for c, p in enumerate(procs):
-            if p.exitcode is not None and p.exitcode != EXIT_OK:
-                incidents.append(f"cpu {c} {_describe_exit(p.exitcode)} mid-run")
-                return
-        if not s.module.alive():
-            incidents.append("the TDX module daemon died mid-run")
-            return
+        # The most specific account first: a dead lock holder also shows up as a
+        # dead CPU and as its waiters giving up.
         pid, cpu = s.lock.holder()
         if pid and not pid_alive(pid):
             incidents.append(f"cpu {cpu} (pid {pid}) died holding pamt_lock")
             return
+        if not s.module.alive():
+            incidents.append("the TDX module daemon died mid-run")
+            return
+        for c, p in enumerate(procs):
+            if p.exitcode is not None and p.exitcode != EXIT_OK:
+                msg = s.board.message(c)
+                incidents.append(
+                    f"cpu {c} {_describe_exit(p.exitcode)} mid-run" + (f" ({msg})" if msg else "")
+                )
+                return
 
 
 def _join_all(s: System, procs: Sequence[mp.process.BaseProcess], incidents: list[str]) -> None:
