@@ -7,6 +7,7 @@ SIGINT/SIGTERM (after a partial report and full cleanup).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -33,9 +34,19 @@ VIOLATION_NAMES = (
     "pamt_pages_lost",
     "lock_leaked",
 )  # fmt: skip  (== invariants.VIOLATIONS; kept literal so --help imports nothing heavy)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line when piped
 # A log file or pipe gets 120 columns instead of rich's 80, so reports stay tables.
 out_console = Console(width=None if sys.stdout.isatty() else 120)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange lets "nan" through (every comparison with NaN is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if isinstance(rv, float) and math.isnan(rv):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return rv
 
 
 def fail(msg: str) -> NoReturn:
@@ -161,7 +172,7 @@ def variants() -> None:
 )
 @click.option(
     "--hot",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.7,
     show_default=True,
     help="Probability that a pick goes to the hot range.",
@@ -175,7 +186,7 @@ def variants() -> None:
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(0.1, 86400),
+    type=FiniteFloatRange(0.1, 86400),
     default=None,
     help="Seconds per variant. Default: about a minute for the whole campaign.",
 )
@@ -193,7 +204,7 @@ def variants() -> None:
 )
 @click.option(
     "--chaos",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=None,
     is_flag=False,
     flag_value=0.3,
@@ -375,7 +386,7 @@ def _check_html_path(path: Path | None) -> None:
 @click.option("--ranges", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option(
     "--budget",
-    type=click.FloatRange(0.1, 86400),
+    type=FiniteFloatRange(0.1, 86400),
     default=None,
     help="Seconds to search (default 20 unless --executions is given).",
 )

@@ -8,6 +8,7 @@ sharing happens at the 2 MiB level, where the refcount protocol lives.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -63,6 +64,7 @@ class Workload:
     iterations: int = 0  # per CPU; 0 = until told to stop
     chaos: float = 0.0  # probability of a random delay/yield at every primitive
     chaos_us: int = 100  # longest chaos delay
+    seamcall_timeout: float = 10.0  # a module that does not answer within this is hung
 
     def validate(self, cpus: int) -> None:
         if self.ranges < 1:
@@ -78,6 +80,8 @@ class Workload:
             raise ValueError("probabilities must be within 0..1")
         if self.hold_us < 0 or self.iterations < 0 or self.chaos_us < 0:
             raise ValueError("counts and durations must not be negative")
+        if not self.seamcall_timeout > 0:  # also refuses NaN
+            raise ValueError("the SEAMCALL timeout must be a positive number of seconds")
 
 
 class CpuBoard:
@@ -232,7 +236,11 @@ class Attached:
 
 
 def _cpu_process(
-    names: SystemNames, cpu: int, variant_spec: str, body: Callable[[CpuBoard, Attached], None]
+    names: SystemNames,
+    cpu: int,
+    variant_spec: str,
+    workload: Workload,
+    body: Callable[[CpuBoard, Attached], None],
 ) -> NoReturn:
     """The life every CPU process shares: attach, run ``body``, say how it ended, exit."""
     # Ctrl-C goes to the whole process group; the runner decides when CPUs stop.
@@ -243,6 +251,7 @@ def _cpu_process(
 
     board = CpuBoard.attach(names.board, names.cpus)
     code = EXIT_INTERNAL
+    attached: Attached | None = None
     try:
         log = ViolationLog.attach(names.log)
         attached = Attached(
@@ -250,14 +259,19 @@ def _cpu_process(
             lock=PamtLock.attach(names.lock_sem, names.lock_owner, cpu=cpu),
             log=log,
             pool=PamtPagePool.attach(names.pool, log),
-            port=SeamcallPort.attach(names.module, cpu),
+            port=SeamcallPort.attach(names.module, cpu, timeout=workload.seamcall_timeout),
             variant=load_variant(variant_spec)(),
         )
         board.set(cpu, STATE, STATE_RUNNING)
         body(board, attached)
         code = EXIT_OK
     except SeamcallError as e:
-        board.set_message(cpu, f"cpu {cpu}: {e}")
+        # The module failed, not the protocol: leave pamt_lock free so the runner
+        # does not mistake this exit for a lock leak.
+        if attached is not None and attached.lock.held_by_me():
+            with contextlib.suppress(LockError):
+                attached.lock.release()
+        board.set_message(cpu, str(e))  # already says "cpu N: ..."
         code = EXIT_MODULE
     except LockError as e:
         board.set_message(cpu, f"cpu {cpu}: {e}")
@@ -309,7 +323,7 @@ def cpu_main(
             board.set(cpu, INJECTED, k.injected)
             board.set(cpu, WARNINGS, k.warnings)
 
-    _cpu_process(names, cpu, variant_spec, loop)
+    _cpu_process(names, cpu, variant_spec, workload, loop)
 
 
 def cpu_explore_main(
@@ -356,4 +370,4 @@ def cpu_explore_main(
                 state = IDLE
             sb.set(cpu, W_STATE, state)
 
-    _cpu_process(names, cpu, variant_spec, loop)
+    _cpu_process(names, cpu, variant_spec, workload, loop)

@@ -248,6 +248,8 @@ def open_semaphore(name: str) -> posix_ipc.Semaphore:
         raise IpcError(f"no semaphore named {name}") from e
     if st.st_uid != os.geteuid():
         raise IpcError(f"semaphore {name} is owned by uid {st.st_uid}, not by this user")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise IpcError(f"semaphore {name} is accessible to other users (mode {oct(st.st_mode)})")
     try:
         return posix_ipc.Semaphore(name, 0)
     except posix_ipc.ExistentialError as e:

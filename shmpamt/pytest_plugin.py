@@ -151,6 +151,8 @@ class ShmpamtRig:
         from shmpamt.api import stress
 
         kwargs: dict[str, Any] = {"iterations": self.settings.budget, "seed": self.settings.seed}
+        if "duration" in overrides:
+            del kwargs["iterations"]  # a duration replaces the iteration budget
         kwargs.update(overrides)
         return stress(variant, **kwargs)
 

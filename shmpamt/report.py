@@ -107,8 +107,14 @@ class Campaign:
         os.replace(tmp, path)
 
     def render(self, console: Console) -> None:
-        if not self.results:
-            return
+        if self.results:
+            self._render_table(console)
+        if self.interrupted:
+            console.print(f"[yellow]interrupted by {self.interrupted}: partial report[/yellow]")
+        if self.error:
+            console.print(f"[red]error:[/red] {self.error}")
+
+    def _render_table(self, console: Console) -> None:
         table = Table(title="verdict: violations found per variant", title_justify="left")
         table.add_column("variant", style="bold", no_wrap=True)
         names = [n for n in VIOLATIONS if any(r.counts.get(n) for r in self.results)]
@@ -140,10 +146,6 @@ class Campaign:
                 console.print(f"  [bold]{r.variant}[/bold] [yellow]incident[/yellow]: {inc}")
             if r.coverage:
                 console.print(f"  [bold]{r.variant}[/bold] coverage: {r.coverage}")
-        if self.interrupted:
-            console.print(f"[yellow]interrupted by {self.interrupted}: partial report[/yellow]")
-        if self.error:
-            console.print(f"[red]error:[/red] {self.error}")
 
 
 def compact(n: int) -> str:

@@ -74,8 +74,8 @@ def run_stress(
 
     variant = load_variant(variant_spec)
     workload.validate(config.cpus)
-    if duration < 0:
-        raise ValueError("--duration must not be negative")
+    if not duration >= 0:  # also refuses NaN
+        raise ValueError("--duration must be a number >= 0")
     if not duration and not workload.iterations:
         raise ValueError("give a --duration or a number of --iterations")
     faults = FaultPlan.parse(fault_spec, seed)
@@ -170,6 +170,14 @@ def _watch(
             incidents.append("the TDX module daemon died mid-run")
             return
         for c, p in enumerate(procs):
+            if p.exitcode == EXIT_MODULE and s.module.alive():
+                # The daemon is hung (alive, not answering): every other CPU would wait
+                # out its own timeout in turn. Kill it so they all see ModuleDied now.
+                s.module.stop(timeout=0.5)
+                incidents.append(
+                    f"the TDX module daemon hung and was killed ({s.board.message(c)})"
+                )
+                return
             if p.exitcode is not None and p.exitcode != EXIT_OK:
                 msg = s.board.message(c)
                 incidents.append(

@@ -263,8 +263,8 @@ class Explorer:
             try:
                 self.b.doorbell.acquire(0.2)
                 return
-            except posix_ipc.BusyError:
-                pass
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                pass  # SignalError: the runner's Ctrl-C/SIGTERM flag was set; keep going
             for c, p in enumerate(self.procs):
                 if p.exitcode is not None:
                     msg = self.s.board.message(c)

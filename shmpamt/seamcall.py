@@ -191,7 +191,8 @@ class SeamcallPort:
         while True:
             try:
                 self._resp.acquire(SLICE)
-            except posix_ipc.BusyError:
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                # SignalError: a handled signal (the runner's Ctrl-C flag) interrupted the wait
                 self._wait_slow(leaf)
             got, status, o_rcx, o_rdx, o_r8, flags = RESPONSE.unpack_from(self._buf, self._out)
             if got == seq:
@@ -236,7 +237,7 @@ class SeamcallPort:
             try:
                 self._resp.acquire(min(SLICE, left))
                 return
-            except posix_ipc.BusyError:
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
                 continue
 
     @property

@@ -244,7 +244,7 @@ def run_explore(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[VariantResult, Failure | None]:
     """Explore until the first failure, the budget, or the strategy is exhausted."""
-    if budget <= 0 and not executions:
+    if not budget > 0 and not executions:  # also refuses NaN
         raise ValueError("give a positive --budget or a number of --executions")
     scheduler = make_scheduler(strategy, seed, depth, preemptions, executions=executions)
     failure: Failure | None = None

@@ -162,11 +162,6 @@ def test_hung_daemon_times_out_the_seamcalls_and_ends_the_run() -> None:
     assert not pid_alive(hit[0])  # the runner killed the stopped daemon on its way out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a CPU that exits on ModuleDied inside pamt_lock is reported as lock_leaked "
-    "(a violation, CLI exit 1) although the daemon's death, not the variant, left the lock",
-)
 @pytest.mark.timeout(120)
 def test_daemon_death_inside_pamt_lock_is_no_violation() -> None:
     with _daemon_signaller(signal.SIGKILL) as (hit, act):

@@ -123,11 +123,6 @@ def test_attach_refuses_a_segment_others_may_open(mode: int) -> None:
             Segment.attach(seg.name, KIND)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ipc.open_semaphore checks the owner but not the mode: a pamt_lock or mailbox "
-    "semaphore widened to 0666 is opened, so another user could post or take it",
-)
 def test_open_semaphore_refuses_one_others_may_open() -> None:
     with _semaphore() as sem:
         os.chmod(_path(sem.name, sem=True), 0o666)
