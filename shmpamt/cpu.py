@@ -65,6 +65,7 @@ class Workload:
     chaos: float = 0.0  # probability of a random delay/yield at every primitive
     chaos_us: int = 100  # longest chaos delay
     seamcall_timeout: float = 10.0  # a module that does not answer within this is hung
+    use_page: bool = True  # AUG/RECLAIM the page between get and put (False: protocol only)
 
     def validate(self, cpus: int) -> None:
         if self.ranges < 1:
@@ -195,7 +196,14 @@ def pick_page(rng: random.Random, cpu: int, cpus: int, w: Workload) -> int:
     return page_hpa(r, rng.choice(slots))
 
 
-def one_round(k: Kernel, variant: PamtVariant, hpa: int, hold: float, log: ViolationLog) -> bool:
+def one_round(
+    k: Kernel,
+    variant: PamtVariant,
+    hpa: int,
+    hold: float,
+    log: ViolationLog,
+    use_page: bool = True,
+) -> bool:
     """get, AUG, hold, RECLAIM, put. Returns False if the get failed."""
     before = k.injected
     err = variant.tdx_pamt_get(k, hpa)
@@ -204,7 +212,7 @@ def one_round(k: Kernel, variant: PamtVariant, hpa: int, hold: float, log: Viola
         if k.injected == before:
             log.record(GET_FAILED, cpu=k.cpu, range_=range_of(hpa), a=err)
         return False
-    assigned = _retry_busy(k, k.tdh_mem_page_aug, hpa) == tdx.TDX_SUCCESS
+    assigned = use_page and _retry_busy(k, k.tdh_mem_page_aug, hpa) == tdx.TDX_SUCCESS
     if hold > 0:
         time.sleep(hold)
     if assigned:
@@ -316,7 +324,7 @@ def cpu_main(
             if workload.iterations and done >= workload.iterations:
                 break
             hpa = pick_page(rng, cpu, names.cpus, workload)
-            if not one_round(k, a.variant, hpa, rng.random() * hold_max, a.log):
+            if not one_round(k, a.variant, hpa, rng.random() * hold_max, a.log, workload.use_page):
                 board.inc(cpu, GETS_FAILED)
             done += 1
             board.inc(cpu, ITERATIONS)

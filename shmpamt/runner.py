@@ -10,8 +10,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from shmpamt.cpu import (
@@ -39,6 +39,7 @@ class Progress:
     violations: int
     elapsed: float
     total: float  # seconds planned (0 = iteration mode)
+    counts: Mapping[str, int] = field(default_factory=dict)  # per violation name
 
 
 ProgressFn = Callable[[Progress], None]
@@ -152,7 +153,14 @@ def _watch(
         elapsed = time.monotonic() - t0
         if on_progress is not None:
             on_progress(
-                Progress(label, s.board.total(ITERATIONS), s.log.total(), elapsed, duration)
+                Progress(
+                    label,
+                    s.board.total(ITERATIONS),
+                    s.log.total(),
+                    elapsed,
+                    duration,
+                    s.log.counts(),
+                )
             )
         if should_stop():
             return
