@@ -38,9 +38,8 @@ GETS_FAILED: Final = 1
 INJECTED: Final = 2
 WARNINGS: Final = 3
 STATE: Final = 4  # one of the STATE_* values below
-HEARTBEAT: Final = 5
 WORDS_PER_CPU: Final = 8
-STATE_STARTING, STATE_RUNNING, STATE_DONE, STATE_FAILED = 0, 1, 2, 3
+STATE_RUNNING, STATE_DONE, STATE_FAILED = 1, 2, 3  # 0: not started yet
 # global control words after the per-CPU block
 STOP: Final = 0
 KIND_CPUSTATS: Final = 0x43505553

@@ -26,11 +26,6 @@ if TYPE_CHECKING:
 GUEST_BASE: Final = 0
 POOL_BASE: Final = 1 << 40
 
-# Operation names seen by hooks, traces and schedule timelines.
-OP_READ: Final = "atomic_read"
-OP_SET: Final = "atomic_set"
-LOCK_OPS: Final = frozenset({"spin_lock"})
-
 
 class Hook(Protocol):
     """Called around every primitive. ``before`` may block (explore) or sleep (chaos)."""

@@ -20,6 +20,7 @@ from shmpamt.cpu import (
     EXIT_OK,
     INJECTED,
     ITERATIONS,
+    WARNINGS,
     Workload,
     cpu_main,
 )
@@ -120,6 +121,7 @@ def run_stress(
         records = s.log.records()
         ops = s.board.total(ITERATIONS)
         injected = s.board.total(INJECTED)
+        warnings = s.board.total(WARNINGS)
         module_stats = s.module.statistics()
         injected_module = int(getattr(module_stats, "injected_total", 0))
     return VariantResult(
@@ -134,6 +136,7 @@ def run_stress(
         incidents=tuple(incidents),
         faults_injected=max(injected, injected_module),
         quiescence_checked=quiescent,
+        extra={"kernel_warnings": warnings},  # pr_err/WARN_ON_ONCE the variant printed
     )
 
 

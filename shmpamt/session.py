@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Final
@@ -20,7 +20,7 @@ from shmpamt.invariants import VIOLATIONS, Violation
 from shmpamt.ipc import new_token, sigint_ignored_in_children
 from shmpamt.module.faults import FaultPlan
 from shmpamt.report import VariantResult, first_examples
-from shmpamt.schedule import Schedule, ScheduleError
+from shmpamt.schedule import Schedule
 from shmpamt.schedulers.base import Scheduler, SchedulingError
 from shmpamt.scheduling import Execution, Explorer, SchedBoard
 from shmpamt.system import System, SystemConfig
@@ -187,7 +187,6 @@ class Failure:
     execution: Execution
     minimized: Schedule | None = None
     minimized_execution: Execution | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def first_violation(ex: Execution, ignore: frozenset[str] = frozenset()) -> tuple[str, int] | None:
@@ -312,13 +311,6 @@ def run_explore(
 
 def _distinct(s: Scheduler) -> int:
     return int(getattr(s, "distinct_schedules", 0))
-
-
-def parse_schedule(text: str) -> Schedule:
-    try:
-        return Schedule.parse(text)
-    except ScheduleError:
-        raise
 
 
 def trace_events(ex: Execution) -> list[TraceEvent]:

@@ -17,21 +17,18 @@ from shmpamt.atomic import RefcountArray
 from shmpamt.cpu import CpuBoard, SystemNames
 from shmpamt.invariants import (
     LOCK_LEAKED,
-    PAMT_PAGES_LOST,
     QUIESCENT_MISMATCH,
     QUIESCENT_PAMT_PRESENT,
     QUIESCENT_REFCOUNT,
     ViolationLog,
 )
-from shmpamt.ipc import new_token, pid_alive
+from shmpamt.ipc import make_name, new_token, pid_alive
 from shmpamt.lock import PamtLock
 
 if TYPE_CHECKING:
     from shmpamt.module.daemon import TdxModule
     from shmpamt.module.faults import FaultPlan
     from shmpamt.pages import PamtPagePool
-
-_ = PAMT_PAGES_LOST
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ class System:
         s.config = config
         try:
             s.refcounts = RefcountArray.create(
-                config.ranges, _name("refcounts", s.token), initial=config.initial_refcount
+                config.ranges, make_name("refcounts", s.token), initial=config.initial_refcount
             )
             s._closers.append(s.refcounts)
             s.lock = PamtLock.create(s.token)
@@ -186,9 +183,3 @@ class System:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _name(role: str, token: str) -> str:
-    from shmpamt.ipc import make_name
-
-    return make_name(role, token)

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 
 import atomics
-import posix_ipc
 from rich.console import Console
 from rich.table import Table
 
@@ -103,7 +102,6 @@ def main() -> int:
     finally:
         remove_semaphore(sem, owner=True)
         arr.close()
-    _ = posix_ipc
 
     table = Table(
         title=f"atomic_t fast path (backend {BACKEND}); median ns/op, {b} batches x {n} ops"
