@@ -55,7 +55,14 @@ def first_violation(variant: str, seed: int, cap: float) -> tuple[float | None, 
 
     cfg = SystemConfig(cpus=4, ranges=2, pages_per_range=8)
     work = Workload(ranges=2, pages_per_range=8, hold_us=50, chaos=0.3)
-    run_stress(variant, cfg, work, cap, seed, on_progress=tick, should_stop=lambda: bool(serious))
+    res = run_stress(
+        variant, cfg, work, cap, seed, on_progress=tick, should_stop=lambda: bool(serious)
+    )
+    # Some races only show in the end-of-run quiescence checks (a refcount left too high).
+    if not first and res.found:
+        first.append(res.elapsed_s)
+    if not serious and set(res.found) - {"add_present"}:
+        serious.append(res.elapsed_s)
     return (first[0] if first else None), (serious[0] if serious else None)
 
 
