@@ -408,7 +408,13 @@ def _check_html_path(path: Path | None) -> None:
     help="An execution whose only violations are of this kind is not a failure "
     "(e.g. add_present, which rfc/v4 treat as an expected race). Repeatable.",
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the result as JSON here.",
+)
 @click.option(
     "--html",
     "html_path",
@@ -537,7 +543,13 @@ def explore(
     help="Replay this many times and check every replay agrees.",
 )
 @click.option("--html", "html_path", type=click.Path(path_type=Path), default=None)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the result as JSON here.",
+)
 def replay(
     schedule: str, do_minimize: bool, times: int, html_path: Path | None, json_path: Path | None
 ) -> None:
