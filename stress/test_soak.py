@@ -2,9 +2,9 @@
 
 Not part of the default run (``testpaths`` is ``tests/``, and this test skips itself)::
 
-    SHMPAMT_SOAK=1 /tmp/venv/bin/pytest stress/test_soak.py -v       # 10 minutes
-    SHMPAMT_SOAK=1 SHMPAMT_SOAK_SECONDS=60 /tmp/venv/bin/pytest stress/test_soak.py -v
-    /tmp/venv/bin/pytest stress/test_soak.py -m soak -v              # same as SHMPAMT_SOAK=1
+    SHMPAMT_SOAK=1 .venv/bin/pytest stress/test_soak.py -v       # 10 minutes
+    SHMPAMT_SOAK=1 SHMPAMT_SOAK_SECONDS=60 .venv/bin/pytest stress/test_soak.py -v
+    .venv/bin/pytest stress/test_soak.py -m soak -v              # same as SHMPAMT_SOAK=1
 
 It checks what only a long run shows: no false alarm (no violation, no incident, and
 quiescence judged clean at the end), no memory growth beyond ``RSS_BOUND_MIB`` in the
