@@ -2,7 +2,7 @@
 
 Not part of the default run (``testpaths`` is ``tests/``, and this test skips itself)::
 
-    SHMPAMT_SOAK=1 .venv/bin/pytest stress/test_soak.py -v       # 10 minutes
+    SHMPAMT_SOAK=1 .venv/bin/pytest stress/test_soak.py -v -o faulthandler_timeout=0   # 10 minutes
     SHMPAMT_SOAK=1 SHMPAMT_SOAK_SECONDS=60 .venv/bin/pytest stress/test_soak.py -v
     .venv/bin/pytest stress/test_soak.py -m soak -v              # same as SHMPAMT_SOAK=1
 
