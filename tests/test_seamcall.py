@@ -132,10 +132,22 @@ def test_sigkilled_daemon_gives_module_died_and_leaves_nothing() -> None:
     assert _objects_of(token) == []
 
 
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        if data[data.rfind(b")") + 2 : data.rfind(b")") + 3] == b"T":
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"pid {pid} did not stop")
+
+
 def test_hung_daemon_gives_module_hung_within_the_timeout() -> None:
     with running_module() as (m, _):
         port = SeamcallPort.attach(m.names, 0, timeout=0.5)
         os.kill(m.pid, signal.SIGSTOP)
+        _wait_stopped(m.pid)  # SIGSTOP is delivered asynchronously
         try:
             t0 = time.monotonic()
             with pytest.raises(ModuleHung, match="did not answer"):
