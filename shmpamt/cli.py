@@ -138,6 +138,23 @@ def main() -> None:
     """Torture-test rig for the TDX Dynamic PAMT refcount helpers."""
 
 
+# Options several commands share, spelled once.
+JSON_OPTION = click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the result as JSON here.",
+)
+HTML_OPTION = click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the failing execution's timeline as a self-contained HTML file.",
+)
+
+
 @main.command()
 def variants() -> None:
     """List the built-in variants."""
@@ -217,13 +234,7 @@ def variants() -> None:
     metavar="SPEC",
     help="Fault injection, e.g. 'add.busy=0.1,aug.delay=0.2:0.001,alloc.fail=0.01'.",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the result as JSON here.",
-)
+@JSON_OPTION
 def stress(
     variant_specs: tuple[str, ...],
     cpus: int,
@@ -408,20 +419,8 @@ def _check_html_path(path: Path | None) -> None:
     help="An execution whose only violations are of this kind is not a failure "
     "(e.g. add_present, which rfc/v4 treat as an expected race). Repeatable.",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the result as JSON here.",
-)
-@click.option(
-    "--html",
-    "html_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Write the failing execution's timeline as a self-contained HTML file.",
-)
+@JSON_OPTION
+@HTML_OPTION
 def explore(
     variant_spec: str,
     strategy: str,
@@ -542,14 +541,8 @@ def explore(
     show_default=True,
     help="Replay this many times and check every replay agrees.",
 )
-@click.option("--html", "html_path", type=click.Path(path_type=Path), default=None)
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the result as JSON here.",
-)
+@HTML_OPTION
+@JSON_OPTION
 def replay(
     schedule: str, do_minimize: bool, times: int, html_path: Path | None, json_path: Path | None
 ) -> None:
