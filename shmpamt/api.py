@@ -169,10 +169,8 @@ def stress(
 ) -> Result:
     """Free-running stress of one variant for ``duration`` s (default 3) or ``iterations``
     rounds per CPU. Bad arguments raise ValueError/TypeError before any process starts."""
-    from shmpamt.cpu import Workload
     from shmpamt.module.faults import FaultPlan
-    from shmpamt.runner import run_stress
-    from shmpamt.system import SystemConfig
+    from shmpamt.runner import run_stress, stress_setup
 
     spec = variant_spec(variant)
     _int("cpus", cpus, 1, 64)
@@ -198,16 +196,7 @@ def stress(
         raise TypeError(f"faults must be a string, not {type(faults).__name__}")
     FaultPlan.parse(faults, seed)  # ValueError naming the bad token
     _loadable(spec)
-    ppr = pages_per_range if pages_per_range is not None else min(512, 2 * cpus)
-    workload = Workload(
-        ranges=ranges,
-        pages_per_range=ppr,
-        hot=hot,
-        hold_us=hold_us,
-        iterations=iterations or 0,
-        chaos=chaos,
-    )
-    config = SystemConfig(cpus=cpus, ranges=ranges, pages_per_range=ppr)
+    workload, config = stress_setup(cpus, ranges, pages_per_range, hot, hold_us, iterations, chaos)
     config.validate()
     dur = 0.0 if iterations else (3.0 if duration is None else duration)
     return Result(run_stress(spec, config, workload, dur, seed, faults))

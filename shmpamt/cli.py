@@ -250,11 +250,9 @@ def stress(
     json_path: Path | None,
 ) -> None:
     """Free-running multiprocess stress over one or more variants."""
-    from shmpamt.cpu import Workload
     from shmpamt.module.faults import FaultPlan
     from shmpamt.runner import Progress as Tick
-    from shmpamt.runner import run_stress
-    from shmpamt.system import SystemConfig
+    from shmpamt.runner import run_stress, stress_setup
 
     check_json_path(json_path)
     if duration is not None and iterations is not None:
@@ -267,16 +265,9 @@ def stress(
         fail(f"--faults: {e}")
     if duration is None and iterations is None:
         duration = max(5.0, 56.0 / len(specs))
-    ppr = pages_per_range if pages_per_range is not None else min(512, 2 * cpus)
-    workload = Workload(
-        ranges=ranges,
-        pages_per_range=ppr,
-        hot=hot,
-        hold_us=hold_us,
-        iterations=iterations or 0,
-        chaos=chaos or 0.0,
+    workload, config = stress_setup(
+        cpus, ranges, pages_per_range, hot, hold_us, iterations, chaos or 0.0
     )
-    config = SystemConfig(cpus=cpus, ranges=ranges, pages_per_range=ppr)
     try:
         workload.validate(cpus)
         config.validate()
@@ -349,10 +340,9 @@ def clean_cmd(dry_run: bool) -> None:
 
 
 def _timeline(ex: Any, cpus: int, title: str, html: Path | None) -> None:
-    from shmpamt.session import trace_events
     from shmpamt.timeline import render, write_html
 
-    events = trace_events(ex)
+    events = ex.trace
     viol = list(zip(ex.violation_steps, ex.violations, strict=True))
     out_console.print(render(events, viol, cpus=cpus, title=title))
     if html is not None:

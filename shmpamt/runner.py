@@ -46,6 +46,28 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
+def stress_setup(
+    cpus: int,
+    ranges: int,
+    pages_per_range: int | None,
+    hot: float,
+    hold_us: int,
+    iterations: int | None,
+    chaos: float,
+) -> tuple[Workload, SystemConfig]:
+    """The one place a stress run's defaults live; the CLI and the library share it."""
+    ppr = pages_per_range if pages_per_range is not None else min(512, 2 * cpus)
+    workload = Workload(
+        ranges=ranges,
+        pages_per_range=ppr,
+        hot=hot,
+        hold_us=hold_us,
+        iterations=iterations or 0,
+        chaos=chaos,
+    )
+    return workload, SystemConfig(cpus=cpus, ranges=ranges, pages_per_range=ppr)
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "did not exit"

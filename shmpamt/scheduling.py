@@ -35,6 +35,7 @@ from shmpamt.ipc import (
 if TYPE_CHECKING:
     from shmpamt.schedulers.base import Scheduler
     from shmpamt.system import System
+    from shmpamt.timeline import TraceEvent
 
 # Every op a point can carry, in a fixed order: the index is what crosses the board.
 OPS: Final[tuple[str, ...]] = (
@@ -208,23 +209,10 @@ class ExploreError(Exception):
     """The exploration machinery itself failed (a CPU died or hung, a bad schedule)."""
 
 
-@dataclass(frozen=True)
-class Step:
-    """One executed step, for schedules and timelines."""
-
-    index: int
-    cpu: int
-    op: str
-    target: int
-    before: int | None
-    after: int | None
-    result: int
-
-
 @dataclass
 class Execution:
     steps: list[int]
-    trace: list[Step]
+    trace: list[TraceEvent]  # what the timeline draws
     violations: list[object]  # shmpamt.invariants.Violation, with the step they surfaced at
     violation_steps: list[int]
     outcome: str  # "complete" | "deadlock" | "step-limit"
@@ -328,12 +316,15 @@ class Explorer:
                 self._grant(c, CMD_ABORT)
 
     def _run(self, scheduler: Scheduler, workload_seed: int) -> Execution:
+        # The runner draws timelines; CPU processes import this module and skip rich.
+        from shmpamt.timeline import TraceEvent
+
         self.reset()
         b, log = self.b, self.s.log
         for c in range(self.cpus):
             self._grant(c, CMD_START, workload_seed)
         steps: list[int] = []
-        trace: list[Step] = []
+        trace: list[TraceEvent] = []
         current: int | None = None
         seen = 0
         violations: list[object] = []
@@ -364,7 +355,7 @@ class Explorer:
             if result >= 1 << 63 and is_atomic:
                 result -= 1 << 64
             after = b.get(c, W_AFTER) if is_atomic else None
-            trace.append(Step(len(steps), c, op, target, before, after, result))
+            trace.append(TraceEvent(len(steps), c, op, target, before, after, result))
             steps.append(c)
             current = c
             if log.total() != seen:

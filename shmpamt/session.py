@@ -24,7 +24,6 @@ from shmpamt.schedule import Schedule
 from shmpamt.schedulers.base import Scheduler, SchedulingError
 from shmpamt.scheduling import Execution, Explorer, SchedBoard
 from shmpamt.system import System, SystemConfig
-from shmpamt.timeline import TraceEvent
 
 DEFAULT_MAX_STEPS: Final = 5000
 STRATEGIES: Final = ("random", "pct", "dfs")
@@ -311,22 +310,6 @@ def run_explore(
 
 def _distinct(s: Scheduler) -> int:
     return int(getattr(s, "distinct_schedules", 0))
-
-
-def trace_events(ex: Execution) -> list[TraceEvent]:
-    return [
-        TraceEvent(
-            step=s.index,
-            cpu=s.cpu,
-            op=s.op,
-            target=s.target,
-            before=s.before,
-            after=s.after,
-            result=s.result,
-            note="",
-        )
-        for s in ex.trace
-    ]
 
 
 def execution_counts(ex: Execution) -> tuple[dict[str, int], dict[str, Violation]]:
