@@ -7,6 +7,9 @@ The public API (see docs/library.md)::
     result = shmpamt.explore("rfc-norecheck", executions=300, seed=1)
     result.check()  # raises shmpamt.ViolationFound carrying "shmpamt replay ..."
 
+    config = shmpamt.ExploreConfig("kai", budget=5.0)  # validated here, once
+    shmpamt.run(config)
+
 Every name below is imported on first use, not here: CPU processes, the module
 daemon and the pytest plugin all import this package, and none of them should
 pay for cffi, posix_ipc and the atomics binding before they need them.
@@ -25,11 +28,17 @@ if TYPE_CHECKING:
     from shmpamt.api import ViolationFound as ViolationFound
     from shmpamt.api import explore as explore
     from shmpamt.api import replay as replay
+    from shmpamt.api import run as run
     from shmpamt.api import stress as stress
     from shmpamt.api import variant_spec as variant_spec
+    from shmpamt.config import ExploreConfig as ExploreConfig
+    from shmpamt.config import ReplayConfig as ReplayConfig
+    from shmpamt.config import Scenario as Scenario
+    from shmpamt.config import StressConfig as StressConfig
+    from shmpamt.engine.explore import Session as Session
+    from shmpamt.errors import ShmpamtError as ShmpamtError
+    from shmpamt.errors import UsageError as UsageError
     from shmpamt.kernel import Kernel as Kernel
-    from shmpamt.session import Scenario as Scenario
-    from shmpamt.session import Session as Session
     from shmpamt.variants.base import PamtVariant as PamtVariant
 
 #: public name -> module that defines it
@@ -37,13 +46,19 @@ _LAZY: Final[dict[str, str]] = {
     "stress": "shmpamt.api",
     "explore": "shmpamt.api",
     "replay": "shmpamt.api",
+    "run": "shmpamt.api",
     "variant_spec": "shmpamt.api",
     "Result": "shmpamt.api",
     "ViolationFound": "shmpamt.api",
+    "StressConfig": "shmpamt.config",
+    "ExploreConfig": "shmpamt.config",
+    "ReplayConfig": "shmpamt.config",
+    "Scenario": "shmpamt.config",
+    "ShmpamtError": "shmpamt.errors",
+    "UsageError": "shmpamt.errors",
     "PamtVariant": "shmpamt.variants.base",
     "Kernel": "shmpamt.kernel",
-    "Session": "shmpamt.session",
-    "Scenario": "shmpamt.session",
+    "Session": "shmpamt.engine.explore",
 }
 
 __all__ = ["__version__", *_LAZY]

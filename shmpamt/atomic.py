@@ -20,7 +20,8 @@ from typing import Any, Final
 import cffi
 from atomics._impl.patomic import Patomic
 
-from shmpamt.ipc import IpcError, Segment, make_name
+from shmpamt.errors import IpcError
+from shmpamt.ipc import Segment, make_name
 
 SEQ_CST: Final = 5  # patomic memory order: sequentially consistent
 INT_MIN: Final = -(2**31)

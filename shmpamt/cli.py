@@ -1,19 +1,21 @@
-"""The ``shmpamt`` command line.
+"""The ``shmpamt`` command line: a thin client of :mod:`shmpamt.api`.
 
-Exit status everywhere: 0 no violation, 1 violations found, 2 bad usage or an
-internal failure (one clear line, never a traceback), 130/143 when stopped by
-SIGINT/SIGTERM (after a partial report and full cleanup).
+Every option becomes a field of a :mod:`shmpamt.config` object, validated
+there once; the run goes through :func:`shmpamt.api.run` with a progress and a
+stop callback; the error tree maps to exit codes in :func:`main`, and nowhere
+else. Errors go to stderr as one line.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -22,40 +24,48 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from shmpamt.report import EXIT_ERROR, Campaign
+from shmpamt.config import (
+    DEFAULT_EXPLORE_BUDGET,
+    DEFAULT_STRESS_SECONDS,
+    ExploreConfig,
+    ReplayConfig,
+    StressConfig,
+)
+from shmpamt.errors import ShmpamtError, UsageError
+from shmpamt.report import EXIT_ERROR, EXIT_MEANING, Campaign, check_report_path
+from shmpamt.schedulers.registry import DEFAULT_STRATEGY, HELP, STRATEGIES
+from shmpamt.violations import VIOLATIONS
 
-VIOLATION_NAMES = (
-    "use_without_pamt",
-    "remove_while_in_use",
-    "remove_absent",
-    "add_present",
-    "get_failed",
-    "quiescent_mismatch",
-    "pamt_pages_lost",
-    "lock_leaked",
-)  # fmt: skip  (== invariants.VIOLATIONS; kept literal so --help imports nothing heavy)
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line when piped
 # A log file or pipe gets 120 columns instead of rich's 80, so reports stay tables.
 out_console = Console(width=None if sys.stdout.isatty() else 120)
 
-
-class FiniteFloatRange(click.FloatRange):
-    """click's FloatRange lets "nan" through (every comparison with NaN is false)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        rv = super().convert(value, param, ctx)
-        if isinstance(rv, float) and math.isnan(rv):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        return rv
+EPILOG = (
+    "Exit status: "
+    + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_MEANING.items())
+    + '. Shell completion: eval "$(_SHMPAMT_COMPLETE=bash_source shmpamt)" '
+    "(zsh_source, fish_source for the other shells)."
+)
 
 
 def fail(msg: str) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {msg}", highlight=False)
+    err_console.print(f"error: {msg}", highlight=False, markup=False)
     sys.exit(EXIT_ERROR)
 
 
+def flag_message(e: UsageError) -> str:
+    """The library's words with the CLI's spelling of the setting: cpus -> --cpus."""
+    msg = str(e)
+    if not e.field:
+        return msg
+    flag = "--" + e.field.replace("_", "-")
+    if msg.startswith(e.field):
+        return flag + msg[len(e.field) :]
+    return f"{flag}: {msg}"
+
+
 class Interrupt:
-    """SIGINT/SIGTERM become a flag the runners poll, so cleanup always runs."""
+    """SIGINT/SIGTERM become a flag the engine polls, so cleanup always runs."""
 
     def __init__(self) -> None:
         self.signal = ""
@@ -78,29 +88,24 @@ def trapped_signals() -> Iterator[Interrupt]:
             signal.signal(s, h)
 
 
-def check_json_path(path: Path | None) -> None:
+def check_output_path(option: str, path: Path | None) -> None:
     if path is None:
         return
+    if not str(path):
+        fail(f"{option}: the file name is empty")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        fail(f"--json {path}: folder {parent} does not exist")
+        fail(f"{option} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        fail(f"--json {path}: folder {parent} is not writable")
+        fail(f"{option} {path}: folder {parent} is not writable")
     if path.is_dir():
-        fail(f"--json {path} is a folder")
-
-
-def resolve_variants(specs: tuple[str, ...]) -> list[str]:
-    from shmpamt.variants.registry import BUILTIN, VariantLoadError, load_variant
-
-    if not specs:
-        return list(BUILTIN)
-    for spec in specs:
-        try:
-            load_variant(spec)
-        except VariantLoadError as e:
-            fail(str(e))
-    return list(specs)
+        fail(f"{option} {path} is a folder")
+    if len(path.name.encode()) > 255:
+        fail(f"{option}: the file name is longer than 255 bytes")
+    try:
+        check_report_path(path)
+    except OSError as e:
+        fail(f"{option}: {e}")
 
 
 def finish(campaign: Campaign, json_path: Path | None) -> NoReturn:
@@ -114,16 +119,16 @@ def finish(campaign: Campaign, json_path: Path | None) -> NoReturn:
     sys.exit(campaign.exit_code())
 
 
-def run_guarded(fn: Callable[[], Any], campaign: Campaign) -> None:
-    """Turn internal failures into one clear line in the report (exit 2)."""
-    from shmpamt.ipc import IpcError
-    from shmpamt.lock import LockError
-
+def guarded(campaign: Campaign, fn: Callable[[], None]) -> None:
+    """The one place the error tree meets exit codes: usage errors end the command
+    (exit 2, one line); run failures become the report's error line (exit 2)."""
     try:
         fn()
-    except ValueError as e:
-        fail(str(e))
-    except (IpcError, LockError, OSError, RuntimeError) as e:
+    except UsageError as e:
+        fail(flag_message(e))
+    except ShmpamtError as e:
+        campaign.error = f"{type(e).__name__}: {e}"
+    except OSError as e:
         campaign.error = f"{type(e).__name__}: {e}"
     except Exception as e:
         # A bug in the rig itself: one line by default, the traceback on request.
@@ -132,7 +137,42 @@ def run_guarded(fn: Callable[[], Any], campaign: Campaign) -> None:
         campaign.error = f"internal error: {type(e).__name__}: {e} (SHMPAMT_DEBUG=1 shows where)"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def build(make: Callable[[], Any]) -> Any:
+    """A config, or one line and exit 2."""
+    try:
+        return make()
+    except UsageError as e:
+        fail(flag_message(e))
+    except TypeError as e:
+        fail(str(e))
+
+
+class OneLineGroup(click.Group):
+    """click's usage errors are four lines; ours are one, on stderr, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e))
+            sys.exit(0)
+        except click.UsageError as e:
+            hint = f" (try '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            fail(e.format_message().replace("\n", " ") + hint)
+        except click.ClickException as e:
+            fail(e.format_message())
+        except click.exceptions.Abort:
+            sys.exit(130)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+
+
+@click.group(
+    cls=OneLineGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EPILOG,
+)
 @click.version_option(package_name="shmpamt")
 def main() -> None:
     """Torture-test rig for the TDX Dynamic PAMT refcount helpers."""
@@ -144,7 +184,7 @@ JSON_OPTION = click.option(
     "json_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Also write the result as JSON here.",
+    help="Also write the result as JSON here (a regular file or a new path).",
 )
 HTML_OPTION = click.option(
     "--html",
@@ -152,6 +192,17 @@ HTML_OPTION = click.option(
     type=click.Path(path_type=Path),
     default=None,
     help="Write the failing execution's timeline as a self-contained HTML file.",
+)
+SEED_OPTION = click.option(
+    "--seed", type=int, default=None, help="Seed of every random choice. Default: random, printed."
+)
+IGNORE_OPTION = click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    type=click.Choice(VIOLATIONS),
+    help="Count and report this kind, but do not let it alone fail the verdict "
+    "(e.g. add_present, which rfc/v4 treat as an expected race). Repeatable.",
 )
 
 
@@ -164,7 +215,7 @@ def variants() -> None:
         click.echo(f"{name:24} {desc}")
 
 
-@main.command()
+@main.command(epilog=EPILOG)
 @click.option(
     "--variant",
     "variant_specs",
@@ -173,55 +224,38 @@ def variants() -> None:
     help="Built-in name, path/to/file.py:Class or package.module:Class (repeatable). "
     "Default: every built-in variant.",
 )
-@click.option("--cpus", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--cpus", type=int, default=4, show_default=True, help="CPU processes (1..64).")
 @click.option(
-    "--ranges",
-    type=click.IntRange(1, 4096),
-    default=2,
-    show_default=True,
-    help="2 MiB ranges (range 0 is the hot one).",
+    "--ranges", type=int, default=2, show_default=True, help="2 MiB ranges (range 0 is hot)."
 )
 @click.option(
     "--pages-per-range",
-    type=click.IntRange(1, 512),
-    default=None,
+    type=int,
+    default=0,
     help="4 KiB pages used per range (>= --cpus). Default: 2 x cpus.",
 )
 @click.option(
     "--hot",
-    type=FiniteFloatRange(0, 1),
+    type=float,
     default=0.7,
     show_default=True,
     help="Probability that a pick goes to the hot range.",
 )
 @click.option(
-    "--hold-us",
-    type=click.IntRange(0, 1_000_000),
-    default=50,
-    show_default=True,
-    help="Longest time a CPU holds an assigned page.",
+    "--hold-us", type=int, default=50, show_default=True, help="Longest hold of a page (µs)."
 )
 @click.option(
     "--duration",
-    type=FiniteFloatRange(0.1, 86400),
+    type=float,
     default=None,
-    help="Seconds per variant. Default: about a minute for the whole campaign.",
+    help=f"Seconds per variant (default {DEFAULT_STRESS_SECONDS:g}: about a minute for the "
+    "eight built-ins).",
 )
-@click.option(
-    "--iterations",
-    type=click.IntRange(1),
-    default=None,
-    help="get/put rounds per CPU instead of a duration.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**63 - 1),
-    default=None,
-    help="Seed of every random choice. Default: random, printed.",
-)
+@click.option("--iterations", type=int, default=None, help="get/put rounds per CPU instead.")
+@SEED_OPTION
 @click.option(
     "--chaos",
-    type=FiniteFloatRange(0, 1),
+    type=float,
     default=None,
     is_flag=False,
     flag_value=0.3,
@@ -234,96 +268,85 @@ def variants() -> None:
     metavar="SPEC",
     help="Fault injection, e.g. 'add.busy=0.1,aug.delay=0.2:0.001,alloc.fail=0.01'.",
 )
+@IGNORE_OPTION
 @JSON_OPTION
 def stress(
     variant_specs: tuple[str, ...],
-    cpus: int,
-    ranges: int,
-    pages_per_range: int | None,
-    hot: float,
-    hold_us: int,
-    duration: float | None,
-    iterations: int | None,
+    json_path: Path | None,
     seed: int | None,
     chaos: float | None,
     fault_spec: str,
-    json_path: Path | None,
+    **settings: Any,
 ) -> None:
     """Free-running multiprocess stress over one or more variants."""
-    from shmpamt.module.faults import FaultPlan
-    from shmpamt.runner import Progress as Tick
-    from shmpamt.runner import run_stress, stress_setup
+    from shmpamt import api
+    from shmpamt.variants.registry import BUILTIN
 
-    check_json_path(json_path)
-    if duration is not None and iterations is not None:
-        fail("give either --duration or --iterations, not both")
-    specs = resolve_variants(variant_specs)
+    check_output_path("--json", json_path)
     seed = random.randrange(2**32) if seed is None else seed
-    try:
-        FaultPlan.parse(fault_spec, seed)
-    except ValueError as e:
-        fail(f"--faults: {e}")
-    if duration is None and iterations is None:
-        duration = max(5.0, 56.0 / len(specs))
-    workload, config = stress_setup(
-        cpus, ranges, pages_per_range, hot, hold_us, iterations, chaos or 0.0
-    )
-    try:
-        workload.validate(cpus)
-        config.validate()
-    except ValueError as e:
-        fail(str(e))
+    specs = list(variant_specs) or list(BUILTIN)
+
+    def config(spec: str) -> StressConfig:
+        return StressConfig(spec, seed=seed, chaos=chaos or 0.0, faults=fault_spec, **settings)
+
+    configs: list[StressConfig] = [build(partial(config, spec)) for spec in specs]
+    for spec in specs:
+        build(partial(api.check_variant, spec))
+    first = configs[0]
     out_console.print(
-        f"shmpamt stress: {len(specs)} variant(s), {cpus} CPUs, {ranges} ranges, seed {seed}"
-        + (f", chaos {chaos}" if chaos else "")
-        + (f", faults {fault_spec}" if fault_spec else "")
+        f"shmpamt stress: {len(specs)} variant(s), {first.cpus} CPUs, {first.ranges} ranges, "
+        f"seed {seed}"
+        + (f", chaos {first.chaos}" if first.chaos else "")
+        + (f", faults {first.faults}" if first.faults else "")
     )
-    campaign = Campaign()
-    with (
-        trapped_signals() as interrupted,
-        Progress(
-            TextColumn("{task.description:24}"),
-            BarColumn(),
-            TextColumn("{task.fields[rate]:>10} ops/s"),
-            TextColumn("{task.fields[viol]:>5} violations"),
-            TimeRemainingColumn(),
-            console=out_console,
-            transient=False,
-        ) as bar,
-    ):
+    campaign = Campaign(rerun=_rerun(seed))
+    with trapped_signals() as interrupted, _bar() as bar:
 
         def run_all() -> None:
-            for spec in specs:
+            for c in configs:
                 if interrupted:
                     break
                 task = bar.add_task(
-                    spec, total=duration or (iterations or 0) * cpus, rate="-", viol=0
+                    c.variant, total=c.seconds or (c.iterations or 0) * c.cpus, info="starting"
                 )
 
-                def tick(p: Tick, task: Any = task) -> None:
+                def tick(p: api.StressProgress, task: Any = task) -> None:
                     rate = f"{p.operations / p.elapsed:,.0f}" if p.elapsed > 0 else "-"
                     done = p.elapsed if p.total else p.operations
-                    bar.update(task, completed=done, rate=rate, viol=p.violations)
+                    info = f"{rate} ops/s, {p.violations} violations"
+                    bar.update(task, completed=done, info=info)
 
-                res = run_stress(
-                    spec,
-                    config,
-                    workload,
-                    duration or 0.0,
-                    seed,
-                    fault_spec,
-                    on_progress=tick,
-                    should_stop=lambda: bool(interrupted),
-                )
-                bar.update(task, completed=duration or res.operations)
-                campaign.results.append(res)
+                res = api.run(c, on_progress=tick, should_stop=lambda: bool(interrupted))
+                bar.update(task, completed=c.seconds or res.raw.operations)
+                campaign.results.append(res.raw)
 
-        run_guarded(run_all, campaign)
+        guarded(campaign, run_all)
         campaign.interrupted = interrupted.signal
     finish(campaign, json_path)
 
 
-@main.command("clean")
+def _rerun(seed: int) -> str:
+    """This command line with its seed pinned, so the campaign can be run again."""
+    args = sys.argv[1:]
+    if "--seed" not in args and not any(a.startswith("--seed=") for a in args):
+        args = [*args, "--seed", str(seed)]
+    return shlex.join(["shmpamt", *args])
+
+
+@contextmanager
+def _bar() -> Iterator[Progress]:
+    with Progress(
+        TextColumn("{task.description:24.24}"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=out_console,
+        transient=False,
+    ) as bar:
+        yield bar
+
+
+@main.command("clean", epilog=EPILOG)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 def clean_cmd(dry_run: bool) -> None:
     """Remove IPC objects left by shmpamt runs whose process is gone."""
@@ -339,23 +362,26 @@ def clean_cmd(dry_run: bool) -> None:
     click.echo(f"{len(gone)} {verb}, {len(kept)} kept")
 
 
-def _timeline(ex: Any, cpus: int, title: str, html: Path | None) -> None:
+def show_timeline(res: Any, html: Path | None) -> None:
+    """The shown execution of a result, as a terminal timeline (and HTML on request)."""
     from shmpamt.timeline import render, write_html
 
-    events = ex.trace
+    r = res.raw
+    ex = r.shown
+    if ex is None:
+        return
+    title = f"{r.variant}: {r.findings[0].schedule}" if r.findings else r.variant
     viol = list(zip(ex.violation_steps, ex.violations, strict=True))
-    out_console.print(render(events, viol, cpus=cpus, title=title))
+    out_console.print(render(ex.trace, viol, cpus=r.cpus, title=title))
     if html is not None:
-        write_html(html, events, viol, cpus=cpus, title=title)
+        write_html(html, ex.trace, viol, cpus=r.cpus, title=title)
         out_console.print(f"timeline written to {html}")
 
 
-def _check_html_path(path: Path | None) -> None:
-    if path is not None and not (path.parent if str(path.parent) else Path(".")).is_dir():
-        fail(f"--html {path}: folder {path.parent} does not exist")
+_STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
 
 
-@main.command()
+@main.command(epilog=EPILOG)
 @click.option(
     "--variant",
     "variant_spec",
@@ -364,172 +390,91 @@ def _check_html_path(path: Path | None) -> None:
     help="Built-in name, path/to/file.py:Class or package.module:Class.",
 )
 @click.option(
-    "--strategy", type=click.Choice(["random", "pct", "dfs"]), default="pct", show_default=True
-)
-@click.option(
-    "--depth", type=click.IntRange(1, 10), default=2, show_default=True, help="PCT bug depth d."
-)
-@click.option(
-    "--preemptions",
-    type=click.IntRange(0, 50),
-    default=2,
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default=DEFAULT_STRATEGY,
     show_default=True,
-    help="DFS preemption bound.",
+    help=_STRATEGY_HELP,
 )
-@click.option("--cpus", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option("--depth", type=int, default=2, show_default=True, help="PCT bug depth d.")
+@click.option("--preemptions", type=int, default=2, show_default=True, help="DFS preemption bound.")
+@click.option("--cpus", type=int, default=2, show_default=True, help="CPU processes (1..8).")
 @click.option(
-    "--rounds",
-    type=click.IntRange(1, 100),
-    default=2,
-    show_default=True,
-    help="get/use/put rounds per CPU per execution.",
+    "--rounds", type=int, default=2, show_default=True, help="get/use/put rounds per CPU."
 )
-@click.option("--ranges", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--ranges", type=int, default=1, show_default=True, help="2 MiB ranges.")
 @click.option(
     "--budget",
-    type=FiniteFloatRange(0.1, 86400),
+    type=float,
     default=None,
-    help="Seconds to search (default 20 unless --executions is given).",
+    help=f"Seconds to search (default {DEFAULT_EXPLORE_BUDGET:g} unless --executions is given).",
 )
-@click.option(
-    "--executions", type=click.IntRange(1), default=None, help="Stop after this many executions."
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**63 - 1),
-    default=None,
-    help="Strategy seed. Default: random, printed.",
-)
-@click.option("--no-minimize", is_flag=True, help="Do not shrink the failing schedule.")
-@click.option(
-    "--ignore",
-    "ignore",
-    multiple=True,
-    type=click.Choice(VIOLATION_NAMES),
-    help="An execution whose only violations are of this kind is not a failure "
-    "(e.g. add_present, which rfc/v4 treat as an expected race). Repeatable.",
-)
+@click.option("--executions", type=int, default=None, help="Stop after this many executions.")
+@SEED_OPTION
+@click.option("--no-minimize", is_flag=True, help="Do not shrink the failing schedules.")
+@click.option("--first", is_flag=True, help="Stop at the first failing execution.")
+@IGNORE_OPTION
 @JSON_OPTION
 @HTML_OPTION
 def explore(
     variant_spec: str,
-    strategy: str,
-    depth: int,
-    preemptions: int,
-    cpus: int,
-    rounds: int,
-    ranges: int,
-    budget: float | None,
-    executions: int | None,
     seed: int | None,
     no_minimize: bool,
     ignore: tuple[str, ...],
     json_path: Path | None,
     html_path: Path | None,
+    **settings: Any,
 ) -> None:
     """Controlled scheduling: the rig chooses every interleaving."""
-    from shmpamt.scheduling import ExploreError
-    from shmpamt.session import ExploreProgress, Scenario, run_explore
+    from shmpamt import api
 
-    check_json_path(json_path)
-    _check_html_path(html_path)
-    resolve_variants((variant_spec,))
+    check_output_path("--json", json_path)
+    check_output_path("--html", html_path)
     seed = random.randrange(2**32) if seed is None else seed
-    if budget is None and executions is None:
-        budget = 20.0
-    scenario = Scenario(variant_spec, cpus=cpus, rounds=rounds, ranges=ranges)
-    try:
-        scenario.validate()
-    except ValueError as e:
-        fail(str(e))
-    out_console.print(
-        f"shmpamt explore: {variant_spec}, strategy {strategy}"
-        + (f" d={depth}" if strategy == "pct" else "")
-        + (f" preemptions<={preemptions}" if strategy == "dfs" else "")
-        + f", {cpus} CPUs x {rounds} rounds, {ranges} range(s), seed {seed}"
-    )
-    campaign = Campaign()
-    failure: Any = None
-    with (
-        trapped_signals() as interrupted,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[execs]:>7} executions {task.fields[rate]:>7}/s"),
-            TextColumn("{task.fields[distinct]:>7} distinct"),
-            TextColumn("{task.fields[viol]} violations"),
-            TimeRemainingColumn(),
-            console=out_console,
-        ) as bar,
-    ):
-        task = bar.add_task(
-            variant_spec, total=budget or executions, execs=0, rate="-", distinct=0, viol=0
+    config: ExploreConfig = build(
+        lambda: ExploreConfig(
+            variant_spec, seed=seed, minimize=not no_minimize, ignore=frozenset(ignore), **settings
         )
+    )
+    build(lambda: api.check_variant(config.variant))
+    out_console.print(
+        f"shmpamt explore: {config.variant}, strategy {config.strategy}"
+        + (f" d={config.depth}" if config.strategy == "pct" else "")
+        + (f" preemptions<={config.preemptions}" if config.strategy == "dfs" else "")
+        + f", {config.cpus} CPUs x {config.rounds} rounds, {config.ranges} range(s), seed {seed}"
+    )
+    campaign = Campaign(rerun=_rerun(seed))
+    shown: list[Any] = []
+    with trapped_signals() as interrupted, _bar() as bar:
+        task = bar.add_task(config.variant, total=config.seconds or config.executions, info="")
 
-        def tick(p: ExploreProgress) -> None:
+        def tick(p: api.ExploreProgress) -> None:
             rate = f"{p.executions / p.elapsed:,.0f}" if p.elapsed > 0 else "-"
             bar.update(
                 task,
-                completed=p.elapsed if budget else p.executions,
-                execs=p.executions,
-                rate=rate,
-                distinct=p.distinct,
-                viol=p.violations,
+                completed=p.elapsed if config.seconds else p.executions,
+                info=f"{p.executions} executions ({rate}/s), {p.kinds} kinds",
             )
 
         def go() -> None:
-            nonlocal failure
-            try:
-                res, failure = run_explore(
-                    scenario,
-                    strategy,
-                    seed,
-                    depth=depth,
-                    preemptions=preemptions,
-                    budget=budget or 0.0,
-                    executions=executions,
-                    minimize=not no_minimize,
-                    ignore=frozenset(ignore),
-                    on_progress=tick,
-                    should_stop=lambda: bool(interrupted),
-                )
-            except ExploreError as e:
-                campaign.error = str(e)
-                return
-            campaign.results.append(res)
+            res = api.run(config, on_progress=tick, should_stop=lambda: bool(interrupted))
+            campaign.results.append(res.raw)
+            shown.append(res)
 
-        run_guarded(go, campaign)
+        guarded(campaign, go)
         campaign.interrupted = interrupted.signal
-    if failure is not None:
-        shown = failure.minimized or failure.schedule
-        ex = failure.minimized_execution or failure.execution
-        out_console.print(
-            f"first failing schedule ({len(failure.schedule.steps)} steps): "
-            f"{failure.schedule.encode()}"
-        )
-        if failure.minimized is not None:
-            out_console.print(
-                f"minimised to {len(shown.steps)} steps, {shown.preemptions()} preemption(s)"
-            )
-        _timeline(ex, cpus, f"{variant_spec}: {shown.encode()}", html_path)
-        out_console.print(f"replay with: [cyan]{shown.replay_command()}[/cyan]")
+    if shown:
+        show_timeline(shown[0], html_path)
     finish(campaign, json_path)
 
 
-@main.command()
+@main.command(epilog=EPILOG)
 @click.argument("schedule")
 @click.option(
-    "--minimize",
-    "do_minimize",
-    is_flag=True,
-    help="Shrink the schedule while it still fails, and print the result.",
+    "--minimize", "do_minimize", is_flag=True, help="Shrink the schedule while it still fails."
 )
 @click.option(
-    "--times",
-    type=click.IntRange(1, 1000),
-    default=1,
-    show_default=True,
-    help="Replay this many times and check every replay agrees.",
+    "--times", type=int, default=1, show_default=True, help="Replay this many times; all agree."
 )
 @HTML_OPTION
 @JSON_OPTION
@@ -537,92 +482,29 @@ def replay(
     schedule: str, do_minimize: bool, times: int, html_path: Path | None, json_path: Path | None
 ) -> None:
     """Re-run one schedule string deterministically (exit 1 if it fails)."""
-    from shmpamt.report import VariantResult
-    from shmpamt.schedule import Schedule, ScheduleError
-    from shmpamt.schedulers.base import SchedulingError
-    from shmpamt.scheduling import ExploreError
-    from shmpamt.session import (
-        Failure,
-        Scenario,
-        Session,
-        execution_counts,
-        first_violation,
-        minimize_failure,
-        replay_once,
-    )
+    from shmpamt import api
 
-    check_json_path(json_path)
-    _check_html_path(html_path)
-    try:
-        sched = Schedule.parse(schedule)
-    except ScheduleError as e:
-        fail(f"bad schedule string: {e}")
-    resolve_variants((sched.variant,))
+    check_output_path("--json", json_path)
+    check_output_path("--html", html_path)
+    config: ReplayConfig = build(lambda: ReplayConfig(schedule, times=times, minimize=do_minimize))
+    build(lambda: api.check_variant(config.scenario.variant))
     campaign = Campaign()
-    try:
-        scenario = Scenario.of(sched)
-        scenario.validate()
-    except ValueError as e:
-        fail(f"schedule does not fit: {e}")
+    shown: list[Any] = []
     with trapped_signals() as interrupted:
-        try:
-            with Session(scenario) as session:
-                outcomes = []
-                ex = None
-                for _ in range(times):
-                    if interrupted:
-                        break
-                    ex = replay_once(session, sched)
-                    outcomes.append(first_violation(ex))
-                if ex is None:
-                    campaign.interrupted = interrupted.signal
-                    finish(campaign, json_path)
-                if len(set(outcomes)) > 1:
-                    campaign.error = f"replays disagree: {outcomes} (nondeterminism)"
-                shown, shown_ex = sched, ex
-                if do_minimize and ex.failed:
-                    f = Failure(sched, ex)
-                    minimize_failure(session, f)
-                    assert f.minimized is not None and f.minimized_execution is not None
-                    shown, shown_ex = f.minimized, f.minimized_execution
-                    out_console.print(
-                        f"minimised: {len(sched.steps)} -> {len(shown.steps)} steps, "
-                        f"{shown.preemptions()} preemption(s)"
-                    )
-                _timeline(
-                    shown_ex, sched.cpus, f"{session.variant_name}: {shown.encode()}", html_path
-                )
-                fv = first_violation(shown_ex)
-                if fv is None:
-                    out_console.print(f"replayed {len(outcomes)}x: no violation")
-                else:
-                    out_console.print(
-                        f"replayed {len(outcomes)}x: {fv[0]} at step {fv[1]} every time"
-                        if len(set(outcomes)) == 1
-                        else f"replayed: {outcomes}"
-                    )
-                    out_console.print(f"replay with: [cyan]{shown.replay_command()}[/cyan]")
-                counts, examples = execution_counts(shown_ex)
-                campaign.results.append(
-                    VariantResult(
-                        variant=session.variant_name,
-                        mode="replay",
-                        seed=sched.seed,
-                        cpus=sched.cpus,
-                        operations=len(outcomes),
-                        elapsed_s=0.0,
-                        counts=counts,
-                        examples=examples,
-                        schedules=(shown.encode(),) if fv else (),
-                        extra={
-                            "steps": len(shown_ex.steps),
-                            "first_violation_step": fv[1] if fv else None,
-                        },
-                    )
-                )
-        except (SchedulingError, ScheduleError) as e:
-            fail(f"schedule does not fit {sched.variant}: {e}")
-        except ExploreError as e:
-            campaign.error = str(e)
-        campaign.interrupted = campaign.interrupted or interrupted.signal
+
+        def go() -> None:
+            res = api.run(config, should_stop=lambda: bool(interrupted))
+            campaign.results.append(res.raw)
+            shown.append(res)
+
+        guarded(campaign, go)
+        campaign.interrupted = interrupted.signal
+    if shown:
+        show_timeline(shown[0], html_path)
+        r = shown[0].raw
+        fv = r.shown.first_violation() if r.shown is not None else None
+        if fv is None:
+            out_console.print(f"replayed {r.operations}x: no violation")
+        else:
+            out_console.print(f"replayed {r.operations}x: {fv[0]} at step {fv[1]}")
     finish(campaign, json_path)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import posix_ipc
 
+from shmpamt.errors import IpcError
+
 PREFIX = "shmpamt"
 MODE = 0o600
 MAGIC = 0x544D4150  # "PAMT" little-endian
@@ -34,10 +36,6 @@ _NAME_RE = re.compile(
     r"^/?(?:sem\.)?" + PREFIX + r"\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.(?P<role>[A-Za-z0-9_-]+)"
     r"(?:\.(?P<worker>[A-Za-z0-9_-]+))?$"
 )
-
-
-class IpcError(Exception):
-    """A named object is missing, foreign, or not what the caller expected."""
 
 
 def worker_suffix() -> str:

@@ -17,8 +17,8 @@ from typing import Final
 import posix_ipc
 
 from shmpamt.atomic import RefcountArray
+from shmpamt.errors import IpcError, LockError
 from shmpamt.ipc import (
-    IpcError,
     create_semaphore,
     make_name,
     new_token,
@@ -33,10 +33,6 @@ ACQUIRES: Final = 2
 CONTENDED: Final = 3
 _WORDS: Final = 4
 POLL: Final = 0.05  # seconds between liveness checks while waiting
-
-
-class LockError(Exception):
-    """Base class for pamt_lock failures."""
 
 
 class LockTimeout(LockError):

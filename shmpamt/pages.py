@@ -18,17 +18,18 @@ from typing import Final
 
 from shmpamt import tdx
 from shmpamt.atomic import RefcountArray
-from shmpamt.invariants import (
+from shmpamt.errors import IpcError
+from shmpamt.invariants import ViolationLog
+from shmpamt.ipc import Segment, make_name
+from shmpamt.kernel import POOL_BASE
+from shmpamt.violations import (
     LOST_DOUBLE_FREE,
     LOST_FREED_BY_MODULE_OWNER,
     LOST_LEAKED,
     LOST_NOT_OWNED,
     NO_RANGE,
     PAMT_PAGES_LOST,
-    ViolationLog,
 )
-from shmpamt.ipc import IpcError, Segment, make_name
-from shmpamt.kernel import POOL_BASE
 
 KIND_POOL: Final = 0x504F4F4C  # "POOL"
 FREE: Final = 0

@@ -7,7 +7,7 @@ inside the fixtures that need it.
 
 Fixtures:
 
-- ``shmpamt_settings``: the run's seed, budget and strategy (command-line
+- ``shmpamt_settings``: the run's seed, executions, iterations and strategy (command-line
   options below) plus the xdist ``worker_id``/``testrun_uid`` ("master" and a
   fresh uid without xdist);
 - ``shmpamt``: a :class:`ShmpamtRig` bound to those settings, whose
@@ -31,23 +31,25 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
+
 if TYPE_CHECKING:
     from shmpamt.api import Result, VariantLike
 
 #: command-line options, the only place their spelling lives
 OPT_SEED: Final = "--shmpamt-seed"
-OPT_BUDGET: Final = "--shmpamt-budget"
+OPT_EXECUTIONS: Final = "--shmpamt-executions"
+OPT_ITERATIONS: Final = "--shmpamt-iterations"
 OPT_STRATEGY: Final = "--shmpamt-strategy"
 
 #: defaults (no ini keys: a run is described by its command line alone)
 DEFAULT_SEED: Final = 0
-DEFAULT_BUDGET: Final = 300  # executions per explore, iterations per CPU per stress
-DEFAULT_STRATEGY: Final = "pct"
-#: must equal shmpamt.session.STRATEGIES (tests/test_plugin.py checks it)
-STRATEGIES: Final = ("random", "pct", "dfs")
+DEFAULT_EXECUTIONS: Final = 300  # executions per explore
+DEFAULT_ITERATIONS: Final = 300  # get/put rounds per CPU per stress
 
 _DEST_SEED: Final = "shmpamt_seed"
-_DEST_BUDGET: Final = "shmpamt_budget"
+_DEST_EXECUTIONS: Final = "shmpamt_executions"
+_DEST_ITERATIONS: Final = "shmpamt_iterations"
 _DEST_STRATEGY: Final = "shmpamt_strategy"
 
 
@@ -69,12 +71,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"base seed of every shmpamt run (default {DEFAULT_SEED}); same seed, same schedules",
     )
     group.addoption(
-        OPT_BUDGET,
-        dest=_DEST_BUDGET,
+        OPT_EXECUTIONS,
+        dest=_DEST_EXECUTIONS,
         type=_positive_int,
-        default=DEFAULT_BUDGET,
+        default=DEFAULT_EXECUTIONS,
         metavar="N",
-        help=f"executions per explore / iterations per CPU per stress (default {DEFAULT_BUDGET})",
+        help=f"executions per explore (default {DEFAULT_EXECUTIONS})",
+    )
+    group.addoption(
+        OPT_ITERATIONS,
+        dest=_DEST_ITERATIONS,
+        type=_positive_int,
+        default=DEFAULT_ITERATIONS,
+        metavar="N",
+        help=f"get/put rounds per CPU per stress (default {DEFAULT_ITERATIONS})",
     )
     group.addoption(
         OPT_STRATEGY,
@@ -89,7 +99,8 @@ def pytest_report_header(config: pytest.Config) -> str:
     return (
         f"shmpamt: seed={config.getoption(_DEST_SEED)} "
         f"strategy={config.getoption(_DEST_STRATEGY)} "
-        f"budget={config.getoption(_DEST_BUDGET)} "
+        f"executions={config.getoption(_DEST_EXECUTIONS)} "
+        f"iterations={config.getoption(_DEST_ITERATIONS)} "
         f"(replay any failure with the 'shmpamt replay ...' command it prints)"
     )
 
@@ -99,7 +110,8 @@ class ShmpamtSettings:
     """What every shmpamt run in this test session starts from."""
 
     seed: int
-    budget: int
+    executions: int
+    iterations: int
     strategy: str
     #: xdist worker ("gw0", ...) or "master" without xdist
     worker_id: str
@@ -116,7 +128,8 @@ def shmpamt_settings(request: pytest.FixtureRequest) -> ShmpamtSettings:
         uid = str(request.getfixturevalue("testrun_uid"))
     return ShmpamtSettings(
         seed=int(config.getoption(_DEST_SEED)),
-        budget=int(config.getoption(_DEST_BUDGET)),
+        executions=int(config.getoption(_DEST_EXECUTIONS)),
+        iterations=int(config.getoption(_DEST_ITERATIONS)),
         strategy=str(config.getoption(_DEST_STRATEGY)),
         worker_id=worker_id,
         testrun_uid=uid,
@@ -124,7 +137,7 @@ def shmpamt_settings(request: pytest.FixtureRequest) -> ShmpamtSettings:
 
 
 class ShmpamtRig:
-    """The ``shmpamt`` fixture: the library API with this run's seed/budget/strategy filled in.
+    """The ``shmpamt`` fixture: the library API with this run's settings filled in.
 
     Keyword overrides go straight to :func:`shmpamt.api.explore` /
     :func:`shmpamt.api.stress`, so a test can pin ``seed=``, ``depth=``,
@@ -135,22 +148,25 @@ class ShmpamtRig:
         self.settings = settings
 
     def explore(self, variant: VariantLike, **overrides: Any) -> Result:
-        """Controlled-scheduling search; stops at the first failing execution."""
+        """Controlled-scheduling search over ``executions`` executions (every kind found)."""
         from shmpamt.api import explore
 
         kwargs: dict[str, Any] = {
             "strategy": self.settings.strategy,
-            "executions": self.settings.budget,
+            "executions": self.settings.executions,
             "seed": self.settings.seed,
         }
         kwargs.update(overrides)
         return explore(variant, **kwargs)
 
     def stress(self, variant: VariantLike, **overrides: Any) -> Result:
-        """Free-running stress: ``budget`` get/put iterations per CPU unless overridden."""
+        """Free-running stress: ``iterations`` get/put rounds per CPU unless overridden."""
         from shmpamt.api import stress
 
-        kwargs: dict[str, Any] = {"iterations": self.settings.budget, "seed": self.settings.seed}
+        kwargs: dict[str, Any] = {
+            "iterations": self.settings.iterations,
+            "seed": self.settings.seed,
+        }
         if "duration" in overrides:
             del kwargs["iterations"]  # a duration replaces the iteration budget
         kwargs.update(overrides)
@@ -160,10 +176,12 @@ class ShmpamtRig:
         """Replay a schedule string (``s1:...``) once."""
         from shmpamt.api import replay
 
-        return replay(schedule, times=1)[0]
+        return replay(schedule, times=1)
 
     def check(self, variant: VariantLike, **overrides: Any) -> Result:
-        """Explore; on a violation fail the test with ``ViolationFound`` (replay command inside)."""
+        """Explore until the first failure; fail the test with ``ViolationFound`` on a
+        violation or an incident (the replay command inside)."""
+        overrides.setdefault("first", True)
         result = self.explore(variant, **overrides)
         result.check()
         return result

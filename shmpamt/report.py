@@ -1,76 +1,39 @@
-"""Results of a run and their two renderings: a verdict table and JSON.
+"""A campaign's results and their two renderings: a verdict table and JSON.
 
 The JSON schema is part of the interface: per variant the violation names
-found with counts and one example each, operations done, seed, incidents.
+found with counts and one example each, what was ignored, operations done,
+seed, incidents, and for explore/replay one replayable schedule per kind.
+The table is one line per variant, so it stays readable at 80 columns.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from rich.console import Console
 from rich.table import Table
 
-from shmpamt.invariants import VIOLATIONS, Violation, describe
+from shmpamt.results import VariantResult
+from shmpamt.violations import VIOLATIONS, describe
 
-EXIT_CLEAN = 0
-EXIT_VIOLATIONS = 1
-EXIT_ERROR = 2
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
-
-
-@dataclass(frozen=True)
-class VariantResult:
-    variant: str
-    mode: str  # "stress" | "explore"
-    seed: int
-    cpus: int
-    operations: int
-    elapsed_s: float
-    counts: dict[str, int]
-    examples: dict[str, Violation]
-    incidents: tuple[str, ...] = ()
-    faults_injected: int = 0
-    quiescence_checked: bool = True
-    schedules: tuple[str, ...] = ()  # failing schedules (explore), replayable
-    coverage: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def found(self) -> dict[str, int]:
-        return {k: v for k, v in self.counts.items() if v}
-
-    @property
-    def clean(self) -> bool:
-        return not self.found
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "mode": self.mode,
-            "seed": self.seed,
-            "cpus": self.cpus,
-            "operations": self.operations,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "verdict": sorted(self.found),
-            "violations": {
-                name: {"count": n, "example": self.examples[name].to_dict()}
-                if name in self.examples
-                else {"count": n}
-                for name, n in self.found.items()
-            },
-            "faults_injected": self.faults_injected,
-            "quiescence_checked": self.quiescence_checked,
-            "incidents": list(self.incidents),
-            "schedules": [{"schedule": s, "replay": f"shmpamt replay {s}"} for s in self.schedules],
-            "coverage": self.coverage,
-            **self.extra,
-        }
+EXIT_CLEAN: Final = 0
+EXIT_VIOLATIONS: Final = 1
+EXIT_ERROR: Final = 2
+EXIT_SIGINT: Final = 130
+EXIT_SIGTERM: Final = 143
+#: what each exit status means, for --help and the report's last line
+EXIT_MEANING: Final = {
+    EXIT_CLEAN: "no violation (outside --ignore) and no incident",
+    EXIT_VIOLATIONS: "violations found",
+    EXIT_ERROR: "bad usage, or the rig failed (an incident); one line on stderr",
+    EXIT_SIGINT: "stopped by SIGINT (Ctrl-C), after a partial report",
+    EXIT_SIGTERM: "stopped by SIGTERM, after a partial report",
+}
 
 
 @dataclass
@@ -78,13 +41,15 @@ class Campaign:
     results: list[VariantResult] = field(default_factory=list)
     interrupted: str = ""  # "SIGINT"/"SIGTERM" when stopped early
     error: str = ""
+    #: the command line that reruns this campaign, for the report's last lines
+    rerun: str = ""
 
     def exit_code(self) -> int:
         if self.interrupted == "SIGINT":
             return EXIT_SIGINT
         if self.interrupted == "SIGTERM":
             return EXIT_SIGTERM
-        if any(not r.clean for r in self.results):
+        if any(r.failing for r in self.results):
             return EXIT_VIOLATIONS
         if self.error or any(r.incidents for r in self.results):
             return EXIT_ERROR
@@ -93,7 +58,7 @@ class Campaign:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tool": "shmpamt",
-            "schema": 1,
+            "schema": 2,
             "complete": not self.interrupted and not self.error,
             "interrupted": self.interrupted or None,
             "error": self.error or None,
@@ -102,50 +67,101 @@ class Campaign:
         }
 
     def write_json(self, path: Path) -> None:
+        check_report_path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         os.replace(tmp, path)
 
+    # -- the terminal report ---------------------------------------------------------
+
     def render(self, console: Console) -> None:
         if self.results:
             self._render_table(console)
+            self._render_details(console)
+            self._render_summary(console)
         if self.interrupted:
             console.print(f"[yellow]interrupted by {self.interrupted}: partial report[/yellow]")
         if self.error:
             console.print(f"[red]error:[/red] {self.error}")
 
     def _render_table(self, console: Console) -> None:
-        table = Table(title="verdict: violations found per variant", title_justify="left")
+        bad = sum(1 for r in self.results if r.failing)
+        title = "verdict: violations found" if bad else "verdict: no violation found"
+        table = Table(title=title, title_justify="left", expand=False)
         table.add_column("variant", style="bold", no_wrap=True)
-        names = [n for n in VIOLATIONS if any(r.counts.get(n) for r in self.results)]
-        for n in names:
-            # one word per line keeps eight violation columns inside 80 columns
-            table.add_column(n.replace("_", "\n"), justify="right")
-        table.add_column("ops", justify="right")
-        table.add_column("verdict", no_wrap=True)
+        table.add_column("result", no_wrap=True)
+        table.add_column("kinds seen (count)", ratio=1)
+        table.add_column("ops", justify="right", no_wrap=True)
         for r in self.results:
-            cells = [compact(r.counts.get(n, 0)) for n in names]
-            if r.clean and not r.incidents:
-                verdict = "[green]clean[/green]"
-            elif r.clean:
-                verdict = "[yellow]incident[/yellow]"
-            else:
-                verdict = (
-                    f"[red]{len(r.found)} kinds[/red]" if len(r.found) > 1 else "[red]1 kind[/red]"
-                )
-            table.add_row(r.variant, *cells, compact(r.operations), verdict)
+            kinds = ", ".join(
+                f"{n} {compact(r.counts[n])}" + (" (ignored)" if n in r.ignored else "")
+                for n in VIOLATIONS
+                if r.counts.get(n)
+            )
+            table.add_row(r.variant, _label(r), kinds or "-", compact(r.operations))
         console.print(table)
+
+    def _render_details(self, console: Console) -> None:
         for r in self.results:
-            for name in sorted(r.found):
+            for name in (n for n in VIOLATIONS if n in r.found):
                 ex = r.examples.get(name)
                 if ex is not None:
                     console.print(f"  [bold]{r.variant}[/bold] {name}: {describe(ex)}")
-            for s in r.schedules[:1]:
-                console.print(f"  [bold]{r.variant}[/bold] replay: [cyan]shmpamt replay {s}[/cyan]")
+            for f in r.findings:
+                console.print(
+                    f"  [bold]{r.variant}[/bold] {f.kind}: [cyan]{f.replay_command}[/cyan]"
+                )
+            if r.ignored_seen and r.explore is not None:
+                console.print(
+                    f"  [bold]{r.variant}[/bold] {r.explore.ignored_only} execution(s) showed "
+                    f"only ignored kinds ({', '.join(sorted(r.ignored_seen))})"
+                )
             for inc in r.incidents:
                 console.print(f"  [bold]{r.variant}[/bold] [yellow]incident[/yellow]: {inc}")
             if r.coverage:
                 console.print(f"  [bold]{r.variant}[/bold] coverage: {r.coverage}")
+
+    def _render_summary(self, console: Console) -> None:
+        bad = [r.variant for r in self.results if r.failing]
+        ok = [r.variant for r in self.results if r.clean]
+        other = [r.variant for r in self.results if not r.failing and not r.clean]
+        parts = [f"{len(bad)} of {len(self.results)} variant(s) violate"]
+        if ok:
+            parts.append(f"clean: {', '.join(ok)}")
+        if other:
+            parts.append(f"not clean but no violation counted: {', '.join(other)}")
+        console.print("; ".join(parts))
+        code = self.exit_code()
+        console.print(f"exit status {code}: {EXIT_MEANING.get(code, '')}")
+        if self.rerun:
+            console.print(f"rerun this campaign: [cyan]{self.rerun}[/cyan]")
+        for r in self.results:
+            if r.failing and r.mode == "stress":
+                cmd = f"shmpamt explore --variant {r.spec or r.variant}"
+                console.print(f"find a replayable schedule: [cyan]{cmd}[/cyan]")
+
+
+def _label(r: VariantResult) -> str:
+    if r.failing:
+        n = len(r.failing)
+        return f"[red]{n} kind{'s' if n > 1 else ''}[/red]"
+    if r.incidents:
+        return "[yellow]incident[/yellow]"
+    if r.found:
+        return "[yellow]ignored only[/yellow]"
+    return "[green]clean[/green]"
+
+
+def check_report_path(path: Path) -> None:
+    """Reports go to regular files or new paths only: never replace a FIFO or a device."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OSError(f"{path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"{path} exists and is not a regular file; refusing to replace it")
 
 
 def compact(n: int) -> str:
@@ -157,10 +173,3 @@ def compact(n: int) -> str:
             v = n / div
             return f"{v:.1f}{unit}" if v < 9.95 else f"{v:.0f}{unit}"
     return str(n)
-
-
-def first_examples(records: list[Violation]) -> dict[str, Violation]:
-    out: dict[str, Violation] = {}
-    for v in records:
-        out.setdefault(v.name, v)
-    return out

@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
+from shmpamt.errors import ScheduleError
+
 VERSION: Final = "s1"
 #: refuse to materialise absurd schedules from a hostile or mangled string
 MAX_STEPS: Final = 1_000_000
@@ -51,10 +53,6 @@ _NUM: Final = r"(0|[1-9][0-9]{0,19})"
 _PARAMS_RE: Final = re.compile(rf"c{_NUM}\.r{_NUM}\.g{_NUM}\.p{_NUM}\.w{_NUM}", re.ASCII)
 _BLOCK_RE: Final = re.compile(rf"{_NUM}(?:x{_NUM})?", re.ASCII)
 _VARIANT_RE: Final = re.compile(r"(?:[A-Za-z0-9_-]|\.[0-9a-f]{2})+", re.ASCII)
-
-
-class ScheduleError(ValueError):
-    """A schedule string or value that is malformed; the message says what is wrong."""
 
 
 def encode_variant(name: str) -> str:

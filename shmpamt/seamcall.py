@@ -17,15 +17,14 @@ from __future__ import annotations
 import contextlib
 import struct
 import time
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import Final
 
 import posix_ipc
 
 from shmpamt import tdx
-from shmpamt.ipc import IpcError, Segment, open_semaphore, pid_alive
-
-if TYPE_CHECKING:
-    from shmpamt.module.daemon import ModuleNames
+from shmpamt.errors import IpcError, ModuleFailure
+from shmpamt.ipc import Segment, open_semaphore, pid_alive
 
 KIND_MAILBOX: Final = 0x4D424F58  # "MBOX"
 MASK64: Final = (1 << 64) - 1
@@ -45,7 +44,29 @@ REQUEST: Final = struct.Struct("<QQQQQ")
 RESPONSE: Final = struct.Struct("<QQQQQQ")
 
 
-class SeamcallError(Exception):
+@dataclass(frozen=True)
+class ModuleNames:
+    """Every IPC name of one TDX module; picklable, handed to spawned CPUs."""
+
+    token: str
+    ncpus: int
+    nranges: int
+    pages_per_range: int
+    mailbox: str
+    state: str
+    requests: tuple[str, ...]  # ncpus + 1: one per CPU, then the control port
+    responses: tuple[str, ...]
+
+    @property
+    def control(self) -> int:
+        """Mailbox index of the runner's control port."""
+        return self.ncpus
+
+    def all_names(self) -> tuple[str, ...]:
+        return (self.mailbox, self.state, *self.requests, *self.responses)
+
+
+class SeamcallError(ModuleFailure):
     """The TDX module could not answer a SEAMCALL."""
 
 

@@ -10,44 +10,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from shmpamt import tdx
 from shmpamt.atomic import RefcountArray
-from shmpamt.cpu import CpuBoard, SystemNames
-from shmpamt.invariants import (
+from shmpamt.board import CpuBoard
+from shmpamt.invariants import ViolationLog
+from shmpamt.ipc import make_name, new_token, pid_alive
+from shmpamt.lock import PamtLock
+from shmpamt.module.daemon import TdxModule
+from shmpamt.module.faults import FaultPlan
+from shmpamt.pages import PamtPagePool
+from shmpamt.seamcall import ModuleNames
+from shmpamt.violations import (
     LOCK_LEAKED,
     QUIESCENT_MISMATCH,
     QUIESCENT_PAMT_PRESENT,
     QUIESCENT_REFCOUNT,
-    ViolationLog,
 )
-from shmpamt.ipc import make_name, new_token, pid_alive
-from shmpamt.lock import PamtLock
-
-if TYPE_CHECKING:
-    from shmpamt.module.daemon import TdxModule
-    from shmpamt.module.faults import FaultPlan
-    from shmpamt.pages import PamtPagePool
 
 
 @dataclass(frozen=True)
 class SystemConfig:
+    """The shape of one system; built from a validated StressConfig or Scenario."""
+
     cpus: int = 4
     ranges: int = 2
     pages_per_range: int = 8
     initial_refcount: int = 0
     pool_pages: int = 0  # 0 = enough for every CPU to hold two page pairs, plus the module
-
-    def validate(self) -> None:
-        if self.cpus < 1:
-            raise ValueError("--cpus must be at least 1")
-        if self.cpus > 64:
-            raise ValueError("--cpus must be at most 64")
-        if not 1 <= self.ranges <= 4096:
-            raise ValueError("--ranges must be within 1..4096")
-        if self.pool_pages < 0:
-            raise ValueError("pool size must not be negative")
 
     def pool_size(self) -> int:
         if self.pool_pages:
@@ -55,6 +45,24 @@ class SystemConfig:
         # every range's PAMT pair with the module + a pair in flight per CPU, and slack
         # so that leaks show up as leaks, not as allocation failures
         return tdx.PAMT_PAGES_PER_2M * (self.ranges + 2 * self.cpus) + 64
+
+
+@dataclass(frozen=True)
+class SystemNames:
+    """Every IPC name a CPU needs to join a running system (crosses the spawn boundary)."""
+
+    token: str
+    cpus: int
+    refcounts: str
+    lock_sem: str
+    lock_owner: str
+    log: str
+    pool: str
+    board: str
+    module: ModuleNames
+
+    def all_names(self) -> tuple[str, ...]:
+        return (self.refcounts, self.lock_sem, self.lock_owner, self.log, self.pool, self.board)
 
 
 class System:
@@ -81,10 +89,6 @@ class System:
         extra_names: tuple[str, ...] = (),
     ) -> System:
         """Create every IPC object and start the daemon; ``extra_names`` are guarded too."""
-        from shmpamt.module.daemon import TdxModule
-        from shmpamt.pages import PamtPagePool
-
-        config.validate()
         s = cls(token)
         s.config = config
         try:

@@ -22,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from shmpamt import tdx
-from shmpamt.invariants import Violation, describe
+from shmpamt.execution import TraceEvent
+from shmpamt.violations import Violation, describe
 
 # Ops that return a truth value / a number, as the kernel's atomic_t API does.
 _BOOL_OPS: Final = frozenset(
@@ -59,20 +60,6 @@ LEGEND: Final = (
     "refcount[r] is the PAMT refcount of 2 MiB range r; a→b its value before→after the step; "
     "= the value the primitive returned; → the SEAMCALL status"
 )
-
-
-@dataclass(frozen=True)
-class TraceEvent:
-    """One granted step: ``op`` by ``cpu`` on ``target`` (a range index, -1 for none)."""
-
-    step: int
-    cpu: int
-    op: str
-    target: int
-    before: int | None
-    after: int | None
-    result: int
-    note: str = ""
 
 
 @dataclass(frozen=True)

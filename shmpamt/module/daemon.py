@@ -23,13 +23,13 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
 import posix_ipc
 
 from shmpamt import tdx
+from shmpamt.errors import ModuleFailure
 from shmpamt.invariants import ViolationLog
 from shmpamt.ipc import (
     create_semaphore,
@@ -43,36 +43,14 @@ from shmpamt.ipc import (
 from shmpamt.module.faults import INJECTED_KINDS, NO_FAULT, FaultPlan
 from shmpamt.module.state import ModuleState, ModuleStatistics, apply_seamcall, target_range
 from shmpamt.pages import PamtPagePool
-from shmpamt.seamcall import REQUEST, RESPONSE, Mailbox, SeamcallPort
+from shmpamt.seamcall import REQUEST, RESPONSE, Mailbox, ModuleNames, SeamcallPort
 
 GUARD_PERIOD: Final = 0.1  # seconds between checks that the parent still lives
 _READY_SLICE: Final = 0.05
 
 
-class ModuleStartError(RuntimeError):
+class ModuleStartError(ModuleFailure):
     """The daemon did not come up (it failed, or did not signal readiness in time)."""
-
-
-@dataclass(frozen=True)
-class ModuleNames:
-    """Every IPC name of one TDX module; picklable, handed to spawned CPUs."""
-
-    token: str
-    ncpus: int
-    nranges: int
-    pages_per_range: int
-    mailbox: str
-    state: str
-    requests: tuple[str, ...]  # ncpus + 1: one per CPU, then the control port
-    responses: tuple[str, ...]
-
-    @property
-    def control(self) -> int:
-        """Mailbox index of the runner's control port."""
-        return self.ncpus
-
-    def all_names(self) -> tuple[str, ...]:
-        return (self.mailbox, self.state, *self.requests, *self.responses)
 
 
 # --- the daemon process ---------------------------------------------------------------

@@ -25,15 +25,16 @@ from typing import Final, Protocol
 
 from shmpamt import tdx
 from shmpamt.atomic import RefcountArray
-from shmpamt.invariants import (
+from shmpamt.errors import IpcError
+from shmpamt.ipc import Segment, make_name
+from shmpamt.kernel import GUEST_BASE
+from shmpamt.violations import (
     ADD_PRESENT,
     NO_RANGE,
     REMOVE_ABSENT,
     REMOVE_WHILE_IN_USE,
     USE_WITHOUT_PAMT,
 )
-from shmpamt.ipc import IpcError, Segment, make_name
-from shmpamt.kernel import GUEST_BASE
 
 KIND_MODULE_STATE: Final = 0x4D535441  # "MSTA"
 MAX_RANGES: Final = 4096

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from shmpamt.errors import SchedulingError
 from shmpamt.schedulers.base import (
     BaseScheduler,
     Nondeterminism,
     ScheduleMismatch,
     Scheduler,
-    SchedulingError,
     SplitMix64,
     default_choice,
 )

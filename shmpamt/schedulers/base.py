@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, Protocol, runtime_checkable
 
+from shmpamt.errors import SchedulingError
+
 _MASK64: Final = (1 << 64) - 1
 _GOLDEN: Final = 0x9E3779B97F4A7C15
-
-
-class SchedulingError(Exception):
-    """The execution did not behave as the strategy was promised it would."""
 
 
 class Nondeterminism(SchedulingError):

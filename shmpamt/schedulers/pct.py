@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shmpamt.schedulers.base import BaseScheduler, SchedulingError, SplitMix64
+from shmpamt.errors import SchedulingError
+from shmpamt.schedulers.base import BaseScheduler, SplitMix64
 
 DEFAULT_STEPS = 50
 

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Final
 
 from shmpamt.atomic import INT_MAX, INT_MIN
+from shmpamt.errors import VariantLoadError
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.kai import Kai
 from shmpamt.variants.locked import Locked
@@ -25,11 +26,6 @@ from shmpamt.variants.mutants import RfcEarlyPublish, RfcLeakOnLostRace, RfcNoRe
 from shmpamt.variants.rfc import Rfc
 from shmpamt.variants.v4 import V4
 from shmpamt.variants.v6 import V6
-
-
-class VariantLoadError(Exception):
-    """A variant spec that cannot be used; the message is one line naming the cause."""
-
 
 #: Built-in variants in presentation order (postings first, then mutants).
 BUILTIN: Final[dict[str, type[PamtVariant]]] = {

@@ -1,0 +1,91 @@
+"""The CPU board: per-CPU counters, states and last words, plus the stop flag.
+
+One shared segment the runner reads while CPUs run (progress, how each CPU
+ended, what it said when it failed) and writes once to tell them to stop.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from shmpamt.atomic import RefcountArray
+from shmpamt.ipc import Segment, make_name
+
+ITERATIONS: Final = 0
+GETS_FAILED: Final = 1
+INJECTED: Final = 2
+WARNINGS: Final = 3
+STATE: Final = 4  # one of the STATE_* values below
+WORDS_PER_CPU: Final = 8
+STATE_RUNNING, STATE_DONE, STATE_FAILED = 1, 2, 3  # 0: not started yet
+# global control words after the per-CPU block
+STOP: Final = 0
+KIND_CPUSTATS: Final = 0x43505553
+MSG_BYTES: Final = 240
+
+
+class CpuBoard:
+    """Shared per-CPU counters, states and last error message, plus the stop word."""
+
+    def __init__(self, segment: Segment, cpus: int) -> None:
+        self.segment = segment
+        self.name = segment.name
+        self.cpus = cpus
+        self.words = RefcountArray.over(segment, 0, cpus * WORDS_PER_CPU + 4)
+        self._ctl = cpus * WORDS_PER_CPU
+        self._msg_base = (cpus * WORDS_PER_CPU + 4) * 4
+
+    @staticmethod
+    def _size(cpus: int) -> int:
+        return (cpus * WORDS_PER_CPU + 4) * 4 + cpus * MSG_BYTES
+
+    @classmethod
+    def create(cls, cpus: int, token: str) -> CpuBoard:
+        return cls(Segment.create(make_name("cpus", token), KIND_CPUSTATS, cls._size(cpus)), cpus)
+
+    @classmethod
+    def attach(cls, name: str, cpus: int) -> CpuBoard:
+        return cls(Segment.attach(name, KIND_CPUSTATS, cls._size(cpus)), cpus)
+
+    def get(self, cpu: int, word: int) -> int:
+        return self.words.read(cpu * WORDS_PER_CPU + word)
+
+    def set(self, cpu: int, word: int, v: int) -> None:
+        self.words.set(cpu * WORDS_PER_CPU + word, v)
+
+    def inc(self, cpu: int, word: int) -> None:
+        self.words.inc(cpu * WORDS_PER_CPU + word)
+
+    def total(self, word: int) -> int:
+        return sum(self.get(c, word) for c in range(self.cpus))
+
+    def stop(self) -> None:
+        self.words.set(self._ctl + STOP, 1)
+
+    def stopping(self) -> bool:
+        return self.words.read(self._ctl + STOP) != 0
+
+    def reset(self) -> None:
+        for w in range(len(self.words)):
+            self.words.set(w, 0)
+
+    def set_message(self, cpu: int, msg: str) -> None:
+        data = msg.encode("utf-8", "replace")[: MSG_BYTES - 2]
+        struct.pack_into(
+            f"<H{MSG_BYTES - 2}s",
+            self.segment.payload,
+            self._msg_base + cpu * MSG_BYTES,
+            len(data),
+            data,
+        )
+
+    def message(self, cpu: int) -> str:
+        n, data = struct.unpack_from(
+            f"<H{MSG_BYTES - 2}s", self.segment.payload, self._msg_base + cpu * MSG_BYTES
+        )
+        return bytes(data[:n]).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.words.close()
+        self.segment.close()

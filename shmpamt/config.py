@@ -1,0 +1,286 @@
+"""One frozen configuration per mode, validated and defaulted here and nowhere else.
+
+The CLI, the library (``shmpamt.stress/explore/replay``) and the pytest plugin
+all build one of these and hand it over; the engine below trusts it. Messages
+speak to a library caller (``cpus must be within 1..64, not 0``); each
+:class:`~shmpamt.errors.UsageError` carries the field name so the CLI can point
+at its flag instead. This module imports only the standard library and other
+light modules, so a front end can validate before loading cffi or posix_ipc.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from shmpamt import tdx
+from shmpamt.errors import UsageError
+from shmpamt.module.faults import FaultPlan
+from shmpamt.schedule import Schedule
+from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
+from shmpamt.violations import VIOLATIONS
+
+#: seconds of free-running stress per variant: the eight built-ins make about a minute
+DEFAULT_STRESS_SECONDS: Final = 7.0
+#: seconds an exploration searches when neither a budget nor executions are given
+DEFAULT_EXPLORE_BUDGET: Final = 20.0
+MAX_SEED: Final = 2**63 - 1
+MAX_STRESS_CPUS: Final = 64
+MAX_EXPLORE_CPUS: Final = 8
+#: scheduled steps one get/use/put round may take before an execution counts as a livelock
+STEPS_PER_ROUND: Final = 200
+
+
+def check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    # bool is an int subclass, but cpus=True is a mistake, not a count
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__} {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        limit = f"within {lo}..{hi}" if hi is not None else f"at least {lo}"
+        raise UsageError(f"{name} must be {limit}, not {value}", name)
+    return value
+
+
+def check_float(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__} {value!r}")
+    v = float(value)
+    # NaN passes every range comparison unnoticed (and a NaN duration never ends)
+    if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise UsageError(f"{name} must be a finite number in {interval}, not {value!r}", name)
+    return v
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def check_ignore(value: object) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError("ignore must be a collection of violation names, not one string")
+    names = frozenset(value)
+    unknown = sorted(str(n) for n in names - set(VIOLATIONS))
+    if unknown:
+        raise UsageError(
+            f"ignore: unknown violation {unknown[0]!r}; known: {', '.join(VIOLATIONS)}", "ignore"
+        )
+    return names
+
+
+def check_variant(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"variant must be a spec string, not {type(value).__name__}")
+    if not value.strip():
+        raise UsageError("variant must name a variant", "variant")
+    return value.strip()
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)  # resolving defaults of a frozen dataclass
+
+
+@dataclass(frozen=True)
+class StressConfig:
+    """A free-running run of one variant: N CPUs loop get / AUG / hold / RECLAIM / put."""
+
+    variant: str
+    cpus: int = 4
+    ranges: int = 2
+    #: 4 KiB page slots used per range; 0 = two per CPU
+    pages_per_range: int = 0
+    #: seconds; None = DEFAULT_STRESS_SECONDS unless ``iterations`` is given
+    duration: float | None = None
+    #: get/put rounds per CPU instead of a duration
+    iterations: int | None = None
+    seed: int = 0
+    #: probability of a random delay/yield at every primitive
+    chaos: float = 0.0
+    #: fault-injection spec, e.g. ``add.busy=0.1,alloc.fail=0.02``
+    faults: str = ""
+    #: probability that a pick goes to range 0, the hot range
+    hot: float = 0.7
+    #: longest time a CPU holds an assigned page
+    hold_us: int = 50
+    #: AUG/RECLAIM the page between get and put (False: the protocol alone)
+    use_page: bool = True
+    #: a module that does not answer within this many seconds is hung
+    seamcall_timeout: float = 10.0
+    #: violation names that alone do not make the verdict a failure
+    ignore: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        _set(self, "variant", check_variant(self.variant))
+        check_int("cpus", self.cpus, 1, MAX_STRESS_CPUS)
+        check_int("ranges", self.ranges, 1, 4096)
+        check_int("pages_per_range", self.pages_per_range, 0, tdx.PAGES_PER_2M)
+        if self.pages_per_range == 0:
+            _set(self, "pages_per_range", min(tdx.PAGES_PER_2M, 2 * self.cpus))
+        elif self.pages_per_range < self.cpus:
+            raise UsageError(
+                f"pages_per_range ({self.pages_per_range}) must be at least cpus ({self.cpus}):"
+                " every CPU needs its own 4 KiB page in each range",
+                "pages_per_range",
+            )
+        if self.duration is not None and self.iterations is not None:
+            raise UsageError("give either duration or iterations, not both", "duration")
+        if self.iterations is not None:
+            check_int("iterations", self.iterations, 1)
+        elif self.duration is None:
+            _set(self, "duration", DEFAULT_STRESS_SECONDS)
+        else:
+            _set(self, "duration", check_float("duration", self.duration, 0, 86400, True))
+        check_int("seed", self.seed, 0, MAX_SEED)
+        _set(self, "chaos", check_float("chaos", self.chaos, 0.0, 1.0))
+        _set(self, "hot", check_float("hot", self.hot, 0.0, 1.0))
+        check_int("hold_us", self.hold_us, 0, 1_000_000)
+        check_bool("use_page", self.use_page)
+        _set(
+            self,
+            "seamcall_timeout",
+            check_float("seamcall_timeout", self.seamcall_timeout, 0, 3600, True),
+        )
+        if not isinstance(self.faults, str):
+            raise TypeError(f"faults must be a string, not {type(self.faults).__name__}")
+        try:
+            FaultPlan.parse(self.faults, self.seed)
+        except ValueError as e:
+            raise UsageError(f"faults: {e}", "faults") from None
+        _set(self, "ignore", check_ignore(self.ignore))
+
+    @property
+    def seconds(self) -> float:
+        """Planned wall time (0 in iteration mode)."""
+        return self.duration or 0.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The small world an exploration runs in; every schedule string records it."""
+
+    variant: str
+    cpus: int = 2
+    rounds: int = 2
+    ranges: int = 1
+    #: page slots per range; 0 = one per CPU
+    pages_per_range: int = 0
+
+    def __post_init__(self) -> None:
+        _set(self, "variant", check_variant(self.variant))
+        check_int("cpus", self.cpus, 1, MAX_EXPLORE_CPUS)
+        check_int("rounds", self.rounds, 1, 100)
+        check_int("ranges", self.ranges, 1, 64)
+        check_int("pages_per_range", self.pages_per_range, 0, tdx.PAGES_PER_2M)
+        if self.pages_per_range == 0:
+            _set(self, "pages_per_range", self.cpus)
+        elif self.pages_per_range < self.cpus:
+            raise UsageError(
+                f"pages_per_range ({self.pages_per_range}) must be at least cpus ({self.cpus})",
+                "pages_per_range",
+            )
+
+    @property
+    def max_steps(self) -> int:
+        """Steps after which an execution is called a livelock, sized from the scenario."""
+        return STEPS_PER_ROUND * self.cpus * self.rounds + 1000
+
+    def schedule(self, seed: int, steps: tuple[int, ...]) -> Schedule:
+        return Schedule(
+            variant=self.variant,
+            cpus=self.cpus,
+            rounds=self.rounds,
+            ranges=self.ranges,
+            pages=self.pages_per_range,
+            seed=seed,
+            steps=steps,
+        )
+
+    @classmethod
+    def of(cls, s: Schedule) -> Scenario:
+        return cls(s.variant, s.cpus, s.rounds, s.ranges, s.pages)
+
+
+@dataclass(frozen=True)
+class ExploreConfig:
+    """A controlled-scheduling search over one variant in a small scenario."""
+
+    variant: str
+    strategy: str = DEFAULT_STRATEGY
+    cpus: int = 2
+    rounds: int = 2
+    ranges: int = 1
+    #: PCT bug depth d
+    depth: int = 2
+    #: preemption bound of dfs (and dpor); None = unbounded
+    preemptions: int | None = 2
+    #: seconds to search; None = DEFAULT_EXPLORE_BUDGET unless ``executions`` is given
+    budget: float | None = None
+    #: stop after this many executions
+    executions: int | None = None
+    seed: int = 0
+    #: shrink each failing schedule before reporting it
+    minimize: bool = True
+    #: violation names that alone do not make an execution fail
+    ignore: frozenset[str] = field(default_factory=frozenset)
+    #: stop at the first failing execution instead of collecting every kind
+    first: bool = False
+
+    def __post_init__(self) -> None:
+        _set(self, "variant", check_variant(self.variant))
+        check_bool("first", self.first)
+        if self.strategy not in STRATEGIES:
+            raise UsageError(
+                f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}",
+                "strategy",
+            )
+        check_int("depth", self.depth, 1, 10)
+        if self.preemptions is not None:
+            check_int("preemptions", self.preemptions, 0, 50)
+        if self.executions is not None:
+            check_int("executions", self.executions, 1)
+        if self.budget is not None:
+            _set(self, "budget", check_float("budget", self.budget, 0, 86400, True))
+        elif self.executions is None:
+            _set(self, "budget", DEFAULT_EXPLORE_BUDGET)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_bool("minimize", self.minimize)
+        _set(self, "ignore", check_ignore(self.ignore))
+        self.scenario  # noqa: B018  (validates cpus, rounds, ranges)
+
+    @property
+    def scenario(self) -> Scenario:
+        return Scenario(self.variant, self.cpus, self.rounds, self.ranges)
+
+    @property
+    def seconds(self) -> float:
+        """Time budget in seconds (0: none, the executions bound the search)."""
+        return self.budget or 0.0
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Re-run one schedule string, ``times`` times."""
+
+    schedule: str
+    times: int = 1
+    #: shrink the schedule while it still fails
+    minimize: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schedule, str):
+            raise TypeError(f"schedule must be a string, not {type(self.schedule).__name__}")
+        check_int("times", self.times, 1, 1000)
+        check_bool("minimize", self.minimize)
+        self.scenario  # noqa: B018  (parses the string and validates its scenario)
+
+    @property
+    def parsed(self) -> Schedule:
+        return Schedule.parse(self.schedule)
+
+    @property
+    def scenario(self) -> Scenario:
+        return Scenario.of(self.parsed)

@@ -1,0 +1,495 @@
+"""The explore controller: persistent CPU processes, one granted step at a time.
+
+Spawning processes costs far more than an execution, so a :class:`Session`
+keeps its CPUs alive and only resets shared state between executions;
+``explore``, ``replay`` and minimisation are all loops of
+:meth:`Session.execute`. A CPU whose next step is ``spin_lock`` while
+pamt_lock is held is parked but not runnable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final
+
+import posix_ipc
+
+from shmpamt import tdx
+from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
+from shmpamt.cpu import cpu_explore_main
+from shmpamt.engine.processes import Fleet
+from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError
+from shmpamt.execution import COMPLETE, DEADLOCK, STEP_LIMIT, Execution, TraceEvent
+from shmpamt.ipc import new_token
+from shmpamt.minimize import minimize
+from shmpamt.parking import (
+    CMD_ABORT,
+    CMD_EXIT,
+    CMD_GO,
+    CMD_START,
+    IDLE,
+    OPS,
+    PARKED,
+    SPIN_LOCK,
+    W_AFTER,
+    W_ARG,
+    W_ARG_HI,
+    W_BEFORE,
+    W_CMD,
+    W_LAST_HI,
+    W_LAST_LO,
+    W_OP,
+    W_STATE,
+    W_TARGET,
+    SchedBoard,
+)
+from shmpamt.results import (
+    BOUNDED,
+    EXPLORE,
+    REPLAY,
+    REPLAYED,
+    SAMPLED,
+    VERIFIED,
+    ExploreStats,
+    Finding,
+    VariantResult,
+    first_examples,
+    zero_counts,
+)
+from shmpamt.schedule import Schedule
+from shmpamt.schedulers.base import Scheduler
+from shmpamt.schedulers.registry import make_scheduler
+from shmpamt.schedulers.replay import Replay
+from shmpamt.system import System, SystemConfig
+from shmpamt.variants.registry import load_variant
+from shmpamt.workload import Workload
+
+STEP_TIMEOUT: Final = 15.0  # a parked CPU that needs longer than this is dead or hung
+BOOT_TIMEOUT: Final = 60.0
+MINIMIZE_BUDGET: Final = 300  # replays per reported kind
+
+
+class Session:
+    """``with Session(Scenario("rfc")) as s: s.execute(scheduler)``."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        variant = load_variant(scenario.variant)
+        self.scenario = scenario
+        self.variant_name = variant.name or scenario.variant
+        self.max_steps = scenario.max_steps
+        layout = SystemConfig(
+            cpus=scenario.cpus,
+            ranges=scenario.ranges,
+            pages_per_range=scenario.pages_per_range,
+            initial_refcount=variant.initial_refcount,
+        )
+        workload = Workload.for_explore(scenario)
+        token = new_token()
+        self.board = SchedBoard.create(scenario.cpus, token)
+        sched = self.board.names
+
+        def args(s: System, c: int) -> tuple[object, ...]:
+            return (s.names, sched, c, scenario.variant, workload, scenario.rounds)
+
+        try:
+            self.fleet = Fleet.start(
+                layout, cpu_explore_main, args, token=token, extra_names=self.board.all_names()
+            )
+        except BaseException:
+            self.board.close()
+            raise
+        self.s = self.fleet.system
+        self.cpus = scenario.cpus
+        self.executions = 0
+        try:
+            for _ in range(self.cpus):  # every CPU parks in its idle loop once attached
+                self._wait(None, BOOT_TIMEOUT)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _wait(self, cpu: int | None, timeout: float = STEP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.board.doorbell.acquire(0.2)
+                return
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                pass  # SignalError: the runner's Ctrl-C/SIGTERM flag was set; keep going
+            failure = self.fleet.cpu_failure()
+            if failure is not None:
+                raise CpuCrashed(failure)
+            if not self.s.module.alive():
+                raise ModuleFailure("the TDX module daemon died")
+            if time.monotonic() > deadline:
+                who = "a CPU" if cpu is None else f"cpu {cpu}"
+                raise CpuCrashed(
+                    f"{who} did not reach its next scheduling point in {timeout:.0f} s"
+                )
+
+    def _grant(self, cpu: int, cmd: int, arg: int = 0) -> None:
+        b = self.board
+        b.set(cpu, W_CMD, cmd)
+        if cmd == CMD_START:
+            b.set(cpu, W_ARG, arg & 0xFFFFFFFF)
+            b.set(cpu, W_ARG_HI, (arg >> 32) & 0xFFFFFFFF)
+        b.grants[cpu].release()
+        self._wait(cpu)
+
+    def _reset(self) -> None:
+        s = self.s
+        for r in range(len(s.refcounts)):
+            s.refcounts.set(r, s.config.initial_refcount)
+        s.lock.reset()
+        s.pool.reset()
+        status = s.module.call(tdx.SHMPAMT_RESET)[0]
+        if status != tdx.TDX_SUCCESS:
+            raise ModuleFailure(f"module reset failed: {tdx.status_name(status)}")
+        s.log.reset()
+        for c in range(self.cpus):
+            self.board.set(c, W_STATE, IDLE)
+
+    def _abort_parked(self) -> None:
+        # Invariant: between executions every CPU waits in its idle loop, so the
+        # next START is answered from a clean slate (replays stay deterministic).
+        for c in range(self.cpus):
+            if self.fleet.procs[c].exitcode is None and self.board.get(c, W_STATE) == PARKED:
+                self._grant(c, CMD_ABORT)
+
+    # -- one execution ------------------------------------------------------------
+
+    def execute(self, scheduler: Scheduler) -> Execution:
+        """One execution; whatever happens, no CPU is left parked mid-execution."""
+        self.executions += 1
+        try:
+            return self._run(scheduler)
+        except BaseException:
+            self._abort_parked()
+            raise
+
+    def _run(self, scheduler: Scheduler) -> Execution:
+        seed = scheduler.workload_seed
+        self._reset()
+        b, log, lock = self.board, self.s.log, self.s.lock
+        cpus = range(self.cpus)
+        for c in cpus:
+            self._grant(c, CMD_START, seed)
+        steps: list[int] = []
+        runnable_after: list[bool] = []
+        trace: list[TraceEvent] = []
+        current: int | None = None
+        seen = 0
+        violations = []
+        vsteps: list[int] = []
+        outcome = COMPLETE
+        while True:
+            parked = [c for c in cpus if b.get(c, W_STATE) == PARKED]
+            held = lock.is_held()
+            # A CPU about to spin_lock a held lock cannot make progress: not runnable.
+            runnable = [c for c in parked if not (held and b.get(c, W_OP) == SPIN_LOCK)]
+            if current is not None:
+                runnable_after.append(current in runnable)
+            if not parked:
+                break
+            if not runnable:
+                outcome = DEADLOCK
+                break
+            if len(steps) >= self.max_steps:
+                outcome = STEP_LIMIT
+                break
+            c = scheduler.next_cpu(runnable, current)
+            if c not in runnable:
+                raise SchedulingError(f"scheduler chose cpu {c}, runnable were {runnable}")
+            op = OPS[b.get(c, W_OP)]
+            target = b.get(c, W_TARGET)
+            is_atomic = op.startswith("atomic")
+            self._grant(c, CMD_GO)
+            before = b.get(c, W_BEFORE) if is_atomic else None
+            result = (b.get(c, W_LAST_LO) & 0xFFFFFFFF) | ((b.get(c, W_LAST_HI) & 0xFFFFFFFF) << 32)
+            if result >= 1 << 63 and is_atomic:
+                result -= 1 << 64
+            after = b.get(c, W_AFTER) if is_atomic else None
+            trace.append(TraceEvent(len(steps), c, op, target, before, after, result))
+            steps.append(c)
+            current = c
+            if log.total() != seen:
+                new = log.records()[seen:]
+                seen += len(new)
+                violations.extend(new)
+                vsteps.extend([len(steps) - 1] * len(new))
+        if outcome == COMPLETE:
+            self.s.check_quiescent()
+        elif outcome == DEADLOCK:
+            self.s.check_lock()
+        self._abort_parked()
+        new = log.records()[seen:]
+        violations.extend(new)
+        vsteps.extend([len(steps)] * len(new))
+        return Execution(
+            steps,
+            trace,
+            violations,
+            vsteps,
+            outcome,
+            seed,
+            strategy=scheduler.name,
+            runnable_after=runnable_after,
+        )
+
+    def replay(self, schedule: Schedule) -> Execution:
+        sched = Replay(schedule, times=1)
+        sched.new_execution()
+        return self.execute(sched)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        for c in range(self.cpus):
+            if self.fleet.procs[c].exitcode is None:
+                self.board.set(c, W_CMD, CMD_EXIT)
+                self.board.grants[c].release()
+        deadline = time.monotonic() + 5
+        for p in self.fleet.procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+        self.fleet.close()
+        self.board.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# --- searching ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExploreProgress:
+    executions: int
+    distinct: int
+    #: violation kinds found so far (not ignored)
+    kinds: int
+    elapsed: float
+    budget: float
+
+
+@dataclass
+class _Kind:
+    """The first execution that showed a kind, and how many executions showed it."""
+
+    schedule: Schedule
+    execution: Execution
+    executions: int = 1
+    reported: Schedule | None = None
+    reported_execution: Execution | None = None
+
+
+@dataclass
+class _Search:
+    kinds: dict[str, _Kind] = field(default_factory=dict)
+    ignored_only: int = 0
+    incidents: list[str] = field(default_factory=list)
+
+
+def _claim(scheduler: Scheduler) -> str:
+    exhausted = bool(getattr(scheduler, "exhausted", False))
+    if not exhausted:
+        return SAMPLED
+    bound = getattr(scheduler, "preemption_bound", None)
+    return BOUNDED if bound is not None else VERIFIED
+
+
+def shrink(session: Session, schedule: Schedule, kind: str) -> tuple[Schedule, Execution]:
+    """The smallest schedule found that still shows ``kind``, and its execution."""
+
+    def still_fails(candidate: Schedule) -> bool:
+        try:
+            ex = session.replay(candidate)
+        except SchedulingError:
+            return False  # infeasible: a recorded CPU was not runnable
+        return kind in ex.kinds
+
+    small = minimize(schedule, still_fails, MINIMIZE_BUDGET)
+    return small, session.replay(small)
+
+
+def run_explore(
+    config: ExploreConfig,
+    on_progress: Callable[[ExploreProgress], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> VariantResult:
+    """Search until the budget, the executions, or the strategy is exhausted.
+
+    Every violation kind found is kept with the first execution that showed it;
+    with ``first`` (not the default) the search ends at the first failing one.
+    """
+    scenario = config.scenario
+    scheduler = make_scheduler(
+        config.strategy,
+        seed=config.seed,
+        depth=config.depth,
+        preemptions=config.preemptions,
+        max_executions=config.executions,
+    )
+    found = _Search()
+    t0 = time.monotonic()
+    ran = 0
+    last_tick = 0.0
+    budget = config.seconds
+    with Session(scenario) as session:
+        while not should_stop():
+            elapsed = time.monotonic() - t0
+            if budget and elapsed >= budget:
+                break
+            if not scheduler.new_execution():
+                break
+            ex = session.execute(scheduler)
+            ran += 1
+            if ex.outcome == STEP_LIMIT:
+                found.incidents.append(
+                    f"execution {ran} hit the step limit of {session.max_steps} steps (livelock?)"
+                )
+            failing = ex.kinds - config.ignore
+            if ex.kinds and not failing:
+                found.ignored_only += 1
+            for kind in ex.kinds:
+                if kind in found.kinds:
+                    found.kinds[kind].executions += 1
+                else:
+                    sched = scenario.schedule(ex.workload_seed, tuple(ex.steps))
+                    found.kinds[kind] = _Kind(sched, ex)
+            if failing and config.first:
+                break
+            if on_progress is not None and elapsed - last_tick >= 0.2:
+                last_tick = elapsed
+                on_progress(
+                    ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
+                )
+        for kind, k in found.kinds.items():
+            if config.minimize and kind not in config.ignore:
+                k.reported, k.reported_execution = shrink(session, k.schedule, kind)
+        elapsed = time.monotonic() - t0
+        if on_progress is not None:
+            on_progress(
+                ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
+            )
+        name = session.variant_name
+    counts = zero_counts()
+    examples = {}
+    findings = []
+    for kind, k in found.kinds.items():
+        counts[kind] = k.executions
+        ex = k.reported_execution or k.execution
+        examples[kind] = next(v for v in k.execution.violations if v.name == kind)
+        reported = k.reported or k.schedule
+        findings.append(
+            Finding(
+                kind=kind,
+                schedule=reported.encode(),
+                found=k.schedule.encode(),
+                steps=len(ex.steps),
+                preemptions=ex.preemptions(),
+                strategy=k.execution.strategy,
+                executions=k.executions,
+                execution=ex,
+            )
+        )
+    ordered = sorted(findings, key=lambda f: (f.kind in config.ignore, f.kind))
+    return VariantResult(
+        variant=name,
+        mode=EXPLORE,
+        seed=config.seed,
+        cpus=scenario.cpus,
+        operations=ran,
+        elapsed_s=elapsed,
+        counts=counts,
+        examples=examples,
+        incidents=tuple(found.incidents),
+        ignored=config.ignore,
+        findings=tuple(ordered),
+        coverage=scheduler.coverage(),
+        spec=config.variant,
+        shown=next((f.execution for f in ordered if f.kind not in config.ignore), None),
+        explore=ExploreStats(
+            strategy=config.strategy,
+            executions=ran,
+            distinct_schedules=_distinct(scheduler),
+            steps_total=int(getattr(scheduler, "total_steps", 0)),
+            claim=_claim(scheduler),
+            ignored_only=found.ignored_only,
+        ),
+    )
+
+
+def _n(found: _Search, config: ExploreConfig) -> int:
+    return len(set(found.kinds) - config.ignore)
+
+
+def _distinct(s: Scheduler) -> int:
+    return int(getattr(s, "distinct_schedules", 0))
+
+
+def run_replay(
+    config: ReplayConfig, should_stop: Callable[[], bool] = lambda: False
+) -> VariantResult:
+    """Replay a schedule ``times`` times; every replay must agree (else an incident)."""
+    schedule = config.parsed
+    incidents: list[str] = []
+    t0 = time.monotonic()
+    with Session(config.scenario) as s:
+        runs: list[Execution] = []
+        for _ in range(config.times):
+            if should_stop():
+                break
+            runs.append(s.replay(schedule))
+        outcomes = {(r.first_violation(), r.kinds) for r in runs}
+        if len(outcomes) > 1:
+            incidents.append(f"replays disagree: {sorted(map(str, outcomes))} (nondeterminism)")
+        shown, ex = schedule, runs[-1] if runs else None
+        if ex is not None and config.minimize and ex.failed:
+            kind = ex.violations[0].name
+            shown, ex = shrink(s, schedule, kind)
+        name = s.variant_name
+    counts = zero_counts()
+    findings: list[Finding] = []
+    examples = {}
+    if ex is not None:
+        for v in ex.violations:
+            counts[v.name] += 1
+        examples = first_examples(ex.violations)
+        for kind in sorted(ex.kinds):
+            findings.append(
+                Finding(
+                    kind=kind,
+                    schedule=shown.encode(),
+                    found=schedule.encode(),
+                    steps=len(ex.steps),
+                    preemptions=ex.preemptions(),
+                    strategy="replay",
+                    execution=ex,
+                )
+            )
+    return VariantResult(
+        variant=name,
+        mode=REPLAY,
+        seed=schedule.seed,
+        cpus=schedule.cpus,
+        operations=len(runs),
+        elapsed_s=time.monotonic() - t0,
+        counts=counts,
+        examples=examples,
+        incidents=tuple(incidents),
+        findings=tuple(findings),
+        coverage=f"replayed {len(runs)}x" + (f", {len(ex.steps)} steps" if ex else ""),
+        explore=ExploreStats("replay", len(runs), 1, len(ex.steps) if ex else 0, REPLAYED),
+        spec=schedule.variant,
+        shown=ex,
+    )
