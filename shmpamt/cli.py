@@ -109,7 +109,11 @@ def check_output_path(option: str, path: Path | None) -> None:
 
 
 def finish(campaign: Campaign, json_path: Path | None) -> NoReturn:
+    error, campaign.error = campaign.error, ""
     campaign.render(out_console)
+    campaign.error = error
+    if error:
+        err_console.print(f"error: {error}", highlight=False, markup=False)
     if json_path is not None:
         try:
             campaign.write_json(json_path)
@@ -231,7 +235,7 @@ def variants() -> None:
 @click.option(
     "--pages-per-range",
     type=int,
-    default=0,
+    default=None,
     help="4 KiB pages used per range (>= --cpus). Default: 2 x cpus.",
 )
 @click.option(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from shmpamt import tdx
-from shmpamt.errors import UsageError
+from shmpamt.errors import ScheduleError, UsageError
 from shmpamt.module.faults import FaultPlan
 from shmpamt.schedule import Schedule
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
@@ -80,6 +80,17 @@ def check_variant(value: object) -> str:
     return value.strip()
 
 
+def check_pages(pages_per_range: object, cpus: int) -> None:
+    check_int("pages_per_range", pages_per_range, 1, tdx.PAGES_PER_2M)
+    assert isinstance(pages_per_range, int)
+    if pages_per_range < cpus:
+        raise UsageError(
+            f"pages_per_range ({pages_per_range}) must be at least cpus ({cpus}):"
+            " every CPU needs its own 4 KiB page in each range",
+            "pages_per_range",
+        )
+
+
 def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)  # resolving defaults of a frozen dataclass
 
@@ -91,8 +102,8 @@ class StressConfig:
     variant: str
     cpus: int = 4
     ranges: int = 2
-    #: 4 KiB page slots used per range; 0 = two per CPU
-    pages_per_range: int = 0
+    #: 4 KiB page slots used per range; None = two per CPU
+    pages_per_range: int | None = None
     #: seconds; None = DEFAULT_STRESS_SECONDS unless ``iterations`` is given
     duration: float | None = None
     #: get/put rounds per CPU instead of a duration
@@ -117,15 +128,9 @@ class StressConfig:
         _set(self, "variant", check_variant(self.variant))
         check_int("cpus", self.cpus, 1, MAX_STRESS_CPUS)
         check_int("ranges", self.ranges, 1, 4096)
-        check_int("pages_per_range", self.pages_per_range, 0, tdx.PAGES_PER_2M)
-        if self.pages_per_range == 0:
+        if self.pages_per_range is None:
             _set(self, "pages_per_range", min(tdx.PAGES_PER_2M, 2 * self.cpus))
-        elif self.pages_per_range < self.cpus:
-            raise UsageError(
-                f"pages_per_range ({self.pages_per_range}) must be at least cpus ({self.cpus}):"
-                " every CPU needs its own 4 KiB page in each range",
-                "pages_per_range",
-            )
+        check_pages(self.pages_per_range, self.cpus)
         if self.duration is not None and self.iterations is not None:
             raise UsageError("give either duration or iterations, not both", "duration")
         if self.iterations is not None:
@@ -153,6 +158,11 @@ class StressConfig:
         _set(self, "ignore", check_ignore(self.ignore))
 
     @property
+    def pages(self) -> int:
+        assert self.pages_per_range is not None  # resolved in __post_init__
+        return self.pages_per_range
+
+    @property
     def seconds(self) -> float:
         """Planned wall time (0 in iteration mode)."""
         return self.duration or 0.0
@@ -166,22 +176,22 @@ class Scenario:
     cpus: int = 2
     rounds: int = 2
     ranges: int = 1
-    #: page slots per range; 0 = one per CPU
-    pages_per_range: int = 0
+    #: page slots per range; None = one per CPU
+    pages_per_range: int | None = None
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
         check_int("cpus", self.cpus, 1, MAX_EXPLORE_CPUS)
         check_int("rounds", self.rounds, 1, 100)
         check_int("ranges", self.ranges, 1, 64)
-        check_int("pages_per_range", self.pages_per_range, 0, tdx.PAGES_PER_2M)
-        if self.pages_per_range == 0:
+        if self.pages_per_range is None:
             _set(self, "pages_per_range", self.cpus)
-        elif self.pages_per_range < self.cpus:
-            raise UsageError(
-                f"pages_per_range ({self.pages_per_range}) must be at least cpus ({self.cpus})",
-                "pages_per_range",
-            )
+        check_pages(self.pages_per_range, self.cpus)
+
+    @property
+    def pages(self) -> int:
+        assert self.pages_per_range is not None  # resolved in __post_init__
+        return self.pages_per_range
 
     @property
     def max_steps(self) -> int:
@@ -194,7 +204,7 @@ class Scenario:
             cpus=self.cpus,
             rounds=self.rounds,
             ranges=self.ranges,
-            pages=self.pages_per_range,
+            pages=self.pages,
             seed=seed,
             steps=steps,
         )
@@ -275,7 +285,14 @@ class ReplayConfig:
             raise TypeError(f"schedule must be a string, not {type(self.schedule).__name__}")
         check_int("times", self.times, 1, 1000)
         check_bool("minimize", self.minimize)
-        self.scenario  # noqa: B018  (parses the string and validates its scenario)
+        try:
+            parsed = Schedule.parse(self.schedule)
+        except ScheduleError as e:
+            raise ScheduleError(f"bad schedule string: {e}") from None
+        try:
+            Scenario.of(parsed)
+        except UsageError as e:
+            raise UsageError(f"schedule does not fit: {e}") from None
 
     @property
     def parsed(self) -> Schedule:

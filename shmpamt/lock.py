@@ -193,18 +193,6 @@ class PamtLock:
         self._owner.close()
 
 
-def atomic_dec_and_lock(refcounts: RefcountArray, i: int, lock: PamtLock) -> bool:
-    """Drop a reference; on reaching zero return True *holding* ``lock``."""
-    # Fast path: not the last reference, no lock needed.
-    if refcounts.add_unless(i, -1, 1):
-        return False
-    lock.acquire()
-    if refcounts.dec_and_test(i):
-        return True
-    lock.release()
-    return False
-
-
 __all__ = [
     "IpcError",
     "LockCorrupted",
@@ -213,5 +201,4 @@ __all__ = [
     "LockStatistics",
     "LockTimeout",
     "PamtLock",
-    "atomic_dec_and_lock",
 ]

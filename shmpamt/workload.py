@@ -38,7 +38,7 @@ class Workload:
     def for_stress(cls, c: StressConfig) -> Workload:
         return cls(
             ranges=c.ranges,
-            pages_per_range=c.pages_per_range,
+            pages_per_range=c.pages,
             hot=c.hot,
             hold_us=c.hold_us,
             iterations=c.iterations or 0,
@@ -49,7 +49,7 @@ class Workload:
 
     @classmethod
     def for_explore(cls, s: Scenario) -> Workload:
-        return cls(ranges=s.ranges, pages_per_range=s.pages_per_range, hold_us=0)
+        return cls(ranges=s.ranges, pages_per_range=s.pages, hold_us=0)
 
 
 def pick_page(rng: random.Random, cpu: int, cpus: int, w: Workload) -> int:

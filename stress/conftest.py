@@ -1,7 +1,7 @@
 """Fuzz suite setup: one test case per (built-in variant, seed), so xdist splits the seeds.
 
 Run from the repo root as ``pytest -n auto stress/`` (options of the shmpamt
-plugin apply: ``--shmpamt-seed``, ``--shmpamt-budget``, ``--shmpamt-strategy``).
+plugin apply: ``--shmpamt-seed``, ``--shmpamt-executions``, ``--shmpamt-strategy``).
 
 Why no seed runs twice and none is skipped: every xdist worker collects the
 same list of test ids (the list depends only on the command line, never on the

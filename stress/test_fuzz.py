@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shmpamt.invariants import Violation, describe
+from shmpamt.config import Scenario
+from shmpamt.engine.explore import Session
 from shmpamt.pytest_plugin import ShmpamtRig, ShmpamtSettings
 from shmpamt.schedulers.base import BaseScheduler, default_choice
-from shmpamt.session import Scenario, Session
 from shmpamt.variants.registry import BUILTIN
+from shmpamt.violations import describe
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +81,6 @@ def test_interleaving(
     # Past the list both this scheduler and replay take default_choice: the prefix suffices.
     schedule = session.scenario.schedule(ex.workload_seed, tuple(ex.steps[: len(choices)]))
     # Invariant: no interleaving of any variant produces a violation.
-    found = "; ".join(describe(v) for v in ex.violations if isinstance(v, Violation))
+    found = "; ".join(describe(v) for v in ex.violations)
     clean = not ex.failed
     assert clean, f"{session.variant_name}: {found}\n  replay: {schedule.replay_command()}"

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from shmpamt.cpu import Workload
+from shmpamt.config import StressConfig
+from shmpamt.engine.stress import StressProgress as Progress
+from shmpamt.engine.stress import run_stress
 from shmpamt.ipc import parse_name
-from shmpamt.runner import Progress, run_stress
-from shmpamt.system import SystemConfig
 
 SECONDS = float(os.environ.get("SHMPAMT_SOAK_SECONDS", "600"))
 CPUS = 4
@@ -107,11 +107,10 @@ def _objects_of(pid: int) -> list[str]:
 def test_locked_soaks_clean_with_bounded_memory() -> None:
     before = set(_objects_of(os.getpid()))
     sampler = RssSampler(period=max(0.5, SECONDS / 100))
-    config = SystemConfig(cpus=CPUS, ranges=RANGES, pages_per_range=2 * CPUS)
-    work = Workload(ranges=RANGES, pages_per_range=2 * CPUS, hold_us=50, chaos=CHAOS)
+    config = StressConfig("locked", cpus=CPUS, ranges=RANGES, hold_us=50, chaos=CHAOS,
+                          duration=SECONDS, seed=2024, faults=FAULTS)  # fmt: skip
     t0 = time.monotonic()
-    res = run_stress("locked", config, work, SECONDS, seed=2024, fault_spec=FAULTS,
-                     on_progress=sampler)  # fmt: skip
+    res = run_stress(config, sampler)
     took = time.monotonic() - t0
 
     growth = sampler.growth_mib(WARMUP)

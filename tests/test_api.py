@@ -14,6 +14,7 @@ import shmpamt.api as api
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.locked import Locked
 from shmpamt.variants.registry import load_variant
+from shmpamt.violations import VIOLATIONS
 
 REPO = Path(api.__file__).resolve().parents[1]
 
@@ -58,17 +59,20 @@ def test_explore_of_locked_is_ok() -> None:
     assert r.ok and r.verdict == frozenset()
     assert r.schedules == () and r.replay_commands == ()
     assert all(c == 0 for c in r.counts.values()) and not r.examples
-    assert "no violation in 100 executions" in r.summary()
+    assert r.clean and "nothing seen in 100 executions" in r.summary()
     r.check()  # does not raise
 
 
 def test_result_of_a_racy_variant(racy: api.Result) -> None:
     assert not racy.ok
     assert racy.verdict and racy.verdict <= set(racy.counts)
+    assert set(racy.counts) == set(VIOLATIONS)  # every name, zero or not
     assert {n for n, c in racy.counts.items() if c} == racy.verdict
     assert set(racy.examples) == racy.verdict
-    assert len(racy.schedules) == 1 and racy.schedules[0].startswith("s1:rfc-early-publish:")
-    assert racy.replay_commands == (f"shmpamt replay {racy.schedules[0]}",)
+    # one replayable schedule per kind found
+    assert [f.kind for f in racy.findings] == sorted(racy.verdict)
+    assert all(s.startswith("s1:rfc-early-publish:") for s in racy.schedules)
+    assert racy.replay_commands == tuple(f"shmpamt replay {s}" for s in racy.schedules)
     assert racy.to_dict()["variant"] == "rfc-early-publish"
 
 
@@ -79,10 +83,10 @@ def test_check_raises_an_assertion_carrying_the_replay_command(racy: api.Result)
     assert f"shmpamt replay {racy.schedules[0]}" in str(info.value)
 
 
-def test_the_schedule_replays_to_the_same_verdict(racy: api.Result) -> None:
-    (again,) = api.replay(racy.schedules[0])
-    assert again.verdict == racy.verdict
-    assert again.schedules == racy.schedules
+def test_each_schedule_replays_to_its_kind(racy: api.Result) -> None:
+    for f in racy.findings:
+        again = api.replay(f.schedule)
+        assert f.kind in again.verdict
 
 
 def _python(code: str) -> str:
@@ -95,7 +99,7 @@ def _python(code: str) -> str:
 
 
 def test_import_shmpamt_stays_light() -> None:
-    heavy = ("posix_ipc", "cffi", "atomics", "shmpamt.api", "shmpamt.session", "shmpamt.ipc")
+    heavy = ("posix_ipc", "cffi", "atomics", "shmpamt.api", "shmpamt.engine", "shmpamt.ipc")
     code = "import sys, shmpamt; print(shmpamt.__version__, *[m for m in H if m in sys.modules])"
     loaded = _python(code.replace("H", repr(heavy)))
     assert loaded == "0.1.0"
@@ -103,13 +107,13 @@ def test_import_shmpamt_stays_light() -> None:
 
 def test_package_exports_the_public_api_lazily() -> None:
     out = _python(
-        "import shmpamt, shmpamt.api as a, shmpamt.session as s, shmpamt.kernel as k\n"
+        "import shmpamt, shmpamt.api as a, shmpamt.engine.explore as s, shmpamt.kernel as k\n"
+        "import shmpamt.config as c\n"
         "from shmpamt.variants.base import PamtVariant\n"
-        "import shmpamt.scheduling  # the controller module lives under another name\n"
         "print(shmpamt.explore is a.explore, shmpamt.stress is a.stress,"
         " shmpamt.replay is a.replay, shmpamt.Result is a.Result,"
         " shmpamt.ViolationFound is a.ViolationFound, shmpamt.Session is s.Session,"
-        " shmpamt.Scenario is s.Scenario, shmpamt.Kernel is k.Kernel,"
+        " shmpamt.Scenario is c.Scenario, shmpamt.Kernel is k.Kernel,"
         " shmpamt.PamtVariant is PamtVariant, set(shmpamt.__all__) <= set(dir(shmpamt)))\n"
         "from shmpamt import tdx, explore\n"
         "print(tdx.__name__, explore is a.explore)\n"

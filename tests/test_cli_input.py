@@ -364,7 +364,7 @@ def test_library_refuses_what_is_not_a_variant(tripwire: list[object]) -> None:
         ("garbage", ScheduleError, "fields"),
         ("s9:rfc:c2.r2.g1.p2.w1:0x3", ScheduleError, "format"),
         ("s1:nosuch:c2.r2.g1.p2.w1:0x3", ValueError, "unknown variant"),
-        ("s1:rfc:c2.r2.g1.p1.w1:0x3", ValueError, "pages-per-range"),
+        ("s1:rfc:c2.r2.g1.p1.w1:0x3", ValueError, "pages_per_range"),
         ("s1:locked:c9.r2.g1.p9.w1:0x3", ValueError, "cpus"),
         (b"s1:rfc:c2.r2.g1.p2.w1:0x3", TypeError, "string"),
     ],

@@ -22,13 +22,14 @@ from typing import ClassVar
 import pytest
 
 from shmpamt import tdx
-from shmpamt.cpu import ITERATIONS, CpuBoard, Workload
+from shmpamt.board import ITERATIONS, CpuBoard
+from shmpamt.config import StressConfig
+from shmpamt.engine.stress import StressProgress as Progress
+from shmpamt.engine.stress import run_stress
 from shmpamt.ipc import IpcError, parse_name, pid_alive
 from shmpamt.kernel import Kernel
-from shmpamt.report import VariantResult
-from shmpamt.runner import Progress, run_stress
+from shmpamt.results import VariantResult
 from shmpamt.seamcall import Mailbox
-from shmpamt.system import SystemConfig
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.common import tdx_alloc_pamt_pages, tdx_free_pamt_pages
 from shmpamt.variants.locked import Locked
@@ -124,9 +125,8 @@ def _daemon_signaller(sig: signal.Signals) -> Iterator[tuple[list[int], Progress
 
 
 def _stress(variant: str, cpus: int, act: ProgressHook) -> VariantResult:
-    config = SystemConfig(cpus=cpus, ranges=2, pages_per_range=2 * cpus)
-    work = Workload(ranges=2, pages_per_range=2 * cpus, hold_us=20)
-    return run_stress(variant, config, work, 60.0, seed=11, on_progress=act)
+    config = StressConfig(variant, cpus=cpus, ranges=2, hold_us=20, duration=60.0, seed=11)
+    return run_stress(config, act)
 
 
 def _assert_ended_by_the_daemon(res: VariantResult, phrase: str) -> None:

@@ -8,68 +8,77 @@ from collections.abc import Iterator
 
 import pytest
 
+from shmpamt.config import ExploreConfig, Scenario
+from shmpamt.engine.explore import Session, run_explore, shrink
+from shmpamt.execution import Execution
 from shmpamt.schedule import Schedule
 from shmpamt.schedulers.dfs import DFS
-from shmpamt.session import (
-    Failure,
-    Scenario,
-    Session,
-    first_violation,
-    minimize_failure,
-    replay_once,
-    run_explore,
-)
 
-MUTANTS = ["rfc-norecheck", "rfc-early-publish", "rfc-leak-on-lost-race", "kai"]
+#: each planted slip, and the violation kind that only it causes among the rfc family
+SLIPS = {
+    "rfc-norecheck": "remove_while_in_use",
+    "rfc-early-publish": "use_without_pamt",
+    "rfc-leak-on-lost-race": "pamt_pages_lost",
+}
 
 
-@pytest.mark.parametrize("variant", MUTANTS)
-def test_pct_finds_each_slip(variant: str) -> None:
-    res, failure = run_explore(Scenario(variant), "pct", seed=11, executions=400, minimize=False)
-    assert failure is not None, res.coverage
-    assert res.found and res.schedules
+@pytest.mark.parametrize("variant", sorted(SLIPS))
+def test_random_walk_finds_each_slip_by_its_own_kind(variant: str) -> None:
+    """Each mutant shows the kind its slip causes; rfc itself, same seed, never does."""
+    cfg = dict(strategy="random", seed=11, executions=400, minimize=False)
+    res = run_explore(ExploreConfig(variant, **cfg))  # type: ignore[arg-type]
+    assert SLIPS[variant] in res.failing, (res.coverage, res.found)
+    assert any(f.kind == SLIPS[variant] for f in res.findings)
+    original = run_explore(ExploreConfig("rfc", **cfg))  # type: ignore[arg-type]
+    # Invariant: the kind that proves the slip is one the original does not produce.
+    assert SLIPS[variant] not in original.found, original.found
 
 
 def test_locked_has_no_violation_in_any_bounded_schedule() -> None:
-    res, failure = run_explore(
-        Scenario("locked", rounds=1), "dfs", seed=0, preemptions=1, executions=3000, budget=0
+    res = run_explore(
+        ExploreConfig("locked", rounds=1, strategy="dfs", preemptions=1, executions=3000)
     )
-    assert failure is None, res.to_dict()
+    assert res.clean, res.to_dict()
     # DFS says whether it covered the whole bounded space.
     assert "exhausted" in res.coverage, res.coverage
+    assert res.explore is not None and res.explore.claim == "bounded"
 
 
 @pytest.fixture(scope="module")
-def norecheck_failure() -> Iterator[tuple[Session, Failure]]:
-    _res, failure = run_explore(
-        Scenario("rfc-norecheck"), "pct", seed=3, executions=400, minimize=False
+def norecheck_failure() -> Iterator[tuple[Session, Schedule, Execution]]:
+    res = run_explore(
+        ExploreConfig("rfc-norecheck", seed=3, executions=400, minimize=False, first=True)
     )
-    assert failure is not None
+    assert res.findings
+    f = res.findings[0]
+    assert f.execution is not None
     with Session(Scenario("rfc-norecheck")) as s:
-        yield s, failure
+        yield s, Schedule.parse(f.schedule), f.execution
 
 
-def test_replay_reproduces_20_of_20(norecheck_failure: tuple[Session, Failure]) -> None:
-    session, failure = norecheck_failure
-    text = failure.schedule.encode()
-    want = first_violation(failure.execution)
+def test_replay_reproduces_20_of_20(
+    norecheck_failure: tuple[Session, Schedule, Execution],
+) -> None:
+    session, schedule, found = norecheck_failure
+    want = found.first_violation()
     assert want is not None
     for _ in range(20):
-        ex = replay_once(session, Schedule.parse(text))
+        ex = session.replay(Schedule.parse(schedule.encode()))
         # Invariant: the same violation at the same step, every time.
-        assert first_violation(ex) == want
-        assert ex.steps == failure.execution.steps
+        assert ex.first_violation() == want
+        assert ex.steps == found.steps
 
 
-def test_minimised_schedule_still_fails(norecheck_failure: tuple[Session, Failure]) -> None:
-    session, failure = norecheck_failure
-    minimize_failure(session, failure, budget=200)
-    small = failure.minimized
-    assert small is not None
-    assert len(small.steps) <= len(failure.schedule.steps)
-    ex = replay_once(session, small)
-    got, want = first_violation(ex), first_violation(failure.execution)
-    assert got is not None and want is not None and got[0] == want[0]
+def test_minimised_schedule_still_fails(
+    norecheck_failure: tuple[Session, Schedule, Execution],
+) -> None:
+    session, schedule, found = norecheck_failure
+    want = found.first_violation()
+    assert want is not None
+    small, ex = shrink(session, schedule, want[0])
+    assert len(small.steps) <= len(schedule.steps)
+    assert want[0] in session.replay(small).kinds
+    assert want[0] in ex.kinds
 
 
 def test_dfs_replays_prefixes_deterministically() -> None:
@@ -148,17 +157,17 @@ def test_explore_cli_end_to_end_writes_json_and_html(tmp_path: object) -> None:
 
 
 def test_an_abandoned_replay_leaves_the_session_deterministic(
-    norecheck_failure: tuple[Session, Failure],
+    norecheck_failure: tuple[Session, Schedule, Execution],
 ) -> None:
-    from shmpamt.schedulers.base import SchedulingError
+    from shmpamt.errors import SchedulingError
 
-    session, failure = norecheck_failure
+    session, schedule, found = norecheck_failure
     # cpu 0 alone for far longer than it has steps: it finishes and stops being runnable
-    bad = failure.schedule.with_steps((0,) * 500)
+    bad = schedule.with_steps((0,) * 500)
     with pytest.raises(SchedulingError):
-        replay_once(session, bad)
-    ex = replay_once(session, failure.schedule)
-    assert first_violation(ex) == first_violation(failure.execution)
+        session.replay(bad)
+    ex = session.replay(schedule)
+    assert ex.first_violation() == found.first_violation()
 
 
 def test_timeline_values_chain_step_to_step() -> None:
@@ -169,7 +178,7 @@ def test_timeline_values_chain_step_to_step() -> None:
     """
     sched = Schedule.parse("s1:kai:c2.r2.g1.p2.w20:1x30.0")
     with Session(Scenario.of(sched)) as session:
-        ex = replay_once(session, sched)
+        ex = session.replay(sched)
     last: dict[int, int] = {}
     atomics = [s for s in ex.trace if s.op.startswith("atomic")]
     assert len(atomics) > 10

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from shmpamt.atomic import RefcountArray
-from shmpamt.lock import LockCorrupted, LockHolderDied, LockTimeout, PamtLock, atomic_dec_and_lock
+from shmpamt.kernel import Kernel
+from shmpamt.lock import LockCorrupted, LockHolderDied, LockTimeout, PamtLock
 
 ROUNDS = 1500
 
@@ -106,8 +107,15 @@ def test_dead_holder_is_detected_not_waited_for() -> None:
 
 
 def test_atomic_dec_and_lock_semantics() -> None:
+    """Kernel.atomic_dec_and_lock, the one implementation (no pool or module needed)."""
     lock = PamtLock.create()
     arr = RefcountArray.create(1)
+    k = Kernel(0, arr, lock, pool=None, port=None)  # type: ignore[arg-type]
+
+    def atomic_dec_and_lock(a: RefcountArray, i: int, lk: PamtLock) -> bool:
+        assert a is arr and lk is lock
+        return k.atomic_dec_and_lock(i)
+
     try:
         arr.set(0, 3)
         assert atomic_dec_and_lock(arr, 0, lock) is False and arr.read(0) == 2

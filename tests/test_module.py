@@ -10,16 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from shmpamt import tdx
-from shmpamt.invariants import (
-    ADD_PRESENT,
-    LOST_NOT_OWNED,
-    PAMT_PAGES_LOST,
-    REMOVE_ABSENT,
-    REMOVE_WHILE_IN_USE,
-    USE_WITHOUT_PAMT,
-    Violation,
-    ViolationLog,
-)
+from shmpamt.invariants import ViolationLog
 from shmpamt.ipc import new_token
 from shmpamt.kernel import POOL_BASE, page_hpa
 from shmpamt.module.daemon import ModuleNames, ModuleStartError, TdxModule
@@ -27,6 +18,15 @@ from shmpamt.module.faults import INJECTED_BUSY, INJECTED_DELAY_AFTER, FaultPlan
 from shmpamt.module.state import ModuleState, apply_seamcall
 from shmpamt.pages import MODULE, PamtPagePool
 from shmpamt.seamcall import ModuleDied, SeamcallPort
+from shmpamt.violations import (
+    ADD_PRESENT,
+    LOST_NOT_OWNED,
+    PAMT_PAGES_LOST,
+    REMOVE_ABSENT,
+    REMOVE_WHILE_IN_USE,
+    USE_WITHOUT_PAMT,
+    Violation,
+)
 
 NCPUS, NRANGES, PPR = 2, 3, 4
 PS2M = tdx.TDX_PS_2M

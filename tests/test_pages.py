@@ -8,18 +8,18 @@ from collections.abc import Iterator
 import pytest
 
 from shmpamt import tdx
-from shmpamt.invariants import (
+from shmpamt.invariants import ViolationLog
+from shmpamt.ipc import IpcError, new_token
+from shmpamt.kernel import POOL_BASE
+from shmpamt.module.state import ModuleState
+from shmpamt.pages import MODULE, PamtPagePool
+from shmpamt.violations import (
     LOST_DOUBLE_FREE,
     LOST_FREED_BY_MODULE_OWNER,
     LOST_LEAKED,
     LOST_NOT_OWNED,
     PAMT_PAGES_LOST,
-    ViolationLog,
 )
-from shmpamt.ipc import IpcError, new_token
-from shmpamt.kernel import POOL_BASE
-from shmpamt.module.state import ModuleState
-from shmpamt.pages import MODULE, PamtPagePool
 
 
 @pytest.fixture

@@ -68,20 +68,20 @@ def user_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     return pytester
 
 
-# budget 300 / seed 0: PCT finds MyRacy's slip within 15 executions (deterministic),
+# executions 300 / seed 0: PCT finds MyRacy's slip within 15 executions (deterministic),
 # and MyLocked's 300 executions take about a second.
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist2"])
 def test_user_file_fails_racy_passes_locked_leaves_shm_clean(
     user_run: pytest.Pytester, xdist: list[str]
 ) -> None:
     res = user_run.runpytest_subprocess(
-        *xdist, "-p", "no:cacheprovider", "--shmpamt-seed=0", "--shmpamt-budget=300"
+        *xdist, "-p", "no:cacheprovider", "--shmpamt-seed=0", "--shmpamt-executions=300"
     )
     res.assert_outcomes(passed=1, failed=1)
     out = res.stdout.str()
     assert "FAILED test_user.py::test_racy" in out
     assert "shmpamt replay s1:" in out
-    assert "shmpamt: seed=0 strategy=pct budget=300" in out
+    assert "shmpamt: seed=0 strategy=pct executions=300" in out
     pids = {int(p) for p in (user_run.path / "pids.txt").read_text().split()}
     assert len(pids) == (3 if xdist else 1)  # controller + 2 workers, or one process
     # Every process of the inner run has exited: whatever of theirs is left is leaked.
@@ -94,12 +94,18 @@ def test_plugin_options_reach_the_fixtures(user_run: pytest.Pytester) -> None:
         test_opts="""
         def test_settings(shmpamt_settings, shmpamt):
             s = shmpamt_settings
-            assert (s.seed, s.budget, s.strategy, s.worker_id) == (7, 5, "random", "master")
+            assert (s.seed, s.executions, s.iterations, s.strategy, s.worker_id) == (
+                7, 5, 9, "random", "master"
+            )
             assert s.testrun_uid and shmpamt.settings is s
         """
     )
     res = user_run.runpytest_subprocess(
-        "test_opts.py", "--shmpamt-seed=7", "--shmpamt-budget=5", "--shmpamt-strategy=random"
+        "test_opts.py",
+        "--shmpamt-seed=7",
+        "--shmpamt-executions=5",
+        "--shmpamt-iterations=9",
+        "--shmpamt-strategy=random",
     )
     res.assert_outcomes(passed=1)
 
@@ -107,15 +113,42 @@ def test_plugin_options_reach_the_fixtures(user_run: pytest.Pytester) -> None:
 def test_bad_option_values_are_refused(user_run: pytest.Pytester) -> None:
     res = user_run.runpytest_subprocess("--shmpamt-strategy=bogus")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
-    res = user_run.runpytest_subprocess("--shmpamt-budget=0")
+    res = user_run.runpytest_subprocess("--shmpamt-executions=0")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
 
 
-def test_plugin_strategies_match_the_session() -> None:
-    from shmpamt.pytest_plugin import STRATEGIES
-    from shmpamt.session import STRATEGIES as SESSION_STRATEGIES
+def test_plugin_cli_and_library_agree_on_names_and_defaults() -> None:
+    """One meaning per option name: the plugin, the CLI and the configs share them."""
+    from dataclasses import fields
 
-    assert STRATEGIES == SESSION_STRATEGIES
+    import click
+
+    from shmpamt import pytest_plugin
+    from shmpamt.cli import main
+    from shmpamt.config import ExploreConfig, StressConfig
+    from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
+
+    for command, config in ((main.commands["stress"], StressConfig),
+                            (main.commands["explore"], ExploreConfig)):  # fmt: skip
+        defaults = {
+            f.name: f.default_factory() if callable(f.default_factory) else f.default
+            for f in fields(config)
+        }
+        for p in command.params:
+            if not isinstance(p, click.Option) or p.name not in defaults:
+                continue
+            want, got = defaults[p.name], p.default
+            empty = got is None or got == () or not isinstance(got, int | float | str | bool)
+            # Invariant: a CLI option with a config field's name has that field's default
+            # (or none, and the config supplies it).
+            assert got == want or (empty and not want) or got is None, (p.name, got, want)
+    assert ExploreConfig("rfc").strategy == DEFAULT_STRATEGY == pytest_plugin.DEFAULT_STRATEGY
+    assert main.commands["explore"].params  # strategy choices come from the registry
+    strategy = next(p for p in main.commands["explore"].params if p.name == "strategy")
+    assert isinstance(strategy.type, click.Choice) and tuple(strategy.type.choices) == STRATEGIES
+    # the plugin's options name what they count: executions (explore), iterations (stress)
+    assert pytest_plugin.OPT_EXECUTIONS == "--shmpamt-executions"
+    assert pytest_plugin.OPT_ITERATIONS == "--shmpamt-iterations"
 
 
 def test_loading_the_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:

@@ -6,40 +6,56 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
-from shmpamt.cpu import Workload
-from shmpamt.runner import Progress, run_stress
-from shmpamt.system import SystemConfig
+from shmpamt.config import StressConfig
+from shmpamt.engine.stress import StressProgress as Progress
+from shmpamt.engine.stress import run_stress
+from shmpamt.results import VariantResult
 
 
 def _run(
-    variant: str, seconds: float, chaos: float = 0.0, faults: str = "", cpus: int = 3, **kw: object
-) -> object:
-    config = SystemConfig(cpus=cpus, ranges=2, pages_per_range=2 * cpus)
-    work = Workload(ranges=2, pages_per_range=2 * cpus, hold_us=20, chaos=chaos)
-    return run_stress(variant, config, work, seconds, seed=7, fault_spec=faults, **kw)  # type: ignore[arg-type]
+    variant: str,
+    seconds: float,
+    chaos: float = 0.0,
+    faults: str = "",
+    cpus: int = 3,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> VariantResult:
+    config = StressConfig(
+        variant,
+        cpus=cpus,
+        ranges=2,
+        hold_us=20,
+        chaos=chaos,
+        duration=seconds,
+        seed=7,
+        faults=faults,
+    )
+    return run_stress(config, on_progress)
 
 
 def test_locked_is_clean_under_chaos_and_faults() -> None:
     res = _run("locked", 3.0, chaos=0.3, faults="add.busy=0.2,remove.busy=0.2,alloc.fail=0.05")
-    assert res.operations > 100  # type: ignore[attr-defined]
+    assert res.operations > 100
     # Invariant: a correct-by-construction variant never produces a violation.
-    assert res.found == {}, res.to_dict()  # type: ignore[attr-defined]
-    assert res.quiescence_checked and not res.incidents  # type: ignore[attr-defined]
-    assert res.faults_injected > 0  # type: ignore[attr-defined]
+    assert res.found == {}, res.to_dict()
+    assert res.quiescence_checked and not res.incidents
+    assert res.faults_injected > 0
 
 
 def test_early_publish_is_caught_free_running() -> None:
     res = _run("rfc-early-publish", 4.0, chaos=0.2)
-    assert "use_without_pamt" in res.found, res.to_dict()  # type: ignore[attr-defined]
-    ex = res.examples["use_without_pamt"]  # type: ignore[attr-defined]
+    assert "use_without_pamt" in res.found, res.to_dict()
+    ex = res.examples["use_without_pamt"]
     assert ex.cpu >= 0 and ex.range >= 0 and ex.leaf in (6, 28)
 
 
 def test_iterations_mode_stops_by_itself() -> None:
-    config = SystemConfig(cpus=2, ranges=1, pages_per_range=2)
-    work = Workload(ranges=1, pages_per_range=2, hold_us=0, iterations=200)
-    res = run_stress("v6", config, work, 0.0, seed=3)
+    config = StressConfig(
+        "v6", cpus=2, ranges=1, pages_per_range=2, hold_us=0, iterations=200, seed=3
+    )
+    res = run_stress(config)
     assert res.operations == 400
     assert res.found == {}, res.to_dict()
 
@@ -58,10 +74,10 @@ def test_killed_cpu_is_an_incident_and_the_run_still_ends() -> None:
     res = _run("rfc", 30.0, on_progress=kill_one)
     assert killed
     assert time.monotonic() - t0 < 25  # ended early, on the death, not at the duration
-    assert any("SIGKILL" in i for i in res.incidents), res.incidents  # type: ignore[attr-defined]
+    assert any("SIGKILL" in i for i in res.incidents), res.incidents
     # Quiescence is unknowable after a death: it must not be judged (no false alarm).
-    assert not res.quiescence_checked  # type: ignore[attr-defined]
-    assert "quiescent_mismatch" not in res.found  # type: ignore[attr-defined]
+    assert not res.quiescence_checked
+    assert "quiescent_mismatch" not in res.found
 
 
 def _cpu_pids() -> list[int]:
@@ -90,11 +106,11 @@ def test_dead_lock_holder_is_reported_as_lock_leaked() -> None:
     res = _run(SLEEPY, 30.0, cpus=3, on_progress=kill_holder)
     assert victim, "no CPU was seen holding pamt_lock"
     assert time.monotonic() - t0 < 25
-    assert "lock_leaked" in res.found, res.to_dict()  # type: ignore[attr-defined]
-    ex = res.examples["lock_leaked"]  # type: ignore[attr-defined]
+    assert "lock_leaked" in res.found, res.to_dict()
+    ex = res.examples["lock_leaked"]
     # Invariant: the report names the dead holder (its pid), not a survivor.
     assert ex.a == victim[0]
-    assert any("died holding" in i for i in res.incidents), res.incidents  # type: ignore[attr-defined]
+    assert any("died holding" in i for i in res.incidents), res.incidents
 
 
 _lock_owner_words: dict[str, object] = {}

@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from shmpamt import tdx
-from shmpamt.invariants import QUIESCENT_MISMATCH, REMOVE_WHILE_IN_USE, Violation, describe
 from shmpamt.timeline import TraceEvent, describe_event, render_text, rows, to_html, write_html
+from shmpamt.violations import QUIESCENT_MISMATCH, REMOVE_WHILE_IN_USE, Violation, describe
 
 PAGE = 0x3000
 

@@ -21,11 +21,12 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from shmpamt.cpu import Workload
-from shmpamt.runner import Progress, run_stress
+from shmpamt.config import Scenario, StressConfig
+from shmpamt.engine.explore import Session
+from shmpamt.engine.stress import StressProgress as Progress
+from shmpamt.engine.stress import run_stress
 from shmpamt.schedulers.base import Scheduler
-from shmpamt.session import Scenario, Session, first_violation, make_scheduler
-from shmpamt.system import SystemConfig
+from shmpamt.schedulers.registry import make_scheduler
 
 # Built-ins that violate the invariants (measured: see README); locked and v6 do not.
 BUGGY = ["rfc", "kai", "v4", "rfc-norecheck", "rfc-early-publish", "rfc-leak-on-lost-race"]
@@ -40,7 +41,7 @@ def time_to_failure(
     while time.monotonic() - t0 < cap and sched.new_execution():
         ex = session.execute(sched)
         n += 1
-        if first_violation(ex, ignore) is not None:
+        if ex.first_violation(ignore) is not None:
             return time.monotonic() - t0, n
     return None, n
 
@@ -54,11 +55,10 @@ def stress_to_failure(
         if not first and any(n for k, n in p.counts.items() if k not in ignore):
             first.append(p.elapsed)
 
-    cfg = SystemConfig(cpus=2, ranges=1, pages_per_range=2)
-    work = Workload(ranges=1, pages_per_range=2, hold_us=20, chaos=0.3)
-    res = run_stress(
-        variant, cfg, work, cap, seed, on_progress=tick, should_stop=lambda: bool(first)
+    cfg = StressConfig(
+        variant, cpus=2, ranges=1, pages_per_range=2, hold_us=20, chaos=0.3, duration=cap, seed=seed
     )
+    res = run_stress(cfg, on_progress=tick, should_stop=lambda: bool(first))
     if not first and set(res.found) - ignore:
         # found only by the end-of-run quiescence checks (e.g. a refcount left too high)
         first.append(res.elapsed_s)
@@ -67,7 +67,7 @@ def stress_to_failure(
 
 def throughput(seconds: float) -> tuple[float, float]:
     with Session(Scenario("locked")) as s:
-        sched = make_scheduler("random", 1)
+        sched = make_scheduler("random", seed=1)
         t0 = time.monotonic()
         execs = steps = 0
         while time.monotonic() - t0 < seconds and sched.new_execution():
@@ -119,7 +119,7 @@ def main() -> int:
             for strategy, depth in STRATEGIES:
                 times, execs = [], []
                 for seed in range(args.seeds):
-                    sched = make_scheduler(strategy, seed, depth=depth, preemptions=depth)
+                    sched = make_scheduler(strategy, seed=seed, depth=depth, preemptions=depth)
                     t, n = time_to_failure(session, sched, args.cap, ignore)
                     if t is not None:
                         times.append(t)
@@ -143,7 +143,7 @@ def main() -> int:
     clean = True
     with Session(Scenario("locked")) as session:
         for strategy, depth in STRATEGIES:
-            sched = make_scheduler(strategy, 0, depth=depth, preemptions=depth)
+            sched = make_scheduler(strategy, seed=0, depth=depth, preemptions=depth)
             t, n = time_to_failure(session, sched, min(args.cap, 20.0))
             console.print(
                 f"locked under {strategy} d={depth}: {n} executions, "

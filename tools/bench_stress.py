@@ -20,9 +20,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from shmpamt.cpu import Workload
-from shmpamt.runner import Progress, run_stress
-from shmpamt.system import SystemConfig
+from shmpamt.config import StressConfig
+from shmpamt.engine.stress import StressProgress as Progress
+from shmpamt.engine.stress import run_stress
 from shmpamt.variants.registry import BUILTIN
 
 
@@ -34,9 +34,11 @@ def pairs_per_second(variant: str, cpus: int, seconds: float, use_page: bool) ->
         samples.append((p.elapsed, p.operations))
 
     warm = 1.5
-    cfg = SystemConfig(cpus=cpus, ranges=1, pages_per_range=cpus)
-    work = Workload(ranges=1, pages_per_range=cpus, hold_us=0, use_page=use_page)
-    run_stress(variant, cfg, work, seconds + warm, seed=1, on_progress=tick)
+    cfg = StressConfig(
+        variant, cpus=cpus, ranges=1, pages_per_range=cpus, hold_us=0, use_page=use_page,
+        duration=seconds + warm, seed=1,
+    )  # fmt: skip
+    run_stress(cfg, on_progress=tick)
     window = [(t, n) for t, n in samples if t >= warm]
     (t0, n0), (t1, n1) = window[0], window[-1]
     return (n1 - n0) / (t1 - t0)
@@ -53,11 +55,10 @@ def first_violation(variant: str, seed: int, cap: float) -> tuple[float | None, 
         if not serious and any(n for k, n in p.counts.items() if k != "add_present"):
             serious.append(p.elapsed)
 
-    cfg = SystemConfig(cpus=4, ranges=2, pages_per_range=8)
-    work = Workload(ranges=2, pages_per_range=8, hold_us=50, chaos=0.3)
-    res = run_stress(
-        variant, cfg, work, cap, seed, on_progress=tick, should_stop=lambda: bool(serious)
+    cfg = StressConfig(
+        variant, cpus=4, ranges=2, pages_per_range=8, hold_us=50, chaos=0.3, duration=cap, seed=seed
     )
+    res = run_stress(cfg, on_progress=tick, should_stop=lambda: bool(serious))
     # Some races only show in the end-of-run quiescence checks (a refcount left too high).
     if not first and res.found:
         first.append(res.elapsed_s)

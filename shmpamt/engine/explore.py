@@ -21,7 +21,7 @@ from shmpamt import tdx
 from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
 from shmpamt.cpu import cpu_explore_main
 from shmpamt.engine.processes import Fleet
-from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError
+from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError, UsageError
 from shmpamt.execution import COMPLETE, DEADLOCK, STEP_LIMIT, Execution, TraceEvent
 from shmpamt.ipc import new_token
 from shmpamt.minimize import minimize
@@ -60,7 +60,7 @@ from shmpamt.results import (
     zero_counts,
 )
 from shmpamt.schedule import Schedule
-from shmpamt.schedulers.base import Scheduler
+from shmpamt.schedulers.base import ScheduleMismatch, Scheduler
 from shmpamt.schedulers.registry import make_scheduler
 from shmpamt.schedulers.replay import Replay
 from shmpamt.system import System, SystemConfig
@@ -83,7 +83,7 @@ class Session:
         layout = SystemConfig(
             cpus=scenario.cpus,
             ranges=scenario.ranges,
-            pages_per_range=scenario.pages_per_range,
+            pages_per_range=scenario.pages,
             initial_refcount=variant.initial_refcount,
         )
         workload = Workload.for_explore(scenario)
@@ -449,7 +449,10 @@ def run_replay(
         for _ in range(config.times):
             if should_stop():
                 break
-            runs.append(s.replay(schedule))
+            try:
+                runs.append(s.replay(schedule))
+            except ScheduleMismatch as e:
+                raise UsageError(f"schedule does not fit {schedule.variant}: {e}") from None
         outcomes = {(r.first_violation(), r.kinds) for r in runs}
         if len(outcomes) > 1:
             incidents.append(f"replays disagree: {sorted(map(str, outcomes))} (nondeterminism)")

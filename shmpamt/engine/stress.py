@@ -47,7 +47,7 @@ def run_stress(
     layout = SystemConfig(
         cpus=config.cpus,
         ranges=config.ranges,
-        pages_per_range=config.pages_per_range,
+        pages_per_range=config.pages,
         initial_refcount=variant.initial_refcount,
     )
 
