@@ -27,9 +27,10 @@ from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
 from shmpamt.engine.explore import ExploreProgress, run_explore, run_replay
 from shmpamt.engine.stress import StressProgress, run_stress
 from shmpamt.errors import ShmpamtError
+from shmpamt.janitor import clean
 from shmpamt.results import Finding, VariantResult
 from shmpamt.variants.base import PamtVariant
-from shmpamt.variants.registry import load_variant
+from shmpamt.variants.registry import describe_variants, load_variant
 from shmpamt.violations import Violation, describe
 
 VariantLike = str | type[PamtVariant]
@@ -39,7 +40,9 @@ __all__ = [
     "Result",
     "StressProgress",
     "ViolationFound",
+    "builtin_variants",
     "check_variant",
+    "clean",
     "explore",
     "replay",
     "run",
@@ -150,6 +153,11 @@ class Result:
         """Raise :class:`ViolationFound` (an AssertionError) on a violation or an incident."""
         if not self.ok:
             raise ViolationFound(self.summary())
+
+
+def builtin_variants() -> list[tuple[str, str]]:
+    """(name, one-line description) of every built-in variant."""
+    return describe_variants()
 
 
 def check_variant(spec: str) -> None:

@@ -213,9 +213,9 @@ IGNORE_OPTION = click.option(
 @main.command()
 def variants() -> None:
     """List the built-in variants."""
-    from shmpamt.variants.registry import describe_variants
+    from shmpamt import api
 
-    for name, desc in describe_variants():
+    for name, desc in api.builtin_variants():
         click.echo(f"{name:24} {desc}")
 
 
@@ -284,11 +284,10 @@ def stress(
 ) -> None:
     """Free-running multiprocess stress over one or more variants."""
     from shmpamt import api
-    from shmpamt.variants.registry import BUILTIN
 
     check_output_path("--json", json_path)
     seed = random.randrange(2**32) if seed is None else seed
-    specs = list(variant_specs) or list(BUILTIN)
+    specs = list(variant_specs) or [name for name, _ in api.builtin_variants()]
 
     def config(spec: str) -> StressConfig:
         return StressConfig(spec, seed=seed, chaos=chaos or 0.0, faults=fault_spec, **settings)
@@ -354,9 +353,9 @@ def _bar() -> Iterator[Progress]:
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 def clean_cmd(dry_run: bool) -> None:
     """Remove IPC objects left by shmpamt runs whose process is gone."""
-    from shmpamt.janitor import clean
+    from shmpamt import api
 
-    gone, kept = clean(dry_run=dry_run)
+    gone, kept = api.clean(dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for lo in gone:
         click.echo(f"{verb} {lo.kind} {lo.name} (creator pid {lo.pid} is gone)")

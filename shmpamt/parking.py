@@ -48,7 +48,7 @@ W_STATE: Final = 0
 W_OP: Final = 1
 W_TARGET: Final = 2
 W_BEFORE: Final = 3
-W_RESULT: Final = 4  # result of the op that just completed
+# word 4 is unused
 W_AFTER: Final = 5  # refcount value after it
 W_CMD: Final = 6  # controller -> CPU: what to do on the next grant
 W_ARG: Final = 7  # execution id / workload seed for CMD_START

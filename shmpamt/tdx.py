@@ -71,7 +71,6 @@ STATUS_NAMES: Final = {
 # errno values the helpers return (negated)
 EIO: Final = 5
 ENOMEM: Final = 12
-EBUSY: Final = 16
 
 
 def status_class(err: int) -> int:

@@ -50,7 +50,6 @@ LOST_LEAKED: Final = 1  # page still owned by a CPU at quiescence
 LOST_DOUBLE_FREE: Final = 2
 LOST_FREED_BY_MODULE_OWNER: Final = 3  # freed while the module owns it
 LOST_NOT_OWNED: Final = 4  # handed to PAMT.ADD by a CPU that does not own it
-LOST_HELD_BY_MODULE: Final = 5  # module holds pages of a PAMT nobody uses at quiescence
 
 QUIESCENT_REFCOUNT: Final = 1  # c of a quiescent_mismatch: a = value, b = expected
 QUIESCENT_PAMT_PRESENT: Final = 2  # c of a quiescent_mismatch: PAMT present, nobody uses it
@@ -103,7 +102,6 @@ def describe(v: Violation) -> str:
                 LOST_DOUBLE_FREE: f"freed twice by {who}",
                 LOST_FREED_BY_MODULE_OWNER: f"freed by {who} while the TDX module owns it",
                 LOST_NOT_OWNED: f"handed to {leaf} by {who}, which does not own it",
-                LOST_HELD_BY_MODULE: "held by the module for a PAMT nobody uses",
             }.get(v.b, "lost")
             return f"PAMT page {v.a:#x} {why}"
         case "lock_leaked":

@@ -17,8 +17,6 @@ PKG = Path(__file__).resolve().parents[1] / "shmpamt"
 LAZY_OK = {
     # `shmpamt --help` and usage errors must not load cffi, posix_ipc or the atomics binding
     ("shmpamt.cli", "shmpamt.api"),
-    ("shmpamt.cli", "shmpamt.variants.registry"),
-    ("shmpamt.cli", "shmpamt.janitor"),
     ("shmpamt.cli", "shmpamt.timeline"),
     # pytest loads every installed plugin in every run: it stays light until a fixture is used
     ("shmpamt.pytest_plugin", "shmpamt.api"),
