@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from typing import Any, Final
 
 import cffi
@@ -64,8 +65,23 @@ class _AbiBackend:
     name = "cffi-abi"
 
     def __init__(self) -> None:
-        self._c = _ffi.new("int32_t[2]")  # expected/old, desired/arg
-        self._r = _ffi.new("int32_t*")
+        # patomic takes its operands by pointer; the scratch words must be per thread,
+        # since the daemon's mailbox threads call these at the same time.
+        self._tls = threading.local()
+
+    @property
+    def _c(self) -> Any:
+        try:
+            return self._tls.c
+        except AttributeError:
+            self._tls.c = _ffi.new("int32_t[2]")  # expected/old, desired/arg
+            self._tls.r = _ffi.new("int32_t*")
+            return self._tls.c
+
+    @property
+    def _r(self) -> Any:
+        self._c  # noqa: B018  (creates this thread's scratch words)
+        return self._tls.r
 
     def read(self, p: Any) -> int:
         return int(p[0])
@@ -74,9 +90,10 @@ class _AbiBackend:
         p[0] = v
 
     def fetch_add(self, p: Any, a: int) -> int:
-        self._c[1] = a
-        _fa_ptr(p, self._c + 1, SEQ_CST, self._r)
-        return int(self._r[0])
+        c, r = self._c, self._r
+        c[1] = a
+        _fa_ptr(p, c + 1, SEQ_CST, r)
+        return int(r[0])
 
     def cmpxchg(self, p: Any, old: int, new: int) -> int:
         c = self._c

@@ -259,3 +259,28 @@ def test_abi_backend_passes_the_same_model() -> None:
 def test_fast_backend_is_in_use() -> None:
     # The benchmark targets assume the compiled shim; the ABI path is a fallback.
     assert BACKEND == "cffi-api-shim"
+
+
+def test_abi_backend_is_thread_safe() -> None:
+    """The daemon's mailbox threads share one backend: each thread's cmpxchg results are
+    its own (shared scratch words gave ~410 wrong results per 100k calls)."""
+    code = (
+        "import threading\n"
+        "from shmpamt.atomic import RefcountArray, BACKEND; assert BACKEND == 'cffi-abi'\n"
+        "a = RefcountArray.create(4)\n"
+        "wrong = [0] * 4\n"
+        "def work(i):\n"
+        "    for n in range(25_000):\n"
+        "        # slot i is this thread's alone: every cmpxchg must see its own last value\n"
+        "        if a.cmpxchg(i, n, n + 1) != n or a.fetch_add(i, 0) != n + 1:\n"
+        "            wrong[i] += 1\n"
+        "ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "a.close()\n"
+        "print(sum(wrong))\n"
+    )
+    env = dict(os.environ, SHMPAMT_ATOMICS_BACKEND="abi")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # Invariant: no thread ever reads another thread's operands.
+    assert r.stdout.strip() == "0", r.stdout
