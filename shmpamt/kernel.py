@@ -12,6 +12,7 @@ returns); pages by their physical address.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -69,6 +70,7 @@ class Kernel:
         self._alloc_fails = alloc_fails
         self.warnings = 0
         self.last_warning = ""
+        self._warned: set[tuple[str, int]] = set()
         #: injected faults this CPU has seen (alloc failures + busy statuses)
         self.injected = 0
 
@@ -244,8 +246,14 @@ class Kernel:
         self.last_warning = msg
 
     def WARN_ON_ONCE(self, cond: bool, msg: str = "WARN_ON_ONCE") -> bool:
+        """Like the kernel's: the condition is returned every time, the warning is
+        printed only the first time this call site fires (per CPU)."""
         if cond:
-            self.pr_err(msg)
+            caller = sys._getframe(1)
+            site = (caller.f_code.co_filename, caller.f_lineno)
+            if site not in self._warned:
+                self._warned.add(site)
+                self.pr_err(msg)
         return cond
 
 

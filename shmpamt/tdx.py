@@ -1,9 +1,11 @@
 """TDX architectural constants the PAMT helpers see: leaves, status codes, sizes.
 
 Values follow the kernel's ``arch/x86/virt/vmx/tdx/tdx.h`` and the TDX module
-ABI. The three refusal codes the seed does not name (REMOVE of an absent PAMT,
-REMOVE while pages are assigned, AUG without a PAMT) use the module's real
-status classes for those situations; see docs/design.md.
+ABI where those name them (leaves, ``TDX_SUCCESS``, ``TDX_OPERAND_BUSY``,
+``TDX_HPA_RANGE_NOT_FREE``, ``TDX_OPERAND_INVALID``). The refusal codes the seed
+does not name (REMOVE of an absent PAMT, REMOVE while pages are assigned, AUG
+without a PAMT, ...) are this emulator's own picks: distinct classes with the
+error bit set, not values taken from the TDX module; see docs/design.md.
 """
 
 from __future__ import annotations

@@ -575,3 +575,19 @@ def test_busy_remove(make_rig: Callable[[str], Rig], name: str, rc_after: int) -
         assert rig.use(k, page_hpa(0, 0)) == 0
         rig.unuse(k, page_hpa(0, 0))
         rig.assert_clean()
+
+
+def test_warn_on_once_warns_once_per_call_site() -> None:
+    """The condition comes back every time; the warning is printed once per site."""
+    arr = RefcountArray.create(1)
+    lock = PamtLock.create()
+    try:
+        k = Kernel(0, arr, lock, pool=None, port=None)  # type: ignore[arg-type]
+        results = [k.WARN_ON_ONCE(True, "site a") for _ in range(3)]
+        assert results == [True, True, True] and k.warnings == 1
+        assert k.WARN_ON_ONCE(False, "site b") is False and k.warnings == 1
+        k.WARN_ON_ONCE(True, "site c")  # another line: another site
+        assert k.warnings == 2 and k.last_warning == "site c"
+    finally:
+        arr.close()
+        lock.close()

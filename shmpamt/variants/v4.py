@@ -2,7 +2,7 @@
 
 Models tdx_pamt_get()/tdx_pamt_put() of "[PATCH v4 07/16] x86/virt/tdx: Add
 tdx_alloc/free_page() helpers" plus the v4 fast-path optimisation, as
-../shared/design/semantics.md section 3 pins them down. The locked part of the
+docs/semantics.md section 3 pins them down. The locked part of the
 source is a ``scoped_guard(spinlock)`` whose exits jump to a common "free the
 page array" label, so here every early return unlocks first and frees after.
 

@@ -1,7 +1,7 @@
 """``v6``: the sixth posting's optimised helpers (May 2026).
 
 Models tdx_pamt_get()/tdx_pamt_put() of the v6 Dynamic PAMT series as
-../shared/design/semantics.md section 3 describes them: get is v4's without
+docs/semantics.md section 3 describes them: get is v4's without
 the RANGE_NOT_FREE special case (any ADD failure warns and returns -EIO); put
 takes the 1->0 step with ``atomic_dec_and_lock``, so the last decrement and
 REMOVE happen under one hold of pamt_lock.
