@@ -26,7 +26,7 @@ from typing import Any, overload
 from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
 from shmpamt.engine.explore import ExploreProgress, run_explore, run_replay
 from shmpamt.engine.stress import StressProgress, run_stress
-from shmpamt.errors import ShmpamtError
+from shmpamt.errors import ShmpamtError, VariantLoadError
 from shmpamt.janitor import clean
 from shmpamt.results import Finding, VariantResult
 from shmpamt.variants.base import PamtVariant
@@ -195,7 +195,10 @@ def run(
     """Run one configuration: the one door every front end goes through."""
     stop = should_stop or (lambda: False)
     if isinstance(config, ReplayConfig):
-        load_variant(config.scenario.variant)  # one clear line before any process starts
+        try:  # one clear line before any process starts
+            load_variant(config.scenario.variant)
+        except VariantLoadError as e:
+            raise VariantLoadError(f"the schedule's variant cannot be loaded: {e}") from None
         return Result(run_replay(config, stop))
     load_variant(config.variant)
     if isinstance(config, StressConfig):

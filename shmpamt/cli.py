@@ -490,7 +490,10 @@ def replay(
     check_output_path("--json", json_path)
     check_output_path("--html", html_path)
     config: ReplayConfig = build(lambda: ReplayConfig(schedule, times=times, minimize=do_minimize))
-    build(lambda: api.check_variant(config.scenario.variant))
+    try:
+        api.check_variant(config.scenario.variant)
+    except UsageError as e:
+        fail(f"the schedule's variant cannot be loaded: {e}")
     campaign = Campaign()
     shown: list[Any] = []
     with trapped_signals() as interrupted:

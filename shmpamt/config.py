@@ -10,7 +10,9 @@ light modules, so a front end can validate before loading cffi or posix_ipc.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -73,11 +75,37 @@ def check_ignore(value: object) -> frozenset[str]:
 
 
 def check_variant(value: object) -> str:
+    """The spec, with a variant file's path made absolute (so schedules replay anywhere)."""
     if not isinstance(value, str):
         raise TypeError(f"variant must be a spec string, not {type(value).__name__}")
-    if not value.strip():
+    spec = value.strip()
+    if not spec:
         raise UsageError("variant must name a variant", "variant")
-    return value.strip()
+    path = variant_file(spec)
+    if path is not None and os.path.exists(path) and not os.path.isabs(path):
+        return os.path.abspath(path) + spec[len(path) :]
+    return spec
+
+
+def variant_file(spec: str) -> str | None:
+    """The file part of a ``path/file.py:Class`` (or ``file.c[:prefix]``) spec, else None."""
+    where, sep, _ = spec.rpartition(":")
+    for path in (where, spec) if sep else (spec,):
+        if path.endswith((".py", ".c")) or "/" in path:
+            return path
+    return None
+
+
+def source_hash(spec: str) -> str:
+    """First 8 hex digits of the SHA-256 of a variant file ("" when it is not a file)."""
+    path = variant_file(spec)
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:8]
+    except OSError:
+        return ""
 
 
 def check_pages(pages_per_range: object, cpus: int) -> None:
@@ -178,9 +206,13 @@ class Scenario:
     ranges: int = 1
     #: page slots per range; None = one per CPU
     pages_per_range: int | None = None
+    #: short hash of the variant file's source; "" = take it from the file now
+    source: str = ""
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
+        if not self.source:
+            _set(self, "source", source_hash(self.variant))
         check_int("cpus", self.cpus, 1, MAX_EXPLORE_CPUS)
         check_int("rounds", self.rounds, 1, 100)
         check_int("ranges", self.ranges, 1, 64)
@@ -207,11 +239,12 @@ class Scenario:
             pages=self.pages,
             seed=seed,
             steps=steps,
+            source=self.source,
         )
 
     @classmethod
     def of(cls, s: Schedule) -> Scenario:
-        return cls(s.variant, s.cpus, s.rounds, s.ranges, s.pages)
+        return cls(s.variant, s.cpus, s.rounds, s.ranges, s.pages, s.source)
 
 
 @dataclass(frozen=True)
@@ -301,3 +334,14 @@ class ReplayConfig:
     @property
     def scenario(self) -> Scenario:
         return Scenario.of(self.parsed)
+
+    def source_changed(self) -> str:
+        """A note when the variant file differs from the one the schedule was found with."""
+        s = self.parsed
+        now = source_hash(s.variant)
+        if s.source and now and now != s.source:
+            return (
+                f"variant file {variant_file(s.variant)} changed since this schedule was "
+                f"recorded (source hash {s.source}, now {now}): the replay may not match"
+            )
+        return ""

@@ -116,6 +116,8 @@ class Campaign:
                     f"  [bold]{r.variant}[/bold] {r.explore.ignored_only} execution(s) showed "
                     f"only ignored kinds ({', '.join(sorted(r.ignored_seen))})"
                 )
+            for note in r.notes:
+                console.print(f"  [bold]{r.variant}[/bold] note: {note}")
             for inc in r.incidents:
                 console.print(f"  [bold]{r.variant}[/bold] [yellow]incident[/yellow]: {inc}")
             if r.coverage:

@@ -93,6 +93,8 @@ class VariantResult:
     explore: ExploreStats | None = None
     #: the spec the variant was loaded from (a name, or path/file.py:Class)
     spec: str = ""
+    #: things the reader should know that are neither violations nor incidents
+    notes: tuple[str, ...] = ()
     #: the execution a timeline shows: the first failing one, or a replay's (not in JSON)
     shown: Execution | None = field(default=None, compare=False, repr=False)
 
@@ -159,6 +161,7 @@ class VariantResult:
             "schedules": [f.to_dict() for f in self.findings],
             "coverage": self.coverage,
             "kernel_warnings": self.kernel_warnings,
+            "notes": list(self.notes),
         }
         if self.explore is not None:
             e = self.explore

@@ -10,7 +10,7 @@ Grammar (format version 1)::
 
     schedule := "s1" ":" variant ":" params ":" steps
     variant  := 1*( ALNUM | "_" | "-" | "." HEX HEX )
-    params   := "c" N "." "r" N "." "g" N "." "p" N "." "w" N
+    params   := "c" N "." "r" N "." "g" N "." "p" N "." "w" N [ "." "h" 8HEX ]
     steps    := "" | block *( "." block )
     block    := N [ "x" N ]               ; cpu, then how many steps in a row (default 1)
     N        := "0" | [1-9] *[0-9]          ; decimal, no leading zeros
@@ -20,9 +20,12 @@ Grammar (format version 1)::
   character, as in a user variant ``tests/my.py:Mine``, is written byte by byte
   of its UTF-8 as ``.`` and two lowercase hex digits: ``tests.2fmy.2epy.3aMine``.
   ``.`` never occurs in a built-in name, so plain names stay plain and the
-  encoding is reversible. A path is replayed relative to the current directory.
+  encoding is reversible. A variant file is recorded by its absolute path, so
+  the string replays from any directory of the same machine.
 * ``params``: ``c`` CPUs, ``r`` get/use/put rounds per CPU, ``g`` 2 MiB ranges,
-  ``p`` pages per range, ``w`` the workload seed of ``next_u64``.
+  ``p`` pages per range, ``w`` the workload seed of ``next_u64``, and for a
+  variant file ``h``: the first 8 hex digits of the SHA-256 of its source, so a
+  replay can say when the file changed since the schedule was found.
 * ``steps``: the CPU granted each step, run-length encoded: ``0x5.1x3.0x2`` is
   cpu 0 five times, cpu 1 three times, cpu 0 twice; ``1`` alone is ``1x1``.
   Adjacent blocks of one CPU are accepted and merged. When the recorded steps
@@ -50,7 +53,10 @@ _MAX_U64: Final = (1 << 64) - 1
 
 _PLAIN: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _NUM: Final = r"(0|[1-9][0-9]{0,19})"
-_PARAMS_RE: Final = re.compile(rf"c{_NUM}\.r{_NUM}\.g{_NUM}\.p{_NUM}\.w{_NUM}", re.ASCII)
+_PARAMS_RE: Final = re.compile(
+    rf"c{_NUM}\.r{_NUM}\.g{_NUM}\.p{_NUM}\.w{_NUM}(?:\.h([0-9a-f]{{8}}))?", re.ASCII
+)
+_SOURCE_RE: Final = re.compile(r"[0-9a-f]{8}", re.ASCII)
 _BLOCK_RE: Final = re.compile(rf"{_NUM}(?:x{_NUM})?", re.ASCII)
 _VARIANT_RE: Final = re.compile(r"(?:[A-Za-z0-9_-]|\.[0-9a-f]{2})+", re.ASCII)
 
@@ -105,8 +111,12 @@ class Schedule:
     pages: int
     seed: int
     steps: tuple[int, ...] = ()
+    #: short hash of a variant file's source ("" for built-ins and modules)
+    source: str = ""
 
     def __post_init__(self) -> None:
+        if self.source and not _SOURCE_RE.fullmatch(self.source):
+            raise ScheduleError(f"source hash {self.source!r} is not 8 lowercase hex digits")
         if not isinstance(self.steps, tuple):
             object.__setattr__(self, "steps", tuple(self.steps))
         if not isinstance(self.variant, str) or not self.variant:
@@ -132,6 +142,8 @@ class Schedule:
 
     def encode(self) -> str:
         params = f"c{self.cpus}.r{self.rounds}.g{self.ranges}.p{self.pages}.w{self.seed}"
+        if self.source:
+            params += f".h{self.source}"
         steps = ".".join(f"{c}x{n}" if n > 1 else f"{c}" for c, n in self.blocks())
         return f"{VERSION}:{encode_variant(self.variant)}:{params}:{steps}"
 
@@ -161,7 +173,8 @@ class Schedule:
                 f"scenario field {params[:60]!r} is not c<cpus>.r<rounds>.g<ranges>.p<pages>"
                 ".w<seed> (decimal, no leading zeros), e.g. c2.r1.g1.p1.w42"
             )
-        cpus, rounds, ranges, pages, seed = (int(g) for g in m.groups())
+        cpus, rounds, ranges, pages, seed = (int(g) for g in m.groups()[:5])
+        source = m.group(6) or ""
         steps: list[int] = []
         if steps_field:
             for i, block in enumerate(steps_field.split(".")):
@@ -182,7 +195,7 @@ class Schedule:
                         f"but the scenario has {cpus} CPUs"
                     )
                 steps.extend([cpu] * count)
-        return cls(variant, cpus, rounds, ranges, pages, seed, tuple(steps))
+        return cls(variant, cpus, rounds, ranges, pages, seed, tuple(steps), source)
 
     def replay_command(self) -> str:
         return f"shmpamt replay {self.encode()}"

@@ -495,4 +495,5 @@ def run_replay(
         explore=ExploreStats("replay", len(runs), 1, len(ex.steps) if ex else 0, REPLAYED),
         spec=schedule.variant,
         shown=ex,
+        notes=tuple(n for n in (config.source_changed(),) if n),
     )

@@ -1,0 +1,31 @@
+"""Variants the report tests load into CPU processes (module level, importable by file)."""
+
+from __future__ import annotations
+
+from shmpamt.kernel import Kernel
+from shmpamt.variants.locked import Locked
+from shmpamt.variants.mutants import RfcNoRecheck
+
+
+class PutRaises(Locked):
+    """locked, but put raises: the CPU crashes, the run must not call itself ok."""
+
+    name = "put-raises"
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        raise RuntimeError("put exploded")
+
+
+class GetExits(Locked):
+    """locked, but get ends the process quietly: a CPU that did not do its work."""
+
+    name = "get-exits"
+
+    def tdx_pamt_get(self, k: Kernel, page: int) -> int:
+        raise SystemExit(0)
+
+
+class Slip(RfcNoRecheck):
+    """A user's copy of rfc with the recheck forgotten."""
+
+    name = "user-slip"
