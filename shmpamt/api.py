@@ -18,15 +18,20 @@ any process starts.
 from __future__ import annotations
 
 import inspect
+import multiprocessing as mp
 import os
-from collections.abc import Callable, Mapping
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
 from typing import Any, overload
 
 from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
 from shmpamt.engine.explore import ExploreProgress, run_explore, run_replay
 from shmpamt.engine.stress import StressProgress, run_stress
-from shmpamt.errors import ShmpamtError, VariantLoadError
+from shmpamt.errors import ShmpamtError, UsageError, VariantLoadError
 from shmpamt.janitor import clean
 from shmpamt.results import Finding, VariantResult
 from shmpamt.variants.base import PamtVariant
@@ -193,6 +198,7 @@ def run(
     should_stop: Callable[[], bool] | None = None,
 ) -> Result:
     """Run one configuration: the one door every front end goes through."""
+    _check_main_guard()
     stop = should_stop or (lambda: False)
     if isinstance(config, ReplayConfig):
         try:  # one clear line before any process starts
@@ -204,6 +210,42 @@ def run(
     if isinstance(config, StressConfig):
         return Result(run_stress(config, on_progress, stop))
     return Result(run_explore(config, on_progress, stop))
+
+
+_GUARD = re.compile(r"""if\s+__name__\s*==\s*['"]__main__['"]""")
+
+
+def _check_main_guard() -> None:
+    """A script that calls shmpamt at its top level without a ``__main__`` guard would be
+    run again by every spawned process (multiprocessing's bootstrapping error, then a
+    daemon that never starts): say what to add, before anything is spawned."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    inheriting = bool(getattr(mp.current_process(), "_inheriting", False))
+    if not inheriting:
+        if path is None or not str(path).endswith(".py"):
+            return  # an interpreter, -c, pytest's runner: nothing re-imports a script
+        called_from_top = any(
+            f.f_globals is vars(main) and f.f_code.co_name == "<module>"
+            for f in _frames(sys._getframe(1))
+        )
+        try:
+            guarded = bool(_GUARD.search(Path(path).read_text(errors="replace")))
+        except OSError:
+            return
+        if not called_from_top or guarded:
+            return
+    name = os.path.basename(str(path)) if path else "your script"
+    raise UsageError(
+        f"{name} runs shmpamt at import time: the CPU processes shmpamt spawns re-import "
+        f'{name}, so put the call under  if __name__ == "__main__":'
+    )
+
+
+def _frames(f: FrameType | None) -> Iterator[FrameType]:
+    while f is not None:
+        yield f
+        f = f.f_back
 
 
 def stress(variant: VariantLike, **settings: Any) -> Result:

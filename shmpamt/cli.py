@@ -377,7 +377,8 @@ def show_timeline(res: Any, html: Path | None) -> None:
     viol = list(zip(ex.violation_steps, ex.violations, strict=True))
     out_console.print(render(ex.trace, viol, cpus=r.cpus, title=title))
     if html is not None:
-        write_html(html, ex.trace, viol, cpus=r.cpus, title=title)
+        replay = r.findings[0].replay_command if r.findings else ""
+        write_html(html, ex.trace, viol, cpus=r.cpus, title=title, replay=replay)
         out_console.print(f"timeline written to {html}")
 
 
@@ -484,7 +485,7 @@ def explore(
 def replay(
     schedule: str, do_minimize: bool, times: int, html_path: Path | None, json_path: Path | None
 ) -> None:
-    """Re-run one schedule string deterministically (exit 1 if it fails)."""
+    """Re-run a schedule string deterministically (exit 1 if it fails)."""
     from shmpamt import api
 
     check_output_path("--json", json_path)

@@ -225,13 +225,19 @@ def to_html(
     *,
     cpus: int | None = None,
     title: str = "",
+    replay: str = "",
 ) -> str:
-    """A complete, self-contained HTML (also well-formed XML) document: inline CSS only."""
+    """A complete, self-contained HTML (also well-formed XML) document: inline CSS only.
+
+    It opens with what a reader came for (the violations, each linked to its
+    row, and the replay command) before the long table.
+    """
     rs = rows(events, violations)
     n = _cpu_count(rs, cpus)
     esc = html.escape
     head = "".join(f"<th>cpu {c}</th>" for c in range(n))
     lines = []
+    seen_violations = 0
     for r in rs:
         lane = r.cpu if 0 <= r.cpu < n else 0
         tds = []
@@ -243,13 +249,28 @@ def to_html(
             tds.append(f'<td class="{r.cell.kind}">{esc(r.cell.text)}{note}</td>')
         cls = "violation" if r.violation else ("marked" if r.marked else "event")
         label = "!!" if r.violation else str(r.step)
-        lines.append(f'<tr class="{cls}"><td class="step">{label}</td>{"".join(tds)}</tr>')
+        anchor = ""
+        if r.violation:
+            anchor = f' id="violation-{seen_violations}"'
+            seen_violations += 1
+        lines.append(f'<tr class="{cls}"{anchor}><td class="step">{label}</td>{"".join(tds)}</tr>')
     t = esc(_title(title, violations))
+    order = sorted(range(len(violations)), key=lambda i: (violations[i][0], i))
+    items = "".join(
+        f'<li><a href="#violation-{k}">{esc(violations[i][1].name)} at step '
+        f"{violations[i][0]}</a>: {esc(describe(violations[i][1]))}</li>"
+        for k, i in enumerate(order)
+    )
+    summary = f'<ul class="summary">{items}</ul>\n' if items else "<p>no violation</p>\n"
+    if replay:
+        summary += f'<p class="replay">replay: <code>{esc(replay)}</code></p>\n'
+    summary += f"<p>{len(events)} steps, {n} CPUs</p>\n"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8"/>'
         f"<title>{t}</title><style>{_CSS}</style></head>\n<body>\n"
-        f'<h1>{t}</h1>\n<p class="legend">{esc(LEGEND)}</p>\n'
+        f"<h1>{t}</h1>\n{summary}"
+        f'<p class="legend">{esc(LEGEND)}</p>\n'
         f"<table>\n<thead><tr><th>step</th>{head}</tr></thead>\n<tbody>\n"
         + "\n".join(lines)
         + "\n</tbody>\n</table>\n</body></html>\n"
@@ -263,6 +284,8 @@ def write_html(
     *,
     cpus: int | None = None,
     title: str = "",
+    replay: str = "",
 ) -> None:
     """Write :func:`to_html` to ``path`` (UTF-8)."""
-    Path(path).write_text(to_html(events, violations, cpus=cpus, title=title), encoding="utf-8")
+    text = to_html(events, violations, cpus=cpus, title=title, replay=replay)
+    Path(path).write_text(text, encoding="utf-8")

@@ -169,3 +169,34 @@ def test_json_report_records_what_was_ignored(tmp_path: Path) -> None:
     v = json.loads(out.read_text())["variants"][0]
     assert v["result"] == "ignored" and v["ignored"] == ["add_present", "remove_absent"]
     assert "verdict: no violation found" in r.stdout and "ignored only" in r.stdout
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.py"
+    bare.write_text('import shmpamt\nshmpamt.explore("locked", executions=3)\n')
+    r = subprocess.run([sys.executable, str(bare)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("shmpamt.errors.UsageError: bare.py runs shmpamt at import time")
+    assert 'if __name__ == "__main__":' in last
+    assert "bootstrapping" not in r.stderr and "ModuleStartError" not in r.stderr
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text(
+        'import shmpamt\n\nif __name__ == "__main__":\n'
+        '    print(shmpamt.explore("locked", executions=3).ok)\n'
+    )
+    ok = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == "True", ok.stderr
+
+
+def test_the_library_example_in_the_docs_runs_as_a_script(tmp_path: Path) -> None:
+    doc = (HERE.parent / "docs" / "library.md").read_text()
+    section = doc.split("## The public API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    # the example ends with check() on a racy variant: ViolationFound, after the replays agreed
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ViolationFound" in r.stderr and "shmpamt replay s1:rfc-norecheck" in r.stderr
+    assert "AssertionError" not in r.stderr.replace("ViolationFound", "")  # no failed assert

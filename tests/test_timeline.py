@@ -123,3 +123,19 @@ def test_default_title_names_the_first_violation() -> None:
     out = render_text(EVENTS, [(10, LATE), (6, BAD)], width=400)
     assert "timeline: remove_while_in_use at step 6 (+1 more)" in out
     assert "[bold]x" in render_text(EVENTS[:1], title="[bold]x", width=200)
+
+
+def test_html_opens_with_the_violations_linked_to_their_rows_and_the_replay() -> None:
+    text = to_html(EVENTS, [(10, LATE), (6, BAD)], replay="shmpamt replay s1:x:c3.r1.g1.p3.w0:0")
+    root = ET.fromstring(text)
+    body = root.find("./body")
+    assert body is not None
+    order = [child.tag for child in body]
+    # Invariant: what the reader came for sits above the fold, before the table.
+    assert order.index("ul") < order.index("table")
+    links = [a.get("href") for a in body.iter("a")]
+    ids = {tr.get("id") for tr in root.iter("tr") if tr.get("id")}
+    assert links == ["#violation-0", "#violation-1"] and {x[1:] for x in links} <= ids
+    first = "".join(next(iter(body.iter("li"))).itertext())
+    assert first.startswith("remove_while_in_use at step 6")
+    assert "shmpamt replay s1:x:" in text.split("<table>")[0]
