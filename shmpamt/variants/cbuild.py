@@ -279,7 +279,11 @@ def _first_error(src: CSource, output: str) -> str:
         return f"variant file {src.label} does not build: {first}"
     file, line = m["file"], m["line"]
     msg = re.sub(r"\s*\[-W[^\]]*\]$", "", m["msg"]).strip()
-    if os.path.abspath(file) == str(CSRC_DIR / "entry.c"):
+    # The helpers' names are spelled in the generated file's SHMPAMT_*_FN macros
+    # and called from entry.c: an error at either is about the helpers themselves.
+    if os.path.abspath(file) == str(CSRC_DIR / "entry.c") or os.path.basename(file).startswith(
+        "_shmpamt_cv_"
+    ):
         for fn in (src.get_fn, src.put_fn):
             if f"implicit declaration of function '{fn}'" in msg:
                 return f"variant file {src.label} does not define {fn}()"
