@@ -45,36 +45,37 @@ __attribute__((noreturn)) static void shmpamt_unwind(void)
 	longjmp(*shmpamt_cur->env, 1);
 }
 
-/* One Kernel primitive in Python; out[] receives up to three results. */
-static void shmpamt_call(int op, int32_t target, int64_t a0, int64_t a1, int64_t a2,
-			 int64_t out[3])
+/* One Kernel primitive in Python; its result (PAMT.REMOVE: the status). */
+static int64_t shmpamt_call(int op, int32_t target, int64_t a0, int64_t a1, int64_t a2)
 {
 	struct shmpamt_ctx *c = shmpamt_cur;
+	int64_t r;
 
 	c->last_op = op;
 	c->last_target = target;
-	if (shmpamt_py_op(c->handle, op, a0, a1, a2, out))
+	r = shmpamt_py_op(c->handle, op, a0, a1, a2);
+	if (unlikely(c->unwound))
 		shmpamt_unwind();
 	/* a nested entry (another CPU scripted inside a hook) restored us */
 	shmpamt_cur = c;
+	return r;
 }
 
 static void shmpamt_message(int kind, const char *text, uint64_t arg)
 {
 	struct shmpamt_ctx *c = shmpamt_cur;
 
-	if (shmpamt_py_msg(c->handle, kind, text, arg))
+	shmpamt_py_msg(c->handle, kind, text, arg);
+	if (c->unwound)
 		shmpamt_unwind();
 	shmpamt_cur = c;
 }
 
 s32 shmpamt_atomic_py(int op, const atomic_t *v, s32 a, s32 b)
 {
-	int64_t out[3] = { 0, 0, 0 };
 	int32_t idx = (int32_t)(v - (const atomic_t *)shmpamt_cur->refcounts);
 
-	shmpamt_call(op, idx, idx, a, b, out);
-	return (s32)out[0];
+	return (s32)shmpamt_call(op, idx, idx, a, b);
 }
 
 void shmpamt_pr_err(const char *fmt, ...)
@@ -117,18 +118,14 @@ void shmpamt_bug(const char *fmt, ...)
 
 void shmpamt_spin_lock(spinlock_t *lock)
 {
-	int64_t out[3];
-
 	(void)lock;
-	shmpamt_call(SHMPAMT_OP_SPIN_LOCK, -1, 0, 0, 0, out);
+	shmpamt_call(SHMPAMT_OP_SPIN_LOCK, -1, 0, 0, 0);
 }
 
 void shmpamt_spin_unlock(spinlock_t *lock)
 {
-	int64_t out[3];
-
 	(void)lock;
-	shmpamt_call(SHMPAMT_OP_SPIN_UNLOCK, -1, 0, 0, 0, out);
+	shmpamt_call(SHMPAMT_OP_SPIN_UNLOCK, -1, 0, 0, 0);
 }
 
 /* ---- pages -------------------------------------------------------------- */
@@ -159,23 +156,21 @@ struct page *shmpamt_pool_page(phys_addr_t hpa)
 
 struct page *shmpamt_alloc_page(gfp_t gfp)
 {
-	int64_t out[3] = { 0, 0, 0 };
 	struct page *page;
+	int64_t hpa;
 
 	(void)gfp;
-	shmpamt_call(SHMPAMT_OP_ALLOC_PAGE, -1, 0, 0, 0, out);
-	if (!out[0])
+	hpa = shmpamt_call(SHMPAMT_OP_ALLOC_PAGE, -1, 0, 0, 0);
+	if (!hpa)
 		return NULL;
-	page = shmpamt_pool_page((phys_addr_t)out[0]);
+	page = shmpamt_pool_page((phys_addr_t)hpa);
 	INIT_LIST_HEAD(&page->lru);
 	return page;
 }
 
 void shmpamt_free_page(struct page *page)
 {
-	int64_t out[3];
-
-	shmpamt_call(SHMPAMT_OP_FREE_PAGE, -1, (int64_t)page_to_phys(page), 0, 0, out);
+	shmpamt_call(SHMPAMT_OP_FREE_PAGE, -1, (int64_t)page_to_phys(page), 0, 0);
 }
 
 /* ---- SEAMCALLs ---------------------------------------------------------- */
@@ -187,7 +182,6 @@ static int32_t shmpamt_range_of(u64 rcx)
 
 u64 tdh_phymem_pamt_add(u64 hpa_ps, struct list_head *pamt_pages)
 {
-	int64_t out[3] = { 0, 0, 0 };
 	u64 rdx = 0, r8 = 0;
 
 	if (!list_empty(pamt_pages)) {
@@ -195,21 +189,19 @@ u64 tdh_phymem_pamt_add(u64 hpa_ps, struct list_head *pamt_pages)
 		if (pamt_pages->next->next != pamt_pages)
 			r8 = page_to_phys(list_entry(pamt_pages->next->next, struct page, lru));
 	}
-	shmpamt_call(SHMPAMT_OP_PAMT_ADD, shmpamt_range_of(hpa_ps), (int64_t)hpa_ps,
-		     (int64_t)rdx, (int64_t)r8, out);
-	return (u64)out[0];
+	return (u64)shmpamt_call(SHMPAMT_OP_PAMT_ADD, shmpamt_range_of(hpa_ps), (int64_t)hpa_ps,
+				 (int64_t)rdx, (int64_t)r8);
 }
 
 u64 tdh_phymem_pamt_remove(u64 hpa_ps, struct list_head *pamt_pages)
 {
-	int64_t out[3] = { 0, 0, 0 };
-	u64 err;
+	u64 err = (u64)shmpamt_call(SHMPAMT_OP_PAMT_REMOVE, shmpamt_range_of(hpa_ps),
+				    (int64_t)hpa_ps, 0, 0);
 
-	shmpamt_call(SHMPAMT_OP_PAMT_REMOVE, shmpamt_range_of(hpa_ps), (int64_t)hpa_ps, 0, 0,
-		     out);
-	err = (u64)out[0];
 	if (!err) {
-		for (int i = 1; i < 3; i++) {
+		int64_t out[2] = { shmpamt_cur->out1, shmpamt_cur->out2 };
+
+		for (int i = 0; i < 2; i++) {
 			if (out[i]) {
 				struct page *page = shmpamt_pool_page((phys_addr_t)out[i]);
 

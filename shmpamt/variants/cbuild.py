@@ -102,10 +102,11 @@ struct shmpamt_ctx {
     int last_op;
     int32_t last_target;
     int unwound;
+    int64_t out1, out2;
     ...;
 };
-extern "Python" int shmpamt_py_op(void *, int, int64_t, int64_t, int64_t, int64_t *);
-extern "Python" int shmpamt_py_msg(void *, int, const char *, uint64_t);
+extern "Python" int64_t shmpamt_py_op(void *, int, int64_t, int64_t, int64_t);
+extern "Python" void shmpamt_py_msg(void *, int, const char *, uint64_t);
 int64_t shmpamt_entry_get(struct shmpamt_ctx *ctx, uint64_t hpa);
 void shmpamt_entry_put(struct shmpamt_ctx *ctx, uint64_t hpa);
 int shmpamt_arm_crash(char *buf, uint32_t size, const char *prefix);
@@ -150,8 +151,8 @@ def _generated_source(src: CSource) -> str:
     p = src.prefix
     return f"""
 #include <shmpamt/kernel.h>
-static int shmpamt_py_op(void *, int, int64_t, int64_t, int64_t, int64_t *);
-static int shmpamt_py_msg(void *, int, const char *, uint64_t);
+static int64_t shmpamt_py_op(void *, int, int64_t, int64_t, int64_t);
+static void shmpamt_py_msg(void *, int, const char *, uint64_t);
 #include "{src.path}"
 #ifndef {p}SHMPAMT_INITIAL_REFCOUNT
 #define {p}SHMPAMT_INITIAL_REFCOUNT 0

@@ -52,7 +52,7 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
-OpFn = Callable[[int, int, int], int | tuple[int, int, int]]
+OpFn = Callable[[int, int, int], int]
 
 
 class _Bridge:
@@ -75,8 +75,7 @@ class _Bridge:
         ctx.cpu = k.cpu
         ctx.last_op = -1
         ctx.last_target = -1
-        self.hooked = k.hooked
-        ctx.hooked = int(self.hooked)
+        ctx.hooked = int(k.hooked)
         self.ctx = ctx
         self.entry_get = lib.shmpamt_entry_get
         self.entry_put = lib.shmpamt_entry_put
@@ -85,11 +84,13 @@ class _Bridge:
     def _table(self, lib: Any) -> list[OpFn]:
         k = self.k
 
-        def remove(hpa_ps: int, _a: int, _b: int) -> tuple[int, int, int]:
+        def remove(hpa_ps: int, _a: int, _b: int) -> int:
             pages: list[int] = []
             err = k.tdh_phymem_pamt_remove(hpa_ps, pages)
             pages += [0, 0]
-            return _signed64(err), pages[0], pages[1]
+            # The two pages travel back in the context; the status is the result.
+            self.ctx.out1, self.ctx.out2 = pages[0], pages[1]
+            return _signed64(err)
 
         def atomic_set(v: int, a: int, _b: int) -> int:
             k.atomic_set(v, a)
@@ -145,8 +146,13 @@ class _Bridge:
         assert all(f is not None for f in table)
         return [f for f in table if f is not None]
 
-    def message(self, kind: int, text: str, arg: int) -> bool:
-        """pr_err / WARN / pr_tdx_error / BUG from C; True when C must unwind."""
+    def fail(self, e: BaseException) -> None:
+        """Keep ``e`` for the entry point to re-raise; C unwinds when the callback returns."""
+        self.pending = e
+        self.ctx.unwound = 1
+
+    def message(self, kind: int, text: str, arg: int) -> None:
+        """pr_err / WARN / pr_tdx_error / BUG from C."""
         k = self.k
         if kind == _MSG["pr_err"]:
             k.pr_err(text.rstrip("\n"))
@@ -155,9 +161,7 @@ class _Bridge:
         elif kind == _MSG["tdx_error"]:
             k.pr_err(f"{text} failed: {tdx.status_name(arg)}")
         else:
-            self.pending = CVariantBug(f"C variant {self.label}: {text}")
-            return True
-        return False
+            self.fail(CVariantBug(f"C variant {self.label}: {text}"))
 
 
 _MSG: dict[str, int] = {}
@@ -190,26 +194,20 @@ def _install_callbacks(module: ModuleType) -> None:
     for m in cbuild.MESSAGES:
         _MSG[m] = getattr(lib, f"SHMPAMT_MSG_{m.upper()}")
 
-    def shmpamt_py_op(handle: Any, op: int, a0: int, a1: int, a2: int, out: Any) -> int:
+    def shmpamt_py_op(handle: Any, op: int, a0: int, a1: int, a2: int) -> int:
         b: _Bridge = ffi.from_handle(handle)
         try:
-            r = b.table[op](a0, a1, a2)
+            return b.table[op](a0, a1, a2)
         except BaseException as e:
-            b.pending = e
-            return 1
-        if isinstance(r, tuple):
-            out[0], out[1], out[2] = r
-        else:
-            out[0] = r
-        return 0
+            b.fail(e)
+            return 0
 
-    def shmpamt_py_msg(handle: Any, kind: int, text: Any, arg: int) -> int:
+    def shmpamt_py_msg(handle: Any, kind: int, text: Any, arg: int) -> None:
         b: _Bridge = ffi.from_handle(handle)
         try:
-            return int(b.message(kind, ffi.string(text).decode("utf-8", "replace"), arg))
+            b.message(kind, ffi.string(text).decode("utf-8", "replace"), arg)
         except BaseException as e:
-            b.pending = e
-            return 1
+            b.fail(e)
 
     ffi.def_extern(name="shmpamt_py_op")(shmpamt_py_op)
     ffi.def_extern(name="shmpamt_py_msg")(shmpamt_py_msg)
@@ -269,35 +267,35 @@ class CVariant(PamtVariant):
         self._last: _Bridge | None = None
 
     def _bridge(self, k: Kernel) -> _Bridge:
-        b = self._last
-        if b is None or b.k is not k:
-            b = self._bridges.get(k)
-            if b is None:
-                b = self._bridges[k] = _Bridge(self._module, k, self._label)
-                if not _crash_prefix:
-                    # Until the runner arms a buffer, at least stderr names the CPU.
-                    arm_crash_report(None, k.cpu)
-            self._last = b
-        hooked = k.hooked
-        if hooked is not b.hooked:
-            b.hooked = hooked
-            b.ctx.hooked = int(hooked)
+        # A Kernel's hook is fixed when it is built, so the bridge's is too.
+        b = self._bridges.get(k)
+        if b is None:
+            b = self._bridges[k] = _Bridge(self._module, k, self._label)
+            if not _crash_prefix:
+                # Until the runner arms a buffer, at least stderr names the CPU.
+                arm_crash_report(None, k.cpu)
+        self._last = b
         return b
 
     def _raise(self, b: _Bridge) -> None:
         e, b.pending = b.pending, None
+        b.ctx.unwound = 0
         assert e is not None
         raise e
 
     def tdx_pamt_get(self, k: Kernel, page: int) -> int:
-        b = self._bridge(k)
-        r = b.entry_get(b.ctx, page)
+        b = self._last
+        if b is None or b.k is not k:
+            b = self._bridge(k)
+        r: int = b.entry_get(b.ctx, page)
         if b.pending is not None:
             self._raise(b)
-        return int(r)
+        return r
 
     def tdx_pamt_put(self, k: Kernel, page: int) -> None:
-        b = self._bridge(k)
+        b = self._last
+        if b is None or b.k is not k:
+            b = self._bridge(k)
         b.entry_put(b.ctx, page)
         if b.pending is not None:
             self._raise(b)

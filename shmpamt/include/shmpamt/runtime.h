@@ -72,8 +72,10 @@ struct shmpamt_ctx {
 	int32_t last_target;
 	/* "tdx_pamt_get" or "tdx_pamt_put" while one runs */
 	const char *in_fn;
-	/* set when a callback raised: the entry point unwound to its caller */
+	/* set by a callback that raised: C unwinds to the entry point */
 	int unwound;
+	/* PAMT.REMOVE's two pages (rdx, r8), left here by the callback */
+	int64_t out1, out2;
 	/* the entry point's unwind target (private) */
 	jmp_buf *env;
 };
