@@ -85,6 +85,21 @@ class Kernel:
             value = self.refcounts.read(target) if op.startswith("atomic") else 0
             self._hook.after(op, target, result, value)
 
+    # -- for compiled variants (shmpamt/variants/cvariant.py) ----------------
+
+    @property
+    def hooked(self) -> bool:
+        """A hook runs around primitives: a C variant then sends every atomic through here."""
+        return self._hook is not None
+
+    def refcount_words(self) -> tuple[int, int]:
+        """(address, count) of the refcount words, for C code to run the same atomics on."""
+        seg = self.refcounts.segment
+        n = len(self.refcounts)
+        # The Kernel's array is a whole segment (create/attach), so slot 0 is the payload's start.
+        assert n * 4 == seg.payload_size, "refcount array must span its segment"
+        return seg.address, n
+
     # -- atomic_t ----------------------------------------------------------
 
     def atomic_read(self, v: int) -> int:

@@ -11,6 +11,7 @@ import pytest
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.registry import (
     BUILTIN,
+    C_TWINS,
     VariantLoadError,
     describe_variants,
     load_variant,
@@ -65,7 +66,8 @@ def load_error(spec: str) -> str:
 
 def test_builtin_order_is_stable() -> None:
     assert list(BUILTIN) == EXPECTED_ORDER
-    assert [n for n, _ in describe_variants()] == EXPECTED_ORDER
+    # The C twins follow the Python built-ins in the listing.
+    assert [n for n, _ in describe_variants()] == EXPECTED_ORDER + list(C_TWINS)
 
 
 @pytest.mark.parametrize("name", EXPECTED_ORDER)
@@ -82,7 +84,7 @@ def test_every_builtin_loads_by_name(name: str) -> None:
 
 def test_describe_variants_gives_one_line_each() -> None:
     for name, desc in describe_variants():
-        assert desc == BUILTIN[name].description
+        assert desc == (BUILTIN[name].description if name in BUILTIN else C_TWINS[name])
         assert desc and "\n" not in desc
 
 

@@ -1,9 +1,11 @@
 """Resolve a ``--variant`` spec to a :class:`PamtVariant` subclass.
 
-A spec is a built-in name, ``path/to/file.py:ClassName`` or
-``package.module:ClassName``. Every CPU process resolves the same spec string
-itself (spawned processes share no Python objects), so loading must be cheap,
-deterministic and fail with one readable line: :class:`VariantLoadError`.
+A spec is a built-in name, ``path/to/file.py:ClassName``,
+``package.module:ClassName``, or a C variant: a built-in C twin (``rfc.c``),
+``path/to/file.c`` or ``path/to/file.c:prefix`` (see cvariant.py). Every CPU
+process resolves the same spec string itself (spawned processes share no
+Python objects), so loading must be cheap, deterministic and fail with one
+readable line: :class:`VariantLoadError`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Final
 from shmpamt.atomic import INT_MAX, INT_MIN
 from shmpamt.errors import VariantLoadError
 from shmpamt.variants.base import PamtVariant
+from shmpamt.variants.cvariant import make_class, name_of, source_of
 from shmpamt.variants.kai import Kai
 from shmpamt.variants.locked import Locked
 from shmpamt.variants.mutants import RfcEarlyPublish, RfcLeakOnLostRace, RfcNoRecheck
@@ -27,10 +30,22 @@ from shmpamt.variants.rfc import Rfc
 from shmpamt.variants.v4 import V4
 from shmpamt.variants.v6 import V6
 
+__all__ = ["BUILTIN", "C_TWINS", "VariantLoadError", "describe_variants", "load_variant"]
+
+
 #: Built-in variants in presentation order (postings first, then mutants).
 BUILTIN: Final[dict[str, type[PamtVariant]]] = {
     cls.name: cls
     for cls in (Rfc, Kai, Locked, V4, V6, RfcNoRecheck, RfcEarlyPublish, RfcLeakOnLostRace)
+}
+
+#: C twins of the built-ins (shmpamt/variants/c/), compiled on first use.
+C_TWINS: Final[dict[str, str]] = {
+    "rfc.c": "C twin of rfc, compiled from shmpamt/variants/c/rfc.c",
+    "kai.c": "C twin of kai, compiled from shmpamt/variants/c/kai.c",
+    "locked.c": "C twin of locked, compiled from shmpamt/variants/c/locked.c",
+    "v4.c": "C twin of v4, compiled from shmpamt/variants/c/v4.c",
+    "v6.c": "C twin of v6, compiled from shmpamt/variants/c/v6.c",
 }
 
 # Modules loaded from files live under this prefix in sys.modules.
@@ -38,8 +53,8 @@ _FILE_MODULE_PREFIX: Final = "shmpamt_user_variant_"
 
 
 def describe_variants() -> list[tuple[str, str]]:
-    """(name, one-line description) of every built-in variant, in BUILTIN order."""
-    return [(name, cls.description) for name, cls in BUILTIN.items()]
+    """(name, one-line description) of every built-in variant, in BUILTIN order, then C twins."""
+    return [(name, cls.description) for name, cls in BUILTIN.items()] + list(C_TWINS.items())
 
 
 def load_variant(spec: str) -> type[PamtVariant]:
@@ -47,6 +62,9 @@ def load_variant(spec: str) -> type[PamtVariant]:
     spec = spec.strip()
     if spec in BUILTIN:
         return BUILTIN[spec]
+    c_source = source_of(spec, C_TWINS)
+    if c_source is not None:
+        return _check(make_class(c_source, name_of(c_source)), spec)
     if ":" not in spec:
         if spec.endswith(".py"):
             raise VariantLoadError(f"variant {spec!r}: name the class too, as {spec}:ClassName")
