@@ -128,7 +128,7 @@ def test_busy_decisions_carry_no_delay() -> None:
     [
         "*.delay_after=1:1e300",
         "add.delay=0.5:1e10",
-        "add.delay=0.5:4.0001",
+        "add.delay=0.5:1.0001",
         "add.delay=1e300:1",
         "add.busy=inf",
         "aug.delay=0.5:inf",
@@ -154,7 +154,7 @@ def test_the_delay_bound_is_explained() -> None:
 
 _numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(["1e300", "-0", "1e-400", "4", "4.0000001", "0x10", "1_0", "", " 1 "]),
+    st.sampled_from(["1e300", "-0", "1e-400", "1", "1.0000001", "0x10", "1_0", "", " 1 "]),
 ).map(str)
 _token = st.builds(
     lambda leaf, kind, a, b, colon: f"{leaf}.{kind}={a}{':' + b if colon else ''}",
