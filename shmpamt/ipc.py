@@ -26,7 +26,8 @@ PREFIX = "shmpamt"
 MODE = 0o600
 MAGIC = 0x544D4150  # "PAMT" little-endian
 VERSION = 1
-# magic u32, version u32, kind u32, payload_size u32, creator pid u32, pad u32
+# magic u32, version u32, kind u32, payload_size u32, creator pid u32, creator's PID
+# namespace inode u32 (0 = unknown; lets `shmpamt clean` tell a dead pid from a foreign one)
 HEADER = struct.Struct("<IIIIII")
 HEADER_SIZE = 64  # keeps the payload 64-byte aligned (cache line)
 
@@ -153,7 +154,7 @@ class Segment:
             mm = mmap.mmap(shm.fd, total)
         finally:
             shm.close_fd()
-        HEADER.pack_into(mm, 0, MAGIC, VERSION, kind, payload_size, os.getpid(), 0)
+        HEADER.pack_into(mm, 0, MAGIC, VERSION, kind, payload_size, os.getpid(), pid_namespace())
         return cls(name, mm, payload_size, kind, owner=True)
 
     @classmethod
@@ -264,6 +265,14 @@ def remove_semaphore(sem: posix_ipc.Semaphore, owner: bool) -> None:
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_semaphore(name)
         _forget(name)
+
+
+def pid_namespace() -> int:
+    """Inode of this process's PID namespace (fits the header's u32 on Linux), 0 if unknown."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino & 0xFFFFFFFF
+    except OSError:
+        return 0
 
 
 def pid_alive(pid: int) -> bool:
