@@ -287,6 +287,29 @@ def pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+class ParentGone(Exception):
+    """The process that was to post a semaphore we wait on is gone (e.g. a SIGKILLed runner)."""
+
+
+def acquire_watching(sem: posix_ipc.Semaphore, parent_pid: int, poll: float = 0.2) -> None:
+    """``sem.acquire()`` that cannot outlive ``parent_pid``: raises ParentGone instead.
+
+    A child blocked forever on a semaphore only its parent posts becomes an
+    orphan when the parent is SIGKILLed; waiting in slices of ``poll`` seconds
+    and checking the parent between them bounds that to one slice. Reparenting
+    (``os.getppid()`` no longer ``parent_pid``) counts as gone even if the pid
+    was reused meanwhile.
+    """
+    while True:
+        try:
+            sem.acquire(poll)
+            return
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            pass
+        if os.getppid() != parent_pid or not pid_alive(parent_pid):
+            raise ParentGone(f"pid {os.getpid()}: parent {parent_pid} is gone")
+
+
 @contextlib.contextmanager
 def sigint_ignored_in_children() -> Iterator[None]:
     """Start children with SIGINT ignored from their very first instruction.
