@@ -41,7 +41,13 @@ from shmpamt.ipc import (
     unlink_name,
 )
 from shmpamt.module.faults import INJECTED_BUSY, INJECTED_KINDS, NO_FAULT, FaultPlan
-from shmpamt.module.state import ModuleState, ModuleStatistics, apply_seamcall, target_range
+from shmpamt.module.state import (
+    ModuleState,
+    ModuleStatistics,
+    apply_seamcall,
+    note_injected_busy,
+    target_range,
+)
 from shmpamt.pages import PamtPagePool
 from shmpamt.seamcall import (
     REFUSED,
@@ -191,9 +197,12 @@ class _Server:
         d = self.faults.decide(rng, leaf) if self.faults.leaves else NO_FAULT
         flags = d.flags
         if d.busy:
-            refused = self._claim(cpu, seq, leaf)
-            if refused is not None:
-                return refused
+            r = target_range(state, leaf, rcx)
+            with self.locks[r] if r is not None else contextlib.nullcontext():
+                refused = self._claim(cpu, seq, leaf)
+                if refused is not None:
+                    return refused
+                note_injected_busy(state, leaf, rcx)
             state.count_call(leaf)
             state.count_injected("busy")
             return tdx.TDX_OPERAND_BUSY, 0, 0, 0, flags

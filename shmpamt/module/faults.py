@@ -250,3 +250,15 @@ def _delay(text: str, token: str) -> tuple[float, float]:
             " timeout; stop the daemon with SIGSTOP to test a hung module)"
         )
     return p, s
+
+
+def page_kept_by_injection(reclaim_status: int) -> bool:
+    """True if a CPU must keep its page: RECLAIM still answered BUSY after every retry.
+
+    BUSY is only ever injected (docs/design.md), so the page is assigned through
+    no fault of the protocol; putting its range now would make the variant's
+    PAMT.REMOVE fail as ``remove_while_in_use``. The CPU keeps the page and its
+    reference instead, and ``ModuleState.fault_held_ranges`` lets the
+    quiescence check skip the range.
+    """
+    return tdx.status_class(reclaim_status) == tdx.TDX_OPERAND_BUSY
