@@ -3,7 +3,7 @@
 Not part of the default run (``testpaths`` is ``tests/``, and this module skips itself)::
 
     SHMPAMT_FAULT_MATRIX=1 .venv/bin/pytest stress/test_fault_matrix.py -o faulthandler_timeout=0
-    SHMPAMT_FAULT_MATRIX=1 SHMPAMT_FAULT_MATRIX_TRIALS=3 .venv/bin/pytest stress/test_fault_matrix.py
+    SHMPAMT_FAULT_MATRIX=1 SHMPAMT_FAULT_MATRIX_TRIALS=3 pytest stress/test_fault_matrix.py
 
 Run it serially (no ``-n``): the summary is per process, and parallel runs on two
 cores turn timing into noise.
