@@ -221,6 +221,9 @@ def _check_main_guard() -> None:
     daemon that never starts): say what to add, before anything is spawned."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name.endswith("__main__"):
+        return  # ``python -m pkg``: spawn does not re-import a package's __main__
     inheriting = bool(getattr(mp.current_process(), "_inheriting", False))
     if not inheriting:
         if path is None or not str(path).endswith(".py"):

@@ -351,17 +351,21 @@ def _bar() -> Iterator[Progress]:
 
 @main.command("clean", epilog=EPILOG)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def clean_cmd(dry_run: bool) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also remove objects whose creator cannot be judged (another PID namespace).",
+)
+def clean_cmd(dry_run: bool, force: bool) -> None:
     """Remove IPC objects left by shmpamt runs whose process is gone."""
     from shmpamt import api
 
-    gone, kept = api.clean(dry_run=dry_run)
+    gone, kept = api.clean(dry_run=dry_run, force=force)
     verb = "would remove" if dry_run else "removed"
     for lo in gone:
         click.echo(f"{verb} {lo.kind} {lo.name} (creator pid {lo.pid} is gone)")
     for lo in kept:
-        why = "creator is alive" if lo.alive else "owned by another user"
-        click.echo(f"kept {lo.kind} {lo.name} ({why})")
+        click.echo(f"kept {lo.kind} {lo.name} ({lo.reason})")
     click.echo(f"{len(gone)} {verb}, {len(kept)} kept")
 
 

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, NoReturn
@@ -144,11 +145,17 @@ def cpu_main(
         )
         done = 0
         hold_max = workload.hold_us / 1e6
+        held: set[int] = set()  # pages kept because injection refused every RECLAIM
         while not board.stopping():
             if workload.iterations and done >= workload.iterations:
                 break
             hpa = pick_page(rng, cpu, names.cpus, workload)
-            if not one_round(k, a.variant, hpa, rng.random() * hold_max, a.log, workload.use_page):
+            if hpa in held:
+                done += 1
+                time.sleep(0.001)  # every page may be held: do not spin
+                continue
+            hold = rng.random() * hold_max
+            if not one_round(k, a.variant, hpa, hold, a.log, workload.use_page, held):
                 board.inc(cpu, GETS_FAILED)
             done += 1
             board.inc(cpu, ITERATIONS)

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 
 import posix_ipc
 
-from shmpamt.errors import IpcError
+from shmpamt.errors import IpcError, RunFailure
 
 PREFIX = "shmpamt"
 MODE = 0o600
 MAGIC = 0x544D4150  # "PAMT" little-endian
 VERSION = 1
-# magic u32, version u32, kind u32, payload_size u32, creator pid u32, pad u32
+# magic u32, version u32, kind u32, payload_size u32, creator pid u32, creator's PID
+# namespace inode u32 (0 = unknown; lets `shmpamt clean` tell a dead pid from a foreign one)
 HEADER = struct.Struct("<IIIIII")
 HEADER_SIZE = 64  # keeps the payload 64-byte aligned (cache line)
 
@@ -151,7 +152,7 @@ class Segment:
             mm = mmap.mmap(shm.fd, total)
         finally:
             shm.close_fd()
-        HEADER.pack_into(mm, 0, MAGIC, VERSION, kind, payload_size, os.getpid(), 0)
+        HEADER.pack_into(mm, 0, MAGIC, VERSION, kind, payload_size, os.getpid(), pid_namespace())
         return cls(name, mm, payload_size, kind, owner=True)
 
     @classmethod
@@ -264,6 +265,14 @@ def remove_semaphore(sem: posix_ipc.Semaphore, owner: bool) -> None:
         _forget(name)
 
 
+def pid_namespace() -> int:
+    """Inode of this process's PID namespace (fits the header's u32 on Linux), 0 if unknown."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino & 0xFFFFFFFF
+    except OSError:
+        return 0
+
+
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
@@ -274,6 +283,29 @@ def pid_alive(pid: int) -> bool:
     # state is the field after the parenthesised command name
     state = data[data.rfind(b")") + 2 : data.rfind(b")") + 3]
     return state not in (b"Z", b"X")
+
+
+class ParentGone(RunFailure):
+    """The process that was to post a semaphore we wait on is gone (e.g. a SIGKILLed runner)."""
+
+
+def acquire_watching(sem: posix_ipc.Semaphore, parent_pid: int, poll: float = 0.2) -> None:
+    """``sem.acquire()`` that cannot outlive ``parent_pid``: raises ParentGone instead.
+
+    A child blocked forever on a semaphore only its parent posts becomes an
+    orphan when the parent is SIGKILLed; waiting in slices of ``poll`` seconds
+    and checking the parent between them bounds that to one slice. Reparenting
+    (``os.getppid()`` no longer ``parent_pid``) counts as gone even if the pid
+    was reused meanwhile.
+    """
+    while True:
+        try:
+            sem.acquire(poll)
+            return
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            pass
+        if os.getppid() != parent_pid or not pid_alive(parent_pid):
+            raise ParentGone(f"pid {os.getpid()}: parent {parent_pid} is gone")
 
 
 @contextlib.contextmanager

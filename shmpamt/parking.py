@@ -13,6 +13,7 @@ one grant semaphore per CPU and one doorbell semaphore back to the controller.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import Final
@@ -23,6 +24,7 @@ from shmpamt import tdx
 from shmpamt.atomic import RefcountArray
 from shmpamt.ipc import (
     Segment,
+    acquire_watching,
     create_semaphore,
     make_name,
     open_semaphore,
@@ -153,6 +155,9 @@ class ExploreHook:
     """The CPU side of a scheduling point: report where we are, wait for a grant."""
 
     def __init__(self, board: SchedBoard, cpu: int, refcounts: RefcountArray) -> None:
+        # Grants come only from the controller, our parent: if it dies (SIGKILL), a
+        # plain wait would park this CPU forever. acquire_watching gives up instead.
+        self._parent = os.getppid()
         self._b = board
         self._cpu = cpu
         self._rc = refcounts
@@ -166,7 +171,7 @@ class ExploreHook:
         w.set(base + W_TARGET, target)
         w.set(base + W_STATE, PARKED)
         self._b.doorbell.release()
-        self._grant.acquire()
+        acquire_watching(self._grant, self._parent)
         cmd = w.read(base + W_CMD)
         if cmd != CMD_GO:
             raise Aborted(cmd)
@@ -184,7 +189,7 @@ class ExploreHook:
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""
         self._b.doorbell.release()
-        self._grant.acquire()
+        acquire_watching(self._grant, self._parent)
         w, base = self._w, self._base
         seed = (w.read(base + W_ARG) & 0xFFFFFFFF) | ((w.read(base + W_ARG_HI) & 0xFFFFFFFF) << 32)
         return w.read(base + W_CMD), seed

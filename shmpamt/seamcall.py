@@ -10,6 +10,24 @@ A call never hangs on a broken module: it waits in short slices and between
 them checks that the daemon still lives (``ModuleDied``), and gives up after
 the port's timeout (``ModuleHung``). Mailbox ``ncpus`` is the runner's
 control port.
+
+Giving up must not leave a request behind that a resumed daemon would still
+execute: the caller's state (refcounts, pamt_lock) moves on as if the call
+never happened, and a late execution would then be reported as the variant's
+violation. So every request carries a *ticket* word that both sides change
+with cmpxchg, and whoever changes it first decides:
+
+- the caller stores ``posted(seq)`` before the request and posts;
+- the daemon claims it, ``posted -> claimed``, right before the state change;
+- a caller that gives up withdraws it, ``posted -> withdrawn``. If that
+  succeeds the call never runs; if the daemon claimed first the call runs, and
+  the caller waits for its answer (one more timeout) so it learns the result.
+
+A caller that withdrew also marks the module *abandoned* in the mailbox
+header. From then on the daemon refuses every state-changing call (the caller
+gets ``ModuleHung``, nothing is executed or recorded): a CPU that abandoned
+its protocol midway leaves refcounts no protocol can reconcile, exactly like a
+CPU killed mid-operation, and any later call would only produce false alarms.
 """
 
 from __future__ import annotations
@@ -23,6 +41,7 @@ from typing import Final
 import posix_ipc
 
 from shmpamt import tdx
+from shmpamt.atomic import RefcountArray
 from shmpamt.errors import IpcError, ModuleFailure
 from shmpamt.ipc import Segment, open_semaphore, pid_alive
 
@@ -30,9 +49,11 @@ KIND_MAILBOX: Final = 0x4D424F58  # "MBOX"
 MASK64: Final = (1 << 64) - 1
 SLICE: Final = 0.05  # seconds between liveness checks while waiting for an answer
 
-# Header: daemon pid, stop flag, number of slots, then a NUL-terminated message
-# (why the daemon failed to start or hit an internal error).
+# Header: daemon pid, stop flag, number of slots, the abandoned word (int32: 1 +
+# the mailbox that first gave up on a call, 0 = none), then a NUL-terminated
+# message (why the daemon failed to start or hit an internal error).
 HEADER: Final = struct.Struct("<qqq")
+ABANDONED_OFFSET: Final = 24
 MSG_OFFSET: Final = 64
 MSG_BYTES: Final = 192
 SLOTS_OFFSET: Final = 256
@@ -40,8 +61,28 @@ SLOT_BYTES: Final = 128  # request and response on separate cache lines
 RESPONSE_OFFSET: Final = 64
 # seq, leaf, rcx, rdx, r8
 REQUEST: Final = struct.Struct("<QQQQQ")
+TICKET_OFFSET: Final = 40  # int32 after the request, same cache line
 # seq, status, rcx, rdx, r8, injected flags
 RESPONSE: Final = struct.Struct("<QQQQQQ")
+#: bit of the response's flags word: the module refused the call (it was abandoned)
+REFUSED: Final = 1 << 16
+
+# Ticket encoding: t in 1..TICKET_MOD derived from seq; posted t, claimed t | CLAIMED_BIT,
+# withdrawn -t. Every state of every seq is a distinct int32, 0 is "never posted".
+TICKET_MOD: Final = 0x3FFFFFFF
+CLAIMED_BIT: Final = 0x40000000
+
+
+def posted(seq: int) -> int:
+    return seq % TICKET_MOD + 1
+
+
+def claimed(seq: int) -> int:
+    return posted(seq) | CLAIMED_BIT
+
+
+def withdrawn(seq: int) -> int:
+    return -posted(seq)
 
 
 @dataclass(frozen=True)
@@ -75,7 +116,16 @@ class ModuleDied(SeamcallError):
 
 
 class ModuleHung(SeamcallError):
-    """The daemon lives but did not answer within the port's timeout."""
+    """The daemon lives but did not answer within the port's timeout.
+
+    ``executed`` says what became of the call: False if it was withdrawn or
+    refused (it never ran and never will), None if the daemon took it and did
+    not finish it (it may still run).
+    """
+
+    def __init__(self, msg: str, executed: bool | None = False) -> None:
+        super().__init__(msg)
+        self.executed = executed
 
 
 class Mailbox:
@@ -89,6 +139,8 @@ class Mailbox:
         if n < 1 or segment.payload_size != SLOTS_OFFSET + n * SLOT_BYTES:
             raise IpcError(f"{segment.name}: not a SEAMCALL mailbox")
         self.nslots = int(n)
+        # Atomic view of the whole payload: tickets and the abandoned word.
+        self.words = RefcountArray.over(segment, 0, segment.payload_size // 4)
 
     @classmethod
     def create(cls, name: str, nslots: int) -> Mailbox:
@@ -112,6 +164,40 @@ class Mailbox:
     @staticmethod
     def response_offset(slot: int) -> int:
         return SLOTS_OFFSET + slot * SLOT_BYTES + RESPONSE_OFFSET
+
+    @staticmethod
+    def ticket_index(slot: int) -> int:
+        return (SLOTS_OFFSET + slot * SLOT_BYTES + TICKET_OFFSET) // 4
+
+    # tickets (see the module docstring) ------------------------------------------------
+
+    def post(self, slot: int, seq: int, leaf: int, rcx: int, rdx: int, r8: int) -> None:
+        """Write a request: ticket first, so a daemon that sees ``seq`` can claim it."""
+        self.words.set(self.ticket_index(slot), posted(seq))
+        off = self.request_offset(slot)
+        try:
+            REQUEST.pack_into(self.buf, off, seq, leaf, rcx, rdx, r8)
+        except struct.error:  # a negative or oversized register: wrap it like the hardware
+            m = MASK64
+            REQUEST.pack_into(self.buf, off, seq, leaf & m, rcx & m, rdx & m, r8 & m)
+
+    def claim(self, slot: int, seq: int) -> int:
+        """The daemon takes request ``seq``; returns the ticket it found (posted(seq): taken)."""
+        return self.words.cmpxchg(self.ticket_index(slot), posted(seq), claimed(seq))
+
+    def withdraw(self, slot: int, seq: int) -> bool:
+        """The caller takes request ``seq`` back; True if the daemon had not claimed it."""
+        i = self.ticket_index(slot)
+        return self.words.cmpxchg(i, posted(seq), withdrawn(seq)) == posted(seq)
+
+    @property
+    def abandoned_by(self) -> int:
+        """Mailbox that first gave up on a call, or -1."""
+        return self.words.read(ABANDONED_OFFSET // 4) - 1
+
+    def set_abandoned(self, slot: int) -> None:
+        # The first caller to give up is the one named; later ones change nothing.
+        self.words.cmpxchg(ABANDONED_OFFSET // 4, 0, slot + 1)
 
     # header fields ------------------------------------------------------------------
 
@@ -140,6 +226,7 @@ class Mailbox:
 
     def close(self) -> None:
         self.buf = memoryview(b"")
+        self.words.close()
         self.segment.close()
 
 
@@ -203,18 +290,14 @@ class SeamcallPort:
             raise self._broken
         seq = (self._seq + 1) & MASK64
         self._seq = seq
-        try:
-            REQUEST.pack_into(self._buf, self._in, seq, leaf, rcx, rdx, r8)
-        except struct.error:  # a negative or oversized register: wrap it like the hardware
-            m = MASK64
-            REQUEST.pack_into(self._buf, self._in, seq, leaf & m, rcx & m, rdx & m, r8 & m)
+        self._mailbox.post(self.cpu, seq, leaf, rcx, rdx, r8)
         self._req.release()
         while True:
             try:
                 self._resp.acquire(SLICE)
             except (posix_ipc.BusyError, posix_ipc.SignalError):
                 # SignalError: a handled signal (the runner's Ctrl-C flag) interrupted the wait
-                self._wait_slow(leaf)
+                self._wait_slow(leaf, seq)
             got, status, o_rcx, o_rdx, o_r8, flags = RESPONSE.unpack_from(self._buf, self._out)
             if got == seq:
                 break
@@ -225,6 +308,9 @@ class SeamcallPort:
                     f"cpu {self.cpu}: response {got} does not answer request {seq}"
                 )
                 raise self._broken
+        if flags & REFUSED:
+            self._broken = ModuleHung(self._refusal(leaf), executed=False)
+            raise self._broken
         if flags:
             self.injected += 1
             self.last_injected = flags
@@ -234,13 +320,47 @@ class SeamcallPort:
             self.last_injected = 0
         return status, o_rcx, o_rdx, o_r8
 
-    def _wait_slow(self, leaf: int) -> None:
-        deadline = time.monotonic() + self.timeout
+    def _refusal(self, leaf: int) -> str:
+        who = self._mailbox.abandoned_by
+        return (
+            f"cpu {self.cpu}: {tdx.leaf_name(leaf)} was refused, not executed: the TDX module "
+            f"daemon (pid {self._pid}) did not answer cpu {who} within its timeout "
+            "and is treated as hung"
+        )
+
+    def _wait_slow(self, leaf: int, seq: int) -> None:
+        """Wait out the timeout; returns once the response semaphore was taken, else raises."""
+        if self._wait_until(leaf, time.monotonic() + self.timeout):
+            return
+        name = tdx.leaf_name(leaf)
+        if self._mailbox.withdraw(self.cpu, seq):
+            # Invariant: a withdrawn request is never executed (the daemon's claim fails).
+            self._mailbox.set_abandoned(self.cpu)
+            self._broken = ModuleHung(
+                f"cpu {self.cpu}: the TDX module daemon (pid {self._pid}) did not answer "
+                f"{name} within {self.timeout:g} s; the call was withdrawn and never ran",
+                executed=False,
+            )
+            raise self._broken
+        # The daemon claimed the call: it runs, so wait for its result rather than
+        # let the caller go on as if it had not.
+        if self._wait_until(leaf, time.monotonic() + self.timeout):
+            return
+        self._mailbox.set_abandoned(self.cpu)
+        self._broken = ModuleHung(
+            f"cpu {self.cpu}: the TDX module daemon (pid {self._pid}) did not answer "
+            f"{name} within {2 * self.timeout:g} s; it took the call, which may still run",
+            executed=None,
+        )
+        raise self._broken
+
+    def _wait_until(self, leaf: int, deadline: float) -> bool:
+        """True once the response semaphore is taken, False at ``deadline``; ModuleDied."""
         while True:
             if not pid_alive(self._pid):
                 try:
                     self._resp.acquire(0)  # it may have answered just before dying
-                    return
+                    return True
                 except posix_ipc.BusyError:
                     pass
                 self._broken = ModuleDied(
@@ -250,14 +370,10 @@ class SeamcallPort:
                 raise self._broken
             left = deadline - time.monotonic()
             if left <= 0:
-                self._broken = ModuleHung(
-                    f"cpu {self.cpu}: the TDX module daemon (pid {self._pid}) did not answer "
-                    f"{tdx.leaf_name(leaf)} within {self.timeout:g} s"
-                )
-                raise self._broken
+                return False
             try:
                 self._resp.acquire(min(SLICE, left))
-                return
+                return True
             except (posix_ipc.BusyError, posix_ipc.SignalError):
                 continue
 

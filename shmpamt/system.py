@@ -158,7 +158,10 @@ class System:
         """Every CPU is idle: refcounts back to initial, no PAMT without user, pages home."""
         st = self.module.state
         initial = self.config.initial_refcount
+        held = set(st.fault_held_ranges())
         for r in range(self.config.ranges):
+            if r in held:
+                continue  # a CPU kept a page there because injection refused its RECLAIM
             v = self.refcounts.read(r)
             # Invariant: with nobody using range r its refcount is the variant's initial value.
             if v != initial:

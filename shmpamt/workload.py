@@ -16,6 +16,7 @@ from shmpamt import tdx
 from shmpamt.config import Scenario, StressConfig
 from shmpamt.invariants import ViolationLog
 from shmpamt.kernel import Kernel, page_hpa, range_of
+from shmpamt.module.faults import page_kept_by_injection
 from shmpamt.variants.base import PamtVariant
 from shmpamt.violations import GET_FAILED
 
@@ -66,8 +67,14 @@ def one_round(
     hold: float,
     log: ViolationLog,
     use_page: bool = True,
+    held: set[int] | None = None,
 ) -> bool:
-    """get, AUG, hold, RECLAIM, put. Returns False if the get failed."""
+    """get, AUG, hold, RECLAIM, put. Returns False if the get failed.
+
+    A page whose RECLAIM injection kept refusing stays assigned: the CPU keeps it
+    (and its reference) in ``held`` and skips the put, which would otherwise make
+    a correct variant's PAMT.REMOVE look like ``remove_while_in_use``.
+    """
     before = k.injected
     err = variant.tdx_pamt_get(k, hpa)
     if err:
@@ -79,7 +86,11 @@ def one_round(
     if hold > 0:
         time.sleep(hold)
     if assigned:
-        _retry_busy(k, k.tdh_phymem_page_reclaim, hpa)
+        err = _retry_busy(k, k.tdh_phymem_page_reclaim, hpa)
+        if page_kept_by_injection(err):
+            if held is not None:
+                held.add(hpa)
+            return True
     variant.tdx_pamt_put(k, hpa)
     return True
 

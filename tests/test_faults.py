@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shmpamt import tdx
 from shmpamt.module.faults import (
     INJECTED_BUSY,
     INJECTED_DELAY_AFTER,
     INJECTED_DELAY_BEFORE,
+    MAX_DELAY,
     FaultPlan,
     LeafFaults,
 )
@@ -117,3 +121,99 @@ def test_busy_decisions_carry_no_delay() -> None:
     plan = FaultPlan.parse("remove.busy=1,remove.delay=1:0.5", seed=0)
     d = plan.decide(plan.module_rng(2), tdx.TDH_PHYMEM_PAMT_REMOVE)
     assert d.busy and d.delay_before == 0 and d.flags == INJECTED_BUSY
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "*.delay_after=1:1e300",
+        "add.delay=0.5:1e10",
+        "add.delay=0.5:1.0001",
+        "add.delay=1e300:1",
+        "add.busy=inf",
+        "aug.delay=0.5:inf",
+        "aug.delay=0.5:nan",
+        "reclaim.delay_after=nan:1",
+    ],
+)
+def test_absurd_parameters_are_refused_with_one_line(spec: str) -> None:
+    with pytest.raises(ValueError) as e:
+        FaultPlan.parse(spec, seed=0)
+    msg = str(e.value)
+    assert repr(spec) in msg and "\n" not in msg
+
+
+def test_the_delay_bound_is_explained() -> None:
+    with pytest.raises(ValueError, match="10 s SEAMCALL timeout"):
+        FaultPlan.parse("add.delay=0.5:1e10", seed=0)
+    plan = FaultPlan.parse(f"*.delay=1:{MAX_DELAY},*.delay_after=1:{MAX_DELAY}", seed=0)
+    assert plan.for_leaf(tdx.TDH_MEM_PAGE_AUG) == LeafFaults(
+        delay_p=1.0, delay_max=MAX_DELAY, delay_after_p=1.0, delay_after_max=MAX_DELAY
+    )
+
+
+_numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["1e300", "-0", "1e-400", "1", "1.0000001", "0x10", "1_0", "", " 1 "]),
+).map(str)
+_token = st.builds(
+    lambda leaf, kind, a, b, colon: f"{leaf}.{kind}={a}{':' + b if colon else ''}",
+    st.sampled_from(["add", "remove", "aug", "reclaim", "*", "alloc"]),
+    st.sampled_from(["busy", "delay", "delay_after", "fail"]),
+    _numbers,
+    _numbers,
+    st.booleans(),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_token, max_size=5))
+def test_any_accepted_spec_cannot_fail_in_the_daemon(tokens: list[str]) -> None:
+    spec = ",".join(tokens)
+    try:
+        plan = FaultPlan.parse(spec, seed=1)
+    except ValueError as e:
+        assert "\n" not in str(e)
+        return
+    # Invariant: an accepted plan only ever asks the daemon for sleeps time.sleep
+    # takes (finite, 0..MAX_DELAY) and probabilities that mean something.
+    assert 0.0 <= plan.alloc_fail <= 1.0
+    for leaf, f in plan.leaves:
+        for p in (f.busy, f.delay_p, f.delay_after_p):
+            assert math.isfinite(p) and 0.0 <= p <= 1.0
+        rng = plan.module_rng(0)
+        for _ in range(50):
+            d = plan.decide(rng, leaf)
+            for s in (d.delay_before, d.delay_after):
+                assert math.isfinite(s) and 0.0 <= s <= MAX_DELAY
+    assert FaultPlan.parse(plan.describe(), seed=1) == plan
+
+
+def test_edge_of_every_bound_runs_in_a_real_daemon() -> None:
+    """The extremes the parser accepts, through the daemon: answered, no internal error."""
+    from shmpamt.invariants import ViolationLog
+    from shmpamt.ipc import new_token
+    from shmpamt.module.daemon import TdxModule
+    from shmpamt.pages import PamtPagePool
+    from shmpamt.seamcall import SeamcallPort
+
+    spec = "*.busy=1e-300,*.delay=1:5e-324,*.delay_after=1:0.0001,add.busy=0"
+    token = new_token()
+    log = ViolationLog.create(capacity=16, token=token)
+    pool = PamtPagePool.create(8, log, token)
+    try:
+        with (
+            TdxModule.start(1, 1, 2, pool, log, FaultPlan.parse(spec, 3), token) as m,
+            SeamcallPort.attach(m.names, 0, timeout=5.0) as port,
+        ):
+            a, b = pool.alloc(0), pool.alloc(0)
+            assert a is not None and b is not None
+            assert port.call(tdx.TDH_PHYMEM_PAMT_ADD, tdx.TDX_PS_2M, a, b)[0] == 0
+            for _ in range(20):
+                assert port.call(tdx.TDH_MEM_PAGE_AUG, tdx.TDX_PS_4K)[0] == 0
+                assert port.call(tdx.TDH_PHYMEM_PAGE_RECLAIM, tdx.TDX_PS_4K)[0] == 0
+            assert port.call(tdx.TDH_PHYMEM_PAMT_REMOVE, tdx.TDX_PS_2M)[0] == 0
+            assert m.message == "" and log.total() == 0
+    finally:
+        pool.close()
+        log.close()

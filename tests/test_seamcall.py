@@ -19,7 +19,6 @@ from shmpamt.module.daemon import ModuleNames, TdxModule
 from shmpamt.module.faults import FaultPlan
 from shmpamt.pages import PamtPagePool
 from shmpamt.seamcall import (
-    REQUEST,
     Mailbox,
     ModuleDied,
     ModuleHung,
@@ -201,7 +200,7 @@ def test_a_new_port_skips_the_answer_left_for_a_cpu_killed_mid_call() -> None:
         dead.call(tdx.SHMPAMT_NOP)
         # What a CPU does right before being SIGKILLed inside a SEAMCALL: post, never wait.
         mb = Mailbox.attach(m.names.mailbox)
-        REQUEST.pack_into(mb.buf, Mailbox.request_offset(0), 2, tdx.SHMPAMT_STATUS, 1, 0, 0)
+        mb.post(0, 2, tdx.SHMPAMT_STATUS, 1, 0, 0)
         mb.close()
         dead._req.release()
         deadline = time.monotonic() + 10

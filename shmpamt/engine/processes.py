@@ -142,6 +142,10 @@ class Fleet:
                 p.kill()
                 p.join(5)
                 self.incidents.append(f"cpu {c} did not stop within {grace:.0f} s and was killed")
+                pid, _ = s.lock.holder()
+                if pid == p.pid:
+                    # The rig killed it, not the variant: its lock is not the variant's leak.
+                    s.lock.force_release()
         for c, p in enumerate(self.procs):
             if p.exitcode not in (EXIT_OK, None) and not any(
                 f"cpu {c} " in i for i in self.incidents

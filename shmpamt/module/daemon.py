@@ -40,13 +40,39 @@ from shmpamt.ipc import (
     sigint_ignored_in_children,
     unlink_name,
 )
-from shmpamt.module.faults import INJECTED_KINDS, NO_FAULT, FaultPlan
-from shmpamt.module.state import ModuleState, ModuleStatistics, apply_seamcall, target_range
+from shmpamt.module.faults import INJECTED_BUSY, INJECTED_KINDS, NO_FAULT, FaultPlan
+from shmpamt.module.state import (
+    ModuleState,
+    ModuleStatistics,
+    apply_seamcall,
+    note_injected_busy,
+    target_range,
+)
 from shmpamt.pages import PamtPagePool
-from shmpamt.seamcall import REQUEST, RESPONSE, Mailbox, ModuleNames, SeamcallPort
+from shmpamt.seamcall import (
+    REFUSED,
+    REQUEST,
+    RESPONSE,
+    Mailbox,
+    ModuleNames,
+    SeamcallPort,
+    posted,
+    withdrawn,
+)
 
 GUARD_PERIOD: Final = 0.1  # seconds between checks that the parent still lives
 _READY_SLICE: Final = 0.05
+_STATE_CHANGING: Final = frozenset(
+    {
+        tdx.TDH_PHYMEM_PAMT_ADD,
+        tdx.TDH_PHYMEM_PAMT_REMOVE,
+        tdx.TDH_MEM_PAGE_AUG,
+        tdx.TDH_PHYMEM_PAGE_RECLAIM,
+    }
+)
+# What ``handle`` returns instead of registers when there is nothing to answer.
+_WITHDRAWN: Final = (-1, 0, 0, 0, 0)  # its caller gave up before the daemon claimed it
+_NOT_POSTED: Final = (-2, 0, 0, 0, 0)  # a surplus post raced a caller still writing it
 
 
 class ModuleStartError(ModuleFailure):
@@ -82,7 +108,8 @@ class _Server:
         The loop is the hot path of every SEAMCALL: locals only, and a NOP is
         answered without a method call so the benchmark sees the transport.
         """
-        buf = self.mailbox.buf
+        mailbox = self.mailbox
+        buf = mailbox.buf
         req_off = Mailbox.request_offset(slot)
         resp_off = Mailbox.response_offset(slot)
         acquire = self.requests[slot].acquire
@@ -90,6 +117,7 @@ class _Server:
         rng = self.faults.module_rng(slot)
         unpack = REQUEST.unpack_from
         pack = RESPONSE.pack_into
+        claim = mailbox.claim
         count_nop = self.state.count_call
         handle = self.handle
         nop = tdx.SHMPAMT_NOP
@@ -98,36 +126,64 @@ class _Server:
             seq, leaf, rcx, rdx, r8 = unpack(buf, req_off)
             if seq == last:
                 # No new request behind this post: the runner's stop signal.
-                if self.mailbox.stopping:
+                if mailbox.stopping:
                     break
                 continue
-            last = seq
             if leaf == nop:
-                count_nop(nop)
-                pack(buf, resp_off, seq, 0, 0, 0, 0, 0)
-                release()
+                ticket = claim(slot, seq)
+                if ticket == posted(seq):
+                    count_nop(nop)
+                    pack(buf, resp_off, seq, 0, 0, 0, 0, 0)
+                    release()
+                    last = seq
+                elif ticket == withdrawn(seq):
+                    last = seq  # its caller gave up: no answer, nobody listens
+                # else: a surplus post raced a caller still writing its request
                 continue
             try:
-                status, o_rcx, o_rdx, o_r8, flags = handle(slot, rng, leaf, rcx, rdx, r8)
+                out = handle(slot, seq, rng, leaf, rcx, rdx, r8)
             except Exception as e:  # an emulator bug: answer, say what, keep serving
-                self.mailbox.set_message(f"internal error in {tdx.leaf_name(leaf)}: {e!r}")
+                mailbox.set_message(f"internal error in {tdx.leaf_name(leaf)}: {e!r}")
                 traceback.print_exc()
-                status, o_rcx, o_rdx, o_r8, flags = tdx.TDX_SW_ERROR, 0, 0, 0, 0
-            pack(buf, resp_off, seq, status, o_rcx, o_rdx, o_r8, flags)
+                out = (tdx.TDX_SW_ERROR, 0, 0, 0, 0)
+            if out is _NOT_POSTED:
+                continue
+            last = seq
+            if out is _WITHDRAWN:
+                continue
+            pack(buf, resp_off, seq, *out)
             release()
         self.stopped.set()
 
+    def _claim(self, slot: int, seq: int, leaf: int) -> tuple[int, int, int, int, int] | None:
+        """Take request ``seq`` right before acting on it; None = act, else what to answer."""
+        ticket = self.mailbox.claim(slot, seq)
+        if ticket == withdrawn(seq):
+            return _WITHDRAWN
+        if ticket != posted(seq):
+            return _NOT_POSTED
+        # Invariant: once a caller abandoned a call, no state-changing call executes
+        # (its caller's protocol stopped midway; any later transition is a false alarm).
+        if leaf in _STATE_CHANGING and self.mailbox.abandoned_by >= 0:
+            return (tdx.TDX_SW_ERROR, 0, 0, 0, REFUSED)
+        return None
+
     def handle(
-        self, cpu: int, rng: random.Random, leaf: int, rcx: int, rdx: int, r8: int
+        self, cpu: int, seq: int, rng: random.Random, leaf: int, rcx: int, rdx: int, r8: int
     ) -> tuple[int, int, int, int, int]:
+        """One call; returns what to answer, or _WITHDRAWN / _NOT_POSTED (answer nothing)."""
         state = self.state
-        state.count_call(leaf)
         d = self.faults.decide(rng, leaf) if self.faults.leaves else NO_FAULT
         flags = d.flags
-        for bit, kind in INJECTED_KINDS.items():
-            if flags & bit:
-                state.count_injected(kind)
         if d.busy:
+            r = target_range(state, leaf, rcx)
+            with self.locks[r] if r is not None else contextlib.nullcontext():
+                refused = self._claim(cpu, seq, leaf)
+                if refused is not None:
+                    return refused
+                note_injected_busy(state, leaf, rcx)
+            state.count_call(leaf)
+            state.count_injected("busy")
             return tdx.TDX_OPERAND_BUSY, 0, 0, 0, flags
         if d.delay_before:
             time.sleep(d.delay_before)
@@ -135,16 +191,27 @@ class _Server:
             with contextlib.ExitStack() as stack:
                 for lk in self.locks:
                     stack.enter_context(lk)
+                refused = self._claim(cpu, seq, leaf)
+                if refused is not None:
+                    return refused
                 out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
         else:
             r = target_range(state, leaf, rcx)
-            if r is None:
+            lock = self.locks[r] if r is not None else contextlib.nullcontext()
+            with lock:
+                # Claimed under the range lock: a call the daemon took is ordered
+                # before every later call on its range, whatever stops the daemon.
+                refused = self._claim(cpu, seq, leaf)
+                if refused is not None:
+                    return refused
                 out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
-            else:
-                with self.locks[r]:
-                    out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
-                    for f in out.findings:
-                        self.log.record(f.name, cpu=cpu, range_=f.range, leaf=leaf, a=f.a, b=f.b)
+                for f in out.findings:
+                    self.log.record(f.name, cpu=cpu, range_=f.range, leaf=leaf, a=f.a, b=f.b)
+        # Counted once executed, so statistics never include withdrawn calls.
+        state.count_call(leaf)
+        for bit, kind in INJECTED_KINDS.items():
+            if flags & bit and bit != INJECTED_BUSY:
+                state.count_injected(kind)
         if d.delay_after:
             time.sleep(d.delay_after)
         return out.status, out.rcx, out.rdx, out.r8, flags

@@ -15,6 +15,14 @@ sleeps up to S seconds before the state change with probability P;
 ``<leaf>.delay_after=P:S`` likewise after it; leaves are add, remove, aug,
 reclaim, or ``*`` for all four; ``alloc.fail=P`` makes ``alloc_page`` fail.
 Tokens apply in order, so ``*.busy=0.1,add.busy=0`` exempts ADD.
+
+Every number is bounded when parsed, so an accepted plan can never fail inside
+the daemon: probabilities are finite and within [0, 1], delays finite and
+within [0, MAX_DELAY]: with a delay before and one after each of a round's
+four calls (ADD, AUG, RECLAIM, REMOVE) a round still ends within 8 s, below
+both the CPUs' 10 s SEAMCALL timeout and the runner's 10 s grace for a CPU to
+finish its round; past those an injected delay turns into a "hung module"
+incident or a CPU killed inside pamt_lock, not a delay.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from shmpamt import tdx
+
+#: longest injected delay, seconds: a round's 4 calls x 2 delays must end within 10 s
+MAX_DELAY: Final = 1.0
 
 LEAF_KEYS: Final[dict[str, int]] = {
     "add": tdx.TDH_PHYMEM_PAMT_ADD,
@@ -187,14 +198,20 @@ class FaultPlan:
         for leaf, f in self.leaves:
             n = names[leaf]
             if f.busy:
-                parts.append(f"{n}.busy={f.busy:g}")
+                parts.append(f"{n}.busy={_fmt(f.busy)}")
             if f.delay_p:
-                parts.append(f"{n}.delay={f.delay_p:g}:{f.delay_max:g}")
+                parts.append(f"{n}.delay={_fmt(f.delay_p)}:{_fmt(f.delay_max)}")
             if f.delay_after_p:
-                parts.append(f"{n}.delay_after={f.delay_after_p:g}:{f.delay_after_max:g}")
+                parts.append(f"{n}.delay_after={_fmt(f.delay_after_p)}:{_fmt(f.delay_after_max)}")
         if self.alloc_fail:
-            parts.append(f"alloc.fail={self.alloc_fail:g}")
+            parts.append(f"alloc.fail={_fmt(self.alloc_fail)}")
         return ",".join(parts) or "none"
+
+
+def _fmt(v: float) -> str:
+    """Short when that is exact, else repr: a replay command must rebuild the same plan."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(v)
 
 
 def _never() -> bool:
@@ -226,4 +243,22 @@ def _delay(text: str, token: str) -> tuple[float, float]:
     s = _number(s_text, token)
     if s < 0:
         raise ValueError(f"fault spec token {token!r}: negative duration {s_text}")
+    if s > MAX_DELAY:
+        raise ValueError(
+            f"fault spec token {token!r}: delay {s_text} s is above {MAX_DELAY:g} s (a round's"
+            " four calls, each delayed before and after, must end within the 10 s SEAMCALL"
+            " timeout; stop the daemon with SIGSTOP to test a hung module)"
+        )
     return p, s
+
+
+def page_kept_by_injection(reclaim_status: int) -> bool:
+    """True if a CPU must keep its page: RECLAIM still answered BUSY after every retry.
+
+    BUSY is only ever injected (docs/design.md), so the page is assigned through
+    no fault of the protocol; putting its range now would make the variant's
+    PAMT.REMOVE fail as ``remove_while_in_use``. The CPU keeps the page and its
+    reference instead, and ``ModuleState.fault_held_ranges`` lets the
+    quiescence check skip the range.
+    """
+    return tdx.status_class(reclaim_status) == tdx.TDX_OPERAND_BUSY

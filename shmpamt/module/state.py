@@ -54,6 +54,9 @@ INJECTED_SLOT: Final[dict[str, int]] = {"busy": 8, "delay_before": 9, "delay_aft
 _COUNTERS: Final = 16
 
 _HDR_WORDS: Final = 8  # nranges, pages_per_range, spare
+# Per-page flag bits: assigned, and "its last RECLAIM was refused by an injected BUSY".
+ASSIGNED: Final = 1
+RECLAIM_REFUSED: Final = 2
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ class ModuleState:
     def page_assigned(self, r: int, j: int) -> bool:
         if not 0 <= j < self.pages_per_range:
             raise IndexError(f"page {j} outside 0..{self.pages_per_range - 1}")
-        return bool(self._flags[r * self.pages_per_range + j])
+        return bool(self._flags[r * self.pages_per_range + j] & ASSIGNED)
 
     def pamt_pages(self, r: int) -> tuple[int, int]:
         """The two PAMT pages the module holds for range ``r`` (0, 0 when absent)."""
@@ -196,6 +199,21 @@ class ModuleState:
 
     def present_ranges(self) -> list[int]:
         return [r for r in range(self.nranges) if self._present[r]]
+
+    def fault_held_ranges(self) -> list[int]:
+        """Ranges with a page still assigned because injection refused its last RECLAIM.
+
+        A CPU that cannot RECLAIM a page keeps it and its reference (it must not
+        put a range with a page assigned), so at quiescence such a range still
+        has a refcount and a PAMT: the injected fault's doing, not the variant's.
+        """
+        ppr = self.pages_per_range
+        held = ASSIGNED | RECLAIM_REFUSED
+        return [
+            r
+            for r in range(self.nranges)
+            if any(self._flags[r * ppr + j] & held == held for j in range(ppr))
+        ]
 
     # -- writes (the daemon, holding the range's lock) -------------------------------
 
@@ -210,8 +228,13 @@ class ModuleState:
         self._pamt[2 * r + 1] = 0
 
     def _assign(self, r: int, j: int, on: bool) -> None:
-        self._flags[r * self.pages_per_range + j] = 1 if on else 0
+        self._flags[r * self.pages_per_range + j] = ASSIGNED if on else 0
         self._assigned[r] += 1 if on else -1
+
+    def _mark_reclaim_refused(self, r: int, j: int) -> None:
+        i = r * self.pages_per_range + j
+        if self._flags[i] & ASSIGNED:
+            self._flags[i] |= RECLAIM_REFUSED  # cleared by the next RECLAIM or AUG
 
     def reset(self) -> None:
         """Every PAMT absent, no page assigned (statistics are kept)."""
@@ -285,6 +308,19 @@ def target_range(state: ModuleState, leaf: int, rcx: int) -> int | None:
 
 
 # --- the transitions ---------------------------------------------------------------------
+
+
+def note_injected_busy(state: ModuleState, leaf: int, rcx: int) -> None:
+    """An injected BUSY answered ``leaf``; the caller holds ``target_range``'s lock.
+
+    Only a refused RECLAIM leaves a trace: its page stays assigned, and
+    ``fault_held_ranges`` tells quiescence checks that the fault, not the
+    protocol, kept that range in use.
+    """
+    if leaf == tdx.TDH_PHYMEM_PAGE_RECLAIM:
+        rj = decode_4k(state, rcx)
+        if rj is not None:
+            state._mark_reclaim_refused(*rj)
 
 
 def apply_seamcall(

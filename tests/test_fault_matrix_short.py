@@ -1,0 +1,33 @@
+"""Fault matrix, short: a few CLI runs, each hit by one fault (issue 17, item 6).
+
+The long version is ``stress/test_fault_matrix.py``; both use ``tests/fault_matrix.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fault_matrix import Trial, run_trial
+
+TRIALS = [
+    Trial("stress", "locked", "kill_cpu", 1, 1.0),
+    Trial("stress", "v6", "kill_daemon", 2, 1.0),
+    Trial("stress", "locked", "kill_runner", 3, 1.0),
+    Trial("stress", "v6", "stop_cpu", 4, 0.5, stop_for=2.0),
+    Trial("stress", "locked", "stop_daemon", 5, 0.5, stop_for=2.0),
+    Trial("stress", "v6", "sigint_runner", 6, 1.0),
+    Trial("explore", "locked", "sigterm_runner", 7, 1.0),
+    Trial("stress", "rfc", "kill_cpu", 8, 1.5),
+    # issue 17 item 5: explore CPUs notice a SIGKILLed runner (parking uses acquire_watching)
+    Trial("explore", "v6", "kill_runner", 9, 1.0),
+]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("trial", TRIALS, ids=str)
+def test_one_fault(trial: Trial) -> None:
+    o = run_trial(trial)
+    assert o.hit, f"{trial}: the fault was not injected (rc {o.rc})"
+    assert not o.false_alarms, f"{trial}: false alarm {o.false_alarms}"
+    assert not o.hung and not o.problems, f"{trial}: {o.problems}"
+    assert not o.leaked, f"{trial}: left in /dev/shm {o.leaked}"
+    assert not o.orphans, f"{trial}: processes left {o.orphans}"
