@@ -20,19 +20,26 @@ from shmpamt.schedulers.base import (
 from shmpamt.schedulers.dfs import DFS
 from shmpamt.schedulers.dpor import DPOR
 from shmpamt.schedulers.pct import PCT
+from shmpamt.schedulers.portfolio import Portfolio
+from shmpamt.schedulers.pos import POS
 from shmpamt.schedulers.random_walk import RandomWalk
+from shmpamt.schedulers.registry import HELP, STRATEGIES, claim_of, make_scheduler
 from shmpamt.schedulers.replay import Replay
 
 __all__ = [
     "DFS",
     "DPOR",
+    "HELP",
     "OUTCOMES",
     "PCT",
+    "POS",
+    "STRATEGIES",
     "Access",
     "BaseScheduler",
     "Claim",
     "Nondeterminism",
     "Outcome",
+    "Portfolio",
     "RandomWalk",
     "Replay",
     "ScheduleMismatch",
@@ -40,6 +47,8 @@ __all__ = [
     "SchedulingError",
     "SleepBlocked",
     "SplitMix64",
+    "claim_of",
     "default_choice",
     "dependent",
+    "make_scheduler",
 ]
