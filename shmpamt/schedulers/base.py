@@ -59,7 +59,13 @@ class Access:
     """The objects a parked CPU's next step may read and may change (opaque integer ids).
 
     Over-approximations are safe (more dependence, less reduction); missing an
-    object is not (two conflicting steps would be treated as commuting).
+    object is not (two conflicting steps would be treated as commuting). In
+    the rig: ``spin_lock`` and ``spin_unlock`` read and write the lock's id
+    whether or not it is held (a CPU blocked at ``spin_lock`` stays in
+    ``pending`` with that access); read-modify-write atomics write their slot
+    even when they may fail (inc_not_zero, cmpxchg); page alloc/free write the
+    pool; a SEAMCALL writes the module state it may touch (one id for the whole
+    module is always safe).
     """
 
     reads: frozenset[int] = frozenset()
