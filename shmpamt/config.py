@@ -258,8 +258,8 @@ class ExploreConfig:
     ranges: int = 1
     #: PCT bug depth d
     depth: int = 2
-    #: preemption bound of dfs (and dpor); None = unbounded
-    preemptions: int | None = 2
+    #: preemption bound of dfs and dpor; None = the strategy's default (dfs 2, dpor none)
+    preemptions: int | None = None
     #: seconds to search; None = DEFAULT_EXPLORE_BUDGET unless ``executions`` is given
     budget: float | None = None
     #: stop after this many executions

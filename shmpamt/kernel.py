@@ -213,8 +213,8 @@ class Kernel:
         return hpa
 
     def free_page(self, hpa: int) -> None:
-        """``__free_page``."""
-        self._before("free_page", -1)
+        """``__free_page``; the point's target is the pool page's index (who it may touch)."""
+        self._before("free_page", (hpa - POOL_BASE) // tdx.PAGE_SIZE if hpa >= POOL_BASE else -1)
         self._pool.free(self.cpu, hpa)
         self._after("free_page", -1, hpa)
 

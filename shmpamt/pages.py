@@ -38,7 +38,7 @@ MAX_PAGES: Final = 1 << 16
 
 # header words
 _NPAGES: Final = 0
-_ROTOR: Final = 1  # where the next alloc starts scanning (spreads CPUs apart)
+_STRIDE: Final = 1  # partitions: CPU c allocates pages i with i % stride == c % stride first
 _ALLOCS: Final = 2
 _FREES: Final = 3
 _EXHAUSTED: Final = 4  # allocs that found no free page
@@ -72,12 +72,19 @@ class PamtPagePool:
         self._owners = RefcountArray.over(segment, _HDR_WORDS * 4, n)
 
     @classmethod
-    def create(cls, npages: int, log: ViolationLog, token: str | None = None) -> PamtPagePool:
+    def create(
+        cls, npages: int, log: ViolationLog, token: str | None = None, cpus: int = 1
+    ) -> PamtPagePool:
+        """``cpus`` partitions: each CPU allocates from its own first (see :meth:`alloc`)."""
         if isinstance(npages, bool) or not isinstance(npages, int) or not 1 <= npages <= MAX_PAGES:
             raise ValueError(f"pool size must be an int in 1..{MAX_PAGES}, got {npages!r}")
+        if not 1 <= cpus <= npages:
+            raise ValueError(f"partitions must be within 1..{npages}, got {cpus!r}")
         seg = Segment.create(make_name("pamtpool", token), KIND_POOL, (_HDR_WORDS + npages) * 4)
         try:
-            RefcountArray.over(seg, 0, _HDR_WORDS).set(_NPAGES, npages)
+            hdr = RefcountArray.over(seg, 0, _HDR_WORDS)
+            hdr.set(_NPAGES, npages)
+            hdr.set(_STRIDE, cpus)
             return cls(seg, log)
         except BaseException:
             seg.close()
@@ -110,18 +117,28 @@ class PamtPagePool:
     # -- the allocator (CPU side) ----------------------------------------------
 
     def alloc(self, cpu: int) -> int | None:
-        """Claim a free page for ``cpu``; None when the pool is exhausted (alloc_page's NULL)."""
+        """Claim a free page for ``cpu``; None when the pool is exhausted (alloc_page's NULL).
+
+        First fit in the CPU's own partition (pages ``i % stride == cpu % stride``),
+        then anywhere. With partitions, two CPUs' allocations touch disjoint pages and
+        commute, which is what lets a partial-order search treat them as independent
+        (the pool is sized so that a partition does not run dry in explore).
+        """
         n = self.npages
+        stride = self._hdr.read(_STRIDE)
         owners = self._owners
-        start = self._hdr.fetch_add(_ROTOR, 1) % n
-        for k in range(n):
-            i = (start + k) % n
-            # Lock-free claim: the cmpxchg decides between CPUs racing for page i.
-            if owners.read(i) == FREE and owners.cmpxchg(i, FREE, cpu + 1) == FREE:
-                self._hdr.inc(_ALLOCS)
-                return POOL_BASE + i * tdx.PAGE_SIZE
+        for scan in (range(cpu % stride, n, stride), range(n)):
+            for i in scan:
+                # Lock-free claim: the cmpxchg decides between CPUs racing for page i.
+                if owners.read(i) == FREE and owners.cmpxchg(i, FREE, cpu + 1) == FREE:
+                    self._hdr.inc(_ALLOCS)
+                    return POOL_BASE + i * tdx.PAGE_SIZE
         self._hdr.inc(_EXHAUSTED)
         return None
+
+    def partition(self, hpa: int) -> int:
+        """The partition a pool page belongs to (the CPU that allocates it first)."""
+        return self._index(hpa) % self._hdr.read(_STRIDE)
 
     def free(self, cpu: int, hpa: int) -> None:
         """``__free_page`` by ``cpu``; a free that is not the owner's own is recorded, not raised.
@@ -201,7 +218,7 @@ class PamtPagePool:
         """Every page free, counters zero (between explore executions, CPUs parked)."""
         for i in range(self.npages):
             self._owners.set(i, FREE)
-        for w in (_ROTOR, _ALLOCS, _FREES, _EXHAUSTED):
+        for w in (_ALLOCS, _FREES, _EXHAUSTED):
             self._hdr.set(w, 0)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from shmpamt.ipc import make_name, new_token, pid_alive
 from shmpamt.lock import PamtLock
 from shmpamt.module.daemon import TdxModule
 from shmpamt.module.faults import FaultPlan
-from shmpamt.pages import PamtPagePool
+from shmpamt.pages import MAX_PAGES, PamtPagePool
 from shmpamt.seamcall import ModuleNames
 from shmpamt.violations import (
     LOCK_LEAKED,
@@ -42,9 +42,11 @@ class SystemConfig:
     def pool_size(self) -> int:
         if self.pool_pages:
             return self.pool_pages
-        # every range's PAMT pair with the module + a pair in flight per CPU, and slack
-        # so that leaks show up as leaks, not as allocation failures
-        return tdx.PAMT_PAGES_PER_2M * (self.ranges + 2 * self.cpus) + 64
+        # Per CPU partition: every range's PAMT pair may be its pages, with the module,
+        # plus two pairs in flight; and slack so that leaks show up as leaks, not as
+        # allocation failures.
+        per_cpu = tdx.PAMT_PAGES_PER_2M * (self.ranges + 2)
+        return min(MAX_PAGES, self.cpus * per_cpu + 64)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class System:
             s._closers.append(s.lock)
             s.log = ViolationLog.create(token=s.token)
             s._closers.append(s.log)
-            s.pool = PamtPagePool.create(config.pool_size(), s.log, s.token)
+            s.pool = PamtPagePool.create(config.pool_size(), s.log, s.token, cpus=config.cpus)
             s._closers.append(s.pool)
             s.board = CpuBoard.create(config.cpus, s.token)
             s._closers.append(s.board)

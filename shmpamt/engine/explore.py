@@ -20,9 +20,17 @@ import posix_ipc
 from shmpamt import tdx
 from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
 from shmpamt.cpu import cpu_explore_main
+from shmpamt.engine.footprint import Footprints
 from shmpamt.engine.processes import Fleet
 from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError, UsageError
-from shmpamt.execution import COMPLETE, DEADLOCK, STEP_LIMIT, Execution, TraceEvent
+from shmpamt.execution import (
+    COMPLETE,
+    DEADLOCK,
+    SLEEP_BLOCKED,
+    STEP_LIMIT,
+    Execution,
+    TraceEvent,
+)
 from shmpamt.ipc import new_token
 from shmpamt.minimize import minimize
 from shmpamt.parking import (
@@ -47,12 +55,9 @@ from shmpamt.parking import (
     SchedBoard,
 )
 from shmpamt.results import (
-    BOUNDED,
     EXPLORE,
     REPLAY,
     REPLAYED,
-    SAMPLED,
-    VERIFIED,
     ExploreStats,
     Finding,
     VariantResult,
@@ -60,8 +65,8 @@ from shmpamt.results import (
     zero_counts,
 )
 from shmpamt.schedule import Schedule
-from shmpamt.schedulers.base import ScheduleMismatch, Scheduler
-from shmpamt.schedulers.registry import make_scheduler
+from shmpamt.schedulers.base import Access, ScheduleMismatch, Scheduler, SleepBlocked
+from shmpamt.schedulers.registry import claim_of, make_scheduler
 from shmpamt.schedulers.replay import Replay
 from shmpamt.system import System, SystemConfig
 from shmpamt.variants.registry import load_variant
@@ -103,6 +108,7 @@ class Session:
             raise
         self.s = self.fleet.system
         self.cpus = scenario.cpus
+        self.footprints = Footprints(scenario.cpus)
         self.executions = 0
         try:
             for _ in range(self.cpus):  # every CPU parks in its idle loop once attached
@@ -187,11 +193,15 @@ class Session:
         violations = []
         vsteps: list[int] = []
         outcome = COMPLETE
+        footprint = self.footprints.of
+        pending: dict[int, Access] = {}
         while True:
             parked = [c for c in cpus if b.get(c, W_STATE) == PARKED]
             held = lock.is_held()
+            ops = {c: b.get(c, W_OP) for c in parked}
             # A CPU about to spin_lock a held lock cannot make progress: not runnable.
-            runnable = [c for c in parked if not (held and b.get(c, W_OP) == SPIN_LOCK)]
+            runnable = [c for c in parked if not (held and ops[c] == SPIN_LOCK)]
+            pending = {c: footprint(ops[c], b.get(c, W_TARGET), c) for c in parked}
             if current is not None:
                 runnable_after.append(current in runnable)
             if not parked:
@@ -202,7 +212,12 @@ class Session:
             if len(steps) >= self.max_steps:
                 outcome = STEP_LIMIT
                 break
-            c = scheduler.next_cpu(runnable, current)
+            try:
+                c = scheduler.next_cpu(runnable, current, pending)
+            except SleepBlocked:
+                # Every schedule below this point repeats an explored class: stop here.
+                outcome = SLEEP_BLOCKED
+                break
             if c not in runnable:
                 raise SchedulingError(f"scheduler chose cpu {c}, runnable were {runnable}")
             op = OPS[b.get(c, W_OP)]
@@ -227,6 +242,7 @@ class Session:
         elif outcome == DEADLOCK:
             self.s.check_lock()
         self._abort_parked()
+        scheduler.end_execution(outcome, pending)
         new = log.records()[seen:]
         violations.extend(new)
         vsteps.extend([len(steps)] * len(new))
@@ -237,7 +253,7 @@ class Session:
             vsteps,
             outcome,
             seed,
-            strategy=scheduler.name,
+            strategy=str(getattr(scheduler, "current_member", "") or scheduler.name),
             runnable_after=runnable_after,
         )
 
@@ -297,14 +313,6 @@ class _Search:
     kinds: dict[str, _Kind] = field(default_factory=dict)
     ignored_only: int = 0
     incidents: list[str] = field(default_factory=list)
-
-
-def _claim(scheduler: Scheduler) -> str:
-    exhausted = bool(getattr(scheduler, "exhausted", False))
-    if not exhausted:
-        return SAMPLED
-    bound = getattr(scheduler, "preemption_bound", None)
-    return BOUNDED if bound is not None else VERIFIED
 
 
 def shrink(session: Session, schedule: Schedule, kind: str) -> tuple[Schedule, Execution]:
@@ -423,7 +431,7 @@ def run_explore(
             executions=ran,
             distinct_schedules=_distinct(scheduler),
             steps_total=int(getattr(scheduler, "total_steps", 0)),
-            claim=_claim(scheduler),
+            claim=claim_of(scheduler),
             ignored_only=found.ignored_only,
         ),
     )

@@ -2,17 +2,23 @@
 
 The shape is shuttle's: the controller calls ``new_execution()`` before each
 execution (False: the strategy has nothing left), ``next_cpu(runnable,
-current)`` at every scheduling point to pick which parked CPU may take the next
-step, and ``next_u64()`` whenever the workload wants a random number. A
-strategy never sees processes or semaphores, so each one is a deterministic
-function of its seed and of the runnable sets it is shown, and can be tested
-without any process at all.
+current, pending)`` at every scheduling point to pick which parked CPU may take
+the next step, ``next_u64()`` whenever the workload wants a random number, and
+``end_execution(outcome)`` when an execution is over. A strategy never sees
+processes or semaphores, so each one is a deterministic function of its seed
+and of what it is shown, and can be tested without any process at all.
+
+``pending`` is the dependency information partial-order strategies (DPOR, POS)
+need: for *every parked CPU*, runnable or blocked, the :class:`Access` its next
+step may perform. Strategies that do not use it ignore it, and callers that do
+not have it may leave it out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from shmpamt.errors import SchedulingError
 
@@ -28,6 +34,56 @@ class ScheduleMismatch(SchedulingError):
     """A replayed schedule names a CPU that is not runnable at that step."""
 
 
+class SleepBlocked(Exception):
+    """Raised by ``next_cpu``: abandon this execution now, it can only repeat explored ones.
+
+    Not a :class:`SchedulingError`: nothing went wrong. The controller catches it,
+    ends the execution (no further grants; parked CPUs are aborted as after a
+    step limit) and calls ``end_execution("sleep-blocked")``; any violations seen
+    before are real and stay reported.
+    """
+
+
+#: how an execution ended, as the controller tells ``end_execution``
+Outcome = Literal["complete", "deadlock", "step-limit", "sleep-blocked"]
+OUTCOMES: Final[tuple[str, ...]] = ("complete", "deadlock", "step-limit", "sleep-blocked")
+
+#: what a finished strategy has shown: every class, every class within a bound, or samples
+Claim = Literal["verified", "bounded", "sampled"]
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The objects a parked CPU's next step may read and may change (opaque integer ids).
+
+    Over-approximations are safe (more dependence, less reduction); missing an
+    object is not (two conflicting steps would be treated as commuting). In
+    the rig: ``spin_lock`` and ``spin_unlock`` read and write the lock's id
+    whether or not it is held (a CPU blocked at ``spin_lock`` stays in
+    ``pending`` with that access); read-modify-write atomics write their slot
+    even when they may fail (inc_not_zero, cmpxchg); page alloc/free write the
+    pool; a SEAMCALL writes the module state it may touch (one id for the whole
+    module is always safe).
+    """
+
+    reads: frozenset[int] = frozenset()
+    writes: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, reads: Sequence[int] = (), writes: Sequence[int] = ()) -> Access:
+        """Convenience constructor from any sequences of ids."""
+        return cls(frozenset(reads), frozenset(writes))
+
+
+def dependent(a: Access, b: Access) -> bool:
+    """True when the order of the two steps can matter: one writes what the other touches."""
+    return not (
+        a.writes.isdisjoint(b.writes)
+        and a.writes.isdisjoint(b.reads)
+        and b.writes.isdisjoint(a.reads)
+    )
+
+
 @runtime_checkable
 class Scheduler(Protocol):
     """Chooses interleavings. One instance lives across all executions of one exploration."""
@@ -39,10 +95,25 @@ class Scheduler(Protocol):
         """Start the next execution; False when the strategy has nothing left to run."""
         ...
 
-    def next_cpu(self, runnable: Sequence[int], current: int | None) -> int:
+    def next_cpu(
+        self,
+        runnable: Sequence[int],
+        current: int | None,
+        pending: Mapping[int, Access] | None = None,
+    ) -> int:
         """The CPU (one of ``runnable``) that takes the next step.
 
         ``current`` is the CPU that took the previous step, None before the first.
+        ``pending`` maps every parked CPU (runnable or blocked; finished CPUs are
+        absent) to the access of its next step. May raise :class:`SleepBlocked`.
+        """
+        ...
+
+    def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
+        """The execution just ended with ``outcome`` (see :data:`OUTCOMES`).
+
+        ``pending``: the parked CPUs at the end (after a deadlock or step limit),
+        filled like ``next_cpu``'s; strategies that analyse executions use it.
         """
         ...
 
@@ -126,6 +197,8 @@ class BaseScheduler:
         self.steps: list[int] = []
         #: CPU choices of the execution before the current one
         self.last_steps: tuple[int, ...] = ()
+        #: outcome the controller reported for the last execution ("" if none yet)
+        self.last_outcome = ""
         self._distinct: set[int] = set()
 
     # -- what subclasses override ----------------------------------------------
@@ -136,6 +209,12 @@ class BaseScheduler:
 
     def _choose(self, runnable: Sequence[int], current: int | None) -> int:
         raise NotImplementedError
+
+    def _decide(
+        self, runnable: Sequence[int], current: int | None, pending: Mapping[int, Access] | None
+    ) -> int:
+        """Strategies that use dependency information override this instead of ``_choose``."""
+        return self._choose(runnable, current)
 
     def _seed_for(self, execution: int) -> int:
         """Workload seed of the given execution (0-based); fixed unless overridden."""
@@ -152,11 +231,21 @@ class BaseScheduler:
         self.executions += 1
         return True
 
-    def next_cpu(self, runnable: Sequence[int], current: int | None) -> int:
+    def next_cpu(
+        self,
+        runnable: Sequence[int],
+        current: int | None,
+        pending: Mapping[int, Access] | None = None,
+    ) -> int:
         if not runnable:
             raise SchedulingError("next_cpu called with no runnable CPU")
+        # Invariant: every runnable CPU is parked, so it has a pending access.
+        if pending is not None and any(c not in pending for c in runnable):
+            raise SchedulingError(
+                f"pending accesses {sorted(pending)} do not cover runnable {sorted(runnable)}"
+            )
         self.cpus_seen = max(self.cpus_seen, len(runnable), max(runnable) + 1)
-        cpu = self._choose(runnable, current)
+        cpu = self._decide(runnable, current, pending)
         # Invariant: a strategy only ever grants a step to a runnable CPU.
         if cpu not in runnable:
             raise SchedulingError(f"{self.name} chose cpu {cpu}, not in runnable {list(runnable)}")
@@ -164,8 +253,19 @@ class BaseScheduler:
         self.total_steps += 1
         return cpu
 
+    def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
+        """Remember how the execution ended; strategies that learn from it extend this."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
+        self.last_outcome = outcome
+
     def next_u64(self) -> int:
         return self._data.next_u64()
+
+    @property
+    def claim(self) -> Claim:
+        """What the executions so far support; sampling strategies never claim more."""
+        return "sampled"
 
     @property
     def workload_seed(self) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shmpamt.schedulers.base import BaseScheduler, Nondeterminism, default_choice
+from shmpamt.schedulers.base import BaseScheduler, Claim, Nondeterminism, default_choice
 
 
 @dataclass
@@ -122,6 +122,12 @@ class DFS(BaseScheduler):
         """Preemptions in the current execution so far."""
         n = len(self.steps)
         return self._levels[n - 1].preemptions if n else 0
+
+    @property
+    def claim(self) -> Claim:
+        if not self.exhausted:
+            return "sampled"
+        return "verified" if self.preemption_bound is None else "bounded"
 
     def coverage(self) -> str:
         bound = "unbounded" if self.preemption_bound is None else f"<= {self.preemption_bound}"

@@ -1,37 +1,83 @@
-"""The strategies a user may name, importable without cffi or posix_ipc."""
+"""The strategies a user may name, one line of help each, and one way to build them.
+
+Importing this module (or :mod:`shmpamt.schedulers`) loads no cffi, posix_ipc
+or atomics binding: strategies are pure, and the CLI lists them cheaply.
+"""
 
 from __future__ import annotations
 
 from typing import Final
 
-from shmpamt.schedulers.base import Scheduler
+from shmpamt.schedulers.base import BaseScheduler, Claim, Scheduler, SplitMix64
+from shmpamt.schedulers.dfs import DFS
+from shmpamt.schedulers.dpor import DPOR
+from shmpamt.schedulers.pct import PCT
+from shmpamt.schedulers.portfolio import Portfolio
+from shmpamt.schedulers.pos import POS
+from shmpamt.schedulers.random_walk import RandomWalk
 
-#: name -> one line of help, in the order ``--help`` lists them
+STRATEGIES: Final[tuple[str, ...]] = ("portfolio", "random", "pct", "pos", "dfs", "dpor")
+DEFAULT_STRATEGY: Final = "portfolio"
+#: dfs's preemption bound when none is given (unbounded dfs rarely finishes)
+DFS_DEFAULT_PREEMPTIONS: Final = 2
+
 HELP: Final[dict[str, str]] = {
-    "pct": "probabilistic concurrency testing with bug depth --depth",
-    "random": "uniform random walk over the runnable CPUs",
-    "dfs": "exhaustive depth-first search with at most --preemptions preemptions",
+    "portfolio": "default: rotate random, PCT d=1..4, POS and DPOR; verified if DPOR finishes",
+    "random": "uniform random walk over runnable CPUs; good at shallow bugs, no guarantee",
+    "pct": "PCT at --depth d: finds any depth-d bug with p >= 1/(n k^(d-1)) per execution",
+    "pos": "partial order sampling: random priorities re-drawn on conflicting steps",
+    "dfs": "every interleaving with <= --preemptions preemptions (all if unbounded)",
+    "dpor": "one interleaving per Mazurkiewicz class (source-DPOR + sleep sets): a proof",
 }
-STRATEGIES: Final[tuple[str, ...]] = tuple(HELP)
-DEFAULT_STRATEGY: Final = "pct"
+
+
+def _shard_seed(seed: int, index: int) -> int:
+    """Sampling jobs of a sharded run differ by seed (shard 0 keeps the user's)."""
+    return seed if index == 0 else SplitMix64(seed ^ (index << 32)).next_u64()
 
 
 def make_scheduler(
     name: str,
     *,
-    seed: int,
+    seed: int = 0,
     depth: int = 2,
-    preemptions: int | None = 2,
+    preemptions: int | None = None,
     max_executions: int | None = None,
-) -> Scheduler:
-    from shmpamt.schedulers.dfs import DFS
-    from shmpamt.schedulers.pct import PCT
-    from shmpamt.schedulers.random_walk import RandomWalk
+    workload_seed: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> BaseScheduler:
+    """A fresh strategy ``name`` (one of :data:`STRATEGIES`).
 
+    ``preemptions`` None means unbounded for dpor (and the portfolio's dpor
+    member) and :data:`DFS_DEFAULT_PREEMPTIONS` for dfs (pass a bound to go
+    further); ``workload_seed`` None means the same as ``seed``; ``shard``
+    (index, count) splits dpor's search, and gives sampling strategies distinct
+    seeds per job; dfs cannot be sharded.
+    """
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {shard} must be (index, count) with 0 <= index < count")
+    wseed = seed if workload_seed is None else workload_seed
+    s = _shard_seed(seed, index)
+    if name == "portfolio":
+        return Portfolio(s, max_executions, wseed, preemptions, shard)
     if name == "random":
-        return RandomWalk(seed=seed, max_executions=max_executions)
+        return RandomWalk(s, max_executions, wseed)
     if name == "pct":
-        return PCT(depth=depth, seed=seed, max_executions=max_executions)
+        return PCT(depth, s, max_executions, workload_seed=wseed)
+    if name == "pos":
+        return POS(s, max_executions, wseed)
     if name == "dfs":
-        return DFS(preemption_bound=preemptions, workload_seed=seed, max_executions=max_executions)
+        if count > 1:
+            raise ValueError("dfs cannot be sharded; use dpor")
+        bound = DFS_DEFAULT_PREEMPTIONS if preemptions is None else preemptions
+        return DFS(bound, max_executions, wseed)
+    if name == "dpor":
+        return DPOR(preemptions, max_executions, wseed, shard)
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def claim_of(scheduler: Scheduler) -> Claim:
+    """What a finished strategy's executions support: "verified", "bounded" or "sampled"."""
+    claim: Claim = getattr(scheduler, "claim", "sampled")
+    return claim

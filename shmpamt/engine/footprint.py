@@ -1,0 +1,84 @@
+"""Footprints: what a parked CPU's next step may read and change, for partial-order search.
+
+DPOR and POS treat two steps as commuting when neither changes what the other
+touches. The footprint depends only on the step's own primitive and target
+(never on a value it reads), so a replayed prefix always shows the same
+footprints. Over-approximating is safe (less reduction); missing an object
+is not, so every choice below errs towards dependence:
+
+- a refcount slot: ``atomic_read`` reads it, every other atomic writes it (a
+  failed ``inc_not_zero`` or ``cmpxchg`` still counts as a write);
+- ``pamt_lock``: ``spin_lock`` and ``spin_unlock`` both read and write it, held
+  or not (a CPU blocked on it stays parked with this footprint);
+- the PAMT page pool, one object per CPU partition (see ``PamtPagePool.alloc``):
+  ``alloc_page`` by CPU c writes partition c, ``__free_page`` writes the freed
+  page's partition (its index is the point's target), PAMT.ADD and PAMT.REMOVE
+  (pages move to the module and back) write every partition;
+- a range's PAMT in the module: ADD and REMOVE write it, AUG and RECLAIM read it;
+- the 4 KiB pages CPU c uses in range r (no other CPU touches them): AUG and
+  RECLAIM by c write them, REMOVE of r reads every CPU's;
+- the private no-op and status leaves touch the whole module, conservatively.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from shmpamt import tdx
+from shmpamt.parking import OPS
+from shmpamt.schedulers.base import Access
+
+LOCK: Final = 0
+MODULE: Final = 2
+_POOL: Final = 4 << 24
+_RC: Final = 1 << 24
+_PAMT: Final = 2 << 24
+_PAGES: Final = 3 << 24
+_CPU_BITS: Final = 8  # at most 256 CPUs per range in the page ids
+
+_ADD: Final = tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_ADD)
+_REMOVE: Final = tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_REMOVE)
+_USE: Final = frozenset(
+    {tdx.leaf_name(tdx.TDH_MEM_PAGE_AUG), tdx.leaf_name(tdx.TDH_PHYMEM_PAGE_RECLAIM)}
+)
+
+
+def _pages(r: int, cpu: int) -> int:
+    return _PAGES + (r << _CPU_BITS) + cpu
+
+
+class Footprints:
+    """Footprint of (op index, target, cpu), computed once per distinct step."""
+
+    def __init__(self, cpus: int) -> None:
+        self._cpus = cpus
+        self._pool = tuple(_POOL + c for c in range(cpus))
+        self._cache: dict[tuple[int, int, int], Access] = {}
+
+    def of(self, op: int, target: int, cpu: int) -> Access:
+        key = (op, target, cpu)
+        a = self._cache.get(key)
+        if a is None:
+            a = self._cache[key] = self._compute(OPS[op], target, cpu)
+        return a
+
+    def _compute(self, op: str, target: int, cpu: int) -> Access:
+        if op == "atomic_read":
+            return Access.of(reads=(_RC + target,))
+        if op.startswith("atomic"):
+            return Access.of(writes=(_RC + target,))
+        if op in ("spin_lock", "spin_unlock"):
+            return Access.of(reads=(LOCK,), writes=(LOCK,))
+        if op == "alloc_page":
+            return Access.of(writes=(_POOL + cpu,))
+        if op == "free_page":
+            part = target % self._cpus if target >= 0 else None
+            return Access.of(writes=self._pool if part is None else (_POOL + part,))
+        if op == _ADD:
+            return Access.of(writes=(_PAMT + target, *self._pool))
+        if op == _REMOVE:
+            every_cpu = [_pages(target, c) for c in range(self._cpus)]
+            return Access.of(reads=every_cpu, writes=(_PAMT + target, *self._pool))
+        if op in _USE:
+            return Access.of(reads=(_PAMT + target,), writes=(_pages(target, cpu),))
+        return Access.of(writes=(MODULE, LOCK, *self._pool))

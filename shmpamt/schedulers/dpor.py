@@ -1,0 +1,368 @@
+"""Source-DPOR with sleep sets: every Mazurkiewicz class of interleavings, each explored once.
+
+Abdulla, Aronis, Jonsson, Sagonas, "Optimal Dynamic Partial Order Reduction",
+POPL 2014 (the source-set algorithm). Two interleavings that differ only in
+the order of independent steps (see :func:`~shmpamt.schedulers.base.dependent`)
+reach the same state; it suffices to run one per equivalence class.
+
+Stateless, like :mod:`dfs`: each execution replays a recorded prefix from the
+initial state and then runs the non-preemptive default. After an execution the
+scheduler analyses its events (CPU, access performed): for every race ``e`` ⋖
+``e'`` it makes sure that the state before ``e`` will also be explored with
+some *initial* of ``notdep(e).e'`` (a CPU that can start the reversed order),
+unless one already is. Sleep sets stop the repeats: after a choice ``p`` is
+explored at a state, ``p`` sleeps in its later siblings until a step dependent
+with ``p``'s next one runs. An execution whose every enabled CPU sleeps can
+only repeat a class already explored: :class:`SleepBlocked` is raised from
+``next_cpu`` and the controller abandons it.
+
+Blocking (a CPU parked at ``spin_lock`` of a held lock) is outside the paper's
+model, so three conservative rules are added, each only ever adding work:
+
+* a race whose reversal has no initial enabled before ``e`` adds every CPU
+  enabled there (Flanagan and Godefroid's fallback);
+* the next step of a *blocked* CPU is analysed like an executed one at each
+  state where it has just become relevant (the CPU just parked, or the step
+  before conflicts with it): that is how the acquisition that holds the lock
+  is reversed with the waiting one, which after the unlock no longer races;
+* after a step limit, every parked CPU's next step is analysed the same way.
+
+``preemption_bound`` keeps backtracking within the bound: an alternative that
+would need more preemptions is instead tried at the latest earlier state where
+switching is free (Coons, Musuvathi, McKinley, OOPSLA 2013). The result is then
+"bounded", never "verified".
+
+``shard=(i, n)`` splits the search for n parallel jobs: at the first state
+with two or more enabled CPUs every enabled CPU is an alternative; job i takes
+those at positions ≡ i (mod n), each with the sleep set the sequential search
+would give it (the alternatives before it, explored by other jobs). Subtrees
+below that state never add work to each other, so the jobs explore disjoint
+sets of classes whose union is all of them, and the counts add up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from shmpamt.errors import SchedulingError
+from shmpamt.schedulers.base import (
+    Access,
+    BaseScheduler,
+    Claim,
+    Nondeterminism,
+    SleepBlocked,
+    dependent,
+)
+from shmpamt.schedulers.races import Trace
+
+
+@dataclass
+class _Node:
+    """One state on the current path: what was parked there and what is explored from it."""
+
+    enabled: tuple[int, ...]
+    pending: dict[int, Access]
+    current: int | None
+    #: CPUs asleep on arrival, with their next step (it cannot change while they sleep)
+    sleep: dict[int, Access]
+    choice: int
+    #: preemptions on the path up to and including ``choice``
+    preemptions: int
+    backtrack: set[int] = field(default_factory=set)
+    #: choices explored here so far, in order; the last one is ``choice``
+    done: list[int] = field(default_factory=list)
+    #: the shard split state: alternatives are ``enabled`` in order
+    split: bool = False
+
+    def before_choice(self) -> Sequence[int]:
+        """Alternatives explored before ``choice`` in the sequential search order."""
+        if self.split:
+            return self.enabled[: self.enabled.index(self.choice)]
+        return self.done[:-1]
+
+    def child_sleep(self) -> dict[int, Access]:
+        """Sleep set after taking ``choice``: sleepers and earlier siblings it does not wake."""
+        step = self.pending[self.choice]
+        out = {q: a for q, a in self.sleep.items() if not dependent(step, a)}
+        for q in self.before_choice():
+            if not dependent(step, self.pending[q]):
+                out[q] = self.pending[q]
+        return out
+
+
+@dataclass
+class _Final:
+    """The state an execution ended in, as far as the scheduler knows it."""
+
+    pending: dict[int, Access]
+    #: None: unknown (step limit, or no ``end_execution``), treat every CPU as maybe blocked
+    enabled: tuple[int, ...] | None
+    sleep: dict[int, Access]
+
+
+def _is_preemption(enabled: Sequence[int], current: int | None, cpu: int) -> bool:
+    return current is not None and current in enabled and cpu != current
+
+
+class DPOR(BaseScheduler):
+    """Exhaustive stateless model checking; needs ``pending`` at every ``next_cpu``."""
+
+    name = "dpor"
+
+    def __init__(
+        self,
+        preemption_bound: int | None = None,
+        max_executions: int | None = None,
+        workload_seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        """``preemption_bound`` None: unbounded; ``shard`` (index, count) for parallel jobs."""
+        if preemption_bound is not None and preemption_bound < 0:
+            raise ValueError("preemption bound must be >= 0")
+        index, count = shard
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard {shard} must be (index, count) with 0 <= index < count")
+        super().__init__(workload_seed)
+        self.preemption_bound = preemption_bound
+        self.max_executions = max_executions
+        self.shard = (index, count)
+        self._stack: list[_Node] = []
+        self._replay_len = 0
+        self._final: _Final | None = None
+        self._blocked_now = False
+        self._skipped_now = False
+        self._analysed = True
+        #: executions run, including sleep-set blocked ones (BaseScheduler counts them)
+        #: executions that ran to their end: one per Mazurkiewicz class explored
+        self.complete_executions = 0
+        #: executions abandoned because every enabled CPU slept
+        self.sleep_blocked = 0
+        #: executions that found nothing for this shard (its alternative does not exist)
+        self.shard_skipped = 0
+        #: complete executions that ended in a deadlock
+        self.deadlocks = 0
+        #: True once the whole (bounded, sharded) space has been explored
+        self.exhausted = False
+
+    # -- search ---------------------------------------------------------------------
+
+    def _start(self) -> bool:
+        if self.exhausted:
+            return False
+        if self.executions == 0:
+            self._reset_execution()
+            return self.max_executions is None or self.max_executions >= 1
+        self._analyse(len(self.last_steps))
+        if len(self.last_steps) < self._replay_len:
+            raise Nondeterminism(
+                f"execution {self.executions} ended after {len(self.last_steps)} steps, before "
+                f"the {self._replay_len} steps of its recorded prefix"
+            )
+        while self._stack:
+            node = self._stack[-1]
+            todo = sorted(node.backtrack - set(node.done) - node.sleep.keys())
+            if todo:
+                break
+            self._stack.pop()
+        if not self._stack:
+            self.exhausted = True
+            return False
+        if self.max_executions is not None and self.executions >= self.max_executions:
+            return False
+        node.choice = todo[0]
+        node.done.append(node.choice)
+        before = self._stack[-2].preemptions if len(self._stack) > 1 else 0
+        node.preemptions = before + _is_preemption(node.enabled, node.current, node.choice)
+        self._replay_len = len(self._stack)
+        self._reset_execution()
+        return True
+
+    def _reset_execution(self) -> None:
+        self._final = None
+        self._blocked_now = False
+        self._skipped_now = False
+        self._analysed = False
+
+    def _decide(
+        self, runnable: Sequence[int], current: int | None, pending: Mapping[int, Access] | None
+    ) -> int:
+        if pending is None:
+            raise SchedulingError("dpor needs the pending access of every parked CPU")
+        i = len(self.steps)
+        now = tuple(sorted(runnable))
+        parked = dict(pending)
+        if i < self._replay_len:
+            node = self._stack[i]
+            # Invariant: replaying the same choices reaches the same states.
+            if node.enabled != now or node.pending != parked or node.current != current:
+                raise Nondeterminism(
+                    f"step {i} replayed with runnable {list(now)}, current {current} and pending "
+                    f"{parked}, but was recorded with runnable {list(node.enabled)}, current "
+                    f"{node.current} and pending {node.pending}: the execution is not "
+                    "deterministic given the schedule"
+                )
+            return node.choice
+        parent = self._stack[-1] if self._stack else None
+        sleep = parent.child_sleep() if parent else {}
+        before = parent.preemptions if parent else 0
+        index, count = self.shard
+        if count > 1 and len(now) >= 2 and not any(n.split for n in self._stack):
+            if index >= len(now):
+                # Fewer alternatives than jobs: this one has nothing to explore.
+                self._skipped_now = True
+                self._final = _Final(parked, now, sleep)
+                raise SleepBlocked(f"shard {index}/{count}: no alternative at the split state")
+            choice = now[index]
+            node = _Node(now, parked, current, sleep, choice, 0, split=True)
+            node.backtrack = set(now[index::count])
+        else:
+            awake = [c for c in now if c not in sleep]
+            if not awake:
+                self._blocked_now = True
+                self._final = _Final(parked, now, sleep)
+                raise SleepBlocked(
+                    f"step {i}: every enabled CPU {list(now)} is asleep; this execution "
+                    "would only repeat an explored class"
+                )
+            choice = current if current in awake else awake[0]
+            node = _Node(now, parked, current, sleep, choice, 0, backtrack={choice})
+        node.preemptions = before + _is_preemption(now, current, choice)
+        node.done.append(choice)
+        self._stack.append(node)
+        return choice
+
+    def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
+        super().end_execution(outcome, pending)
+        if self._final is None and outcome != "sleep-blocked":
+            parked = dict(pending) if pending is not None else self._parked_at_end()
+            enabled = () if outcome in ("deadlock", "complete") else None
+            sleep = self._stack[-1].child_sleep() if self._stack else {}
+            self._final = _Final(parked, enabled, sleep)
+        self._analyse(len(self.steps))
+
+    def _parked_at_end(self) -> dict[int, Access]:
+        """Without ``pending`` from the controller: who else was parked at the last step."""
+        if not self._stack:
+            return {}
+        last = self._stack[-1]
+        return {q: a for q, a in last.pending.items() if q != last.choice}
+
+    # -- race analysis --------------------------------------------------------------
+
+    def _analyse(self, n: int) -> None:
+        """Add backtrack points for every race of the ``n``-step execution that just ended.
+
+        Runs once per execution: from ``end_execution``, or from the next
+        ``new_execution`` when the controller did not call it.
+        """
+        if self._analysed:
+            return
+        self._analysed = True
+        if self._final is None:
+            sleep = self._stack[-1].child_sleep() if self._stack else {}
+            self._final = _Final(self._parked_at_end(), None, sleep)
+        final = self._final
+        # Invariant: every step of the execution has its node on the stack, and no more.
+        if len(self._stack) != n:
+            raise SchedulingError(f"dpor: {len(self._stack)} states recorded for {n} steps")
+        if self._blocked_now:
+            self.sleep_blocked += 1
+        elif self._skipped_now or (self.shard[0] > 0 and not any(s.split for s in self._stack)):
+            # Without a split state the one execution belongs to shard 0.
+            self._skipped_now = True
+            self.shard_skipped += 1
+        else:
+            self.complete_executions += 1
+            self.deadlocks += self.last_outcome == "deadlock"
+        trace = Trace([(s.choice, s.pending[s.choice]) for s in self._stack])
+        for j in range(n):
+            self._reverse_races(trace, trace.cpus[j], trace.accesses[j], j)
+        for k in range(1, n + 1):
+            state: _Node | _Final = self._stack[k] if k < n else final
+            enabled = state.enabled
+            for q, access in sorted(state.pending.items()):
+                if q in state.sleep:
+                    continue
+                if enabled is None and k == n:
+                    # Unknown end (step limit): every parked CPU's next step counts.
+                    self._reverse_races(trace, q, access, k)
+                elif (
+                    enabled is not None
+                    and q not in enabled
+                    and (q == trace.cpus[k - 1] or dependent(trace.accesses[k - 1], access))
+                ):
+                    # A blocked CPU that just parked, or whose step the last one conflicts with.
+                    self._reverse_races(trace, q, access, k)
+
+    def _reverse_races(self, trace: Trace, cpu: int, access: Access, k: int) -> None:
+        racing, dmask = trace.races(cpu, access, k)
+        for i in racing:
+            self._want(i, trace.initials(i, cpu, dmask, k))
+
+    def _want(self, i: int, initials: set[int]) -> None:
+        """Make sure state ``i`` explores one of ``initials`` (or everything, if none can run)."""
+        node = self._stack[i]
+        if node.split or initials & node.backtrack:
+            return
+        runnable = [q for q in sorted(initials) if q in node.enabled]
+        if runnable:
+            awake = [q for q in runnable if q not in node.sleep]
+            self._add(i, (awake or runnable)[0])
+        else:
+            for q in node.enabled:
+                self._add(i, q)
+
+    def _add(self, i: int, cpu: int) -> None:
+        node = self._stack[i]
+        if cpu in node.backtrack:
+            return
+        if self._affordable(i, cpu):
+            node.backtrack.add(cpu)
+            return
+        # Over the bound here: try the latest earlier state where switching is free.
+        for j in range(i - 1, -1, -1):
+            earlier = self._stack[j]
+            if earlier.split:
+                return
+            free = earlier.current is None or earlier.current not in earlier.enabled
+            if free and cpu in earlier.enabled and cpu not in earlier.backtrack:
+                if self._affordable(j, cpu):
+                    earlier.backtrack.add(cpu)
+                return
+
+    def _affordable(self, i: int, cpu: int) -> bool:
+        if self.preemption_bound is None:
+            return True
+        node = self._stack[i]
+        before = self._stack[i - 1].preemptions if i else 0
+        return before + _is_preemption(node.enabled, node.current, cpu) <= self.preemption_bound
+
+    # -- reporting ------------------------------------------------------------------
+
+    @property
+    def claim(self) -> Claim:
+        if not self.exhausted:
+            return "sampled"
+        return "verified" if self.preemption_bound is None else "bounded"
+
+    def coverage(self) -> str:
+        index, count = self.shard
+        part = f" (shard {index}/{count}: this job's part only)" if count > 1 else ""
+        counts = (
+            f"{self.executions} executions, {self.sleep_blocked} sleep-set blocked, "
+            f"{self.deadlocks} ending in deadlock"
+        )
+        n = self.complete_executions
+        if self.exhausted and self.preemption_bound is None:
+            return f"dpor: verified: all {n} classes of interleavings explored{part} ({counts})"
+        if self.exhausted:
+            return (
+                f"dpor: bounded: all {n} classes reachable with <= {self.preemption_bound} "
+                f"preemptions explored{part} ({counts})"
+            )
+        bound = "" if self.preemption_bound is None else f" <= {self.preemption_bound} preemptions,"
+        return (
+            f"dpor: NOT exhausted:{bound} {n} classes explored so far{part} ({counts}); "
+            "stopped by the budget before the space was covered"
+        )

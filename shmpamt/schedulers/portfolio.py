@@ -1,0 +1,126 @@
+"""The default strategy: a rotation of complementary strategies, one per execution.
+
+No single strategy wins everywhere: the random walk is best at shallow bugs,
+PCT at depth-d ordering bugs, POS at bugs hiding among many independent steps,
+and DPOR, on its turns, works towards a proof. Executions rotate among the
+members; ``current_member`` names the one running the current execution so a
+report can say which strategy found each kind of failure. When the DPOR member
+exhausts its space, the portfolio has verified (or, with a preemption bound,
+bounded-verified) the scenario and ``new_execution()`` returns False.
+
+Workload data: sampling members' executions use workload seed ``workload_seed +
+i`` for portfolio execution i (every failure is replayable from its (seed,
+steps) pair); DPOR's executions all use ``workload_seed`` itself, because its
+replays must meet the same data. The portfolio serves ``next_u64`` itself, from
+the current execution's seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from shmpamt.schedulers.base import Access, BaseScheduler, Claim, SplitMix64
+from shmpamt.schedulers.dpor import DPOR
+from shmpamt.schedulers.pct import PCT
+from shmpamt.schedulers.pos import POS
+from shmpamt.schedulers.random_walk import RandomWalk
+
+#: member names, in rotation order
+MEMBERS: tuple[str, ...] = ("random", "pct-1", "pct-2", "pct-3", "pct-4", "pos", "dpor")
+
+
+class Portfolio(BaseScheduler):
+    """Round-robin over ``members``; stops early only when the DPOR member is exhausted."""
+
+    name = "portfolio"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        max_executions: int | None = None,
+        workload_seed: int | None = None,
+        preemption_bound: int | None = None,
+        shard: tuple[int, int] = (0, 1),
+        members: Sequence[str] = MEMBERS,
+    ) -> None:
+        """``preemption_bound`` and ``shard`` apply to the DPOR member."""
+        unknown = [m for m in members if m not in MEMBERS]
+        if unknown or not members or len(set(members)) != len(members):
+            raise ValueError(f"members must be distinct names from {', '.join(MEMBERS)}")
+        super().__init__(seed if workload_seed is None else workload_seed)
+        self.seed = seed
+        self.max_executions = max_executions
+        seeds = SplitMix64(seed ^ (shard[0] << 48))
+        self._members: list[tuple[str, BaseScheduler]] = []
+        for m in members:
+            s = seeds.next_u64()
+            member: BaseScheduler
+            if m == "random":
+                member = RandomWalk(seed=s, vary_workload=False)
+            elif m.startswith("pct-"):
+                member = PCT(depth=int(m[4:]), seed=s, vary_workload=False)
+            elif m == "pos":
+                member = POS(seed=s, vary_workload=False)
+            else:
+                member = DPOR(preemption_bound, workload_seed=self._base_seed, shard=shard)
+            self._members.append((m, member))
+        self._active = list(self._members)
+        self._turn = 0
+        self._member: BaseScheduler | None = None
+        #: name of the member running the current execution ("" before the first)
+        self.current_member = ""
+        #: executions run by each member
+        self.runs: dict[str, int] = {m: 0 for m in members}
+
+    @property
+    def dpor(self) -> DPOR | None:
+        """The DPOR member, if the portfolio has one."""
+        return next((m for _, m in self._members if isinstance(m, DPOR)), None)
+
+    def member(self, name: str) -> BaseScheduler:
+        """One member, e.g. to read its own coverage."""
+        return dict(self._members)[name]
+
+    def _start(self) -> bool:
+        if self.max_executions is not None and self.executions >= self.max_executions:
+            return False
+        while self._active:
+            name, member = self._active[self._turn % len(self._active)]
+            if member.new_execution():
+                self._turn += 1
+                self._member, self.current_member = member, name
+                self.runs[name] += 1
+                return True
+            if isinstance(member, DPOR) and member.exhausted:
+                # The search is complete: nothing another member runs can add to it.
+                return False
+            self._active.remove((name, member))
+        return False
+
+    def _seed_for(self, execution: int) -> int:
+        if isinstance(self._member, DPOR):
+            return self._base_seed
+        return self._base_seed + execution
+
+    def _decide(
+        self, runnable: Sequence[int], current: int | None, pending: Mapping[int, Access] | None
+    ) -> int:
+        # Invariant: a step is only granted inside an execution some member started.
+        assert self._member is not None, "next_cpu before new_execution"
+        return self._member.next_cpu(runnable, current, pending)
+
+    def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
+        super().end_execution(outcome, pending)
+        if self._member is not None:
+            self._member.end_execution(outcome, pending)
+
+    @property
+    def claim(self) -> Claim:
+        d = self.dpor
+        return d.claim if d is not None and d.exhausted else "sampled"
+
+    def coverage(self) -> str:
+        by = ", ".join(f"{m} {n}" for m, n in self.runs.items())
+        d = self.dpor
+        tail = f"; {d.coverage()}" if d is not None else "; sampled only (no dpor member)"
+        return f"portfolio: {self.claim}: {self.executions} executions ({by}){tail}"

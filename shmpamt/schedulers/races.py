@@ -1,0 +1,104 @@
+"""Happens-before and races over one executed sequence of steps, for DPOR's analysis.
+
+An event is a CPU and the :class:`Access` it performed. Event ``i`` happens
+before event ``j`` (i < j) when a chain of program-order and dependence edges
+leads from one to the other. Two dependent events of different CPUs are in a
+*race* when the edge between them is the only such chain: nothing else
+orders them, so swapping them may give a different outcome. Relations are
+bit masks over event indices (Python integers), so unions are cheap.
+
+Direct predecessors are found per object rather than by comparing all pairs:
+a write to ``o`` follows the last write of ``o`` and the reads since; a read
+follows the last write. Older accesses of ``o`` happen before those, so they
+can never race with the new event.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+
+from shmpamt.schedulers.base import Access
+
+
+class Trace:
+    """The happens-before relation of one execution; races of real or hypothetical events."""
+
+    def __init__(self, events: Sequence[tuple[int, Access]]) -> None:
+        self.cpus = [c for c, _ in events]
+        self.accesses = [a for _, a in events]
+        self._by_cpu: dict[int, list[int]] = {}
+        self._written: dict[int, list[int]] = {}
+        self._read: dict[int, list[int]] = {}
+        #: hb[j]: mask of the events that happen before event j
+        self.hb: list[int] = []
+        for j, (cpu, access) in enumerate(events):
+            direct = self.direct(cpu, access, j)
+            self.hb.append(self._closure(direct))
+            self._by_cpu.setdefault(cpu, []).append(j)
+            for o in access.writes:
+                self._written.setdefault(o, []).append(j)
+            for o in access.reads:
+                self._read.setdefault(o, []).append(j)
+
+    def __len__(self) -> int:
+        return len(self.cpus)
+
+    def _closure(self, direct: Sequence[int]) -> int:
+        mask = 0
+        for d in direct:
+            mask |= self.hb[d] | (1 << d)
+        return mask
+
+    def direct(self, cpu: int, access: Access, k: int) -> list[int]:
+        """Direct predecessors among events ``< k`` of ``(cpu, access)`` placed at ``k``."""
+        out: set[int] = set()
+        own = self._by_cpu.get(cpu, [])
+        n = bisect_left(own, k)
+        if n:
+            out.add(own[n - 1])
+        for o in access.reads | access.writes:
+            written = self._written.get(o, [])
+            w = bisect_left(written, k)
+            last_write = written[w - 1] if w else -1
+            if last_write >= 0:
+                out.add(last_write)
+            if o in access.writes:
+                reads = self._read.get(o, [])
+                out.update(reads[bisect_left(reads, last_write + 1) : bisect_left(reads, k)])
+        return sorted(out)
+
+    def races(self, cpu: int, access: Access, k: int) -> tuple[list[int], int]:
+        """Events ``< k`` racing with ``(cpu, access)`` placed at ``k``; its direct-pred mask.
+
+        A direct predecessor of another CPU is dependent by construction; it is
+        in a race unless it also happens before another direct predecessor.
+        """
+        direct = self.direct(cpu, access, k)
+        covered = 0
+        dmask = 0
+        for d in direct:
+            covered |= self.hb[d]
+            dmask |= 1 << d
+        racing = [d for d in direct if self.cpus[d] != cpu and not (covered >> d) & 1]
+        return racing, dmask
+
+    def initials(self, i: int, cpu: int, dmask: int, k: int) -> set[int]:
+        """CPUs that may start ``notdep(i).e``: the reversal of race ``i`` with ``e`` at ``k``.
+
+        ``notdep(i)`` is the events between ``i`` and ``k`` that do not happen
+        after ``i``; an initial is a CPU whose first event there has no
+        predecessor there. ``e`` itself happens after ``i`` through the race,
+        so its predecessors in the sequence are read off its direct ones only.
+        """
+        vmask = 0
+        out: set[int] = set()
+        for m in range(i + 1, k):
+            if (self.hb[m] >> i) & 1:
+                continue
+            if not self.hb[m] & vmask:
+                out.add(self.cpus[m])
+            vmask |= 1 << m
+        if not dmask & vmask:
+            out.add(cpu)
+        return out
