@@ -29,7 +29,8 @@ from types import FrameType
 from typing import Any, overload
 
 from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
-from shmpamt.engine.explore import ExploreProgress, run_explore, run_replay
+from shmpamt.engine.explore import ExploreProgress, run_replay
+from shmpamt.engine.jobs import run_search
 from shmpamt.engine.stress import StressProgress, run_stress
 from shmpamt.errors import ShmpamtError, UsageError, VariantLoadError
 from shmpamt.janitor import clean
@@ -209,7 +210,7 @@ def run(
     load_variant(config.variant)
     if isinstance(config, StressConfig):
         return Result(run_stress(config, on_progress, stop))
-    return Result(run_explore(config, on_progress, stop))
+    return Result(run_search(config, on_progress, stop))
 
 
 _GUARD = re.compile(r"""if\s+__name__\s*==\s*['"]__main__['"]""")

@@ -421,6 +421,15 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
 @SEED_OPTION
 @click.option("--no-minimize", is_flag=True, help="Do not shrink the failing schedules.")
 @click.option("--first", is_flag=True, help="Stop at the first failing execution.")
+@click.option(
+    "--jobs",
+    type=int,
+    default=None,
+    help="Explorers searching at once, one per core (default: every usable core).",
+)
+@click.option(
+    "--no-pin", is_flag=True, help="Let the OS place the processes instead of one core per job."
+)
 @IGNORE_OPTION
 @JSON_OPTION
 @HTML_OPTION
@@ -428,6 +437,7 @@ def explore(
     variant_spec: str,
     seed: int | None,
     no_minimize: bool,
+    no_pin: bool,
     ignore: tuple[str, ...],
     json_path: Path | None,
     html_path: Path | None,
@@ -441,7 +451,12 @@ def explore(
     seed = random.randrange(2**32) if seed is None else seed
     config: ExploreConfig = build(
         lambda: ExploreConfig(
-            variant_spec, seed=seed, minimize=not no_minimize, ignore=frozenset(ignore), **settings
+            variant_spec,
+            seed=seed,
+            minimize=not no_minimize,
+            ignore=frozenset(ignore),
+            pin=not no_pin,
+            **settings,
         )
     )
     build(lambda: api.check_variant(config.variant))
@@ -450,6 +465,7 @@ def explore(
         + (f" d={config.depth}" if config.strategy == "pct" else "")
         + (f" preemptions<={config.preemptions}" if config.strategy == "dfs" else "")
         + f", {config.cpus} CPUs x {config.rounds} rounds, {config.ranges} range(s), seed {seed}"
+        + f", {config.jobs} job(s)"
     )
     campaign = Campaign(rerun=_rerun(seed))
     shown: list[Any] = []

@@ -20,6 +20,7 @@ from typing import Final
 from shmpamt import tdx
 from shmpamt.errors import ScheduleError, UsageError
 from shmpamt.module.faults import FaultPlan
+from shmpamt.placement import default_jobs
 from shmpamt.schedule import Schedule
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
 from shmpamt.violations import VIOLATIONS
@@ -271,10 +272,18 @@ class ExploreConfig:
     ignore: frozenset[str] = field(default_factory=frozenset)
     #: stop at the first failing execution instead of collecting every kind
     first: bool = False
+    #: explorers searching at once, one per core; None = every usable core (1 under xdist)
+    jobs: int | None = None
+    #: run each explorer's controller, CPUs and daemon on one core
+    pin: bool = True
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
         check_bool("first", self.first)
+        check_bool("pin", self.pin)
+        if self.jobs is None:
+            _set(self, "jobs", default_jobs())
+        check_int("jobs", self.jobs, 1, 64)
         if self.strategy not in STRATEGIES:
             raise UsageError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}",
@@ -312,8 +321,11 @@ class ReplayConfig:
     times: int = 1
     #: shrink the schedule while it still fails
     minimize: bool = False
+    #: run the controller, CPUs and daemon on one core
+    pin: bool = True
 
     def __post_init__(self) -> None:
+        check_bool("pin", self.pin)
         if not isinstance(self.schedule, str):
             raise TypeError(f"schedule must be a string, not {type(self.schedule).__name__}")
         check_int("times", self.times, 1, 1000)

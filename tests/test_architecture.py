@@ -32,7 +32,13 @@ LAZY_OK = {
 FRONT = {"shmpamt.cli", "shmpamt.pytest_plugin", "shmpamt.api"}
 #: the package's public face and ``python -m shmpamt`` sit above everything
 FACE = {"shmpamt", "shmpamt.__main__"}
-ENGINE = {"shmpamt.engine.processes", "shmpamt.engine.stress", "shmpamt.engine.explore"}
+ENGINE = {
+    "shmpamt.engine.processes",
+    "shmpamt.engine.stress",
+    "shmpamt.engine.explore",
+    "shmpamt.engine.jobs",
+    "shmpamt.engine.footprint",
+}
 
 
 def _name(path: Path) -> str:

@@ -54,6 +54,7 @@ from shmpamt.parking import (
     W_TARGET,
     SchedBoard,
 )
+from shmpamt.placement import core_for, pinned
 from shmpamt.results import (
     EXPLORE,
     REPLAY,
@@ -78,9 +79,22 @@ MINIMIZE_BUDGET: Final = 300  # replays per reported kind
 
 
 class Session:
-    """``with Session(Scenario("rfc")) as s: s.execute(scheduler)``."""
+    """``with Session(Scenario("rfc")) as s: s.execute(scheduler)``.
 
-    def __init__(self, scenario: Scenario) -> None:
+    ``core``: run the controller, the CPUs and the daemon on this one core
+    (:mod:`~shmpamt.placement`); None leaves placement to the OS.
+    """
+
+    def __init__(self, scenario: Scenario, core: int | None = None) -> None:
+        self._pin = pinned(core)
+        self._pin.__enter__()
+        try:
+            self._start(scenario)
+        except BaseException:
+            self._pin.__exit__(None, None, None)
+            raise
+
+    def _start(self, scenario: Scenario) -> None:
         variant = load_variant(scenario.variant)
         self.scenario = scenario
         self.variant_name = variant.name or scenario.variant
@@ -272,8 +286,11 @@ class Session:
         deadline = time.monotonic() + 5
         for p in self.fleet.procs:
             p.join(max(0.1, deadline - time.monotonic()))
-        self.fleet.close()
-        self.board.close()
+        try:
+            self.fleet.close()
+            self.board.close()
+        finally:
+            self._pin.__exit__(None, None, None)
 
     def __enter__(self) -> Session:
         return self
@@ -333,11 +350,14 @@ def run_explore(
     config: ExploreConfig,
     on_progress: Callable[[ExploreProgress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    shard: tuple[int, int] = (0, 1),
+    core: int | None = None,
 ) -> VariantResult:
-    """Search until the budget, the executions, or the strategy is exhausted.
+    """One explorer: search until the budget, the executions, or the strategy is exhausted.
 
     Every violation kind found is kept with the first execution that showed it;
     with ``first`` (not the default) the search ends at the first failing one.
+    ``shard`` is this explorer's part of a ``--jobs`` search, ``core`` its core.
     """
     scenario = config.scenario
     scheduler = make_scheduler(
@@ -346,13 +366,14 @@ def run_explore(
         depth=config.depth,
         preemptions=config.preemptions,
         max_executions=config.executions,
+        shard=shard,
     )
     found = _Search()
     t0 = time.monotonic()
     ran = 0
     last_tick = 0.0
     budget = config.seconds
-    with Session(scenario) as session:
+    with Session(scenario, core) as session:
         while not should_stop():
             elapsed = time.monotonic() - t0
             if budget and elapsed >= budget:
@@ -452,7 +473,7 @@ def run_replay(
     schedule = config.parsed
     incidents: list[str] = []
     t0 = time.monotonic()
-    with Session(config.scenario) as s:
+    with Session(config.scenario, core_for(0) if config.pin else None) as s:
         runs: list[Execution] = []
         for _ in range(config.times):
             if should_stop():
