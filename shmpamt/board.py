@@ -80,6 +80,11 @@ class CpuBoard:
             data,
         )
 
+    def message_slot(self, cpu: int) -> memoryview:
+        """The raw bytes of ``cpu``'s message (u16 length, then UTF-8), for writers in C."""
+        start = self._msg_base + cpu * MSG_BYTES
+        return memoryview(self.segment.payload)[start : start + MSG_BYTES]
+
     def message(self, cpu: int) -> str:
         n, data = struct.unpack_from(
             f"<H{MSG_BYTES - 2}s", self.segment.payload, self._msg_base + cpu * MSG_BYTES

@@ -51,6 +51,7 @@ from shmpamt.parking import (
 from shmpamt.seamcall import SeamcallError, SeamcallPort
 from shmpamt.system import SystemNames
 from shmpamt.variants.base import PamtVariant
+from shmpamt.variants.cvariant import arm_crash_report
 from shmpamt.variants.registry import load_variant
 from shmpamt.workload import Workload, one_round, pick_page
 
@@ -84,6 +85,8 @@ def _cpu_process(
     # Ctrl-C goes to the whole process group; the runner decides when CPUs stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     board = CpuBoard.attach(names.board, names.cpus)
+    # A C variant that faults cannot raise: its signal handler writes the last words.
+    arm_crash_report(board.message_slot(cpu), cpu)
     code = EXIT_INTERNAL
     attached: Attached | None = None
     try:

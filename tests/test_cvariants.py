@@ -310,6 +310,10 @@ def test_segfault_in_put_is_an_incident_naming_the_cpu(tmp_path: Path) -> None:
     r = shmpamt.stress(str(f), iterations=5, cpus=2, seed=1)
     assert r.incidents
     assert any(re.search(r"\bcpu [01]\b", i) for i in r.incidents), r.incidents
+    # the C runtime left its last words on the board: the fault, the function, the primitive
+    assert any("SIGSEGV in tdx_pamt_put" in i and "last primitive" in i for i in r.incidents), (
+        r.incidents
+    )
 
 
 def test_crash_note_names_cpu_function_and_last_primitive(tmp_path: Path) -> None:
