@@ -1,5 +1,5 @@
 """``python -m shmpamt`` is the ``shmpamt`` command."""
 
-from shmpamt.cli import main
+from shmpamt.entry import main
 
 main()

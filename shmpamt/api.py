@@ -36,7 +36,8 @@ from shmpamt.errors import ShmpamtError, UsageError, VariantLoadError
 from shmpamt.janitor import clean
 from shmpamt.results import Finding, VariantResult
 from shmpamt.variants.base import PamtVariant
-from shmpamt.variants.registry import describe_variants, load_variant
+from shmpamt.variants.probe import needs_probe, probe
+from shmpamt.variants.registry import BUILTIN, C_TWINS, describe_variants, load_variant
 from shmpamt.violations import Violation, describe
 
 VariantLike = str | type[PamtVariant]
@@ -167,7 +168,10 @@ def builtin_variants() -> list[tuple[str, str]]:
 
 
 def check_variant(spec: str) -> None:
-    """Raise VariantLoadError (one line) unless ``spec`` loads here."""
+    """Raise VariantLoadError (one line) unless ``spec`` loads, first in a throwaway
+    process (a user's file may exit, hang or raise anything at import), then here."""
+    if needs_probe(spec, frozenset(BUILTIN) | frozenset(C_TWINS)):
+        probe(spec)
     load_variant(spec)
 
 
@@ -203,11 +207,11 @@ def run(
     stop = should_stop or (lambda: False)
     if isinstance(config, ReplayConfig):
         try:  # one clear line before any process starts
-            load_variant(config.scenario.variant)
+            check_variant(config.scenario.variant)
         except VariantLoadError as e:
             raise VariantLoadError(f"the schedule's variant cannot be loaded: {e}") from None
         return Result(run_replay(config, stop))
-    load_variant(config.variant)
+    check_variant(config.variant)
     if isinstance(config, StressConfig):
         return Result(run_stress(config, on_progress, stop))
     return Result(run_search(config, on_progress, stop))

@@ -36,9 +36,9 @@ from shmpamt.report import EXIT_ERROR, EXIT_MEANING, Campaign, check_report_path
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, HELP, STRATEGIES
 from shmpamt.violations import VIOLATIONS
 
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line when piped
+err_console = Console(stderr=True, soft_wrap=True, emoji=False)  # one line, as written
 # A log file or pipe gets 120 columns instead of rich's 80, so reports stay tables.
-out_console = Console(width=None if sys.stdout.isatty() else 120)
+out_console = Console(width=None if sys.stdout.isatty() else 120, emoji=False)
 
 EPILOG = (
     "Exit status: "
@@ -77,32 +77,37 @@ class Interrupt:
         return bool(self.signal)
 
 
+#: set from the moment the command line is parsed, so a signal that arrives before a run
+#: starts still ends in a partial report (and JSON), not a KeyboardInterrupt traceback
+INTERRUPT = Interrupt()
+
+
+def trap_signals() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, INTERRUPT)
+
+
 @contextmanager
 def trapped_signals() -> Iterator[Interrupt]:
-    flag = Interrupt()
-    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    trap_signals()
+    yield INTERRUPT
 
 
 def check_output_path(option: str, path: Path | None) -> None:
     if path is None:
         return
-    if not str(path):
+    if not str(path) or str(path) == ".":
         fail(f"{option}: the file name is empty")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        fail(f"{option} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        fail(f"{option} {path}: folder {parent} is not writable")
-    if path.is_dir():
-        fail(f"{option} {path} is a folder")
     if len(path.name.encode()) > 255:
         fail(f"{option}: the file name is longer than 255 bytes")
+    parent = path.parent if str(path.parent) else Path(".")
     try:
+        if not parent.is_dir():
+            fail(f"{option} {path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            fail(f"{option} {path}: folder {parent} is not writable")
+        if path.is_dir():
+            fail(f"{option} {path} is a folder")
         check_report_path(path)
     except OSError as e:
         fail(f"{option}: {e}")
@@ -157,7 +162,11 @@ class OneLineGroup(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
+            trap_signals()
             return super().main(*args, **kwargs)
+        except KeyboardInterrupt:  # a Ctrl-C before our handler was installed
+            err_console.print("error: interrupted before the run started", markup=False)
+            sys.exit(130)
         except click.exceptions.NoArgsIsHelpError as e:
             click.echo(e.ctx.get_help() if e.ctx else str(e))
             sys.exit(0)

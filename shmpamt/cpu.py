@@ -55,11 +55,12 @@ from shmpamt.variants.cvariant import arm_crash_report
 from shmpamt.variants.registry import load_variant
 from shmpamt.workload import Workload, one_round, pick_page
 
-# exit codes of a CPU process
+# exit codes of a CPU process: far from the small codes a variant's own os._exit might use,
+# so a variant that exits is never mistaken for a failed module or lock
 EXIT_OK: Final = 0
-EXIT_INTERNAL: Final = 1
-EXIT_MODULE: Final = 3
-EXIT_LOCK: Final = 4
+EXIT_INTERNAL: Final = 71
+EXIT_MODULE: Final = 73
+EXIT_LOCK: Final = 74
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from shmpamt.kernel import Kernel
 from shmpamt.variants.locked import Locked
 from shmpamt.variants.mutants import RfcNoRecheck
@@ -29,3 +31,12 @@ class Slip(RfcNoRecheck):
     """A user's copy of rfc with the recheck forgotten."""
 
     name = "user-slip"
+
+
+class GetOsExit(Locked):
+    """locked, but get ends the process with status 3 (a code the rig once used itself)."""
+
+    name = "get-os-exit"
+
+    def tdx_pamt_get(self, k: Kernel, page: int) -> int:
+        os._exit(3)
