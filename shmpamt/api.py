@@ -153,7 +153,8 @@ class Result:
         lines.extend(f"  replay ({f.kind}): {f.replay_command}" for f in r.findings)
         lines.extend(f"  incident: {i}" for i in r.incidents)
         if r.coverage:
-            lines.append(f"  coverage: {r.coverage}")
+            claim = f" ({r.explore.claim})" if r.explore is not None else ""
+            lines.append(f"  shown{claim}: {r.coverage}")
         return "\n".join(lines)
 
     def check(self) -> None:

@@ -391,7 +391,8 @@ def show_timeline(res: Any, html: Path | None) -> None:
     out_console.print(render(ex.trace, viol, cpus=r.cpus, title=title))
     if html is not None:
         replay = r.findings[0].replay_command if r.findings else ""
-        write_html(html, ex.trace, viol, cpus=r.cpus, title=title, replay=replay)
+        shown = f"{r.explore.claim}: {r.coverage}" if r.explore is not None else r.coverage
+        write_html(html, ex.trace, viol, cpus=r.cpus, title=title, replay=replay, shown=shown)
         out_console.print(f"timeline written to {html}")
 
 
@@ -414,7 +415,12 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
     help=_STRATEGY_HELP,
 )
 @click.option("--depth", type=int, default=2, show_default=True, help="PCT bug depth d.")
-@click.option("--preemptions", type=int, default=2, show_default=True, help="DFS preemption bound.")
+@click.option(
+    "--preemptions",
+    type=int,
+    default=None,
+    help="Preemption bound of dfs and dpor (default: dfs 2, dpor unbounded).",
+)
 @click.option("--cpus", type=int, default=2, show_default=True, help="CPU processes (1..8).")
 @click.option(
     "--rounds", type=int, default=2, show_default=True, help="get/use/put rounds per CPU."

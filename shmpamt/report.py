@@ -121,7 +121,8 @@ class Campaign:
             for inc in r.incidents:
                 console.print(f"  [bold]{r.variant}[/bold] [yellow]incident[/yellow]: {inc}")
             if r.coverage:
-                console.print(f"  [bold]{r.variant}[/bold] coverage: {r.coverage}")
+                claim = f" ({r.explore.claim})" if r.explore is not None else ""
+                console.print(f"  [bold]{r.variant}[/bold] shown{claim}: {r.coverage}")
 
     def _render_summary(self, console: Console) -> None:
         bad = [r.variant for r in self.results if r.failing]

@@ -226,6 +226,7 @@ def to_html(
     cpus: int | None = None,
     title: str = "",
     replay: str = "",
+    shown: str = "",
 ) -> str:
     """A complete, self-contained HTML (also well-formed XML) document: inline CSS only.
 
@@ -265,6 +266,8 @@ def to_html(
     if replay:
         summary += f'<p class="replay">replay: <code>{esc(replay)}</code></p>\n'
     summary += f"<p>{len(events)} steps, {n} CPUs</p>\n"
+    if shown:
+        summary += f'<p class="shown">what the search showed: {esc(shown)}</p>\n'
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8"/>'
@@ -285,7 +288,8 @@ def write_html(
     cpus: int | None = None,
     title: str = "",
     replay: str = "",
+    shown: str = "",
 ) -> None:
     """Write :func:`to_html` to ``path`` (UTF-8)."""
-    text = to_html(events, violations, cpus=cpus, title=title, replay=replay)
+    text = to_html(events, violations, cpus=cpus, title=title, replay=replay, shown=shown)
     Path(path).write_text(text, encoding="utf-8")

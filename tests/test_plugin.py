@@ -81,7 +81,7 @@ def test_user_file_fails_racy_passes_locked_leaves_shm_clean(
     out = res.stdout.str()
     assert "FAILED test_user.py::test_racy" in out
     assert "shmpamt replay s1:" in out
-    assert "shmpamt: seed=0 strategy=pct executions=300" in out
+    assert "shmpamt: seed=0 strategy=portfolio executions=300" in out
     pids = {int(p) for p in (user_run.path / "pids.txt").read_text().split()}
     assert len(pids) == (3 if xdist else 1)  # controller + 2 workers, or one process
     # Every process of the inner run has exited: whatever of theirs is left is leaked.
