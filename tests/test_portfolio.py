@@ -18,13 +18,15 @@ from shmpamt.schedulers.portfolio import MEMBERS
 
 
 def test_members_rotate_and_each_execution_names_its_finder() -> None:
-    p = Portfolio(seed=3, max_executions=len(MEMBERS) * 2)
+    samplers = [m for m in MEMBERS if m != "dpor"]
+    p = Portfolio(seed=3, max_executions=len(samplers) * 2 * 2)
     names = []
     while p.new_execution():
         names.append(p.current_member)
         run_toy(p, writers(4))
-    assert names == list(MEMBERS) * 2
-    assert p.runs == dict.fromkeys(MEMBERS, 2)
+    # every sampler in turn, and DPOR in between each (it owns half the executions)
+    assert names == [n for m in samplers for n in (m, "dpor")] * 2
+    assert p.runs == dict.fromkeys(samplers, 2) | {"dpor": len(samplers) * 2}
     assert p.claim == "sampled" and "portfolio: sampled" in p.coverage()
 
 

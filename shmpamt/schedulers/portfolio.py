@@ -2,8 +2,8 @@
 
 No single strategy wins everywhere: the random walk is best at shallow bugs,
 PCT at depth-d ordering bugs, POS at bugs hiding among many independent steps,
-and DPOR, on its turns, works towards a proof. Executions rotate among the
-members; ``current_member`` names the one running the current execution so a
+and DPOR, on its turns (every other execution), works towards a proof. Executions
+rotate among the members; ``current_member`` names the one running the current execution so a
 report can say which strategy found each kind of failure. When the DPOR member
 exhausts its space, the portfolio has verified (or, with a preemption bound,
 bounded-verified) the scenario and ``new_execution()`` returns False.
@@ -64,7 +64,12 @@ class Portfolio(BaseScheduler):
             else:
                 member = DPOR(preemption_bound, workload_seed=self._base_seed, shard=shard)
             self._members.append((m, member))
-        self._active = list(self._members)
+        # DPOR takes every other execution: its proof is what ends a search early, and
+        # the samplers still take turns in between for the deep and the lucky bugs.
+        samplers = [(m, x) for m, x in self._members if m != "dpor"]
+        provers = [(m, x) for m, x in self._members if m == "dpor"]
+        rotation = [turn for pair in samplers for turn in (pair, *provers)]
+        self._active = rotation or provers
         self._turn = 0
         self._member: BaseScheduler | None = None
         #: name of the member running the current execution ("" before the first)
