@@ -74,6 +74,20 @@ def check_ignore(value: object) -> frozenset[str]:
     return names
 
 
+def check_db(value: object) -> str | None:
+    """A failure-database directory: None, or a path that is not an existing file."""
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(f"db must be a directory path or None, not {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path.strip():
+        raise UsageError("db must name a directory", "db")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"db {path} exists and is not a directory", "db")
+    return os.path.abspath(path)
+
+
 def check_variant(value: object) -> str:
     """The spec, with a variant file's path made absolute (so schedules replay anywhere)."""
     if not isinstance(value, str):
@@ -271,10 +285,14 @@ class ExploreConfig:
     ignore: frozenset[str] = field(default_factory=frozenset)
     #: stop at the first failing execution instead of collecting every kind
     first: bool = False
+    #: failure database directory: its schedules of this variant are replayed before
+    #: the search and the search's failures are stored in it; None = no database
+    db: str | None = None
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
         check_bool("first", self.first)
+        _set(self, "db", check_db(self.db))
         if self.strategy not in STRATEGIES:
             raise UsageError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}",
