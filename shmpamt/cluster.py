@@ -278,7 +278,7 @@ def _drive(
             **opts,
         )
         pending[fut] = shard
-    done = as_completed(list(pending))
+    done = as_completed(list(pending), loop=client.loop)
     try:
         while not done.is_empty():
             if should_stop():
