@@ -70,7 +70,10 @@ class Board:
     def add(self, ev: ShardOutcome | RegressionOutcome) -> None:
         if isinstance(ev, ShardOutcome):
             self.outcomes.append(ev)
-            self.done += 1
+            if ev.stopped and ev.result is None:
+                self.missing.append(ev.shard.id)  # stopped before it started: it ran nothing
+            else:
+                self.done += 1
             add_outcome(self.summaries[ev.shard.variant], ev)
         else:
             v = self.summaries[ev.variant]
@@ -342,7 +345,7 @@ def _go(
                 should_stop=lambda: bool(interrupted),
                 retries=retries,
             )
-            board.missing = run.missing
+            board.missing += run.missing
             board.workers = run.workers
             board.scheduler = run.scheduler
 
