@@ -31,10 +31,13 @@ from typing import Any, overload
 from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
 from shmpamt.engine.explore import ExploreProgress, run_replay
 from shmpamt.engine.jobs import run_search
+from shmpamt.engine.regress import Stored, fold, replay_stored
 from shmpamt.engine.stress import StressProgress, run_stress
 from shmpamt.errors import ShmpamtError, UsageError, VariantLoadError
+from shmpamt.execution import Execution
+from shmpamt.faildb import FailureDB
 from shmpamt.janitor import clean
-from shmpamt.results import Finding, VariantResult
+from shmpamt.results import Finding, Regression, VariantResult, regression_line
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.probe import needs_probe, probe
 from shmpamt.variants.registry import BUILTIN, C_TWINS, describe_variants, load_variant
@@ -45,9 +48,11 @@ Config = StressConfig | ExploreConfig | ReplayConfig
 __all__ = [
     "ExploreProgress",
     "Result",
+    "Stored",
     "StressProgress",
     "ViolationFound",
     "builtin_variants",
+    "check_stored",
     "check_variant",
     "clean",
     "explore",
@@ -147,6 +152,8 @@ class Result:
         else:
             head = f"{r.variant}: no violation outside the ignored kinds"
         lines = [head]
+        if r.regressions is not None:  # replayed before the search: said before its findings
+            lines.append(f"  {regression_line(r.regressions)}")
         for name, v in sorted(r.examples.items()):
             tag = " (ignored)" if name in r.ignored else ""
             lines.append(f"  {name}{tag}: {describe(v)}")
@@ -215,7 +222,42 @@ def run(
     check_variant(config.variant)
     if isinstance(config, StressConfig):
         return Result(run_stress(config, on_progress, stop))
-    return Result(run_search(config, on_progress, stop))
+    if config.db is None:
+        return Result(run_search(config, on_progress, stop))
+    # Step 1, the regression check: the database's failures of this variant are
+    # replayed before any search, so an old race that is back is reported first.
+    db = FailureDB(config.db)
+    entries = [x for x in db.entries(config.variant) if x.kind not in config.ignore]
+    stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
+    regressions, failing = check_stored(stored, should_stop=stop)
+    still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
+    for entry in entries:
+        if (entry.kind, entry.schedule) in still:
+            db.touch(entry.key)
+    # Step 2, the search itself.
+    raw = fold(run_search(config, on_progress, stop), regressions, failing)
+    # Step 3: what the search found goes into the database for the next run.
+    remember(db, raw)
+    return Result(raw)
+
+
+def check_stored(
+    stored: list[Stored], *, should_stop: Callable[[], bool] | None = None
+) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
+    """Replay stored failing schedules once each (in the given order): every outcome,
+    and per kind the first schedule that still shows it with its execution."""
+    if not stored:
+        return [], {}
+    return replay_stored(stored, should_stop or (lambda: False))
+
+
+def remember(db: FailureDB, result: VariantResult) -> int:
+    """Store a result's failing findings (not ignored kinds); how many were new."""
+    return sum(
+        db.add(f.kind, f.schedule, f.strategy)
+        for f in result.findings
+        if f.kind not in result.ignored and not f.strategy.startswith("stored")
+    )
 
 
 _GUARD = re.compile(r"""if\s+__name__\s*==\s*['"]__main__['"]""")

@@ -24,6 +24,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from shmpamt.cli_campaign import campaign_command  # campaign work (issue 15)
+from shmpamt.cli_db import DB_OPTION, db_command  # campaign work (issue 15)
 from shmpamt.config import (
     DEFAULT_EXPLORE_BUDGET,
     DEFAULT_STRESS_SECONDS,
@@ -32,6 +34,7 @@ from shmpamt.config import (
     StressConfig,
 )
 from shmpamt.errors import ShmpamtError, UsageError
+from shmpamt.faildb import resolve_db  # campaign work (issue 15)
 from shmpamt.report import EXIT_ERROR, EXIT_MEANING, Campaign, check_report_path
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, HELP, STRATEGIES
 from shmpamt.violations import VIOLATIONS
@@ -448,6 +451,7 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
 @IGNORE_OPTION
 @JSON_OPTION
 @HTML_OPTION
+@DB_OPTION  # campaign work (issue 15): the failure database
 def explore(
     variant_spec: str,
     seed: int | None,
@@ -456,6 +460,7 @@ def explore(
     ignore: tuple[str, ...],
     json_path: Path | None,
     html_path: Path | None,
+    db: str | None,
     **settings: Any,
 ) -> None:
     """Controlled scheduling: the rig chooses every interleaving."""
@@ -471,6 +476,7 @@ def explore(
             minimize=not no_minimize,
             ignore=frozenset(ignore),
             pin=not no_pin,
+            db=resolve_db(db),  # campaign work (issue 15)
             **settings,
         )
     )
@@ -550,3 +556,8 @@ def replay(
         else:
             out_console.print(f"replayed {r.operations}x: {fv[0]} at step {fv[1]}")
     finish(campaign, json_path)
+
+
+# --- campaign work (issue 15): the campaign and db commands live in their own modules ---
+main.add_command(campaign_command)
+main.add_command(db_command)

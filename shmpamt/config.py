@@ -75,6 +75,20 @@ def check_ignore(value: object) -> frozenset[str]:
     return names
 
 
+def check_db(value: object) -> str | None:
+    """A failure-database directory: None, or a path that is not an existing file."""
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(f"db must be a directory path or None, not {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path.strip():
+        raise UsageError("db must name a directory", "db")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"db {path} exists and is not a directory", "db")
+    return os.path.abspath(path)
+
+
 def check_variant(value: object) -> str:
     """The spec, with a variant file's path made absolute (so schedules replay anywhere)."""
     if not isinstance(value, str):
@@ -276,6 +290,9 @@ class ExploreConfig:
     jobs: int | None = None
     #: run each explorer's controller, CPUs and daemon on one core
     pin: bool = True
+    #: failure database directory: its schedules of this variant are replayed before
+    #: the search and the search's failures are stored in it; None = no database
+    db: str | None = None
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
@@ -284,6 +301,7 @@ class ExploreConfig:
         if self.jobs is None:
             _set(self, "jobs", default_jobs())
         check_int("jobs", self.jobs, 1, 64)
+        _set(self, "db", check_db(self.db))
         if self.strategy not in STRATEGIES:
             raise UsageError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from shmpamt.faildb import DB_ENV, DEFAULT_DB, OFF, resolve_db
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ OPT_SEED: Final = "--shmpamt-seed"
 OPT_EXECUTIONS: Final = "--shmpamt-executions"
 OPT_ITERATIONS: Final = "--shmpamt-iterations"
 OPT_STRATEGY: Final = "--shmpamt-strategy"
+OPT_DB: Final = "--shmpamt-db"
 
 #: defaults (no ini keys: a run is described by its command line alone)
 DEFAULT_SEED: Final = 0
@@ -51,6 +53,7 @@ _DEST_SEED: Final = "shmpamt_seed"
 _DEST_EXECUTIONS: Final = "shmpamt_executions"
 _DEST_ITERATIONS: Final = "shmpamt_iterations"
 _DEST_STRATEGY: Final = "shmpamt_strategy"
+_DEST_DB: Final = "shmpamt_db"
 
 
 def _positive_int(text: str) -> int:
@@ -93,6 +96,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=DEFAULT_STRATEGY,
         help=f"explore strategy (default {DEFAULT_STRATEGY})",
     )
+    group.addoption(
+        OPT_DB,
+        dest=_DEST_DB,
+        default=None,
+        metavar="PATH",
+        help="failure database: stored failures are replayed before each explore and new "
+        f"ones stored (default ${DB_ENV}, else {DEFAULT_DB} in the working directory; "
+        f"'{OFF}' for none)",
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -117,6 +129,8 @@ class ShmpamtSettings:
     worker_id: str
     #: one id for the whole test run, shared by all xdist workers
     testrun_uid: str
+    #: the failure database directory (None: off); shared by all xdist workers
+    db: str | None = None
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +147,7 @@ def shmpamt_settings(request: pytest.FixtureRequest) -> ShmpamtSettings:
         strategy=str(config.getoption(_DEST_STRATEGY)),
         worker_id=worker_id,
         testrun_uid=uid,
+        db=resolve_db(config.getoption(_DEST_DB)),
     )
 
 
@@ -155,6 +170,7 @@ class ShmpamtRig:
             "strategy": self.settings.strategy,
             "executions": self.settings.executions,
             "seed": self.settings.seed,
+            "db": self.settings.db,
         }
         kwargs.update(overrides)
         return explore(variant, **kwargs)

@@ -18,7 +18,7 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
-from shmpamt.results import VariantResult
+from shmpamt.results import VariantResult, regression_line
 from shmpamt.violations import VIOLATIONS, describe
 
 EXIT_CLEAN: Final = 0
@@ -103,6 +103,15 @@ class Campaign:
 
     def _render_details(self, console: Console) -> None:
         for r in self.results:
+            # The regression check ran before the search: it is reported before it too.
+            if r.regressions is not None:
+                console.print(f"  [bold]{r.variant}[/bold] {regression_line(r.regressions)}")
+                for g in r.regressions:
+                    if g.still_fails:
+                        console.print(
+                            f"  [bold]{r.variant}[/bold] still fails ({g.kind}): "
+                            f"[cyan]shmpamt replay {g.schedule}[/cyan]"
+                        )
             for name in (n for n in VIOLATIONS if n in r.found):
                 ex = r.examples.get(name)
                 if ex is not None:

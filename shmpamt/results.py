@@ -60,6 +60,35 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Regression:
+    """One stored failing schedule replayed before a search (the failure database)."""
+
+    kind: str
+    schedule: str
+    #: the replay still shows ``kind``
+    still_fails: bool
+    #: why the replay could not run as recorded ("" when it ran)
+    note: str = ""
+    #: steps the replayed execution took
+    steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "schedule": self.schedule,
+            "still_fails": self.still_fails,
+            "note": self.note,
+            "steps": self.steps,
+        }
+
+
+def regression_line(regressions: tuple[Regression, ...]) -> str:
+    """The report's one line on the regression check, said before any search finding."""
+    bad = sum(1 for r in regressions if r.still_fails)
+    return f"regressions: {len(regressions)} stored schedules replayed, {bad} still fail"
+
+
+@dataclass(frozen=True)
 class ExploreStats:
     strategy: str
     executions: int
@@ -95,6 +124,8 @@ class VariantResult:
     spec: str = ""
     #: things the reader should know that are neither violations nor incidents
     notes: tuple[str, ...] = ()
+    #: stored failures replayed before the search; None when no database was used
+    regressions: tuple[Regression, ...] | None = None
     #: the execution a timeline shows: the first failing one, or a replay's (not in JSON)
     shown: Execution | None = field(default=None, compare=False, repr=False)
 
@@ -163,6 +194,12 @@ class VariantResult:
             "kernel_warnings": self.kernel_warnings,
             "notes": list(self.notes),
         }
+        if self.regressions is not None:
+            d["regressions"] = {
+                "replayed": len(self.regressions),
+                "still_failing": sum(1 for r in self.regressions if r.still_fails),
+                "schedules": [r.to_dict() for r in self.regressions],
+            }
         if self.explore is not None:
             e = self.explore
             d.update(

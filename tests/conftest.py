@@ -9,6 +9,10 @@ import pytest
 
 from shmpamt.ipc import parse_name, pid_alive
 
+# The suite's own runs keep no failure database (results must not depend on what an
+# earlier run stored); tests of the database name theirs.
+os.environ.setdefault("SHMPAMT_DB", "off")
+
 
 def _ours() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if _mine(n)}
