@@ -1,168 +1,186 @@
 #!/usr/bin/env python3
-"""Power of controlled scheduling: time and executions to the first violation.
+"""Explore at the speed of the machine, and complete verdicts: one run, ratios against
+baselines measured in the same run.
 
-Prints, in one run: scheduled steps/s and executions/s; then for each built-in
-buggy variant and each strategy (random, PCT d=2, PCT d=3, DFS, and
-free-running ``stress --chaos`` for comparison) the median wall time and
-executions to the first violation over N seeds, and how many seeds found it
-within the cap. Target (issue 6): every buggy variant found by PCT in at least
-9 of 10 seeds within 60 s, and never a violation reported for ``locked``.
+1. floor: a bare semaphore ping-pong between two processes pinned on one core
+   (a scheduled step costs at least one hand-off each way);
+2. throughput on `locked` (default scenario, random walk): one unpinned
+   explorer (`--jobs 1 --no-pin`, the old way), one pinned explorer, and
+   `--jobs 2`: executions/s, steps/s, microseconds per step and its ratio to
+   the floor;
+3. exhaustion: DPOR against unbounded DFS (same time cap) on `locked` and `v6`
+   at 2 CPUs x 2 rounds and 3 CPUs x 1 round;
+4. completeness: per buggy built-in, the kinds DPOR proves at 2 CPUs x 1 round,
+   and the default search (no strategy flags) at the default scenario: seconds
+   until it had seen its last kind (median over seeds) and whether every seed
+   saw the same set.
 
-    python tools/bench_explore.py [--seeds 10] [--cap 60]
+    python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--skip 3,4]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
 
+import posix_ipc
 from rich.console import Console
 from rich.table import Table
 
-from shmpamt.config import Scenario, StressConfig
-from shmpamt.engine.explore import Session
-from shmpamt.engine.stress import StressProgress as Progress
-from shmpamt.engine.stress import run_stress
-from shmpamt.schedulers.base import Scheduler
-from shmpamt.schedulers.registry import make_scheduler
+import shmpamt.api as api
+from shmpamt.config import ExploreConfig
+from shmpamt.engine.explore import ExploreProgress
+from shmpamt.ipc import create_semaphore, make_name, new_token, open_semaphore, remove_semaphore
 
-# Built-ins that violate the invariants (measured: see README); locked and v6 do not.
 BUGGY = ["rfc", "kai", "v4", "rfc-norecheck", "rfc-early-publish", "rfc-leak-on-lost-race"]
-STRATEGIES = [("random", 2), ("pct", 2), ("pct", 3), ("dfs", 2)]
 
 
-def time_to_failure(
-    session: Session, sched: Scheduler, cap: float, ignore: frozenset[str] = frozenset()
-) -> tuple[float | None, int]:
-    t0 = time.monotonic()
-    n = 0
-    while time.monotonic() - t0 < cap and sched.new_execution():
-        ex = session.execute(sched)
-        n += 1
-        if ex.first_violation(ignore) is not None:
-            return time.monotonic() - t0, n
-    return None, n
+def _pong(ping_name: str, pong_name: str, core: int) -> None:
+    os.sched_setaffinity(0, {core})
+    ping, pong = open_semaphore(ping_name), open_semaphore(pong_name)
+    while True:
+        ping.acquire()
+        pong.release()
 
 
-def stress_to_failure(
-    variant: str, seed: int, cap: float, ignore: frozenset[str]
-) -> tuple[float | None, int]:
-    first: list[float] = []
+def floor_us(rounds: int = 20_000) -> float:
+    """Microseconds per round trip (two hand-offs) of a pinned semaphore ping-pong."""
+    token = new_token()
+    ping = create_semaphore(make_name("benchping", token), 0)
+    pong = create_semaphore(make_name("benchpong", token), 0)
+    core = sorted(os.sched_getaffinity(0))[0]
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    p = mp.get_context("spawn").Process(target=_pong, args=(ping.name, pong.name, core))
+    p.start()
+    try:
+        for _ in range(1000):
+            ping.release()
+            pong.acquire()
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            ping.release()
+            pong.acquire()
+        return (time.perf_counter() - t0) / rounds * 1e6
+    finally:
+        p.kill()
+        p.join()
+        os.sched_setaffinity(0, old)
+        for s in (ping, pong):
+            remove_semaphore(s, True)
 
-    def tick(p: Progress) -> None:
-        if not first and any(n for k, n in p.counts.items() if k not in ignore):
-            first.append(p.elapsed)
 
-    cfg = StressConfig(
-        variant, cpus=2, ranges=1, pages_per_range=2, hold_us=20, chaos=0.3, duration=cap, seed=seed
+def throughput(seconds: float, jobs: int, pin: bool) -> tuple[float, float]:
+    """(executions/s, steps/s) of random-walk exploration of locked."""
+    r = api.explore(
+        "locked", strategy="random", budget=seconds, jobs=jobs, pin=pin, minimize=False, seed=1
     )
-    res = run_stress(cfg, on_progress=tick, should_stop=lambda: bool(first))
-    if not first and set(res.found) - ignore:
-        # found only by the end-of-run quiescence checks (e.g. a refcount left too high)
-        first.append(res.elapsed_s)
-    return (first[0] if first else None), res.operations
+    e = r.raw.explore
+    assert e is not None and r.clean
+    return e.executions / r.raw.elapsed_s, e.steps_total / r.raw.elapsed_s
 
 
-def throughput(seconds: float) -> tuple[float, float]:
-    with Session(Scenario("locked")) as s:
-        sched = make_scheduler("random", seed=1)
-        t0 = time.monotonic()
-        execs = steps = 0
-        while time.monotonic() - t0 < seconds and sched.new_execution():
-            ex = s.execute(sched)
-            execs += 1
-            steps += len(ex.steps)
-        dt = time.monotonic() - t0
-    return steps / dt, execs / dt
+def exhaust(variant: str, cpus: int, rounds: int, strategy: str, cap: float, jobs: int) -> str:
+    t0 = time.monotonic()
+    r = api.explore(
+        variant, strategy=strategy, cpus=cpus, rounds=rounds, budget=cap, jobs=jobs,
+        preemptions=None if strategy == "dpor" else 50, minimize=False, seed=1,
+    )  # fmt: skip
+    e = r.raw.explore
+    assert e is not None
+    took = time.monotonic() - t0
+    verdict = "clean" if r.clean else ",".join(sorted(r.found))
+    done = e.claim if strategy == "dpor" else ("exhausted" if e.claim != "sampled" else "cap")
+    return f"{e.executions:,} ex, {took:.1f} s, {done}, {verdict}"
+
+
+def last_kind_time(variant: str, seed: int) -> tuple[float, frozenset[str], str]:
+    """Seconds until the default search saw its last kind, the kinds, and its claim."""
+    marks: list[tuple[float, int]] = []
+
+    def tick(p: ExploreProgress) -> None:
+        if not marks or p.kinds > marks[-1][1]:
+            marks.append((p.elapsed, p.kinds))
+
+    r = api.run(ExploreConfig(variant, seed=seed, minimize=False), on_progress=tick)
+    e = r.raw.explore
+    assert e is not None
+    return (marks[-1][0] if marks else 0.0), r.found, e.claim
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--cap", type=float, default=60.0, help="seconds per (variant, strategy, seed)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    ap.add_argument("--cap", type=float, default=60.0, help="seconds per exhaustion search")
+    ap.add_argument("--seeds", type=int, default=5, help="default searches per buggy variant")
     ap.add_argument("--variants", nargs="*", default=BUGGY)
-    ap.add_argument("--no-stress", action="store_true", help="skip the free-running column")
-    ap.add_argument(
-        "--ignore",
-        nargs="*",
-        default=[],
-        help="violation names that alone do not count (e.g. add_present, which rfc, kai "
-        "and v4 issue by design), as explore --ignore",
-    )
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-4)")
     args = ap.parse_args()
-    if args.seeds < 1 or args.cap <= 0:
-        ap.error("--seeds must be >= 1 and --cap > 0")
-    ignore = frozenset(args.ignore)
+    skip = {s for s in args.skip.split(",") if s}
     console = Console()
-    steps_s, execs_s = throughput(5.0)
-    console.print(
-        f"locked, 2 CPUs x 2 rounds: {steps_s:,.0f} scheduled steps/s, {execs_s:,.0f} executions/s"
-    )
+    floor = floor_us()
+    console.print(f"floor: pinned semaphore round trip {floor:.1f} us (two hand-offs)")
 
-    table = Table(
-        title=f"first violation: median seconds, median executions (ex) or "
-        f"get/put rounds (ops), seeds that found it; cap {args.cap:g} s"
-        + (f"; ignoring {', '.join(sorted(ignore))}" if ignore else "")
-    )
-    table.add_column("variant")
-    cols = [f"{s} d={d}" if s == "pct" else s for s, d in STRATEGIES]
-    if not args.no_stress:
-        cols.append("stress --chaos")
-    for c in cols:
-        table.add_column(c, justify="right")
-    pct_ok = True
-    for variant in args.variants:
-        row = [variant]
-        with Session(Scenario(variant)) as session:
-            for strategy, depth in STRATEGIES:
-                times, execs = [], []
-                for seed in range(args.seeds):
-                    sched = make_scheduler(strategy, seed=seed, depth=depth, preemptions=depth)
-                    t, n = time_to_failure(session, sched, args.cap, ignore)
-                    if t is not None:
-                        times.append(t)
-                        execs.append(n)
-                row.append(_cell(times, execs, args.seeds))
-                if strategy == "pct" and len(times) < 0.9 * args.seeds:
-                    pct_ok = False
-        if not args.no_stress:
-            times, ops = [], []
-            for seed in range(min(args.seeds, 5)):
-                t, n = stress_to_failure(variant, seed, args.cap, ignore)
-                if t is not None:
-                    times.append(t)
-                    ops.append(n)
-            row.append(_cell(times, ops, min(args.seeds, 5), unit="ops"))
-        table.add_row(*row)
-        console.print(f"  done: {variant}")
-    console.print(table)
+    if "2" not in skip:
+        t = Table(
+            title=f"2. throughput: locked, 2 CPUs x 2 rounds, random walk, {args.seconds:g} s"
+        )
+        for c in ("explorers", "executions/s", "steps/s", "us/step", "vs floor", "vs unpinned"):
+            t.add_column(c, justify="right")
+        base = 0.0
+        for label, jobs, pin in (("1, unpinned", 1, False), ("1, pinned", 1, True), ("2", 2, True)):
+            ex_s, st_s = throughput(args.seconds, jobs, pin)
+            base = base or ex_s
+            per = jobs * 1e6 / st_s
+            t.add_row(label, f"{ex_s:,.0f}", f"{st_s:,.0f}", f"{per:.1f}", f"{per / floor:.1f}x",
+                      f"{ex_s / base:.2f}x")  # fmt: skip
+        console.print(t)
 
-    # Never a violation for the correct baseline, whatever the strategy.
-    clean = True
-    with Session(Scenario("locked")) as session:
-        for strategy, depth in STRATEGIES:
-            sched = make_scheduler(strategy, seed=0, depth=depth, preemptions=depth)
-            t, n = time_to_failure(session, sched, min(args.cap, 20.0))
-            console.print(
-                f"locked under {strategy} d={depth}: {n} executions, "
-                + ("VIOLATION" if t is not None else "no violation")
+    if "3" not in skip:
+        t = Table(title=f"3. exhaustion (cap {args.cap:g} s): DPOR against unbounded DFS")
+        for c in ("variant", "scenario", "dpor, 1 job", "dpor, 2 jobs", "dfs, unbounded"):
+            t.add_column(c)
+        for variant in ("locked", "v6"):
+            for cpus, rounds in ((2, 2), (3, 1)):
+                row = [variant, f"{cpus} CPUs x {rounds}"]
+                row.append(exhaust(variant, cpus, rounds, "dpor", args.cap, 1))
+                row.append(exhaust(variant, cpus, rounds, "dpor", args.cap, 2))
+                row.append(exhaust(variant, cpus, rounds, "dfs", args.cap, 1))
+                t.add_row(*row)
+                console.print(f"  done: {variant} {cpus}x{rounds}")
+        console.print(t)
+
+    if "4" not in skip:
+        t = Table(title=f"4. completeness: default explore, {args.seeds} seeds per variant")
+        for c in ("variant", "DPOR proves (2 CPUs x 1)", "default search (2 x 2): kinds",
+                  "same set every seed", "median s to last kind", "max"):  # fmt: skip
+            t.add_column(c)
+        for variant in args.variants:
+            proof = api.explore(variant, strategy="dpor", rounds=1, budget=300.0, minimize=False)
+            claim = proof.raw.explore.claim if proof.raw.explore else "?"
+            times, sets = [], []
+            for seed in range(args.seeds):
+                took, found, _ = last_kind_time(variant, seed)
+                times.append(took)
+                sets.append(found)
+            union = frozenset().union(*sets)
+            t.add_row(
+                variant,
+                f"{','.join(sorted(proof.found))} ({claim})",
+                ",".join(sorted(union)),
+                "yes" if len(set(sets)) == 1 else f"no ({len(set(sets))} sets)",
+                f"{statistics.median(times):.1f}",
+                f"{max(times):.1f}",
             )
-            clean &= t is None
-    console.print(
-        f"PCT found every buggy variant in >= 90% of seeds: {'PASS' if pct_ok else 'FAIL'}"
-    )
-    console.print(f"locked never reported a violation: {'PASS' if clean else 'FAIL'}")
-    return 0 if pct_ok and clean else 1
-
-
-def _cell(times: list[float], counts: list[int], seeds: int, unit: str = "ex") -> str:
-    if not times:
-        return f"- 0/{seeds}"
-    med_t, med_n = statistics.median(times), statistics.median(counts)
-    return f"{med_t:.2f}s {med_n:,.0f}{unit} {len(times)}/{seeds}"
+            console.print(f"  done: {variant}")
+        console.print(t)
+    return 0
 
 
 if __name__ == "__main__":
+    posix_ipc  # noqa: B018  (the floor uses the same semaphores the rig does)
     sys.exit(main())

@@ -208,14 +208,16 @@ class Session:
         vsteps: list[int] = []
         outcome = COMPLETE
         footprint = self.footprints.of
-        pending: dict[int, Access] = {}
+        wants_pending = bool(getattr(scheduler, "uses_pending", True))
+        pending: dict[int, Access] | None = None
         while True:
             parked = [c for c in cpus if b.get(c, W_STATE) == PARKED]
             held = lock.is_held()
             ops = {c: b.get(c, W_OP) for c in parked}
             # A CPU about to spin_lock a held lock cannot make progress: not runnable.
             runnable = [c for c in parked if not (held and ops[c] == SPIN_LOCK)]
-            pending = {c: footprint(ops[c], b.get(c, W_TARGET), c) for c in parked}
+            if wants_pending:
+                pending = {c: footprint(ops[c], b.get(c, W_TARGET), c) for c in parked}
             if current is not None:
                 runnable_after.append(current in runnable)
             if not parked:

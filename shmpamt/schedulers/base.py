@@ -182,6 +182,8 @@ class BaseScheduler:
     """Bookkeeping every strategy shares: execution/step counts, distinct schedules, data."""
 
     name = "base"
+    #: whether ``next_cpu`` reads ``pending`` (the controller computes it only then)
+    uses_pending = False
 
     def __init__(self, workload_seed: int = 0) -> None:
         self._base_seed = workload_seed & _MASK64

@@ -109,6 +109,7 @@ class DPOR(BaseScheduler):
     """Exhaustive stateless model checking; needs ``pending`` at every ``next_cpu``."""
 
     name = "dpor"
+    uses_pending = True
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ class Portfolio(BaseScheduler):
     """Round-robin over ``members``; stops early only when the DPOR member is exhausted."""
 
     name = "portfolio"
+    uses_pending = True
 
     def __init__(
         self,

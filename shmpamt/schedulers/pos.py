@@ -24,6 +24,7 @@ class POS(BaseScheduler):
     """Seeded partial order sampling; execution i uses workload seed ``workload_seed + i``."""
 
     name = "pos"
+    uses_pending = True
 
     def __init__(
         self,
