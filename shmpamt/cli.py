@@ -381,6 +381,33 @@ def clean_cmd(dry_run: bool, force: bool) -> None:
     click.echo(f"{len(gone)} {verb}, {len(kept)} kept")
 
 
+def run_one(
+    campaign: Campaign,
+    config: ExploreConfig | ReplayConfig,
+    interrupted: Interrupt,
+    tick: Callable[[Any], None] | None = None,
+) -> Any:
+    """Run one explore or replay config into ``campaign``; its Result, or None if it failed."""
+    from shmpamt import api
+
+    got: list[Any] = []
+
+    def stop() -> bool:
+        return bool(interrupted)
+
+    def go() -> None:
+        if isinstance(config, ReplayConfig):
+            res = api.run(config, should_stop=stop)
+        else:
+            res = api.run(config, on_progress=tick, should_stop=stop)
+        campaign.results.append(res.raw)
+        got.append(res)
+
+    guarded(campaign, go)
+    campaign.interrupted = interrupted.signal
+    return got[0] if got else None
+
+
 def show_timeline(res: Any, html: Path | None) -> None:
     """The shown execution of a result, as a terminal timeline (and HTML on request)."""
     from shmpamt.timeline import render, write_html
@@ -489,7 +516,6 @@ def explore(
         + f", {config.jobs} job(s)"
     )
     campaign = Campaign(rerun=_rerun(seed))
-    shown: list[Any] = []
     with trapped_signals() as interrupted, _bar() as bar:
         task = bar.add_task(config.variant, total=config.seconds or config.executions, info="")
 
@@ -501,15 +527,9 @@ def explore(
                 info=f"{p.executions} executions ({rate}/s), {p.kinds} kinds",
             )
 
-        def go() -> None:
-            res = api.run(config, on_progress=tick, should_stop=lambda: bool(interrupted))
-            campaign.results.append(res.raw)
-            shown.append(res)
-
-        guarded(campaign, go)
-        campaign.interrupted = interrupted.signal
-    if shown:
-        show_timeline(shown[0], html_path)
+        shown = run_one(campaign, config, interrupted, tick)
+    if shown is not None:
+        show_timeline(shown, html_path)
     finish(campaign, json_path)
 
 
@@ -537,19 +557,11 @@ def replay(
     except UsageError as e:
         fail(f"the schedule's variant cannot be loaded: {e}")
     campaign = Campaign()
-    shown: list[Any] = []
     with trapped_signals() as interrupted:
-
-        def go() -> None:
-            res = api.run(config, should_stop=lambda: bool(interrupted))
-            campaign.results.append(res.raw)
-            shown.append(res)
-
-        guarded(campaign, go)
-        campaign.interrupted = interrupted.signal
-    if shown:
-        show_timeline(shown[0], html_path)
-        r = shown[0].raw
+        shown = run_one(campaign, config, interrupted)
+    if shown is not None:
+        show_timeline(shown, html_path)
+        r = shown.raw
         fv = r.shown.first_violation() if r.shown is not None else None
         if fv is None:
             out_console.print(f"replayed {r.operations}x: no violation")

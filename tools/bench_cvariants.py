@@ -24,37 +24,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_stress import pairs_per_second  # the same windowed rate, measured the same way
 from rich.console import Console
 from rich.table import Table
 
 from shmpamt import tdx
 from shmpamt.atomic import RefcountArray
-from shmpamt.config import StressConfig
-from shmpamt.engine.stress import StressProgress as Progress
-from shmpamt.engine.stress import run_stress
 from shmpamt.kernel import POOL_BASE, Kernel, page_hpa
 from shmpamt.lock import PamtLock
 from shmpamt.variants.registry import load_variant
 
 LOOP = 10_000  # primitives per call of the C micro-benchmark
-
-
-def pairs_per_second(variant: str, cpus: int, seconds: float, use_page: bool) -> float:
-    """Rate over a window that starts once every CPU is running (spawn time excluded)."""
-    samples: list[tuple[float, int]] = []
-
-    def tick(p: Progress) -> None:
-        samples.append((p.elapsed, p.operations))
-
-    warm = 1.5
-    cfg = StressConfig(
-        variant, cpus=cpus, ranges=1, pages_per_range=cpus, hold_us=0, use_page=use_page,
-        duration=seconds + warm, seed=1,
-    )  # fmt: skip
-    run_stress(cfg, on_progress=tick)
-    window = [(t, n) for t, n in samples if t >= warm]
-    (t0, n0), (t1, n1) = window[0], window[-1]
-    return (n1 - n0) / (t1 - t0)
 
 
 class _Pool:
