@@ -52,6 +52,7 @@ __all__ = [
     "StressProgress",
     "ViolationFound",
     "builtin_variants",
+    "default_variants",
     "check_stored",
     "check_variant",
     "clean",
@@ -171,8 +172,14 @@ class Result:
 
 
 def builtin_variants() -> list[tuple[str, str]]:
-    """(name, one-line description) of every built-in variant."""
+    """(name, one-line description) of every built-in variant, the C twins included."""
     return describe_variants()
+
+
+def default_variants() -> list[str]:
+    """What a campaign with no --variant runs: the eight built-ins (their C twins are the
+    same protocols; name them, e.g. rfc.c, to run them)."""
+    return list(BUILTIN)
 
 
 def check_variant(spec: str) -> None:

@@ -299,7 +299,7 @@ def stress(
 
     check_output_path("--json", json_path)
     seed = random.randrange(2**32) if seed is None else seed
-    specs = list(variant_specs) or [name for name, _ in api.builtin_variants()]
+    specs = list(variant_specs) or api.default_variants()
 
     def config(spec: str) -> StressConfig:
         return StressConfig(spec, seed=seed, chaos=chaos or 0.0, faults=fault_spec, **settings)

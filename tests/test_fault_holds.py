@@ -60,3 +60,13 @@ def test_a_reclaim_that_gets_through_leaves_no_mark() -> None:
 def test_without_faults_nothing_is_fault_held() -> None:
     held, _, last = _run("")
     assert held == [] and last == [0, 0]
+
+
+def test_a_correct_variant_stays_clean_when_remove_is_refused() -> None:
+    """v6 republishes refcount 1 when PAMT.REMOVE fails: with the failure injected, the
+    PAMT left behind is the fault's doing, so quiescence does not judge that range."""
+    import shmpamt
+
+    r = shmpamt.stress("v6", cpus=3, ranges=1, iterations=300, seed=1, faults="remove.busy=0.3")
+    assert r.raw.faults_injected > 0
+    assert r.clean, r.to_dict()

@@ -92,6 +92,9 @@ def run_stress(
         else:
             s.check_quiescent()
             quiescent = True
+        if s.board.total(ITERATIONS) == 0 and not fleet.incidents:
+            # Nothing ran (a duration shorter than start-up): that is no evidence of "clean".
+            fleet.incidents.append("no CPU completed a get/put round: nothing was tested")
         counts = zero_counts() | s.log.counts()
         records = s.log.records()
         injected = max(s.board.total(INJECTED), s.module.statistics().injected_total)

@@ -57,6 +57,8 @@ _HDR_WORDS: Final = 8  # nranges, pages_per_range, spare
 # Per-page flag bits: assigned, and "its last RECLAIM was refused by an injected BUSY".
 ASSIGNED: Final = 1
 RECLAIM_REFUSED: Final = 2
+#: on a range's first page: injection refused a PAMT.REMOVE of the range this run
+REMOVE_REFUSED: Final = 4
 
 
 @dataclass(frozen=True)
@@ -206,13 +208,17 @@ class ModuleState:
         A CPU that cannot RECLAIM a page keeps it and its reference (it must not
         put a range with a page assigned), so at quiescence such a range still
         has a refcount and a PAMT: the injected fault's doing, not the variant's.
+        Likewise a range whose PAMT.REMOVE injection refused: a variant that gives
+        up on the REMOVE (v4 reverts its decrement, v6 republishes 1) leaves a
+        PAMT with no user, as its authors chose, because of the fault.
         """
         ppr = self.pages_per_range
         held = ASSIGNED | RECLAIM_REFUSED
         return [
             r
             for r in range(self.nranges)
-            if any(self._flags[r * ppr + j] & held == held for j in range(ppr))
+            if self._flags[r * ppr] & REMOVE_REFUSED
+            or any(self._flags[r * ppr + j] & held == held for j in range(ppr))
         ]
 
     # -- writes (the daemon, holding the range's lock) -------------------------------
@@ -228,13 +234,18 @@ class ModuleState:
         self._pamt[2 * r + 1] = 0
 
     def _assign(self, r: int, j: int, on: bool) -> None:
-        self._flags[r * self.pages_per_range + j] = ASSIGNED if on else 0
+        i = r * self.pages_per_range + j
+        # the range's REMOVE_REFUSED mark (on its first page) outlives the page's own state
+        self._flags[i] = (self._flags[i] & REMOVE_REFUSED) | (ASSIGNED if on else 0)
         self._assigned[r] += 1 if on else -1
 
     def _mark_reclaim_refused(self, r: int, j: int) -> None:
         i = r * self.pages_per_range + j
         if self._flags[i] & ASSIGNED:
             self._flags[i] |= RECLAIM_REFUSED  # cleared by the next RECLAIM or AUG
+
+    def _mark_remove_refused(self, r: int) -> None:
+        self._flags[r * self.pages_per_range] |= REMOVE_REFUSED  # until the next reset
 
     def reset(self) -> None:
         """Every PAMT absent, no page assigned (statistics are kept)."""
@@ -313,7 +324,8 @@ def target_range(state: ModuleState, leaf: int, rcx: int) -> int | None:
 def note_injected_busy(state: ModuleState, leaf: int, rcx: int) -> None:
     """An injected BUSY answered ``leaf``; the caller holds ``target_range``'s lock.
 
-    Only a refused RECLAIM leaves a trace: its page stays assigned, and
+    A refused RECLAIM leaves a trace (its page stays assigned), and so does a
+    refused REMOVE (the variant's fallback leaves a PAMT behind):
     ``fault_held_ranges`` tells quiescence checks that the fault, not the
     protocol, kept that range in use.
     """
@@ -321,6 +333,10 @@ def note_injected_busy(state: ModuleState, leaf: int, rcx: int) -> None:
         rj = decode_4k(state, rcx)
         if rj is not None:
             state._mark_reclaim_refused(*rj)
+    elif leaf == tdx.TDH_PHYMEM_PAMT_REMOVE:
+        r = target_range(state, leaf, rcx)
+        if r is not None:
+            state._mark_remove_refused(r)
 
 
 def apply_seamcall(
