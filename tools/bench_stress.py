@@ -86,12 +86,16 @@ def first_violation(variant: str, seed: int, cap: float) -> tuple[float | None, 
     return (first[0] if first else None), (serious[0] if serious else None)
 
 
-def campaign(seed: int) -> dict[str, frozenset[str]]:
+def campaign(seed: int, seconds: float | None) -> dict[str, frozenset[str]]:
     """One default campaign, as a user runs it; the merged kind set per variant."""
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "c.json"
         cmd = [sys.executable, "-m", "shmpamt", "stress", "--seed", str(seed), "--json", str(out)]
-        subprocess.run(cmd, capture_output=True, check=False)
+        if seconds is not None:
+            cmd += ["--duration", str(seconds)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode not in (0, 1) or not out.exists():
+            raise SystemExit(f"campaign seed {seed} failed: {proc.stderr.strip()[-400:]}")
         data = json.loads(out.read_text())
     return {m["variant"]: frozenset(m["verdict"]) for m in data["merged"] or []}
 
@@ -110,7 +114,7 @@ def _fmt(kinds: frozenset[str]) -> str:
 def stability(args: argparse.Namespace, console: Console) -> None:
     runs = []
     for i in range(args.campaigns):
-        runs.append(campaign(1000 + i))
+        runs.append(campaign(1000 + i, args.campaign_seconds))
         console.print(f"campaign {i + 1}/{args.campaigns} (seed {1000 + i}) done")
     variants = list(runs[0])
     t = Table(title=f"default campaign (stress + explore), {args.campaigns} seeds: kind sets")
@@ -169,6 +173,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stability", action="store_true", help="issue 18's measurement instead")
     ap.add_argument("--campaigns", type=int, default=10)
+    ap.add_argument("--campaign-seconds", type=float, default=None, help="--duration (default: 7)")
     ap.add_argument("--dpor-budget", type=float, default=30.0)
     ap.add_argument("--kai-runs", type=int, default=10)
     ap.add_argument("--kai-seconds", type=float, default=15.0)
