@@ -97,7 +97,9 @@ def campaign(seed: int, seconds: float | None) -> dict[str, frozenset[str]]:
         if proc.returncode not in (0, 1) or not out.exists():
             raise SystemExit(f"campaign seed {seed} failed: {proc.stderr.strip()[-400:]}")
         data = json.loads(out.read_text())
-    return {m["variant"]: frozenset(m["verdict"]) for m in data["merged"] or []}
+    if not data.get("merged"):
+        raise SystemExit(f"campaign seed {seed}: no merged verdict ({data.get('error')})")
+    return {m["variant"]: frozenset(m["verdict"]) for m in data["merged"]}
 
 
 def dpor_kinds(variant: str, budget: float) -> tuple[frozenset[str], bool]:
