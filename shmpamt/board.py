@@ -1,7 +1,9 @@
 """The CPU board: per-CPU counters, states and last words, plus the stop flag.
 
 One shared segment the runner reads while CPUs run (progress, how each CPU
-ended, what it said when it failed) and writes once to tell them to stop.
+ended, what it said when it failed) and writes once to tell them to stop. It
+also carries the interleaving table targeted chaos fills
+(:class:`~shmpamt.coverage.WindowTable`), so the runner can show coverage live.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import struct
 from typing import Final
 
 from shmpamt.atomic import RefcountArray
+from shmpamt.coverage import WindowTable, words_needed
 from shmpamt.ipc import Segment, make_name
 
 ITERATIONS: Final = 0
@@ -17,6 +20,7 @@ GETS_FAILED: Final = 1
 INJECTED: Final = 2
 WARNINGS: Final = 3
 STATE: Final = 4  # one of the STATE_* values below
+DELAYS: Final = 5  # targeted chaos delays inserted
 WORDS_PER_CPU: Final = 8
 STATE_RUNNING, STATE_DONE, STATE_FAILED = 1, 2, 3  # 0: not started yet
 # global control words after the per-CPU block
@@ -35,10 +39,13 @@ class CpuBoard:
         self.words = RefcountArray.over(segment, 0, cpus * WORDS_PER_CPU + 4)
         self._ctl = cpus * WORDS_PER_CPU
         self._msg_base = (cpus * WORDS_PER_CPU + 4) * 4
+        table_base = self._msg_base + cpus * MSG_BYTES
+        self._table_words = RefcountArray.over(segment, table_base, words_needed(cpus))
+        self.windows = WindowTable(self._table_words, cpus)
 
     @staticmethod
     def _size(cpus: int) -> int:
-        return (cpus * WORDS_PER_CPU + 4) * 4 + cpus * MSG_BYTES
+        return (cpus * WORDS_PER_CPU + 4) * 4 + cpus * MSG_BYTES + words_needed(cpus) * 4
 
     @classmethod
     def create(cls, cpus: int, token: str) -> CpuBoard:
@@ -69,6 +76,8 @@ class CpuBoard:
     def reset(self) -> None:
         for w in range(len(self.words)):
             self.words.set(w, 0)
+        for w in range(len(self._table_words)):
+            self._table_words.set(w, 0)
 
     def set_message(self, cpu: int, msg: str) -> None:
         data = msg.encode("utf-8", "replace")[: MSG_BYTES - 2]
@@ -92,5 +101,6 @@ class CpuBoard:
         return bytes(data[:n]).decode("utf-8", "replace")
 
     def close(self) -> None:
+        self._table_words.close()
         self.words.close()
         self.segment.close()

@@ -8,6 +8,7 @@ else. Errors go to stderr as one line.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shlex
@@ -24,6 +25,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from shmpamt.chaos import CHAOS_MODES
 from shmpamt.cli_campaign import campaign_command  # campaign work (issue 15)
 from shmpamt.cli_db import DB_OPTION, db_command  # campaign work (issue 15)
 from shmpamt.config import (
@@ -42,6 +44,11 @@ from shmpamt.violations import VIOLATIONS
 err_console = Console(stderr=True, soft_wrap=True, emoji=False)  # one line, as written
 # A log file or pipe gets 120 columns instead of rich's 80, so reports stay tables.
 out_console = Console(width=None if sys.stdout.isatty() else 120, emoji=False)
+
+#: what ``shmpamt stress --mode`` runs per variant
+MODES = ("both", "stress", "explore")
+#: share of each variant's seconds that free-running stress gets in --mode both
+STRESS_SHARE = 0.5
 
 EPILOG = (
     "Exit status: "
@@ -265,7 +272,7 @@ def variants() -> None:
     type=float,
     default=None,
     help=f"Seconds per variant (default {DEFAULT_STRESS_SECONDS:g}: about a minute for the "
-    "eight built-ins).",
+    "eight built-ins); with --mode both, half free-running, half explore.",
 )
 @click.option("--iterations", type=int, default=None, help="get/put rounds per CPU instead.")
 @SEED_OPTION
@@ -275,7 +282,26 @@ def variants() -> None:
     default=None,
     is_flag=False,
     flag_value=0.3,
-    help="Random delays/yields at every primitive, with this probability (flag alone: 0.3).",
+    help="Chaos delays with this base probability (flag alone: 0.3); see --chaos-mode.",
+)
+@click.option(
+    "--chaos-mode",
+    type=click.Choice(CHAOS_MODES),
+    default=CHAOS_MODES[0],
+    show_default=True,
+    help="targeted: delays aimed at race windows (inside pamt_lock past the recheck, after a "
+    "SEAMCALL, read-then-write) that other CPUs have seldom landed in, adapting as the run "
+    "counts them; uniform: a random delay/yield at every primitive.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default=None,
+    help="both: per variant, free-running stress for the first half of its seconds, then the "
+    "default explore search (2 CPUs x 2 rounds, portfolio) for the second half; the verdict "
+    "merges them and says which mode found each kind. stress: free-running only. explore: the "
+    "explore search only. Default: both for the whole campaign (no --variant, no "
+    "--iterations); stress when --variant or --iterations is given.",
 )
 @click.option(
     "--faults",
@@ -292,48 +318,101 @@ def stress(
     seed: int | None,
     chaos: float | None,
     fault_spec: str,
+    mode: str | None,
     **settings: Any,
 ) -> None:
-    """Free-running multiprocess stress over one or more variants."""
+    """Free-running multiprocess stress over one or more variants (by default every
+    built-in, each also searched by explore: see --mode)."""
     from shmpamt import api
 
     check_output_path("--json", json_path)
     seed = random.randrange(2**32) if seed is None else seed
+    if mode is None:
+        mode = "stress" if variant_specs or settings.get("iterations") else "both"
+    if mode != "stress" and settings.get("iterations"):
+        fail(f"--iterations needs --mode stress (--mode {mode} splits seconds)")
     specs = list(variant_specs) or api.default_variants()
 
     def config(spec: str) -> StressConfig:
         return StressConfig(spec, seed=seed, chaos=chaos or 0.0, faults=fault_spec, **settings)
 
+    # Validated as given, then split: an error names the seconds the user wrote.
     configs: list[StressConfig] = [build(partial(config, spec)) for spec in specs]
+    total = configs[0].seconds
+    if mode == "both":
+        configs = [dataclasses.replace(c, duration=total * STRESS_SHARE) for c in configs]
+    explores: list[ExploreConfig] = []
+    if mode != "stress":
+        budget = total * (1 - STRESS_SHARE if mode == "both" else 1)
+        explores = [
+            build(
+                partial(
+                    ExploreConfig,
+                    c.variant,
+                    budget=budget,
+                    seed=seed,
+                    minimize=False,  # the campaign's time goes to searching; replay shrinks
+                    ignore=c.ignore,
+                )
+            )
+            for c in configs
+        ]
     for spec in specs:
         build(partial(api.check_variant, spec))
     first = configs[0]
     out_console.print(
-        f"shmpamt stress: {len(specs)} variant(s), {first.cpus} CPUs, {first.ranges} ranges, "
-        f"seed {seed}"
-        + (f", chaos {first.chaos}" if first.chaos else "")
-        + (f", faults {first.faults}" if first.faults else "")
+        f"shmpamt stress: {len(specs)} variant(s), mode {mode}, "
+        + (
+            f"{first.cpus} CPUs, {first.ranges} ranges, "
+            + (f"chaos {first.chaos} ({first.chaos_mode}), " if first.chaos else "")
+            + (f"faults {first.faults}, " if first.faults else "")
+            if mode != "explore"
+            else ""
+        )
+        + (f"explore {explores[0].budget:g} s per variant, " if explores else "")
+        + f"seed {seed}"
     )
-    campaign = Campaign(rerun=_rerun(seed))
+    campaign = Campaign(rerun=_rerun(seed), merged=mode == "both")
     with trapped_signals() as interrupted, _bar() as bar:
 
+        def run_stress(c: StressConfig) -> None:
+            task = bar.add_task(
+                c.variant if mode == "stress" else f"{c.variant} stress",
+                total=c.seconds or (c.iterations or 0) * c.cpus,
+                info="starting",
+            )
+
+            def tick(p: api.StressProgress, task: Any = task) -> None:
+                rate = f"{p.operations / p.elapsed:,.0f}" if p.elapsed > 0 else "-"
+                done = p.elapsed if p.total else p.operations
+                info = f"{rate} ops/s, {p.violations} violations"
+                if p.coverage is not None:
+                    info += f", windows {p.coverage.hit}/{p.coverage.seen}"
+                bar.update(task, completed=done, info=info)
+
+            res = api.run(c, on_progress=tick, should_stop=lambda: bool(interrupted))
+            bar.update(task, completed=c.seconds or res.raw.operations)
+            campaign.results.append(res.raw)
+
+        def run_explore(c: ExploreConfig) -> None:
+            task = bar.add_task(f"{c.variant} explore", total=c.seconds, info="starting")
+
+            def tick(p: api.ExploreProgress, task: Any = task) -> None:
+                info = f"{p.executions} executions, {p.kinds} kinds"
+                bar.update(task, completed=min(p.elapsed, c.seconds), info=info)
+
+            res = api.run(c, on_progress=tick, should_stop=lambda: bool(interrupted))
+            bar.update(task, completed=c.seconds)
+            campaign.results.append(res.raw)
+
         def run_all() -> None:
-            for c in configs:
+            for i, c in enumerate(configs):
                 if interrupted:
                     break
-                task = bar.add_task(
-                    c.variant, total=c.seconds or (c.iterations or 0) * c.cpus, info="starting"
-                )
-
-                def tick(p: api.StressProgress, task: Any = task) -> None:
-                    rate = f"{p.operations / p.elapsed:,.0f}" if p.elapsed > 0 else "-"
-                    done = p.elapsed if p.total else p.operations
-                    info = f"{rate} ops/s, {p.violations} violations"
-                    bar.update(task, completed=done, info=info)
-
-                res = api.run(c, on_progress=tick, should_stop=lambda: bool(interrupted))
-                bar.update(task, completed=c.seconds or res.raw.operations)
-                campaign.results.append(res.raw)
+                if mode != "explore":
+                    run_stress(c)
+                if explores and not interrupted:
+                    run_explore(explores[i])
 
         guarded(campaign, run_all)
         campaign.interrupted = interrupted.signal

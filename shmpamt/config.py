@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from shmpamt import tdx
+from shmpamt.chaos import CHAOS_MODES
 from shmpamt.errors import ScheduleError, UsageError
 from shmpamt.module.faults import FaultPlan
 from shmpamt.placement import default_jobs
@@ -152,8 +153,10 @@ class StressConfig:
     #: get/put rounds per CPU instead of a duration
     iterations: int | None = None
     seed: int = 0
-    #: probability of a random delay/yield at every primitive
+    #: probability of a chaos delay (targeted: the base rate the adaptive weights scale)
     chaos: float = 0.0
+    #: "targeted" (delays aimed at uncovered race windows) or "uniform" (any primitive)
+    chaos_mode: str = "targeted"
     #: fault-injection spec, e.g. ``add.busy=0.1,alloc.fail=0.02``
     faults: str = ""
     #: probability that a pick goes to range 0, the hot range
@@ -184,6 +187,11 @@ class StressConfig:
             _set(self, "duration", check_float("duration", self.duration, 0, 86400, True))
         check_int("seed", self.seed, 0, MAX_SEED)
         _set(self, "chaos", check_float("chaos", self.chaos, 0.0, 1.0))
+        if self.chaos_mode not in CHAOS_MODES:
+            raise UsageError(
+                f"chaos_mode must be one of {', '.join(CHAOS_MODES)}, not {self.chaos_mode!r}",
+                "chaos_mode",
+            )
         _set(self, "hot", check_float("hot", self.hot, 0.0, 1.0))
         check_int("hold_us", self.hold_us, 0, 1_000_000)
         check_bool("use_page", self.use_page)

@@ -19,6 +19,7 @@ from typing import Final, NoReturn
 
 from shmpamt.atomic import RefcountArray
 from shmpamt.board import (
+    DELAYS,
     GETS_FAILED,
     INJECTED,
     ITERATIONS,
@@ -29,7 +30,7 @@ from shmpamt.board import (
     WARNINGS,
     CpuBoard,
 )
-from shmpamt.chaos import ChaosHook
+from shmpamt.chaos import UNIFORM, TargetedChaos, UniformChaos
 from shmpamt.errors import LockError
 from shmpamt.invariants import ViolationLog
 from shmpamt.kernel import Hook, Kernel
@@ -136,8 +137,14 @@ def cpu_main(
         faults = FaultPlan.parse(fault_spec, seed)
         rng = random.Random(f"{seed}:cpu{cpu}")
         hook: Hook | None = None
-        if workload.chaos > 0:
-            hook = ChaosHook(random.Random(f"{seed}:chaos{cpu}"), workload.chaos, workload.chaos_us)
+        targeted: TargetedChaos | None = None
+        chaos_rng = random.Random(f"{seed}:chaos{cpu}")
+        if workload.chaos > 0 and workload.chaos_mode == UNIFORM:
+            hook = UniformChaos(chaos_rng, workload.chaos, workload.chaos_us)
+        elif workload.chaos > 0:
+            hook = targeted = TargetedChaos(
+                cpu, board.windows, chaos_rng, workload.chaos, workload.chaos_us
+            )
         k = Kernel(
             cpu,
             a.refcounts,
@@ -165,6 +172,8 @@ def cpu_main(
             board.inc(cpu, ITERATIONS)
             board.set(cpu, INJECTED, k.injected)
             board.set(cpu, WARNINGS, k.warnings)
+            if targeted is not None:
+                board.set(cpu, DELAYS, targeted.delays)
 
     _cpu_process(names, cpu, variant_spec, workload, loop)
 

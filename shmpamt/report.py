@@ -18,6 +18,7 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
+from shmpamt.merged import BOTH, STRESS_ONLY, MergedVerdict, merge
 from shmpamt.results import VariantResult, regression_line
 from shmpamt.violations import VIOLATIONS, describe
 
@@ -43,6 +44,11 @@ class Campaign:
     error: str = ""
     #: the command line that reruns this campaign, for the report's last lines
     rerun: str = ""
+    #: stress and explore ran for each variant: the report merges them per variant
+    merged: bool = False
+
+    def verdicts(self) -> list[MergedVerdict]:
+        return merge(self.results)
 
     def exit_code(self) -> int:
         if self.interrupted == "SIGINT":
@@ -64,6 +70,7 @@ class Campaign:
             "error": self.error or None,
             "exit_status": self.exit_code(),
             "variants": [r.to_dict() for r in self.results],
+            "merged": [m.to_dict() for m in self.verdicts()] if self.merged else None,
         }
 
     def write_json(self, path: Path) -> None:
@@ -75,7 +82,10 @@ class Campaign:
     # -- the terminal report ---------------------------------------------------------
 
     def render(self, console: Console) -> None:
-        if self.results:
+        if self.results and self.merged:
+            self._render_merged(console)
+            self._render_summary(console)
+        elif self.results:
             self._render_table(console)
             self._render_details(console)
             self._render_summary(console)
@@ -133,11 +143,52 @@ class Campaign:
                 claim = f" ({r.explore.claim})" if r.explore is not None else ""
                 console.print(f"  [bold]{r.variant}[/bold] shown{claim}: {r.coverage}")
 
+    def _render_merged(self, console: Console) -> None:
+        verdicts = self.verdicts()
+        bad = any(m.failing for m in verdicts)
+        title = "verdict (stress + explore): " + (
+            "violations found" if bad else "no violation found"
+        )
+        table = Table(title=title, title_justify="left", expand=False)
+        table.add_column("variant", style="bold", no_wrap=True)
+        table.add_column("result", no_wrap=True)
+        table.add_column("kinds seen [found by]", ratio=1)
+        table.add_column("rounds / execs", justify="right", no_wrap=True)
+        for m in verdicts:
+            kinds = ", ".join(
+                f"{k.kind} \\[{k.found_by}]" + (" (ignored)" if k.ignored else "") for k in m.kinds
+            )
+            ops = " / ".join(compact(r.operations) for r in m.parts)
+            table.add_row(m.variant, _merged_label(m), kinds or "-", ops)
+        console.print(table)
+        for m in verdicts:
+            for k in m.kinds:
+                if k.replay:
+                    how = f"[cyan]{k.replay}[/cyan]"
+                else:
+                    how = f"stress seed {k.seed}: [yellow]{k.note}[/yellow]"
+                console.print(f"  [bold]{m.variant}[/bold] {k.kind}: {how}")
+            for r in m.parts:
+                for inc in r.incidents:
+                    console.print(f"  [bold]{m.variant}[/bold] [yellow]incident[/yellow]: {inc}")
+                if r.coverage:
+                    console.print(f"  [bold]{m.variant}[/bold] {r.mode} coverage: {r.coverage}")
+        if any(k.replay for m in verdicts for k in m.kinds):
+            console.print(
+                "  explore schedules are reported unshrunk to keep the campaign short: "
+                "[cyan]shmpamt replay --minimize SCHEDULE[/cyan] shrinks one"
+            )
+
     def _render_summary(self, console: Console) -> None:
-        bad = [r.variant for r in self.results if r.failing]
-        ok = [r.variant for r in self.results if r.clean]
-        other = [r.variant for r in self.results if not r.failing and not r.clean]
-        parts = [f"{len(bad)} of {len(self.results)} variant(s) violate"]
+        rows = (
+            [(m.variant, bool(m.failing), m.verdict == "clean") for m in self.verdicts()]
+            if self.merged
+            else [(r.variant, bool(r.failing), r.clean) for r in self.results]
+        )
+        bad = [v for v, failing, _ in rows if failing]
+        ok = [v for v, _, clean in rows if clean]
+        other = [v for v, failing, clean in rows if not failing and not clean]
+        parts = [f"{len(bad)} of {len(rows)} variant(s) violate"]
         if ok:
             parts.append(f"clean: {', '.join(ok)}")
         if other:
@@ -147,10 +198,27 @@ class Campaign:
         console.print(f"exit status {code}: {EXIT_MEANING.get(code, '')}")
         if self.rerun:
             console.print(f"rerun this campaign: [cyan]{self.rerun}[/cyan]")
+        replayable = {(m.variant, k.kind) for m in self.verdicts() for k in m.kinds if k.replay}
         for r in self.results:
+            if self.merged and all((r.variant, k) in replayable for k in r.failing):
+                continue
             if r.failing and r.mode == "stress":
                 cmd = f"shmpamt explore --variant {r.spec or r.variant}"
                 console.print(f"find a replayable schedule: [cyan]{cmd}[/cyan]")
+
+
+def _merged_label(m: MergedVerdict) -> str:
+    if m.failing:
+        n = len(m.failing)
+        only = sum(1 for k in m.kinds if k.found_by == STRESS_ONLY and not k.ignored)
+        both = sum(1 for k in m.kinds if k.found_by == BOTH and not k.ignored)
+        extra = f" ({both} by both" + (f", {only} stress only" if only else "") + ")"
+        return f"[red]{n} kind{'s' if n > 1 else ''}[/red]{extra}"
+    if m.incidents:
+        return "[yellow]incident[/yellow]"
+    if m.kinds:
+        return "[yellow]ignored only[/yellow]"
+    return "[green]clean[/green]"
 
 
 def _label(r: VariantResult) -> str:

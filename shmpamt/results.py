@@ -101,6 +101,31 @@ class ExploreStats:
 
 
 @dataclass(frozen=True)
+class WindowCoverage:
+    """Which cross-CPU windows free-running stress hit (see shmpamt/coverage.py)."""
+
+    #: distinct (X1, X2) windows: consecutive primitives of one CPU on one slot
+    seen: int
+    #: of those, windows another CPU's primitive on the same slot landed in
+    hit: int
+    #: distinct (X1, X2, Y): Y by another CPU between X1 and X2
+    interleavings: int
+    #: delays targeted chaos inserted (0 for uniform chaos, which does not count them)
+    delays: int = 0
+
+    def __str__(self) -> str:
+        return f"windows hit {self.hit}/{self.seen}, {self.interleavings} interleavings"
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "windows_seen": self.seen,
+            "windows_hit": self.hit,
+            "interleavings": self.interleavings,
+            "delays": self.delays,
+        }
+
+
+@dataclass(frozen=True)
 class VariantResult:
     variant: str
     mode: str  # STRESS, EXPLORE or REPLAY
@@ -126,6 +151,8 @@ class VariantResult:
     notes: tuple[str, ...] = ()
     #: stored failures replayed before the search; None when no database was used
     regressions: tuple[Regression, ...] | None = None
+    #: cross-CPU windows targeted chaos hit (free-running stress with targeted chaos only)
+    windows: WindowCoverage | None = None
     #: the execution a timeline shows: the first failing one, or a replay's (not in JSON)
     shown: Execution | None = field(default=None, compare=False, repr=False)
 
@@ -193,6 +220,7 @@ class VariantResult:
             "coverage": self.coverage,
             "kernel_warnings": self.kernel_warnings,
             "notes": list(self.notes),
+            "window_coverage": self.windows.to_dict() if self.windows is not None else None,
         }
         if self.regressions is not None:
             d["regressions"] = {

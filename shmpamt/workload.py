@@ -31,7 +31,8 @@ class Workload:
     hold_us: int = 50  # a held page is kept 0..hold_us microseconds
     iterations: int = 0  # per CPU; 0 = until told to stop
     chaos: float = 0.0  # probability of a random delay/yield at every primitive
-    chaos_us: int = 100  # longest chaos delay
+    chaos_us: int = 100  # longest uniform chaos delay; shortest targeted one
+    chaos_mode: str = "targeted"  # or "uniform" (see shmpamt/chaos.py)
     seamcall_timeout: float = 10.0  # a module that does not answer within this is hung
     use_page: bool = True  # AUG/RECLAIM the page between get and put (False: protocol only)
 
@@ -44,6 +45,7 @@ class Workload:
             hold_us=c.hold_us,
             iterations=c.iterations or 0,
             chaos=c.chaos,
+            chaos_mode=c.chaos_mode,
             seamcall_timeout=c.seamcall_timeout,
             use_page=c.use_page,
         )

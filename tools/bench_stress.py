@@ -9,21 +9,40 @@ dominate the pair — and for each built-in variant the median wall time to the
 first violation over N seeds (``--chaos``; capped).
 
     python tools/bench_stress.py [--seconds 4] [--seeds 5] [--cap 20]
+
+``--stability`` measures instead whether the default campaign's verdict holds
+from run to run (issue 18): ten default campaigns (``shmpamt stress --seed S``,
+stress + explore per variant) with ten seeds, the kind set of every built-in
+in each and whether they agree, against ``explore --strategy dpor`` where DPOR
+finishes in ``--dpor-budget`` seconds (else the union over the runs, said so);
+then kai's use_without_pamt by free-running stress alone (15 s, chaos, 3 CPUs,
+one range) in how many of N runs, targeted vs uniform chaos; and locked/v6
+clean in every run with chaos and with faults.
+
+    python tools/bench_stress.py --stability [--campaigns 10] [--kai-runs 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from shmpamt.config import StressConfig
+from shmpamt import api
+from shmpamt.config import ExploreConfig, StressConfig
 from shmpamt.engine.stress import StressProgress as Progress
 from shmpamt.engine.stress import run_stress
+from shmpamt.results import VERIFIED
 from shmpamt.variants.registry import BUILTIN
+
+FAULTS = "add.busy=0.1,remove.busy=0.1,aug.delay=0.2:0.001,alloc.fail=0.02"
 
 
 def pairs_per_second(variant: str, cpus: int, seconds: float, use_page: bool) -> float:
@@ -67,8 +86,101 @@ def first_violation(variant: str, seed: int, cap: float) -> tuple[float | None, 
     return (first[0] if first else None), (serious[0] if serious else None)
 
 
+def campaign(seed: int, seconds: float | None) -> dict[str, frozenset[str]]:
+    """One default campaign, as a user runs it; the merged kind set per variant."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "c.json"
+        cmd = [sys.executable, "-m", "shmpamt", "stress", "--seed", str(seed), "--json", str(out)]
+        if seconds is not None:
+            cmd += ["--duration", str(seconds)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode not in (0, 1) or not out.exists():
+            raise SystemExit(f"campaign seed {seed} failed: {proc.stderr.strip()[-400:]}")
+        data = json.loads(out.read_text())
+    if not data.get("merged"):
+        raise SystemExit(f"campaign seed {seed}: no merged verdict ({data.get('error')})")
+    return {m["variant"]: frozenset(m["verdict"]) for m in data["merged"]}
+
+
+def dpor_kinds(variant: str, budget: float) -> tuple[frozenset[str], bool]:
+    """DPOR's kind set and whether it finished (a verified claim) within ``budget``."""
+    r = api.run(ExploreConfig(variant, strategy="dpor", budget=budget, minimize=False, seed=1))
+    done = r.raw.explore is not None and r.raw.explore.claim == VERIFIED
+    return frozenset(r.found), done
+
+
+def _fmt(kinds: frozenset[str]) -> str:
+    return ",".join(sorted(k.replace("_", "")[:8] for k in kinds)) or "-"
+
+
+def stability(args: argparse.Namespace, console: Console) -> None:
+    runs = []
+    for i in range(args.campaigns):
+        runs.append(campaign(1000 + i, args.campaign_seconds))
+        console.print(f"campaign {i + 1}/{args.campaigns} (seed {1000 + i}) done")
+    variants = list(runs[0])
+    t = Table(title=f"default campaign (stress + explore), {args.campaigns} seeds: kind sets")
+    for col in ("variant", "agree", "runs (kind set: times)", "reference", "matches"):
+        t.add_column(col)
+    for v in variants:
+        sets = [r.get(v, frozenset()) for r in runs]
+        distinct = {s: sets.count(s) for s in sets}
+        union = frozenset().union(*sets)
+        ref, done = dpor_kinds(v, args.dpor_budget)
+        label = "dpor (verified)" if done else "union of runs (dpor did not finish)"
+        reference = ref if done else union
+        cells = "; ".join(f"{_fmt(s)}: {n}" for s, n in distinct.items())
+        agree = "yes" if len(distinct) == 1 else "NO"
+        match = f"{sets.count(reference)}/{len(sets)}"
+        t.add_row(v, agree, cells, f"{_fmt(reference)} ({label})", match)
+    console.print(t)
+    console.print("kind abbreviations: first 8 letters without underscores")
+
+    k = Table(
+        title=f"kai use_without_pamt by free-running stress alone: {args.kai_runs} runs of "
+        f"{args.kai_seconds:g} s, chaos 0.3, 3 CPUs, 1 range"
+    )
+    for col in ("chaos mode", "found in", "runs"):
+        k.add_column(col)
+    for mode in ("targeted", "uniform"):
+        hits = []
+        for seed in range(1, args.kai_runs + 1):
+            cfg = StressConfig(
+                "kai", cpus=3, ranges=1, duration=args.kai_seconds, chaos=0.3,
+                chaos_mode=mode, seed=seed,
+            )  # fmt: skip
+            hits.append("use_without_pamt" in run_stress(cfg).found)
+        k.add_row(mode, f"{sum(hits)}/{len(hits)}", "".join("x" if h else "." for h in hits))
+    console.print(k)
+
+    c = Table(title=f"correct variants, {args.clean_runs} seeds x {args.clean_seconds:g} s each")
+    for col in ("variant", "chaos (targeted)", "faults", "chaos + faults"):
+        c.add_column(col)
+    for v in ("locked", "v6"):
+        cells = []
+        for chaos, faults in ((0.3, ""), (0.0, FAULTS), (0.3, FAULTS)):
+            dirty = 0
+            for seed in range(1, args.clean_runs + 1):
+                cfg = StressConfig(
+                    v, cpus=4, duration=args.clean_seconds, chaos=chaos, faults=faults, seed=seed
+                )
+                res = run_stress(cfg)
+                dirty += bool(res.found or res.incidents)
+            cells.append(f"clean {args.clean_runs - dirty}/{args.clean_runs}")
+        c.add_row(v, *cells)
+    console.print(c)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stability", action="store_true", help="issue 18's measurement instead")
+    ap.add_argument("--campaigns", type=int, default=10)
+    ap.add_argument("--campaign-seconds", type=float, default=None, help="--duration (default: 7)")
+    ap.add_argument("--dpor-budget", type=float, default=30.0)
+    ap.add_argument("--kai-runs", type=int, default=10)
+    ap.add_argument("--kai-seconds", type=float, default=15.0)
+    ap.add_argument("--clean-runs", type=int, default=3)
+    ap.add_argument("--clean-seconds", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=4.0, help="per throughput measurement")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--cap", type=float, default=20.0, help="seconds per detection run")
@@ -76,6 +188,11 @@ def main() -> int:
     if args.seconds <= 0 or args.seeds < 1 or args.cap <= 0:
         ap.error("all values must be positive")
     console = Console()
+    if args.stability:
+        if min(args.campaigns, args.kai_runs, args.clean_runs) < 1:
+            ap.error("counts must be positive")
+        stability(args, console)
+        return 0
 
     for use_page, what in ((False, "get+put only"), (True, "get, AUG, RECLAIM, put")):
         t = Table(title=f"pairs/s, every CPU on one shared 2 MiB range, no hold: {what}")

@@ -12,12 +12,19 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from shmpamt.board import INJECTED, ITERATIONS, WARNINGS
+from shmpamt.board import DELAYS, INJECTED, ITERATIONS, WARNINGS
+from shmpamt.chaos import TARGETED
 from shmpamt.config import StressConfig
 from shmpamt.cpu import cpu_main
 from shmpamt.engine.processes import POLL, Fleet
 from shmpamt.module.faults import FaultPlan
-from shmpamt.results import STRESS, VariantResult, first_examples, zero_counts
+from shmpamt.results import (
+    STRESS,
+    VariantResult,
+    WindowCoverage,
+    first_examples,
+    zero_counts,
+)
 from shmpamt.system import System, SystemConfig
 from shmpamt.variants.registry import load_variant
 from shmpamt.workload import Workload
@@ -33,6 +40,8 @@ class StressProgress:
     total: float
     #: per violation name
     counts: Mapping[str, int] = field(default_factory=dict)
+    #: windows hit / seen so far under targeted chaos (None: not targeted)
+    coverage: WindowCoverage | None = None
 
 
 def run_stress(
@@ -55,6 +64,7 @@ def run_stress(
         return (s.names, c, config.variant, workload, config.seed, config.faults)
 
     faults = FaultPlan.parse(config.faults, config.seed)
+    targeted = config.chaos > 0 and config.chaos_mode == TARGETED
     t0 = time.monotonic()
     with Fleet.start(layout, cpu_main, args, faults) as fleet:
         s = fleet.system
@@ -72,6 +82,7 @@ def run_stress(
                             elapsed,
                             config.seconds,
                             counts,
+                            s.board.windows.summary(s.board.total(DELAYS)) if targeted else None,
                         )
                     )
                 if should_stop() or (config.duration and elapsed >= config.duration):
@@ -97,6 +108,7 @@ def run_stress(
             fleet.incidents.append("no CPU completed a get/put round: nothing was tested")
         counts = zero_counts() | s.log.counts()
         records = s.log.records()
+        coverage = s.board.windows.summary(s.board.total(DELAYS)) if targeted else None
         injected = max(s.board.total(INJECTED), s.module.statistics().injected_total)
         return VariantResult(
             variant=label,
@@ -113,4 +125,6 @@ def run_stress(
             ignored=config.ignore,
             kernel_warnings=s.board.total(WARNINGS),
             spec=config.variant,
+            windows=coverage,
+            coverage=str(coverage) if coverage is not None else "",
         )
