@@ -130,7 +130,8 @@ def merge(results: list[VariantResult]) -> list[MergedVerdict]:
     out: list[MergedVerdict] = []
     for key in order:
         parts = by[key]
-        st, ex = parts.get("stress"), parts.get("explore")
+        # a replay is a controlled execution too: it sits where explore would
+        st, ex = parts.get("stress"), parts.get("explore") or parts.get("replay")
         first = st if st is not None else ex
         # Invariant: a key exists only because one of its results was seen.
         assert first is not None, key
