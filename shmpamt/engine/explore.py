@@ -371,11 +371,12 @@ def run_explore(
         shard=shard,
     )
     found = _Search()
-    t0 = time.monotonic()
     ran = 0
     last_tick = 0.0
     budget = config.seconds
     with Session(scenario, core) as session:
+        # The budget is search time: starting the processes does not count against it.
+        t0 = time.monotonic()
         while not should_stop():
             elapsed = time.monotonic() - t0
             if budget and elapsed >= budget:
