@@ -121,7 +121,7 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-4)")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
-    console = Console()
+    console = Console(width=160)  # tables in a log stay whole
     floor = floor_us()
     console.print(f"floor: pinned semaphore round trip {floor:.1f} us (two hand-offs)")
 
