@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import click
 from rich.console import Console
@@ -49,6 +49,9 @@ out_console = Console(width=None if sys.stdout.isatty() else 120, emoji=False)
 MODES = ("both", "stress", "explore")
 #: share of each variant's seconds that free-running stress gets in --mode both
 STRESS_SHARE = 0.5
+
+#: chaos of the default campaign (--mode both) when --chaos is not given
+DEFAULT_CAMPAIGN_CHAOS: Final = 0.3
 
 EPILOG = (
     "Exit status: "
@@ -282,7 +285,8 @@ def variants() -> None:
     default=None,
     is_flag=False,
     flag_value=0.3,
-    help="Chaos delays with this base probability (flag alone: 0.3); see --chaos-mode.",
+    help="Chaos delays with this base probability (flag alone: 0.3; --mode both uses 0.3 "
+    "unless told otherwise); see --chaos-mode.",
 )
 @click.option(
     "--chaos-mode",
@@ -332,6 +336,8 @@ def stress(
     if mode != "stress" and settings.get("iterations"):
         fail(f"--iterations needs --mode stress (--mode {mode} splits seconds)")
     specs = list(variant_specs) or api.default_variants()
+    if chaos is None and mode == "both":
+        chaos = DEFAULT_CAMPAIGN_CHAOS  # the main job widens race windows (targeted chaos)
 
     def config(spec: str) -> StressConfig:
         return StressConfig(spec, seed=seed, chaos=chaos or 0.0, faults=fault_spec, **settings)
