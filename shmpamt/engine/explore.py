@@ -66,7 +66,7 @@ from shmpamt.results import (
     zero_counts,
 )
 from shmpamt.schedule import Schedule
-from shmpamt.schedulers.base import Access, ScheduleMismatch, Scheduler, SleepBlocked
+from shmpamt.schedulers.base import Access, BaseScheduler, ScheduleMismatch, SleepBlocked
 from shmpamt.schedulers.registry import claim_of, make_scheduler
 from shmpamt.schedulers.replay import Replay
 from shmpamt.system import System, SystemConfig
@@ -183,7 +183,7 @@ class Session:
 
     # -- one execution ------------------------------------------------------------
 
-    def execute(self, scheduler: Scheduler) -> Execution:
+    def execute(self, scheduler: BaseScheduler) -> Execution:
         """One execution; whatever happens, no CPU is left parked mid-execution."""
         self.executions += 1
         try:
@@ -192,7 +192,7 @@ class Session:
             self._abort_parked()
             raise
 
-    def _run(self, scheduler: Scheduler) -> Execution:
+    def _run(self, scheduler: BaseScheduler) -> Execution:
         seed = scheduler.workload_seed
         self._reset()
         b, log, lock = self.board, self.s.log, self.s.lock
@@ -208,7 +208,7 @@ class Session:
         vsteps: list[int] = []
         outcome = COMPLETE
         footprint = self.footprints.of
-        wants_pending = bool(getattr(scheduler, "uses_pending", True))
+        wants_pending = scheduler.uses_pending
         pending: dict[int, Access] | None = None
         while True:
             parked = [c for c in cpus if b.get(c, W_STATE) == PARKED]
@@ -269,7 +269,7 @@ class Session:
             vsteps,
             outcome,
             seed,
-            strategy=str(getattr(scheduler, "current_member", "") or scheduler.name),
+            strategy=scheduler.finder,
             runnable_after=runnable_after,
         )
 
@@ -454,7 +454,7 @@ def run_explore(
             strategy=config.strategy,
             executions=ran,
             distinct_schedules=_distinct(scheduler),
-            steps_total=int(getattr(scheduler, "total_steps", 0)),
+            steps_total=scheduler.total_steps,
             claim=claim_of(scheduler),
             ignored_only=found.ignored_only,
         ),
@@ -465,8 +465,8 @@ def _n(found: _Search, config: ExploreConfig) -> int:
     return len(set(found.kinds) - config.ignore)
 
 
-def _distinct(s: Scheduler) -> int:
-    return int(getattr(s, "distinct_schedules", 0))
+def _distinct(s: BaseScheduler) -> int:
+    return s.distinct_schedules
 
 
 def run_replay(

@@ -222,6 +222,11 @@ class BaseScheduler:
         """Workload seed of the given execution (0-based); fixed unless overridden."""
         return self._base_seed
 
+    @property
+    def finder(self) -> str:
+        """The strategy that chose the current execution (a portfolio names its member)."""
+        return self.name
+
     # -- the Scheduler interface -------------------------------------------------
 
     def new_execution(self) -> bool:

@@ -79,6 +79,10 @@ class Portfolio(BaseScheduler):
         self.runs: dict[str, int] = {m: 0 for m in members}
 
     @property
+    def finder(self) -> str:
+        return self.current_member or self.name
+
+    @property
     def dpor(self) -> DPOR | None:
         """The DPOR member, if the portfolio has one."""
         return next((m for _, m in self._members if isinstance(m, DPOR)), None)
