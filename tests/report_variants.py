@@ -40,3 +40,17 @@ class GetOsExit(Locked):
 
     def tdx_pamt_get(self, k: Kernel, page: int) -> int:
         os._exit(3)
+
+
+class NeverRemoves(Locked):
+    """locked, but put only counts down and never removes the PAMT: every later 0->1 get
+    adds a present PAMT (add_present), and the run ends with a PAMT nobody uses
+    (quiescent_mismatch). Deterministic, whatever the interleaving."""
+
+    name = "never-removes"
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        ref = k.tdx_get_pamt_refcount(page)
+        k.spin_lock()
+        k.atomic_set(ref, k.atomic_read(ref) - 1)
+        k.spin_unlock()
