@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -98,6 +99,10 @@ def run_shard(shard: Shard, stop_event: str = "") -> dict[str, Any]:
     if stop():
         return {**out, "stopped": True, "error": "not started: the campaign was stopped"}
     _allow_children()
+    # One system per worker and each on its own core: the worker's name picks it.
+    os.environ["SHMPAMT_CORE_SLOT"] = str(
+        int(worker) if worker.isdigit() else zlib.crc32(worker.encode())
+    )
     try:
         res = api.run(shard.config(), should_stop=stop)
     except UsageError as e:

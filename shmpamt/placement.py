@@ -23,15 +23,26 @@ def xdist_index() -> int | None:
     return int(m.group(1)) if m else None
 
 
+def slot() -> int | None:
+    """This process's place among its siblings: the xdist worker number, or the
+    ``SHMPAMT_CORE_SLOT`` a campaign's worker sets; None when it runs alone."""
+    index = xdist_index()
+    if index is not None:
+        return index
+    env = os.environ.get("SHMPAMT_CORE_SLOT", "")
+    return int(env) if env.isdigit() else None
+
+
 def default_jobs() -> int:
-    """Every usable core searches; under xdist the workers already fill the cores."""
-    return 1 if xdist_index() is not None else len(usable_cores())
+    """Every usable core searches; among siblings (xdist, campaign workers) they already
+    fill the cores, one explorer each."""
+    return 1 if slot() is not None else len(usable_cores())
 
 
 def core_for(job: int) -> int:
-    """The core of explorer ``job`` (shifted by the xdist worker number, if any)."""
+    """The core of explorer ``job``, shifted by this process's slot among its siblings."""
     cores = usable_cores()
-    return cores[(job + (xdist_index() or 0)) % len(cores)]
+    return cores[(job + (slot() or 0)) % len(cores)]
 
 
 class pinned:
