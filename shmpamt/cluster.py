@@ -291,7 +291,10 @@ def _drive(
                 _stop(client, stop_event, pending, done, run, on_event)
                 break
             for fut in done.next_batch(block=False):
-                ev = _collect(client, fut, pending.pop(fut))
+                what = pending.pop(fut, None)
+                if what is None:
+                    continue  # as_completed may hand a retried task back twice: count it once
+                ev = _collect(client, fut, what)
                 if ev is None:
                     continue
                 _record(run, ev, on_event)

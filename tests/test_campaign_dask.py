@@ -25,6 +25,10 @@ from shmpamt.campaign import Plan, ShardOutcome, merge
 from shmpamt.cluster import local_cluster, run_campaign
 from shmpamt.ipc import parse_name, pid_alive
 
+#: one xdist worker runs every cluster test: two clusters racing for ports and cores
+#: on a 2-core machine test the machine, not the code
+pytestmark = pytest.mark.xdist_group("dask")
+
 
 def _descendants(root: int) -> set[int]:
     """``root`` and every live process below it (from /proc)."""
