@@ -27,27 +27,12 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from shmpamt import tdx
+from shmpamt.kernel import PRIMITIVES
 from shmpamt.results import WindowCoverage
 
 #: primitives by name; an op's *code* is its index (kinds 0..30, so a mask fits an int32)
 OPS: Final = (
-    "atomic_read",
-    "atomic_set",
-    "atomic_inc",
-    "atomic_dec",
-    "atomic_inc_return",
-    "atomic_dec_return",
-    "atomic_dec_and_test",
-    "atomic_inc_not_zero",
-    "atomic_add_unless",
-    "atomic_inc_unless_negative",
-    "atomic_dec_unless_positive",
-    "atomic_dec_if_positive",
-    "atomic_cmpxchg",
-    "spin_lock",
-    "spin_unlock",
-    "alloc_page",
-    "free_page",
+    *PRIMITIVES,
     tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_ADD),
     tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_REMOVE),
     tdx.leaf_name(tdx.TDH_MEM_PAGE_AUG),

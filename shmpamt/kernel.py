@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     from shmpamt.atomic import RefcountArray
     from shmpamt.lock import PamtLock
 
+#: every primitive a variant calls that is not a SEAMCALL, in one fixed order: the op
+#: tables of the scheduling board, the chaos coverage and the C bridge all start with it
+PRIMITIVES: Final[tuple[str, ...]] = (
+    "atomic_read", "atomic_set", "atomic_inc", "atomic_dec", "atomic_inc_return",
+    "atomic_dec_return", "atomic_dec_and_test", "atomic_inc_not_zero", "atomic_add_unless",
+    "atomic_inc_unless_negative", "atomic_dec_unless_positive", "atomic_dec_if_positive",
+    "atomic_cmpxchg", "spin_lock", "spin_unlock", "alloc_page", "free_page",
+)  # fmt: skip
+
 # Physical address layout of the emulated machine: guest memory starts at 0,
 # PAMT pages come from a pool far above it so the two can never be confused.
 GUEST_BASE: Final = 0

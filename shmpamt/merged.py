@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from shmpamt.results import VariantResult
+from shmpamt.results import VariantResult, verdict_word
 from shmpamt.violations import VIOLATIONS
 
 STRESS_ONLY: Final = "stress"
@@ -98,13 +98,7 @@ class MergedVerdict:
 
     @property
     def verdict(self) -> str:
-        if self.failing:
-            return "violations"
-        if self.incidents:
-            return "incident"
-        if self.kinds:
-            return "ignored"
-        return "clean"
+        return verdict_word(bool(self.failing), bool(self.incidents), bool(self.kinds))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -30,13 +30,11 @@ from shmpamt.ipc import (
     open_semaphore,
     remove_semaphore,
 )
+from shmpamt.kernel import PRIMITIVES
 
 # Every op a point can carry, in a fixed order: the index is what crosses the board.
 OPS: Final[tuple[str, ...]] = (
-    "atomic_read", "atomic_set", "atomic_inc", "atomic_dec", "atomic_inc_return",
-    "atomic_dec_return", "atomic_dec_and_test", "atomic_inc_not_zero", "atomic_add_unless",
-    "atomic_inc_unless_negative", "atomic_dec_unless_positive", "atomic_dec_if_positive",
-    "atomic_cmpxchg", "spin_lock", "spin_unlock", "alloc_page", "free_page",
+    *PRIMITIVES,
     *(tdx.leaf_name(leaf) for leaf in (
         tdx.TDH_MEM_PAGE_AUG, tdx.TDH_PHYMEM_PAGE_RECLAIM, tdx.TDH_PHYMEM_PAMT_ADD,
         tdx.TDH_PHYMEM_PAMT_REMOVE, tdx.SHMPAMT_NOP, tdx.SHMPAMT_STATUS,

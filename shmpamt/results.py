@@ -182,14 +182,7 @@ class VariantResult:
 
     @property
     def verdict(self) -> str:
-        """One word: clean, violations, incident, or ignored (only ignored kinds were seen)."""
-        if self.failing:
-            return "violations"
-        if self.incidents:
-            return "incident"
-        if self.found:
-            return "ignored"
-        return "clean"
+        return verdict_word(bool(self.failing), bool(self.incidents), bool(self.found))
 
     @property
     def schedules(self) -> tuple[str, ...]:
@@ -239,6 +232,15 @@ class VariantResult:
                 ignored_only_executions=e.ignored_only,
             )
         return d
+
+
+def verdict_word(failing: bool, incidents: bool, seen: bool) -> str:
+    """One word: clean, violations, incident, or ignored (only ignored kinds were seen)."""
+    if failing:
+        return "violations"
+    if incidents:
+        return "incident"
+    return "ignored" if seen else "clean"
 
 
 def zero_counts() -> dict[str, int]:

@@ -36,6 +36,7 @@ from typing import Final
 import cffi
 
 from shmpamt.errors import VariantLoadError
+from shmpamt.kernel import PRIMITIVES
 
 _PACKAGE: Final = Path(__file__).resolve().parent.parent
 INCLUDE_DIR: Final = _PACKAGE / "include"
@@ -45,23 +46,7 @@ TWINS_DIR: Final = Path(__file__).resolve().parent / "c"
 #: Kernel primitives C reaches through the Python bridge, in op-code order
 #: (the values come from runtime.h through the compiled module).
 OPS: Final = (
-    "atomic_read",
-    "atomic_set",
-    "atomic_inc",
-    "atomic_dec",
-    "atomic_inc_return",
-    "atomic_dec_return",
-    "atomic_dec_and_test",
-    "atomic_inc_not_zero",
-    "atomic_add_unless",
-    "atomic_inc_unless_negative",
-    "atomic_dec_unless_positive",
-    "atomic_dec_if_positive",
-    "atomic_cmpxchg",
-    "spin_lock",
-    "spin_unlock",
-    "alloc_page",
-    "free_page",
+    *PRIMITIVES,
     "pamt_add",
     "pamt_remove",
 )
