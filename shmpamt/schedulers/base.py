@@ -298,3 +298,28 @@ class BaseScheduler:
             self.max_steps = max(self.max_steps, len(self.steps))
         self.last_steps = tuple(self.steps)
         self.steps = []
+
+
+class SeededSampler(BaseScheduler):
+    """What a seeded sampling strategy shares: its own random stream, an optional cap on
+    executions, and execution i using workload seed ``workload_seed + i``
+    (``vary_workload``), so every (seed, steps) pair it reports replays."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        max_executions: int | None = None,
+        workload_seed: int | None = None,
+        vary_workload: bool = True,
+    ) -> None:
+        super().__init__(seed if workload_seed is None else workload_seed)
+        self.seed = seed
+        self.max_executions = max_executions
+        self.vary_workload = vary_workload
+        self._rng = SplitMix64(seed)
+
+    def _start(self) -> bool:
+        return self.max_executions is None or self.executions < self.max_executions
+
+    def _seed_for(self, execution: int) -> int:
+        return self._base_seed + (execution if self.vary_workload else 0)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from shmpamt.schedulers.base import Access, BaseScheduler, SplitMix64, dependent
+from shmpamt.schedulers.base import Access, SeededSampler, dependent
 
 
-class POS(BaseScheduler):
+class POS(SeededSampler):
     """Seeded partial order sampling; execution i uses workload seed ``workload_seed + i``."""
 
     name = "pos"
@@ -33,20 +33,13 @@ class POS(BaseScheduler):
         workload_seed: int | None = None,
         vary_workload: bool = True,
     ) -> None:
-        super().__init__(seed if workload_seed is None else workload_seed)
-        self.seed = seed
-        self.max_executions = max_executions
-        self.vary_workload = vary_workload
-        self._rng = SplitMix64(seed)
+        super().__init__(seed, max_executions, workload_seed, vary_workload)
         #: priority of each parked CPU's pending event
         self._priority: dict[int, int] = {}
 
     def _start(self) -> bool:
         self._priority = {}
-        return self.max_executions is None or self.executions < self.max_executions
-
-    def _seed_for(self, execution: int) -> int:
-        return self._base_seed + (execution if self.vary_workload else 0)
+        return super()._start()
 
     def _decide(
         self, runnable: Sequence[int], current: int | None, pending: Mapping[int, Access] | None
