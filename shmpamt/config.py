@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Final
 
 from shmpamt import tdx
@@ -329,7 +330,7 @@ class ExploreConfig:
         _set(self, "ignore", check_ignore(self.ignore))
         self.scenario  # noqa: B018  (validates cpus, rounds, ranges)
 
-    @property
+    @cached_property  # parsed and hashed once, not per use
     def scenario(self) -> Scenario:
         return Scenario(self.variant, self.cpus, self.rounds, self.ranges)
 
@@ -365,11 +366,11 @@ class ReplayConfig:
         except UsageError as e:
             raise UsageError(f"schedule does not fit: {e}") from None
 
-    @property
+    @cached_property  # parsed and hashed once, not per use
     def parsed(self) -> Schedule:
         return Schedule.parse(self.schedule)
 
-    @property
+    @cached_property  # parsed and hashed once, not per use
     def scenario(self) -> Scenario:
         return Scenario.of(self.parsed)
 
