@@ -52,6 +52,7 @@ from shmpamt.parking import (
     W_OP,
     W_STATE,
     W_TARGET,
+    WORDS,
     SchedBoard,
 )
 from shmpamt.placement import core_for, pinned
@@ -196,12 +197,15 @@ class Session:
         seed = scheduler.workload_seed
         self._reset()
         b, log, lock = self.board, self.s.log, self.s.lock
+        w = b.w
         cpus = range(self.cpus)
+        bases = [c * WORDS for c in cpus]
         for c in cpus:
             self._grant(c, CMD_START, seed)
         steps: list[int] = []
         runnable_after: list[bool] = []
-        trace: list[TraceEvent] = []
+        # compact per-step records; TraceEvents are built once, after the loop
+        records: list[tuple[int, int, int, int, int, int, int]] = []
         current: int | None = None
         seen = 0
         violations = []
@@ -210,42 +214,52 @@ class Session:
         footprint = self.footprints.of
         wants_pending = scheduler.uses_pending
         pending: dict[int, Access] | None = None
+        next_cpu = scheduler.next_cpu
+        max_steps = self.max_steps
+        doorbell, grants = b.doorbell, b.grants
         while True:
-            parked = [c for c in cpus if b.get(c, W_STATE) == PARKED]
-            held = lock.is_held()
-            ops = {c: b.get(c, W_OP) for c in parked}
+            parked = [c for c in cpus if w[bases[c] + W_STATE] == PARKED]
+            if not parked:
+                if current is not None:
+                    runnable_after.append(False)
+                break
             # A CPU about to spin_lock a held lock cannot make progress: not runnable.
-            runnable = [c for c in parked if not (held and ops[c] == SPIN_LOCK)]
+            runnable = [c for c in parked if w[bases[c] + W_OP] != SPIN_LOCK]
+            if len(runnable) < len(parked) and not lock.is_held():
+                runnable = parked
             if wants_pending:
-                pending = {c: footprint(ops[c], b.get(c, W_TARGET), c) for c in parked}
+                pending = {
+                    c: footprint(w[bases[c] + W_OP], w[bases[c] + W_TARGET], c) for c in parked
+                }
             if current is not None:
                 runnable_after.append(current in runnable)
-            if not parked:
-                break
             if not runnable:
                 outcome = DEADLOCK
                 break
-            if len(steps) >= self.max_steps:
+            if len(steps) >= max_steps:
                 outcome = STEP_LIMIT
                 break
             try:
-                c = scheduler.next_cpu(runnable, current, pending)
+                c = next_cpu(runnable, current, pending)
             except SleepBlocked:
                 # Every schedule below this point repeats an explored class: stop here.
                 outcome = SLEEP_BLOCKED
                 break
             if c not in runnable:
                 raise SchedulingError(f"scheduler chose cpu {c}, runnable were {runnable}")
-            op = OPS[b.get(c, W_OP)]
-            target = b.get(c, W_TARGET)
-            is_atomic = op.startswith("atomic")
-            self._grant(c, CMD_GO)
-            before = b.get(c, W_BEFORE) if is_atomic else None
-            result = (b.get(c, W_LAST_LO) & 0xFFFFFFFF) | ((b.get(c, W_LAST_HI) & 0xFFFFFFFF) << 32)
-            if result >= 1 << 63 and is_atomic:
-                result -= 1 << 64
-            after = b.get(c, W_AFTER) if is_atomic else None
-            trace.append(TraceEvent(len(steps), c, op, target, before, after, result))
+            base = bases[c]
+            op = w[base + W_OP]
+            target = w[base + W_TARGET]
+            w[base + W_CMD] = CMD_GO
+            grants[c].release()
+            try:
+                doorbell.acquire(0)  # the CPU ran on this core and has parked again
+            except posix_ipc.BusyError:
+                self._wait(c)
+            records.append(
+                (c, op, target, w[base + W_BEFORE], w[base + W_AFTER],
+                 w[base + W_LAST_LO], w[base + W_LAST_HI])
+            )  # fmt: skip
             steps.append(c)
             current = c
             if log.total() != seen:
@@ -264,7 +278,7 @@ class Session:
         vsteps.extend([len(steps)] * len(new))
         return Execution(
             steps,
-            trace,
+            _trace(records),
             violations,
             vsteps,
             outcome,
@@ -301,6 +315,21 @@ class Session:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _trace(records: list[tuple[int, int, int, int, int, int, int]]) -> list[TraceEvent]:
+    """The board words each step left behind, as trace events."""
+    trace = []
+    for i, (c, opi, target, before, after, lo, hi) in enumerate(records):
+        op = OPS[opi]
+        result = (lo & 0xFFFFFFFF) | ((hi & 0xFFFFFFFF) << 32)
+        if op.startswith("atomic"):
+            if result >= 1 << 63:
+                result -= 1 << 64
+            trace.append(TraceEvent(i, c, op, target, before, after, result))
+        else:
+            trace.append(TraceEvent(i, c, op, target, None, None, result))
+    return trace
 
 
 # --- searching ------------------------------------------------------------------------
