@@ -264,6 +264,12 @@ class RefcountArray:
             return
         raise self._bad(i)
 
+    def address(self, i: int) -> int:
+        """Where slot ``i`` lives in this process, for C code that updates it directly."""
+        if 0 <= i < self._n:
+            return int(_ffi.cast("uintptr_t", self._slots[i]))
+        raise self._bad(i)
+
     def snapshot(self) -> list[int]:
         return [int(_read(p)) for p in self._slots]
 

@@ -64,6 +64,13 @@ class CpuBoard:
     def inc(self, cpu: int, word: int) -> None:
         self.words.inc(cpu * WORDS_PER_CPU + word)
 
+    def address(self, cpu: int, word: int) -> int:
+        """Address of one of ``cpu``'s words, for a loop in C that counts as it goes."""
+        return self.words.address(cpu * WORDS_PER_CPU + word)
+
+    def stop_address(self) -> int:
+        return self.words.address(self._ctl + STOP)
+
     def total(self, word: int) -> int:
         return sum(self.get(c, word) for c in range(self.cpus))
 

@@ -33,7 +33,7 @@ from shmpamt.board import (
 from shmpamt.chaos import UNIFORM, TargetedChaos, UniformChaos
 from shmpamt.errors import LockError
 from shmpamt.invariants import ViolationLog
-from shmpamt.kernel import Hook, Kernel
+from shmpamt.kernel import Hook, Kernel, range_of
 from shmpamt.lock import PamtLock
 from shmpamt.module.faults import FaultPlan
 from shmpamt.pages import PamtPagePool
@@ -52,8 +52,9 @@ from shmpamt.parking import (
 from shmpamt.seamcall import SeamcallError, SeamcallPort
 from shmpamt.system import SystemNames
 from shmpamt.variants.base import PamtVariant
-from shmpamt.variants.cvariant import arm_crash_report
+from shmpamt.variants.cvariant import CVariant, PairLoop, arm_crash_report
 from shmpamt.variants.registry import load_variant
+from shmpamt.violations import GET_FAILED
 from shmpamt.workload import Workload, one_round, pick_page
 
 # exit codes of a CPU process: far from the small codes a variant's own os._exit might use,
@@ -62,6 +63,9 @@ EXIT_OK: Final = 0
 EXIT_INTERNAL: Final = 71
 EXIT_MODULE: Final = 73
 EXIT_LOCK: Final = 74
+# C pair loop: pages sampled up front, and pairs per call between stop checks in Python
+PAIR_TABLE: Final = 4096
+PAIR_BATCH: Final = 4096
 
 
 @dataclass
@@ -157,6 +161,31 @@ def cpu_main(
         done = 0
         hold_max = workload.hold_us / 1e6
         held: set[int] = set()  # pages kept because injection refused every RECLAIM
+        if (
+            isinstance(a.variant, CVariant)
+            and hook is None
+            and not workload.use_page
+            and hold_max == 0
+            and not faults.active
+        ):
+            # Nothing between get and put needs Python: the loop runs in C.
+            pages = [pick_page(rng, cpu, names.cpus, workload) for _ in range(PAIR_TABLE)]
+            _c_pairs(
+                board,
+                cpu,
+                PairLoop(
+                    a.variant,
+                    k,
+                    pages,
+                    board.stop_address(),
+                    board.address(cpu, ITERATIONS),
+                    rng.getrandbits(64),
+                ),
+                k,
+                a.log,
+                workload.iterations,
+            )
+            return
         while not board.stopping():
             if workload.iterations and done >= workload.iterations:
                 break
@@ -176,6 +205,28 @@ def cpu_main(
                 board.set(cpu, DELAYS, targeted.delays)
 
     _cpu_process(names, cpu, variant_spec, workload, loop)
+
+
+def _c_pairs(
+    board: CpuBoard, cpu: int, loop: PairLoop, k: Kernel, log: ViolationLog, limit: int
+) -> None:
+    """Run a C variant's pairs in C until stopped or ``limit`` (0: none) rounds ran."""
+    done = 0
+    while not board.stopping():
+        n = PAIR_BATCH if not limit else min(PAIR_BATCH, limit - done)
+        if n <= 0:
+            break
+        before = k.injected
+        pairs, err, page = loop.run(n)
+        done += pairs
+        if err:
+            # A failed get is fine only if a fault was injected into it.
+            if k.injected == before:
+                log.record(GET_FAILED, cpu=cpu, range_=range_of(page), a=err)
+            board.inc(cpu, GETS_FAILED)
+            board.inc(cpu, ITERATIONS)
+            done += 1
+        board.set(cpu, WARNINGS, k.warnings)
 
 
 def cpu_explore_main(

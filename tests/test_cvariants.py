@@ -31,6 +31,7 @@ from shmpamt.lock import PamtLock
 from shmpamt.schedule import Schedule
 from shmpamt.schedulers.random_walk import RandomWalk
 from shmpamt.variants.cbuild import INCLUDE_DIR
+from shmpamt.variants.cvariant import PairLoop
 from shmpamt.variants.registry import C_TWINS, VariantLoadError, load_variant
 
 TWINS = [name.removesuffix(".c") for name in C_TWINS]
@@ -169,6 +170,82 @@ def test_no_python_between_c_atomics_without_a_hook() -> None:
     finally:
         rc.close()
         lock.close()
+
+
+def _words(n: int) -> RefcountArray:
+    """Stand-ins for the CPU board's stop and iterations words."""
+    return RefcountArray.create(n)
+
+
+def test_pair_loop_runs_get_and_put_in_c_and_counts_every_pair() -> None:
+    """Protocol-only stress of a C variant: the whole round loop stays in C."""
+    v = load_variant("rfc.c")()
+    rc = RefcountArray.create(2)
+    lock = PamtLock.create()
+    words = _words(2)  # [stop, iterations]
+    try:
+        rig = Rig(v, rc, lock)
+        k = rig.kernel()
+        calls: list[str] = []
+        real_lock = k.spin_lock
+
+        def spy_lock() -> None:
+            calls.append("spin_lock")
+            real_lock()
+
+        k.spin_lock = spy_lock  # type: ignore[method-assign]
+        pages = [page_hpa(0, 0), page_hpa(1, 0)]
+        loop = PairLoop(v, k, pages, words.address(0), words.address(1), seed=7)
+        assert loop.run(1000) == (1000, 0, 0)
+        # Invariant: every completed pair was counted where the runner reads progress.
+        assert words.read(1) == 1000
+        # Each pair took the slow path (the range was idle): the lock went through Python.
+        assert calls.count("spin_lock") == 2 * 1000
+        assert rc.snapshot() == [0, 0] and not rig.module.pamt
+        words.set(0, 1)  # the runner's stop word ends the loop before the next pair
+        assert loop.run(1000) == (0, 0, 0)
+    finally:
+        words.close()
+        rc.close()
+        lock.close()
+
+
+def test_pair_loop_hands_a_failed_get_back_with_its_page(tmp_path: Path) -> None:
+    f = _write(
+        tmp_path,
+        "eio.c",
+        """
+        static int tdx_pamt_get(struct page *page)
+        {
+        \treturn page_to_phys(page) >= SZ_2M ? -EIO : 0;
+        }
+        static void tdx_pamt_put(struct page *page)
+        {
+        }
+        """,
+    )
+    v = load_variant(str(f))()
+    rc = RefcountArray.create(2)
+    lock = PamtLock.create()
+    words = _words(2)
+    try:
+        k = Rig(v, rc, lock).kernel()
+        loop = PairLoop(
+            v, k, [page_hpa(0, 0), page_hpa(1, 0)], words.address(0), words.address(1), 3
+        )
+        done, err, page = loop.run(10_000)
+        assert err == -5 and page == page_hpa(1, 0)
+        assert done == words.read(1) < 10_000
+    finally:
+        words.close()
+        rc.close()
+        lock.close()
+
+
+def test_protocol_only_stress_of_a_c_variant_counts_and_stays_clean() -> None:
+    r = shmpamt.stress("locked.c", iterations=3000, cpus=2, seed=1, use_page=False, hold_us=0)
+    assert r.ok and not r.incidents
+    assert r.raw.operations == 6000
 
 
 def test_exception_in_a_hook_unwinds_the_c_code() -> None:

@@ -56,3 +56,48 @@ void shmpamt_entry_put(struct shmpamt_ctx *ctx, uint64_t hpa)
 	ctx->in_fn = prev_fn;
 	shmpamt_cur = prev;
 }
+
+/*
+ * Free-running stress without a hook, protocol only: get then put on pages
+ * drawn from @pages, for up to @n pairs, with no Python between them. Only
+ * what needs Python anyway (SEAMCALLs, pamt_lock waits, the page pool) calls
+ * back. The loop ends early when *@stop turns nonzero, when a get fails
+ * (Python judges the error: an injected fault or get_failed) or when a
+ * callback raised. out[0]: pairs completed; out[1]: the page of a failed get;
+ * out[2]: the generator state to continue from. Returns the failed get's
+ * error, else 0.
+ */
+int64_t shmpamt_entry_pairs(struct shmpamt_ctx *ctx, const uint64_t *pages, uint32_t npages,
+			    uint64_t n, const volatile int32_t *stop, int32_t *iterations,
+			    uint64_t *out)
+{
+	uint64_t x = out[2] ? out[2] : 0x9E3779B97F4A7C15ull;
+	uint64_t done = 0;
+	int64_t err = 0;
+
+	out[1] = 0;
+	while (done < n && !*stop) {
+		uint64_t page;
+
+		/* xorshift64: a page pick costs a few instructions */
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		page = pages[x % npages];
+		err = shmpamt_entry_get(ctx, page);
+		if (ctx->unwound)
+			break;
+		if (err) {
+			out[1] = page;
+			break;
+		}
+		shmpamt_entry_put(ctx, page);
+		if (ctx->unwound)
+			break;
+		done++;
+		__atomic_fetch_add(iterations, 1, __ATOMIC_RELAXED);
+	}
+	out[0] = done;
+	out[2] = x;
+	return err;
+}

@@ -94,6 +94,9 @@ extern "Python" int64_t shmpamt_py_op(void *, int, int64_t, int64_t, int64_t);
 extern "Python" void shmpamt_py_msg(void *, int, const char *, uint64_t);
 int64_t shmpamt_entry_get(struct shmpamt_ctx *ctx, uint64_t hpa);
 void shmpamt_entry_put(struct shmpamt_ctx *ctx, uint64_t hpa);
+int64_t shmpamt_entry_pairs(struct shmpamt_ctx *ctx, const uint64_t *pages, uint32_t npages,
+                            uint64_t n, const volatile int32_t *stop, int32_t *iterations,
+                            uint64_t *out);
 int shmpamt_arm_crash(char *buf, uint32_t size, const char *prefix);
 static const int shmpamt_initial_refcount;
 const char *shmpamt_description(void);

@@ -301,6 +301,51 @@ class CVariant(PamtVariant):
             self._raise(b)
 
 
+class PairLoop:
+    """Free-running, protocol-only rounds of a C variant with no Python between them.
+
+    Under stress without a hook, faults or AUG/RECLAIM, a Python round is pure
+    overhead around two C calls: here the get/put loop itself runs in C
+    (``shmpamt_entry_pairs``), on pages drawn from ``pages`` (sampled by the
+    caller with the workload's own distribution), counting into the CPU
+    board's ``iterations`` word and watching its stop word.
+    """
+
+    def __init__(
+        self,
+        variant: CVariant,
+        k: Kernel,
+        pages: list[int],
+        stop_address: int,
+        iterations_address: int,
+        seed: int,
+    ) -> None:
+        if not pages:
+            raise ValueError("PairLoop needs at least one page")
+        ffi = variant._module.ffi
+        self._variant = variant
+        self._k = k
+        self._bridge = variant._bridge(k)
+        self._fn = variant._module.lib.shmpamt_entry_pairs
+        self._pages = ffi.new("uint64_t[]", pages)
+        self._npages = len(pages)
+        self._stop = ffi.cast("int32_t *", stop_address)
+        self._iterations = ffi.cast("int32_t *", iterations_address)
+        self._out = ffi.new("uint64_t[3]")
+        # xorshift64 must not start at zero
+        self._out[2] = (seed & _U64) or 1
+
+    def run(self, n: int) -> tuple[int, int, int]:
+        """Up to ``n`` get+put pairs: (pairs completed, error of a failed get or 0, its page)."""
+        b = self._bridge
+        err: int = self._fn(
+            b.ctx, self._pages, self._npages, n, self._stop, self._iterations, self._out
+        )
+        if b.pending is not None:
+            self._variant._raise(b)
+        return int(self._out[0]), err, int(self._out[1])
+
+
 def make_class(src: cbuild.CSource, name: str, description: str = "") -> type[CVariant]:
     """Compile (or fetch from the cache) ``src`` and wrap it as a PamtVariant subclass."""
     module = cbuild.load(src)
