@@ -38,7 +38,7 @@ def test_portfolio_stops_with_a_proof_when_dpor_finishes() -> None:
     assert d is not None and d.exhausted and d.complete_executions == 6
     assert p.new_execution() is False
     assert p.claim == claim_of(p) == "verified"
-    assert "verified: all 6 classes" in p.coverage()
+    assert "verified: all classes of interleavings explored, in 6 complete" in p.coverage()
     assert len(runs) == p.executions == sum(p.runs.values())
 
 

@@ -212,6 +212,7 @@ class Session:
         vsteps: list[int] = []
         outcome = COMPLETE
         footprint = self.footprints.of
+        effect = self.footprints.effect
         wants_pending = scheduler.uses_pending
         pending: dict[int, Access] | None = None
         next_cpu = scheduler.next_cpu
@@ -256,10 +257,10 @@ class Session:
                 doorbell.acquire(0)  # the CPU ran on this core and has parked again
             except posix_ipc.BusyError:
                 self._wait(c)
-            records.append(
-                (c, op, target, w[base + W_BEFORE], w[base + W_AFTER],
-                 w[base + W_LAST_LO], w[base + W_LAST_HI])
-            )  # fmt: skip
+            before, after = w[base + W_BEFORE], w[base + W_AFTER]
+            records.append((c, op, target, before, after, w[base + W_LAST_LO], w[base + W_LAST_HI]))
+            if wants_pending:
+                scheduler.executed(effect(op, target, c, before, after))
             steps.append(c)
             current = c
             if log.total() != seen:

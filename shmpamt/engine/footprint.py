@@ -7,7 +7,10 @@ footprints. Over-approximating is safe (less reduction); missing an object
 is not, so every choice below errs towards dependence:
 
 - a refcount slot: ``atomic_read`` reads it, every other atomic writes it (a
-  failed ``inc_not_zero`` or ``cmpxchg`` still counts as a write);
+  failed ``inc_not_zero`` or ``cmpxchg`` still counts as a write: before the
+  step runs nobody knows it will fail). Once it ran, :meth:`Footprints.effect`
+  narrows a conditional atomic that left the slot unchanged to a read, which
+  DPOR uses for the executed trace;
 - ``pamt_lock``: ``spin_lock`` and ``spin_unlock`` both read and write it, held
   or not (a CPU blocked on it stays parked with this footprint);
 - the PAMT page pool, one object per CPU partition (see ``PamtPagePool.alloc``):
@@ -47,6 +50,16 @@ def _pages(r: int, cpu: int) -> int:
     return _PAGES + (r << _CPU_BITS) + cpu
 
 
+#: atomics that may leave their slot alone: if the value did not change, they only read it
+CONDITIONAL: Final = frozenset(
+    OPS.index(op)
+    for op in (
+        "atomic_inc_not_zero", "atomic_add_unless", "atomic_inc_unless_negative",
+        "atomic_dec_unless_positive", "atomic_dec_if_positive", "atomic_cmpxchg",
+    )
+)  # fmt: skip
+
+
 class Footprints:
     """Footprint of (op index, target, cpu), computed once per distinct step."""
 
@@ -61,6 +74,13 @@ class Footprints:
         if a is None:
             a = self._cache[key] = self._compute(OPS[op], target, cpu)
         return a
+
+    def effect(self, op: int, target: int, cpu: int, before: int, after: int) -> Access:
+        """What a step that ran did: its footprint, or a read if a conditional atomic
+        left its slot as it was (a write of the same value commutes like a read)."""
+        if op in CONDITIONAL and before == after:
+            return Access.of(reads=(_RC + target,))
+        return self.of(op, target, cpu)
 
     def _compute(self, op: str, target: int, cpu: int) -> Access:
         if op == "atomic_read":

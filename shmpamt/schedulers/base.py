@@ -61,7 +61,8 @@ class Access:
     the rig: ``spin_lock`` and ``spin_unlock`` read and write the lock's id
     whether or not it is held (a CPU blocked at ``spin_lock`` stays in
     ``pending`` with that access); read-modify-write atomics write their slot
-    even when they may fail (inc_not_zero, cmpxchg); page alloc/free write the
+    even when they may fail (inc_not_zero, cmpxchg), until ``executed`` says
+    one left it unchanged; page alloc/free write the
     pool; a SEAMCALL writes the module state it may touch (one id for the whole
     module is always safe).
     """
@@ -106,6 +107,15 @@ class Scheduler(Protocol):
         ``current`` is the CPU that took the previous step, None before the first.
         ``pending`` maps every parked CPU (runnable or blocked; finished CPUs are
         absent) to the access of its next step. May raise :class:`SleepBlocked`.
+        """
+        ...
+
+    def executed(self, access: Access) -> None:
+        """What the step just granted actually did (called only if ``uses_pending``).
+
+        At most ``pending``'s access for that CPU: a conditional atomic that
+        failed only read its slot. Strategies that analyse executions may use
+        it in place of the pending access.
         """
         ...
 
@@ -259,6 +269,9 @@ class BaseScheduler:
         self.steps.append(cpu)
         self.total_steps += 1
         return cpu
+
+    def executed(self, access: Access) -> None:
+        """Only DPOR refines its analysis with what a step did."""
 
     def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
         """Remember how the execution ended; strategies that learn from it extend this."""

@@ -38,6 +38,11 @@ those at positions ≡ i (mod n), each with the sleep set the sequential search
 would give it (the alternatives before it, explored by other jobs). Subtrees
 below that state never add work to each other, so the jobs explore disjoint
 sets of classes whose union is all of them, and the counts add up.
+
+Races and sleep sets use what each executed step did (``executed``): a
+conditional atomic that left its slot unchanged only read it. A sleeping CPU
+keeps its may-write footprint, so a class may occasionally run twice (sound,
+not optimal); the report therefore counts complete executions, not classes.
 """
 
 from __future__ import annotations
@@ -74,6 +79,12 @@ class _Node:
     done: list[int] = field(default_factory=list)
     #: the shard split state: alternatives are ``enabled`` in order
     split: bool = False
+    #: what ``choice`` actually did, when narrower than its pending access
+    effect: Access | None = None
+
+    def step(self) -> Access:
+        """The access ``choice`` performed: a failed conditional atomic only read."""
+        return self.effect if self.effect is not None else self.pending[self.choice]
 
     def before_choice(self) -> Sequence[int]:
         """Alternatives explored before ``choice`` in the sequential search order."""
@@ -83,7 +94,7 @@ class _Node:
 
     def child_sleep(self) -> dict[int, Access]:
         """Sleep set after taking ``choice``: sleepers and earlier siblings it does not wake."""
-        step = self.pending[self.choice]
+        step = self.step()
         out = {q: a for q, a in self.sleep.items() if not dependent(step, a)}
         for q in self.before_choice():
             if not dependent(step, self.pending[q]):
@@ -233,6 +244,13 @@ class DPOR(BaseScheduler):
         self._stack.append(node)
         return choice
 
+    def executed(self, access: Access) -> None:
+        # Races and sleep sets are judged on what happened: two CPUs whose
+        # inc_not_zero both failed on 0 only read the slot, so their order does
+        # not matter. Replays of a prefix do the same, so the node stays as recorded.
+        node = self._stack[len(self.steps) - 1]
+        node.effect = None if access == node.pending[node.choice] else access
+
     def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
         super().end_execution(outcome, pending)
         if self._final is None and outcome != "sleep-blocked":
@@ -276,7 +294,7 @@ class DPOR(BaseScheduler):
         else:
             self.complete_executions += 1
             self.deadlocks += self.last_outcome == "deadlock"
-        trace = Trace([(s.choice, s.pending[s.choice]) for s in self._stack])
+        trace = Trace([(s.choice, s.step()) for s in self._stack])
         for j in range(n):
             self._reverse_races(trace, trace.cpus[j], trace.accesses[j], j)
         for k in range(1, n + 1):
@@ -356,14 +374,17 @@ class DPOR(BaseScheduler):
         )
         n = self.complete_executions
         if self.exhausted and self.preemption_bound is None:
-            return f"dpor: verified: all {n} classes of interleavings explored{part} ({counts})"
+            return (
+                f"dpor: verified: all classes of interleavings explored, in {n} complete "
+                f"executions{part} ({counts})"
+            )
         if self.exhausted:
             return (
-                f"dpor: bounded: all {n} classes reachable with <= {self.preemption_bound} "
-                f"preemptions explored{part} ({counts})"
+                f"dpor: bounded: all classes reachable with <= {self.preemption_bound} "
+                f"preemptions explored, in {n} complete executions{part} ({counts})"
             )
         bound = "" if self.preemption_bound is None else f" <= {self.preemption_bound} preemptions,"
         return (
-            f"dpor: NOT exhausted:{bound} {n} classes explored so far{part} ({counts}); "
+            f"dpor: NOT exhausted:{bound} {n} complete executions so far{part} ({counts}); "
             "stopped by the budget before the space was covered"
         )

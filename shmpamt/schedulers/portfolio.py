@@ -119,6 +119,10 @@ class Portfolio(BaseScheduler):
         assert self._member is not None, "next_cpu before new_execution"
         return self._member.next_cpu(runnable, current, pending)
 
+    def executed(self, access: Access) -> None:
+        if self._member is not None:
+            self._member.executed(access)
+
     def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
         super().end_execution(outcome, pending)
         if self._member is not None:
