@@ -116,7 +116,12 @@ def _start_reaper() -> tuple[int, int, int] | None:
             sys.executable,
             [sys.executable, "-I", "-S", "-c", _REAPER_SOURCE],
             os.environ,
-            file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)],
+            # stdout and stderr not ours: nobody reading our output waits for it to go
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, r, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
             setsid=True,  # its own session: a kill of our process group does not reach it
         )
     except OSError:
