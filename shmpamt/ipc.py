@@ -4,6 +4,12 @@ Every object a run creates is named ``/shmpamt.<pid>.<token>.<role>[.<worker>]``
 so that ``shmpamt clean`` can tell whose it is and whether its creator lives.
 The token is random, so names cannot be guessed ahead of time; the worker
 suffix keeps pytest-xdist workers apart even if pids were reused.
+
+Every name is told to this process's *reaper* before it is created: a tiny
+process in its own session that unlinks them all once our end of its pipe
+closes without a goodbye, i.e. when this process dies however it dies (a
+SIGKILL, also of its whole process group, skips atexit and may take the
+daemon, the run's other guardian, with it).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import re
 import secrets
 import stat
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,6 +85,103 @@ def parse_name(name: str) -> ParsedName | None:
 
 _lock = threading.Lock()
 _owned: dict[str, Callable[[], None]] = {}
+
+#: what the reaper runs (``python -I -S``: no site, starts in milliseconds): collect the
+#: names its creator sends, one a line, and unlink each at EOF. Its creator's atexit has
+#: unlinked them already after a normal exit; after any other end nobody else may.
+_REAPER_SOURCE = r"""
+import os, signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+chunks = []
+while chunk := os.read(0, 65536):
+    chunks.append(chunk)
+for n in set(b"".join(chunks).split(b"\n")):
+    if n.startswith(b"shmpamt.") and b"/" not in n:
+        for path in (b"/dev/shm/" + n, b"/dev/shm/sem." + n):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+"""
+
+#: (pid it serves, its pid, our end of its stdin); None until this process creates a name
+_reaper: tuple[int, int, int] | None = None
+
+
+def _start_reaper() -> tuple[int, int, int] | None:
+    """A reaper for this process, told every name it owns so far; None if none can start."""
+    r, w = os.pipe()
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-I", "-S", "-c", _REAPER_SOURCE],
+            os.environ,
+            # stdout and stderr not ours: nobody reading our output waits for it to go
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, r, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
+            setsid=True,  # its own session: a kill of our process group does not reach it
+        )
+    except OSError:
+        os.close(w)
+        return None
+    finally:
+        os.close(r)
+    try:
+        for name in _owned:
+            _tell(w, name)
+    except OSError:
+        os.close(w)
+        return None
+    return os.getpid(), pid, w
+
+
+def _tell(fd: int, name: str) -> None:
+    data = os.fsencode(name.lstrip("/")) + b"\n"
+    # Invariant: a line is shorter than PIPE_BUF, so it arrives whole or not at all.
+    assert len(data) < 512
+    os.write(fd, data)
+
+
+def _announce(name: str) -> None:
+    """Tell the reaper about ``name`` before it exists, so no kill can orphan it."""
+    global _reaper
+    with _lock:
+        for _ in range(2):
+            reaper = _reaper
+            if reaper is None or reaper[0] != os.getpid():
+                reaper = _reaper = _start_reaper()
+            if reaper is None:
+                return  # no reaper: the daemon's guardian and `shmpamt clean` remain
+            try:
+                _tell(reaper[2], name)
+                return
+            except OSError:  # it died (killed by hand?): start another, tell it everything
+                _drop_reaper()
+
+
+def _drop_reaper() -> None:
+    global _reaper
+    if _reaper is not None:
+        with contextlib.suppress(OSError):
+            os.close(_reaper[2])
+        with contextlib.suppress(OSError):
+            os.waitpid(_reaper[1], os.WNOHANG)
+    _reaper = None
+
+
+def _forget_inherited_reaper() -> None:
+    """A forked child must not keep its parent's reaper waiting (nor feed it)."""
+    global _reaper
+    if _reaper is not None:
+        with contextlib.suppress(OSError):
+            os.close(_reaper[2])
+    _reaper = None
+
+
+os.register_at_fork(after_in_child=_forget_inherited_reaper)
 
 
 def _register(name: str, unlink: Callable[[], None]) -> None:
@@ -142,6 +246,7 @@ class Segment:
         if payload_size <= 0:
             raise ValueError("payload_size must be positive")
         total = HEADER_SIZE + payload_size
+        _announce(name)
         try:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=MODE, size=total)
         except posix_ipc.ExistentialError as e:
@@ -231,6 +336,7 @@ class Segment:
 
 
 def create_semaphore(name: str, value: int) -> posix_ipc.Semaphore:
+    _announce(name)
     try:
         sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=MODE, initial_value=value)
     except posix_ipc.ExistentialError as e:

@@ -3,7 +3,9 @@
 One ``System`` owns every IPC object of a run and removes all of them on
 ``close`` — also after errors, Ctrl-C, or a CPU or the daemon being killed.
 The daemon doubles as guardian: it knows every name and unlinks them if the
-runner itself dies.
+runner itself dies. It cannot guard before it is spawned, after it has stopped,
+or when it dies with the runner (a kill of the process group), so the runner's
+reaper (:mod:`shmpamt.ipc`) removes whatever is left once the runner is gone.
 """
 
 from __future__ import annotations
