@@ -7,9 +7,9 @@ suffix keeps pytest-xdist workers apart even if pids were reused.
 
 Every name is told to this process's *reaper* before it is created: a tiny
 process in its own session that unlinks them all once our end of its pipe
-closes without a goodbye, i.e. when this process dies however it dies (a
-SIGKILL, also of its whole process group, skips atexit and may take the
-daemon, the run's other guardian, with it).
+closes, i.e. when this process ends, however it ends. After a normal exit they
+are gone already; after a SIGKILL (also of the whole process group, which may
+take the daemon, the run's other guardian, with it) nobody else would.
 """
 
 from __future__ import annotations
