@@ -9,6 +9,7 @@ also carries the interleaving table targeted chaos fills
 from __future__ import annotations
 
 import struct
+import time
 from typing import Final
 
 from shmpamt.atomic import RefcountArray
@@ -21,11 +22,15 @@ INJECTED: Final = 2
 WARNINGS: Final = 3
 STATE: Final = 4  # one of the STATE_* values below
 DELAYS: Final = 5  # targeted chaos delays inserted
+PAUSED: Final = 6  # the last fresh start (epoch) this CPU paused for
 WORDS_PER_CPU: Final = 8
 STATE_RUNNING, STATE_DONE, STATE_FAILED = 1, 2, 3  # 0: not started yet
 # global control words after the per-CPU block
 STOP: Final = 0
+EPOCH: Final = 1  # the fresh start CPUs are asked to pause for
+RESUME: Final = 2  # the fresh start CPUs may go on after
 KIND_CPUSTATS: Final = 0x43505553
+PAUSE_POLL: Final = 0.0002  # a paused CPU's look at the resume word
 MSG_BYTES: Final = 240
 
 
@@ -76,6 +81,30 @@ class CpuBoard:
 
     def stop(self) -> None:
         self.words.set(self._ctl + STOP, 1)
+
+    # -- fresh starts: the runner asks, every CPU pauses between rounds, the runner resumes
+
+    def request_epoch(self, n: int) -> None:
+        self.words.set(self._ctl + EPOCH, n)
+
+    def requested_epoch(self) -> int:
+        return self.words.read(self._ctl + EPOCH)
+
+    def resume(self, n: int) -> None:
+        self.words.set(self._ctl + RESUME, n)
+
+    def pause_if_asked(self, cpu: int, seen: int) -> int:
+        """Between rounds: if a new fresh start was asked for, say so and wait for it.
+
+        Returns the fresh start this CPU is now in.
+        """
+        want = self.requested_epoch()
+        if want == seen:
+            return seen
+        self.set(cpu, PAUSED, want)
+        while self.words.read(self._ctl + RESUME) != want and not self.stopping():
+            time.sleep(PAUSE_POLL)
+        return want
 
     def stopping(self) -> bool:
         return self.words.read(self._ctl + STOP) != 0

@@ -29,6 +29,7 @@ from shmpamt.chaos import CHAOS_MODES
 from shmpamt.cli_campaign import campaign_command  # campaign work (issue 15)
 from shmpamt.cli_db import DB_OPTION, db_command  # campaign work (issue 15)
 from shmpamt.config import (
+    DEFAULT_EPOCH,
     DEFAULT_EXPLORE_BUDGET,
     DEFAULT_STRESS_SECONDS,
     ExploreConfig,
@@ -269,6 +270,15 @@ def variants() -> None:
 )
 @click.option(
     "--hold-us", type=int, default=50, show_default=True, help="Longest hold of a page (µs)."
+)
+@click.option(
+    "--epoch",
+    type=float,
+    default=DEFAULT_EPOCH,
+    show_default=True,
+    help="Seconds between fresh starts: every CPU pauses between rounds, quiescence is "
+    "checked and the state returns to its start, so a range one race left stuck cannot "
+    "hide the next (0: never; off with --faults).",
 )
 @click.option(
     "--duration",

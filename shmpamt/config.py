@@ -140,6 +140,10 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)  # resolving defaults of a frozen dataclass
 
 
+#: seconds between fresh starts of a stress run (see StressConfig.epoch)
+DEFAULT_EPOCH: Final = 0.5
+
+
 @dataclass(frozen=True)
 class StressConfig:
     """A free-running run of one variant: N CPUs loop get / AUG / hold / RECLAIM / put."""
@@ -170,6 +174,11 @@ class StressConfig:
     seamcall_timeout: float = 10.0
     #: violation names that alone do not make the verdict a failure
     ignore: frozenset[str] = field(default_factory=frozenset)
+    #: seconds between fresh starts (every CPU pauses between rounds, quiescence is
+    #: checked, the refcounts, pool and module return to their initial state); 0: one
+    #: start for the whole run. Off while faults are injected (a page a refused
+    #: RECLAIM keeps stays in use across rounds).
+    epoch: float = DEFAULT_EPOCH
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
@@ -194,6 +203,7 @@ class StressConfig:
                 "chaos_mode",
             )
         _set(self, "hot", check_float("hot", self.hot, 0.0, 1.0))
+        _set(self, "epoch", check_float("epoch", self.epoch, 0.0, 86400))
         check_int("hold_us", self.hold_us, 0, 1_000_000)
         check_bool("use_page", self.use_page)
         _set(

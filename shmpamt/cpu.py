@@ -65,7 +65,7 @@ EXIT_MODULE: Final = 73
 EXIT_LOCK: Final = 74
 # C pair loop: pages sampled up front, and pairs per call between stop checks in Python
 PAIR_TABLE: Final = 4096
-PAIR_BATCH: Final = 4096
+PAIR_BATCH: Final = 1024
 
 
 @dataclass
@@ -186,7 +186,9 @@ def cpu_main(
                 workload.iterations,
             )
             return
+        epoch = 0
         while not board.stopping():
+            epoch = board.pause_if_asked(cpu, epoch)
             if workload.iterations and done >= workload.iterations:
                 break
             hpa = pick_page(rng, cpu, names.cpus, workload)
@@ -212,7 +214,9 @@ def _c_pairs(
 ) -> None:
     """Run a C variant's pairs in C until stopped or ``limit`` (0: none) rounds ran."""
     done = 0
+    epoch = 0
     while not board.stopping():
+        epoch = board.pause_if_asked(cpu, epoch)
         n = PAIR_BATCH if not limit else min(PAIR_BATCH, limit - done)
         if n <= 0:
             break

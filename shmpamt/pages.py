@@ -214,12 +214,14 @@ class PamtPagePool:
             exhausted=self._hdr.read(_EXHAUSTED),
         )
 
-    def reset(self) -> None:
-        """Every page free, counters zero (between explore executions, CPUs parked)."""
+    def reset(self, counters: bool = True) -> None:
+        """Every page free and, with ``counters``, the counters zero (between explore
+        executions or stress epochs, every CPU parked)."""
         for i in range(self.npages):
             self._owners.set(i, FREE)
-        for w in (_ALLOCS, _FREES, _EXHAUSTED):
-            self._hdr.set(w, 0)
+        if counters:
+            for w in (_ALLOCS, _FREES, _EXHAUSTED):
+                self._hdr.set(w, 0)
 
     def close(self) -> None:
         self._owners.close()

@@ -54,3 +54,25 @@ class NeverRemoves(Locked):
         k.spin_lock()
         k.atomic_set(ref, k.atomic_read(ref) - 1)
         k.spin_unlock()
+
+
+class LeakyPut(Locked):
+    """locked, but put never drops its reference: the range never goes back to idle."""
+
+    name = "leaky-put"
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        return None
+
+
+class LeaksOnce(Locked):
+    """locked, but the first put of each CPU process drops nothing (a one-off leak)."""
+
+    name = "leaks-once"
+    leaked = False
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        if not LeaksOnce.leaked:
+            LeaksOnce.leaked = True
+            return
+        super().tdx_pamt_put(k, page)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
-from shmpamt.board import DELAYS, INJECTED, ITERATIONS, WARNINGS
+from shmpamt.board import DELAYS, INJECTED, ITERATIONS, PAUSE_POLL, PAUSED, WARNINGS
 from shmpamt.chaos import TARGETED
 from shmpamt.config import StressConfig
-from shmpamt.cpu import cpu_main
+from shmpamt.cpu import EXIT_OK, cpu_main
 from shmpamt.engine.processes import POLL, Fleet
 from shmpamt.module.faults import FaultPlan
 from shmpamt.results import (
@@ -44,6 +45,41 @@ class StressProgress:
     coverage: WindowCoverage | None = None
 
 
+#: how long the runner waits for every CPU to pause at a fresh start
+PAUSE_TIMEOUT: Final = 5.0
+
+
+def _fresh_start(s: System, fleet: Fleet, n: int) -> bool:
+    """Pause every CPU between rounds, judge quiescence, reset the state, resume.
+
+    False (nothing judged or reset) if a CPU did not pause in time: it may be
+    stuck mid-round (a leaked lock), where quiescence would be a false alarm.
+    """
+    board = s.board
+    board.request_epoch(n)
+    try:
+        deadline = time.monotonic() + PAUSE_TIMEOUT
+        while True:
+            # A CPU that exited (its iterations done, or dead) is not mid-round either.
+            idle = [
+                board.get(c, PAUSED) == n or p.exitcode is not None
+                for c, p in enumerate(fleet.procs)
+            ]
+            if all(idle):
+                break
+            if time.monotonic() > deadline or fleet.check() is not None:
+                return False
+            time.sleep(PAUSE_POLL)
+        # A CPU that died mid-round leaves its work half done: no quiescence to judge.
+        if any(p.exitcode not in (None, EXIT_OK) for p in fleet.procs) or not s.module.alive():
+            return False
+        s.check_quiescent()
+        s.fresh_start()
+        return True
+    finally:
+        board.resume(n)
+
+
 def run_stress(
     config: StressConfig,
     on_progress: Callable[[StressProgress], None] | None = None,
@@ -66,6 +102,10 @@ def run_stress(
     faults = FaultPlan.parse(config.faults, config.seed)
     targeted = config.chaos > 0 and config.chaos_mode == TARGETED
     t0 = time.monotonic()
+    # Fresh starts need every CPU idle between rounds; a page injection kept is never idle.
+    epochs = config.epoch > 0 and not faults.active
+    starts = 0
+    next_epoch = t0 + config.epoch
     with Fleet.start(layout, cpu_main, args, faults) as fleet:
         s = fleet.system
         try:
@@ -89,6 +129,12 @@ def run_stress(
                     break
                 if fleet.all_exited() or fleet.check() is not None:
                     break  # iteration mode: every CPU finished; or something died
+                if epochs and time.monotonic() >= next_epoch:
+                    if _fresh_start(s, fleet, starts + 1):
+                        starts += 1
+                    else:
+                        epochs = False  # a CPU did not pause: judge quiescence at the end only
+                    next_epoch = time.monotonic() + config.epoch
         finally:
             s.board.stop()
             fleet.join()
@@ -110,9 +156,11 @@ def run_stress(
         records = s.log.records()
         coverage = s.board.windows.summary(s.board.total(DELAYS)) if targeted else None
         injected = max(s.board.total(INJECTED), s.module.statistics().injected_total)
+        notes = (f"{starts} fresh starts (every {config.epoch:g} s)",) if starts else ()
         return VariantResult(
             variant=label,
             mode=STRESS,
+            notes=notes,
             seed=config.seed,
             cpus=config.cpus,
             operations=s.board.total(ITERATIONS),
