@@ -49,7 +49,7 @@ class StressProgress:
 PAUSE_TIMEOUT: Final = 5.0
 
 
-def _fresh_start(s: System, fleet: Fleet, n: int) -> bool:
+def _fresh_start(s: System, fleet: Fleet, n: int, should_stop: Callable[[], bool]) -> bool:
     """Pause every CPU between rounds, judge quiescence, reset the state, resume.
 
     False (nothing judged or reset) if a CPU did not pause in time: it may be
@@ -67,7 +67,7 @@ def _fresh_start(s: System, fleet: Fleet, n: int) -> bool:
             ]
             if all(idle):
                 break
-            if time.monotonic() > deadline or fleet.check() is not None:
+            if time.monotonic() > deadline or should_stop() or fleet.check() is not None:
                 return False
             time.sleep(PAUSE_POLL)
         # A CPU that died mid-round leaves its work half done: no quiescence to judge.
@@ -130,7 +130,7 @@ def run_stress(
                 if fleet.all_exited() or fleet.check() is not None:
                     break  # iteration mode: every CPU finished; or something died
                 if epochs and time.monotonic() >= next_epoch:
-                    if _fresh_start(s, fleet, starts + 1):
+                    if _fresh_start(s, fleet, starts + 1, should_stop):
                         starts += 1
                     else:
                         epochs = False  # a CPU did not pause: judge quiescence at the end only
