@@ -162,23 +162,22 @@ def _announce(name: str) -> None:
                 _drop_reaper()
 
 
-def _drop_reaper() -> None:
+def _drop_reaper(reap: bool = True) -> None:
+    """Close our end of the reaper's pipe; ``reap``: also collect it if it has exited."""
     global _reaper
     if _reaper is not None:
         with contextlib.suppress(OSError):
             os.close(_reaper[2])
-        with contextlib.suppress(OSError):
-            os.waitpid(_reaper[1], os.WNOHANG)
+        if reap:
+            with contextlib.suppress(OSError):
+                os.waitpid(_reaper[1], os.WNOHANG)
     _reaper = None
 
 
 def _forget_inherited_reaper() -> None:
-    """A forked child must not keep its parent's reaper waiting (nor feed it)."""
-    global _reaper
-    if _reaper is not None:
-        with contextlib.suppress(OSError):
-            os.close(_reaper[2])
-    _reaper = None
+    """A forked child must not keep its parent's reaper waiting (nor feed it); the
+    reaper is its parent's child, not its own, so there is nothing to collect."""
+    _drop_reaper(reap=False)
 
 
 os.register_at_fork(after_in_child=_forget_inherited_reaper)
