@@ -33,7 +33,7 @@ from shmpamt.board import (
 from shmpamt.chaos import UNIFORM, TargetedChaos, UniformChaos
 from shmpamt.errors import LockError
 from shmpamt.invariants import ViolationLog
-from shmpamt.kernel import Hook, Kernel, range_of
+from shmpamt.kernel import Hook, Kernel
 from shmpamt.lock import PamtLock
 from shmpamt.module.faults import FaultPlan
 from shmpamt.pages import PamtPagePool
@@ -54,8 +54,7 @@ from shmpamt.system import SystemNames
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.cvariant import CVariant, PairLoop, arm_crash_report
 from shmpamt.variants.registry import load_variant
-from shmpamt.violations import GET_FAILED
-from shmpamt.workload import Workload, one_round, pick_page
+from shmpamt.workload import Workload, judge_failed_get, one_round, pick_page
 
 # exit codes of a CPU process: far from the small codes a variant's own os._exit might use,
 # so a variant that exits is never mistaken for a failed module or lock
@@ -224,9 +223,7 @@ def _c_pairs(
         pairs, err, page = loop.run(n)
         done += pairs
         if err:
-            # A failed get is fine only if a fault was injected into it.
-            if k.injected == before:
-                log.record(GET_FAILED, cpu=cpu, range_=range_of(page), a=err)
+            judge_failed_get(k, log, page, err, before)
             board.inc(cpu, GETS_FAILED)
             board.inc(cpu, ITERATIONS)
             done += 1

@@ -21,7 +21,7 @@ from typing import Final
 import posix_ipc
 
 from shmpamt import tdx
-from shmpamt.atomic import RefcountArray
+from shmpamt.atomic import RefcountArray, wrap32
 from shmpamt.ipc import (
     Segment,
     acquire_watching,
@@ -144,7 +144,7 @@ class SchedBoard:
         return int(self.w[cpu * WORDS + w])
 
     def set(self, cpu: int, w: int, v: int) -> None:
-        self.w[cpu * WORDS + w] = _s32(v & 0xFFFFFFFF)
+        self.w[cpu * WORDS + w] = wrap32(v)
 
     def close(self) -> None:
         for s in (self.doorbell, *self.grants):
@@ -160,7 +160,6 @@ class ExploreHook:
         # Grants come only from the controller, our parent: if it dies (SIGKILL), a
         # plain wait would park this CPU forever. acquire_watching gives up instead.
         self._parent = os.getppid()
-        self._b = board
         self._cpu = cpu
         self._rc = refcounts
         self._base = cpu * WORDS
@@ -186,8 +185,8 @@ class ExploreHook:
         w, base = self._w, self._base
         w[base + W_AFTER] = value
         # SEAMCALL statuses are 64-bit: split across two words (stored as signed int32)
-        w[base + W_LAST_LO] = _s32(result & 0xFFFFFFFF)
-        w[base + W_LAST_HI] = _s32((result >> 32) & 0xFFFFFFFF)
+        w[base + W_LAST_LO] = wrap32(result)
+        w[base + W_LAST_HI] = wrap32(result >> 32)
 
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""
@@ -196,11 +195,6 @@ class ExploreHook:
         w, base = self._w, self._base
         seed = (w[base + W_ARG] & 0xFFFFFFFF) | ((w[base + W_ARG_HI] & 0xFFFFFFFF) << 32)
         return int(w[base + W_CMD]), seed
-
-
-def _s32(v: int) -> int:
-    """An unsigned 32-bit word as the signed value an int32 view stores."""
-    return v - (1 << 32) if v & 0x80000000 else v
 
 
 def workload_rng(seed: int, cpu: int) -> random.Random:

@@ -80,9 +80,7 @@ def one_round(
     before = k.injected
     err = variant.tdx_pamt_get(k, hpa)
     if err:
-        # A failed get is fine only if a fault was injected into it.
-        if k.injected == before:
-            log.record(GET_FAILED, cpu=k.cpu, range_=range_of(hpa), a=err)
+        judge_failed_get(k, log, hpa, err, before)
         return False
     assigned = use_page and _retry_busy(k, k.tdh_mem_page_aug, hpa) == tdx.TDX_SUCCESS
     if hold > 0:
@@ -95,6 +93,13 @@ def one_round(
             return True
     variant.tdx_pamt_put(k, hpa)
     return True
+
+
+def judge_failed_get(k: Kernel, log: ViolationLog, hpa: int, err: int, injected: int) -> None:
+    """A failed get is fine only if a fault was injected into it (``k.injected`` moved
+    past ``injected``, its value before the get); otherwise it is ``get_failed``."""
+    if k.injected == injected:
+        log.record(GET_FAILED, cpu=k.cpu, range_=range_of(hpa), a=err)
 
 
 def _retry_busy(k: Kernel, leaf_call: Callable[[int], int], hpa: int) -> int:

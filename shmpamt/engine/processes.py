@@ -81,9 +81,15 @@ class Fleet:
     def all_exited(self) -> bool:
         return all(p.exitcode is not None for p in self.procs)
 
+    def died(self) -> bool:
+        """So far (CPUs may still run): some CPU ended other than normally, or the
+        daemon is gone."""
+        dead = any(p.exitcode not in (None, EXIT_OK) for p in self.procs)
+        return dead or not self.system.module.alive()
+
     def crashed(self) -> bool:
-        """Some CPU ended other than normally, or the daemon is gone."""
-        return any(p.exitcode != EXIT_OK for p in self.procs) or not self.system.module.alive()
+        """After ``join``: some CPU did not end normally, or the daemon is gone."""
+        return self.died() or any(p.exitcode is None for p in self.procs)
 
     def check(self) -> str | None:
         """An incident if something died or hung mid-run (recorded), else None."""

@@ -16,7 +16,7 @@ from typing import Final
 from shmpamt.board import DELAYS, INJECTED, ITERATIONS, PAUSE_POLL, PAUSED, WARNINGS
 from shmpamt.chaos import TARGETED
 from shmpamt.config import StressConfig
-from shmpamt.cpu import EXIT_OK, cpu_main
+from shmpamt.cpu import cpu_main
 from shmpamt.engine.processes import POLL, Fleet
 from shmpamt.module.faults import FaultPlan
 from shmpamt.results import (
@@ -71,7 +71,7 @@ def _fresh_start(s: System, fleet: Fleet, n: int, should_stop: Callable[[], bool
                 return False
             time.sleep(PAUSE_POLL)
         # A CPU that died mid-round leaves its work half done: no quiescence to judge.
-        if any(p.exitcode not in (None, EXIT_OK) for p in fleet.procs) or not s.module.alive():
+        if fleet.died():
             return False
         s.check_quiescent()
         s.fresh_start()

@@ -324,7 +324,6 @@ class PairLoop:
             raise ValueError("PairLoop needs at least one page")
         ffi = variant._module.ffi
         self._variant = variant
-        self._k = k
         self._bridge = variant._bridge(k)
         self._fn = variant._module.lib.shmpamt_entry_pairs
         self._pages = ffi.new("uint64_t[]", pages)
