@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from shmpamt.kernel import Kernel
 from shmpamt.variants.locked import Locked
@@ -75,4 +76,14 @@ class LeaksOnce(Locked):
         if not LeaksOnce.leaked:
             LeaksOnce.leaked = True
             return
+        super().tdx_pamt_put(k, page)
+
+
+class SlowRounds(Locked):
+    """locked, but every put lingers 0.3 s: a round outlasts a short pause timeout."""
+
+    name = "slow-rounds"
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        time.sleep(0.3)
         super().tdx_pamt_put(k, page)

@@ -8,6 +8,8 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
+
 from shmpamt.config import StressConfig
 from shmpamt.engine.stress import StressProgress as Progress
 from shmpamt.engine.stress import run_stress
@@ -167,3 +169,16 @@ def test_a_fresh_start_resets_what_a_race_left_stuck() -> None:
 def test_correct_variant_stays_clean_across_fresh_starts() -> None:
     res = run_stress(StressConfig("locked", cpus=3, ranges=2, duration=2.0, epoch=0.2, seed=2))
     assert not res.found and not res.incidents and res.notes
+
+
+def test_a_cpu_that_does_not_pause_ends_fresh_starts_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shmpamt.engine.stress as stress
+
+    monkeypatch.setattr(stress, "PAUSE_TIMEOUT", 0.05)
+    cfg = StressConfig(f"{_VARIANTS}:SlowRounds", cpus=2, ranges=1, duration=1.5, epoch=0.2)
+    res = run_stress(cfg)
+    # Nothing was judged at the boundary it gave up on, so a correct variant stays clean.
+    assert not res.found and not res.incidents
+    assert any("fresh starts stopped after 0" in n for n in res.notes), res.notes

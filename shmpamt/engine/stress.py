@@ -105,6 +105,7 @@ def run_stress(
     # Fresh starts need every CPU idle between rounds; a page injection kept is never idle.
     epochs = config.epoch > 0 and not faults.active
     starts = 0
+    gave_up = False
     next_epoch = t0 + config.epoch
     with Fleet.start(layout, cpu_main, args, faults) as fleet:
         s = fleet.system
@@ -134,6 +135,7 @@ def run_stress(
                         starts += 1
                     else:
                         epochs = False  # a CPU did not pause: judge quiescence at the end only
+                        gave_up = not should_stop()
                     next_epoch = time.monotonic() + config.epoch
         finally:
             s.board.stop()
@@ -156,7 +158,14 @@ def run_stress(
         records = s.log.records()
         coverage = s.board.windows.summary(s.board.total(DELAYS)) if targeted else None
         injected = max(s.board.total(INJECTED), s.module.statistics().injected_total)
-        notes = (f"{starts} fresh starts (every {config.epoch:g} s)",) if starts else ()
+        notes: tuple[str, ...] = (
+            (f"{starts} fresh starts (every {config.epoch:g} s)",) if starts else ()
+        )
+        if gave_up:
+            notes += (
+                f"fresh starts stopped after {starts}: a CPU did not pause between rounds "
+                f"within {PAUSE_TIMEOUT:g} s",
+            )
         return VariantResult(
             variant=label,
             mode=STRESS,
