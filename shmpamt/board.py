@@ -14,7 +14,7 @@ from typing import Final
 
 from shmpamt.atomic import RefcountArray
 from shmpamt.coverage import WindowTable, words_needed
-from shmpamt.ipc import Segment, make_name
+from shmpamt.ipc import ParentGone, Segment, make_name, parent_gone
 
 ITERATIONS: Final = 0
 GETS_FAILED: Final = 1
@@ -31,6 +31,7 @@ EPOCH: Final = 1  # the fresh start CPUs are asked to pause for
 RESUME: Final = 2  # the fresh start CPUs may go on after
 KIND_CPUSTATS: Final = 0x43505553
 PAUSE_POLL: Final = 0.0002  # a paused CPU's look at the resume word
+PARENT_LOOK: Final = 0.1  # ... and at whether the runner still lives
 MSG_BYTES: Final = 240
 
 
@@ -93,17 +94,24 @@ class CpuBoard:
     def resume(self, n: int) -> None:
         self.words.set(self._ctl + RESUME, n)
 
-    def pause_if_asked(self, cpu: int, seen: int) -> int:
+    def pause_if_asked(self, cpu: int, seen: int, parent: int) -> int:
         """Between rounds: if a new fresh start was asked for, say so and wait for it.
 
-        Returns the fresh start this CPU is now in.
+        Returns the fresh start this CPU is now in. Only the runner, ``parent``,
+        resumes a paused CPU: if it dies (SIGKILL), ParentGone ends the wait instead
+        of leaving an orphan that sleeps forever.
         """
         want = self.requested_epoch()
         if want == seen:
             return seen
         self.set(cpu, PAUSED, want)
+        look = time.monotonic() + PARENT_LOOK
         while self.words.read(self._ctl + RESUME) != want and not self.stopping():
             time.sleep(PAUSE_POLL)
+            if time.monotonic() >= look:
+                if parent_gone(parent):
+                    raise ParentGone(f"cpu {cpu}: runner {parent} is gone")
+                look = time.monotonic() + PARENT_LOOK
         return want
 
     def stopping(self) -> bool:

@@ -183,11 +183,12 @@ def cpu_main(
                 k,
                 a.log,
                 workload.iterations,
+                names.runner,
             )
             return
         epoch = 0
         while not board.stopping():
-            epoch = board.pause_if_asked(cpu, epoch)
+            epoch = board.pause_if_asked(cpu, epoch, names.runner)
             if workload.iterations and done >= workload.iterations:
                 break
             hpa = pick_page(rng, cpu, names.cpus, workload)
@@ -209,13 +210,19 @@ def cpu_main(
 
 
 def _c_pairs(
-    board: CpuBoard, cpu: int, loop: PairLoop, k: Kernel, log: ViolationLog, limit: int
+    board: CpuBoard,
+    cpu: int,
+    loop: PairLoop,
+    k: Kernel,
+    log: ViolationLog,
+    limit: int,
+    runner: int,
 ) -> None:
     """Run a C variant's pairs in C until stopped or ``limit`` (0: none) rounds ran."""
     done = 0
     epoch = 0
     while not board.stopping():
-        epoch = board.pause_if_asked(cpu, epoch)
+        epoch = board.pause_if_asked(cpu, epoch, runner)
         n = PAIR_BATCH if not limit else min(PAIR_BATCH, limit - done)
         if n <= 0:
             break
@@ -242,7 +249,7 @@ def cpu_explore_main(
 
     def loop(board: CpuBoard, a: Attached) -> None:
         sb = SchedBoard.attach(sched)
-        hook = ExploreHook(sb, cpu, a.refcounts)
+        hook = ExploreHook(sb, cpu, a.refcounts, names.runner)
         k = Kernel(cpu, a.refcounts, a.lock, a.pool, a.port, hook=hook)
         while True:
             cmd, arg = hook.wait_command()

@@ -390,6 +390,12 @@ def pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def parent_gone(parent_pid: int) -> bool:
+    """Our parent ``parent_pid`` died: we were reparented (which counts even if the pid
+    was reused meanwhile), or it no longer exists."""
+    return os.getppid() != parent_pid or not pid_alive(parent_pid)
+
+
 class ParentGone(RunFailure):
     """The process that was to post a semaphore we wait on is gone (e.g. a SIGKILLed runner)."""
 
@@ -409,7 +415,7 @@ def acquire_watching(sem: posix_ipc.Semaphore, parent_pid: int, poll: float = 0.
             return
         except (posix_ipc.BusyError, posix_ipc.SignalError):
             pass
-        if os.getppid() != parent_pid or not pid_alive(parent_pid):
+        if parent_gone(parent_pid):
             raise ParentGone(f"pid {os.getpid()}: parent {parent_pid} is gone")
 
 

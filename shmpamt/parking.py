@@ -13,7 +13,6 @@ one grant semaphore per CPU and one doorbell semaphore back to the controller.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from typing import Final
@@ -156,10 +155,14 @@ class SchedBoard:
 class ExploreHook:
     """The CPU side of a scheduling point: report where we are, wait for a grant."""
 
-    def __init__(self, board: SchedBoard, cpu: int, refcounts: RefcountArray) -> None:
+    def __init__(
+        self, board: SchedBoard, cpu: int, refcounts: RefcountArray, controller: int
+    ) -> None:
         # Grants come only from the controller, our parent: if it dies (SIGKILL), a
         # plain wait would park this CPU forever. acquire_watching gives up instead.
-        self._parent = os.getppid()
+        # Its pid comes with the system's names: if it died before this CPU started,
+        # os.getppid() would already name whoever adopts orphans.
+        self._parent = controller
         self._cpu = cpu
         self._rc = refcounts
         self._base = cpu * WORDS

@@ -10,6 +10,7 @@ reaper (:mod:`shmpamt.ipc`) removes whatever is left once the runner is gone.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -64,6 +65,10 @@ class SystemNames:
     pool: str
     board: str
     module: ModuleNames
+    #: pid of the process that started the system: its CPUs' parent, the only one
+    #: that grants, resumes and stops them (a CPU that starts after it died must
+    #: still know whom to watch: by then os.getppid() names the reaper of orphans)
+    runner: int
 
     def all_names(self) -> tuple[str, ...]:
         return (self.refcounts, self.lock_sem, self.lock_owner, self.log, self.pool, self.board)
@@ -137,6 +142,7 @@ class System:
                 pool=s.pool.name,
                 board=s.board.name,
                 module=s.module.names,
+                runner=os.getpid(),
             )
         except BaseException:
             s.close()

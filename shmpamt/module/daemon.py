@@ -35,7 +35,7 @@ from shmpamt.ipc import (
     create_semaphore,
     make_name,
     open_semaphore,
-    pid_alive,
+    parent_gone,
     remove_semaphore,
     sigint_ignored_in_children,
     unlink_name,
@@ -226,10 +226,6 @@ class _Server:
         self.mailbox.close()
 
 
-def _parent_gone(parent: int) -> bool:
-    return os.getppid() != parent or not pid_alive(parent)
-
-
 def _guardian_cleanup(names: ModuleNames, extra_names: tuple[str, ...]) -> None:
     for n in (*names.all_names(), *extra_names):
         unlink_name(n)
@@ -253,7 +249,7 @@ def daemon_main(
             mb = Mailbox.attach(names.mailbox)
             mb.set_message(f"startup failed: {type(e).__name__}: {e}")
             mb.close()
-        if _parent_gone(parent):
+        if parent_gone(parent):
             _guardian_cleanup(names, extra_names)
         os._exit(1)
     threads = [
@@ -271,7 +267,7 @@ def daemon_main(
     # Ready: the first post of the control port's response semaphore.
     server.responses[names.control].release()
     while not server.stopped.wait(GUARD_PERIOD):
-        if _parent_gone(parent):
+        if parent_gone(parent):
             # Guardian duty: the runner cannot clean up any more, so the module does.
             _guardian_cleanup(names, extra_names)
             os._exit(0)
