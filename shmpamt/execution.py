@@ -7,8 +7,9 @@ them. Light on purpose (no rich, no cffi), so results can carry them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, overload
 
 from shmpamt.violations import Violation
 
@@ -33,10 +34,36 @@ class TraceEvent:
     note: str = ""
 
 
+class LazyTrace(Sequence[TraceEvent]):
+    """A trace built on first use: a search runs thousands of executions per second
+    and shows a handful, so the controller keeps compact records and this builds the
+    events only for the ones someone reads."""
+
+    def __init__(self, build: Callable[[], list[TraceEvent]]) -> None:
+        self._build: Callable[[], list[TraceEvent]] | None = build
+        self._events: list[TraceEvent] = []
+
+    def _all(self) -> list[TraceEvent]:
+        if self._build is not None:
+            self._events = self._build()
+            self._build = None
+        return self._events
+
+    @overload
+    def __getitem__(self, i: int) -> TraceEvent: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[TraceEvent]: ...
+    def __getitem__(self, i: int | slice) -> TraceEvent | Sequence[TraceEvent]:
+        return self._all()[i]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
 @dataclass
 class Execution:
     steps: list[int]
-    trace: list[TraceEvent]
+    trace: Sequence[TraceEvent]
     violations: list[Violation]
     #: step at which each violation surfaced (len(steps) for the end-of-execution checks)
     violation_steps: list[int]

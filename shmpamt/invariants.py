@@ -119,11 +119,8 @@ class ViolationLog:
 
     def reset(self) -> None:
         """Forget everything (between explore executions, with every CPU parked)."""
-        n = _FIRSTS + min(max(self._hdr.read(0), 0), self.capacity)
-        for idx in range(n):
-            self._flags.set(idx, 0)
-        for w in range(_HDR_WORDS):
-            self._hdr.set(w, 0)
+        self._flags.fill(0)
+        self._hdr.fill(0)
 
     def close(self) -> None:
         self._hdr.close()

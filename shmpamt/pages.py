@@ -217,8 +217,7 @@ class PamtPagePool:
     def reset(self, counters: bool = True) -> None:
         """Every page free and, with ``counters``, the counters zero (between explore
         executions or stress epochs, every CPU parked)."""
-        for i in range(self.npages):
-            self._owners.set(i, FREE)
+        self._owners.fill(FREE)
         if counters:
             for w in (_ALLOCS, _FREES, _EXHAUSTED):
                 self._hdr.set(w, 0)

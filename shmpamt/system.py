@@ -187,8 +187,7 @@ class System:
         """Back to the initial state with every CPU idle between rounds (a stress epoch):
         a range a race left stuck (a leaked reference, a PAMT nobody removes) cannot
         hide the races that need it to return to 0. Statistics and the log are kept."""
-        for r in range(len(self.refcounts)):
-            self.refcounts.set(r, self.config.initial_refcount)
+        self.refcounts.fill(self.config.initial_refcount)
         self.pool.reset(counters=False)
         self.module.reset()
 

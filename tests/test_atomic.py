@@ -284,3 +284,19 @@ def test_abi_backend_is_thread_safe() -> None:
     assert r.returncode == 0, r.stderr
     # Invariant: no thread ever reads another thread's operands.
     assert r.stdout.strip() == "0", r.stdout
+
+
+def test_fill_sets_every_slot_and_only_those() -> None:
+    with Segment.create(make_name("filltest"), 0x46494C4C, 6 * 4) as seg:
+        whole = RefcountArray.over(seg, 0, 6)
+        inner = RefcountArray.over(seg, 4, 4)  # slots 1..4 of the segment
+        for i in range(6):
+            whole.set(i, 7)
+        inner.fill(-1)
+        assert whole.snapshot() == [7, -1, -1, -1, -1, 7]
+        inner.fill(INT_MAX + 1)  # stored as an atomic_t would store it
+        assert inner.snapshot() == [INT_MIN] * 4
+        inner.close()
+        with pytest.raises(ValueError, match="closed"):
+            inner.fill(0)
+        whole.close()

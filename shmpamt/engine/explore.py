@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Final
 
@@ -29,6 +30,7 @@ from shmpamt.execution import (
     SLEEP_BLOCKED,
     STEP_LIMIT,
     Execution,
+    LazyTrace,
     TraceEvent,
 )
 from shmpamt.ipc import new_token
@@ -164,8 +166,7 @@ class Session:
 
     def _reset(self) -> None:
         s = self.s
-        for r in range(len(s.refcounts)):
-            s.refcounts.set(r, s.config.initial_refcount)
+        s.refcounts.fill(s.config.initial_refcount)
         s.lock.reset()
         s.pool.reset()
         status = s.module.call(tdx.SHMPAMT_RESET)[0]
@@ -279,7 +280,7 @@ class Session:
         vsteps.extend([len(steps)] * len(new))
         return Execution(
             steps,
-            _trace(records),
+            LazyTrace(partial(_trace, records)),
             violations,
             vsteps,
             outcome,
