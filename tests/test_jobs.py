@@ -38,8 +38,9 @@ def test_dpor_verdict_and_replays_do_not_depend_on_jobs(variant: str) -> None:
     # Invariant: both searches covered every class, so they saw the same kinds.
     assert one.raw.explore.claim == two.raw.explore.claim == "verified"
     assert one.found == two.found
-    # the jobs split the classes between them: together exactly as many executions
-    assert one.raw.explore.executions == two.raw.explore.executions
+    # The execution counts may differ: at the split states every awake CPU is tried, and
+    # a sleeper's may-write footprint can let a class run twice (test_dpor.py checks the
+    # exact partition on toys, where it cannot).
     for f in two.findings:
         assert f.kind in api.replay(f.schedule).found, f
 

@@ -273,6 +273,11 @@ class BaseScheduler:
     def executed(self, access: Access) -> None:
         """Only DPOR refines its analysis with what a step did."""
 
+    @property
+    def skipped_last(self) -> bool:
+        """The execution that just ended is another job's to count (sharded DPOR only)."""
+        return False
+
     def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
         """Remember how the execution ended; strategies that learn from it extend this."""
         if outcome not in OUTCOMES:

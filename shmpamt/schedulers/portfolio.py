@@ -129,6 +129,10 @@ class Portfolio(BaseScheduler):
             self._member.end_execution(outcome, pending)
 
     @property
+    def skipped_last(self) -> bool:
+        return self._member is not None and self._member.skipped_last
+
+    @property
     def claim(self) -> Claim:
         d = self.dpor
         return d.claim if d is not None and d.exhausted else "sampled"
