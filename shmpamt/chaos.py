@@ -71,7 +71,7 @@ class UniformChaos:
         self._p = p
         self._max = max_us / 1e6
 
-    def before(self, op: str, target: int) -> None:
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         r = self._rng.random()
         if r < self._p:
             if r < self._p / 2:
@@ -144,7 +144,7 @@ class TargetedChaos:
         #: delays inserted so far (a CPU publishes it on its board)
         self.delays = 0
 
-    def before(self, op: str, target: int) -> None:
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         code = CODE.get(op, OTHER)
         slot = target if op in SLOTTED else self._slot
         if slot < 0:

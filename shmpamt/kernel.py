@@ -40,7 +40,9 @@ POOL_BASE: Final = 1 << 40
 class Hook(Protocol):
     """Called around every primitive. ``before`` may block (explore) or sleep (chaos)."""
 
-    def before(self, op: str, target: int) -> None: ...
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
+        """``a``, ``b``: the operands of ``atomic_add_unless`` and ``atomic_cmpxchg``."""
+        ...
 
     def after(self, op: str, target: int, result: int, value: int) -> None: ...
 
@@ -85,9 +87,9 @@ class Kernel:
 
     # -- the choke point --------------------------------------------------
 
-    def _before(self, op: str, target: int) -> None:
+    def _before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         if self._hook is not None:
-            self._hook.before(op, target)
+            self._hook.before(op, target, a, b)
 
     def _after(self, op: str, target: int, result: int) -> None:
         if self._hook is not None:
@@ -157,7 +159,7 @@ class Kernel:
         return r
 
     def atomic_add_unless(self, v: int, a: int, u: int) -> bool:
-        self._before("atomic_add_unless", v)
+        self._before("atomic_add_unless", v, a, u)
         r = self.refcounts.add_unless(v, a, u)
         self._after("atomic_add_unless", v, int(r))
         return r
@@ -181,7 +183,7 @@ class Kernel:
         return r
 
     def atomic_cmpxchg(self, v: int, old: int, new: int) -> int:
-        self._before("atomic_cmpxchg", v)
+        self._before("atomic_cmpxchg", v, old, new)
         r = self.refcounts.cmpxchg(v, old, new)
         self._after("atomic_cmpxchg", v, r)
         return r

@@ -47,13 +47,14 @@ W_STATE: Final = 0
 W_OP: Final = 1
 W_TARGET: Final = 2
 W_BEFORE: Final = 3
-# word 4 is unused
+W_OPND_A: Final = 4  # operands of atomic_add_unless (a, u) and atomic_cmpxchg (old, new)
 W_AFTER: Final = 5  # refcount value after it
 W_CMD: Final = 6  # controller -> CPU: what to do on the next grant
 W_ARG: Final = 7  # execution id / workload seed for CMD_START
 W_LAST_LO: Final = 8  # 64-bit result words for SEAMCALL statuses (lo, hi)
 W_LAST_HI: Final = 9
 W_ARG_HI: Final = 10  # high 32 bits of the workload seed
+W_OPND_B: Final = 11
 WORDS: Final = 12
 
 # states
@@ -170,10 +171,12 @@ class ExploreHook:
         self._grant = board.grants[cpu]
         self._doorbell = board.doorbell
 
-    def before(self, op: str, target: int) -> None:
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         w, base = self._w, self._base
         w[base + W_OP] = OP_INDEX[op]
         w[base + W_TARGET] = target
+        w[base + W_OPND_A] = wrap32(a)
+        w[base + W_OPND_B] = wrap32(b)
         w[base + W_STATE] = PARKED
         self._doorbell.release()
         acquire_watching(self._grant, self._parent)

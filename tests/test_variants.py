@@ -132,7 +132,7 @@ class Script:
         """Run ``action`` just before the ``nth`` (1-based) call of ``op``."""
         self._actions[(op, nth)] = action
 
-    def before(self, op: str, target: int) -> None:
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         self._seen[op] = self._seen.get(op, 0) + 1
         action = self._actions.pop((op, self._seen[op]), None)
         if action is not None:

@@ -21,7 +21,7 @@ import posix_ipc
 from shmpamt import tdx
 from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
 from shmpamt.cpu import cpu_explore_main
-from shmpamt.engine.footprint import Footprints
+from shmpamt.engine.footprint import CONDITIONAL, Footprints
 from shmpamt.engine.processes import Fleet
 from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError, UsageError
 from shmpamt.execution import (
@@ -52,6 +52,8 @@ from shmpamt.parking import (
     W_LAST_HI,
     W_LAST_LO,
     W_OP,
+    W_OPND_A,
+    W_OPND_B,
     W_STATE,
     W_TARGET,
     WORDS,
@@ -124,6 +126,10 @@ class Session:
             self.board.close()
             raise
         self.s = self.fleet.system
+        # Plain loads of the refcounts, for the parked steps' footprints: every CPU
+        # is parked while the controller looks (the board's hand-off orders them).
+        n = len(self.s.refcounts)
+        self._rc: memoryview = self.s.refcounts.segment.payload[: n * 4].cast("i")
         self.cpus = scenario.cpus
         self.footprints = Footprints(scenario.cpus)
         self.executions = 0
@@ -213,6 +219,8 @@ class Session:
         vsteps: list[int] = []
         outcome = COMPLETE
         footprint = self.footprints.of
+        in_state = self.footprints.pending
+        rc = self._rc
         effect = self.footprints.effect
         wants_pending = scheduler.uses_pending
         pending: dict[int, Access] | None = None
@@ -230,9 +238,15 @@ class Session:
             if len(runnable) < len(parked) and not lock.is_held():
                 runnable = parked
             if wants_pending:
-                pending = {
-                    c: footprint(w[bases[c] + W_OP], w[bases[c] + W_TARGET], c) for c in parked
-                }
+                pending = {}
+                for c in parked:
+                    base = bases[c]
+                    op, target = w[base + W_OP], w[base + W_TARGET]
+                    if op in CONDITIONAL:
+                        oa, ob = w[base + W_OPND_A], w[base + W_OPND_B]
+                        pending[c] = in_state(op, target, c, rc[target], oa, ob)
+                    else:
+                        pending[c] = footprint(op, target, c)
             if current is not None:
                 runnable_after.append(current in runnable)
             if not runnable:
@@ -304,6 +318,7 @@ class Session:
         deadline = time.monotonic() + 5
         for p in self.fleet.procs:
             p.join(max(0.1, deadline - time.monotonic()))
+        self._rc.release()  # the segment's mapping cannot close while a view is exported
         try:
             self.fleet.close()
             self.board.close()

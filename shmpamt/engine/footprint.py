@@ -1,16 +1,17 @@
 """Footprints: what a parked CPU's next step may read and change, for partial-order search.
 
 DPOR and POS treat two steps as commuting when neither changes what the other
-touches. The footprint depends only on the step's own primitive and target
-(never on a value it reads), so a replayed prefix always shows the same
-footprints. Over-approximating is safe (less reduction); missing an object
-is not, so every choice below errs towards dependence:
+touches. A footprint depends on the step's primitive, target and operands
+and, for a conditional atomic, on the slot's current value; all of these are
+the same when a recorded prefix is replayed, so a replay shows the same
+footprints. Over-approximating is safe (less reduction); missing an object is
+not, so every choice below errs towards dependence:
 
-- a refcount slot: ``atomic_read`` reads it, every other atomic writes it (a
-  failed ``inc_not_zero`` or ``cmpxchg`` still counts as a write: before the
-  step runs nobody knows it will fail). Once it ran, :meth:`Footprints.effect`
-  narrows a conditional atomic that left the slot unchanged to a read, which
-  DPOR uses for the executed trace;
+- a refcount slot: ``atomic_read`` reads it, every other atomic writes it,
+  except that a conditional atomic (``inc_not_zero``, ``cmpxchg``, …) that would
+  leave the slot as it is only reads it: :meth:`Footprints.pending` judges a
+  parked one in the current state (its operands are on the board), and
+  :meth:`Footprints.effect` judges one that ran by the values before and after;
 - ``pamt_lock``: ``spin_lock`` and ``spin_unlock`` both read and write it, held
   or not (a CPU blocked on it stays parked with this footprint);
 - the PAMT page pool, one object per CPU partition (see ``PamtPagePool.alloc``):
@@ -38,6 +39,7 @@ from __future__ import annotations
 from typing import Final
 
 from shmpamt import tdx
+from shmpamt.atomic import wrap32
 from shmpamt.parking import OPS
 from shmpamt.schedulers.base import Access
 
@@ -70,6 +72,23 @@ CONDITIONAL: Final = frozenset(
 )  # fmt: skip
 
 
+def _would_write(op: str, v: int, a: int, b: int) -> bool:
+    """Whether a conditional atomic changes a slot holding ``v`` (kernel semantics)."""
+    if op == "atomic_inc_not_zero":
+        return v != 0
+    if op == "atomic_add_unless":
+        return v != b and a != 0
+    if op == "atomic_inc_unless_negative":
+        return v >= 0
+    if op == "atomic_dec_unless_positive":
+        return v <= 0
+    if op == "atomic_dec_if_positive":
+        return wrap32(v - 1) >= 0  # INT_MIN - 1 wraps to INT_MAX, as in the kernel
+    if op == "atomic_cmpxchg":
+        return v == a and a != b
+    raise ValueError(f"{op} is not a conditional atomic")
+
+
 class Footprints:
     """Footprint of (op index, target, cpu), computed once per distinct step."""
 
@@ -84,6 +103,19 @@ class Footprints:
         if a is None:
             a = self._cache[key] = self._compute(OPS[op], target, cpu)
         return a
+
+    def pending(self, op: int, target: int, cpu: int, value: int, a: int, b: int) -> Access:
+        """The footprint of a parked step in the state it is parked in: a conditional
+        atomic that would leave its slot as it is (``value`` is the slot's current
+        value; ``a``, ``b`` the operands of add_unless and cmpxchg) only reads it.
+
+        Sound for DPOR's sleep sets and blocked-CPU races, which use a parked step's
+        footprint only at this state and, for a sleeper, until a dependent step runs:
+        only a write of the slot can change whether the atomic would write, and a
+        write conflicts with the read footprint, which wakes the sleeper."""
+        if op in CONDITIONAL and not _would_write(OPS[op], value, a, b):
+            return Access.of(reads=(_RC + target,))
+        return self.of(op, target, cpu)
 
     def effect(self, op: int, target: int, cpu: int, before: int, after: int) -> Access:
         """What a step that ran did: its footprint, or a read if a conditional atomic

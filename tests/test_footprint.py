@@ -1,0 +1,53 @@
+"""The controller's footprints of parked steps, checked against the real atomics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shmpamt.atomic import INT_MAX, INT_MIN, RefcountArray
+from shmpamt.engine.footprint import CONDITIONAL, Footprints
+from shmpamt.parking import OPS
+
+CONDITIONAL_OPS = sorted(OPS[i] for i in CONDITIONAL)
+EDGES = st.sampled_from([0, 1, -1, 2, -2, INT_MAX, INT_MIN]) | st.integers(INT_MIN, INT_MAX)
+
+
+@pytest.fixture(scope="module")
+def slot() -> Iterator[RefcountArray]:
+    a = RefcountArray.create(1)
+    yield a
+    a.close()
+
+
+@settings(max_examples=500, deadline=None)
+@given(op=st.sampled_from(CONDITIONAL_OPS), v=EDGES, a=EDGES, b=EDGES)
+def test_a_parked_conditional_atomic_reads_only_when_it_would_change_nothing(
+    slot: RefcountArray, op: str, v: int, a: int, b: int
+) -> None:
+    """The prediction made before the step, against what the step then does to ``v``."""
+    fp = Footprints(2)
+    slot.set(0, v)
+    operands = (a, b) if op in ("atomic_add_unless", "atomic_cmpxchg") else ()
+    getattr(slot, op.removeprefix("atomic_"))(0, *operands)
+    changed = slot.read(0) != v
+    predicted = fp.pending(OPS.index(op), 0, 1, v, a, b)
+    # Invariant: a step that changes its slot keeps its write; one that does not only reads.
+    assert bool(predicted.writes) == changed
+    assert predicted == (
+        fp.of(OPS.index(op), 0, 1) if changed else fp.effect(OPS.index(op), 0, 1, v, v)
+    )
+
+
+def test_only_conditional_atomics_are_judged_in_their_state() -> None:
+    fp = Footprints(2)
+    inc = OPS.index("atomic_inc")
+    assert inc not in CONDITIONAL
+    assert set(CONDITIONAL_OPS) == {
+        "atomic_inc_not_zero", "atomic_add_unless", "atomic_inc_unless_negative",
+        "atomic_dec_unless_positive", "atomic_dec_if_positive", "atomic_cmpxchg",
+    }  # fmt: skip
+    assert fp.pending(inc, 0, 0, 0, 0, 0) == fp.of(inc, 0, 0)
