@@ -695,4 +695,3 @@ def test_a_failing_inc_not_zero_sleeps_through_reads_of_its_slot() -> None:
     assert len(space.classes) == 2 == narrowed.complete_executions
     assert plain.complete_executions == 3  # one class twice: the may-write sleeper woke
     assert len({class_key(r.events, r.outcome, 2) for r in runs}) == 2
-
