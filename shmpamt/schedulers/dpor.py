@@ -40,8 +40,10 @@ the split states is named by its alternatives' positions; job i owns the paths
 whose positions sum to i (mod n), so at the last split state it takes only its
 own alternatives, and an execution that ends before reaching it counts for its
 owner only. Subtrees below split states never add work to each other, so the
-jobs explore disjoint sets of classes whose union is all of them, and the
-counts add up. One level was not enough: the first alternative's subtree is
+jobs explore disjoint sets of classes whose union is all of them (on the toys
+of the tests the complete executions add up exactly; on the rig, trying every
+awake CPU at a split state can repeat a class, as a may-write sleeper can in
+the unsharded search). One level was not enough: the first alternative's subtree is
 the big one (nothing sleeps in it yet), and at 2 CPUs x 2 rounds of ``rfc``
 the job that took it ran 36,534 complete executions against the other's 5,049;
 three levels spread the big and the small subtrees over the jobs.
@@ -93,6 +95,15 @@ class _Node:
     alternatives: tuple[int, ...] = ()
     #: what ``choice`` actually did, when narrower than its pending access
     effect: Access | None = None
+    #: split states on the path before this one, and the sum of their chosen positions
+    path_before: tuple[int, int] = (0, 0)
+
+    def split_path(self) -> tuple[int, int]:
+        """``path_before`` extended by this state (it names the job that owns the path)."""
+        level, position = self.path_before
+        if self.split:
+            return level + 1, position + self.alternatives.index(self.choice)
+        return level, position
 
     def step(self) -> Access:
         """The access ``choice`` performed: a failed conditional atomic only read."""
@@ -232,7 +243,7 @@ class DPOR(BaseScheduler):
         before = parent.preemptions if parent else 0
         index, count = self.shard
         awake = [c for c in now if c not in sleep]
-        level, position = self._split_path()
+        level, position = parent.split_path() if parent else (0, 0)
         if count > 1 and len(awake) >= 2 and level < SPLIT_LEVELS:
             alts = tuple(awake)
             if level == SPLIT_LEVELS - 1:
@@ -247,6 +258,7 @@ class DPOR(BaseScheduler):
             choice = alts_mine[0]
             node = _Node(now, parked, current, sleep, choice, 0, split=True, alternatives=alts)
             node.backtrack = set(alts_mine)
+            node.path_before = (level, position)
         else:
             if not awake:
                 self._blocked_now = True
@@ -257,6 +269,7 @@ class DPOR(BaseScheduler):
                 )
             choice = current if current in awake else awake[0]
             node = _Node(now, parked, current, sleep, choice, 0, backtrack={choice})
+            node.path_before = (level, position)
         node.preemptions = before + _is_preemption(now, current, choice)
         node.done.append(choice)
         self._stack.append(node)
@@ -285,18 +298,10 @@ class DPOR(BaseScheduler):
         last = self._stack[-1]
         return {q: a for q, a in last.pending.items() if q != last.choice}
 
-    def _split_path(self) -> tuple[int, int]:
-        """(split states on the current path, sum of the positions chosen at them)."""
-        level = position = 0
-        for n in self._stack:
-            if n.split:
-                level += 1
-                position += n.alternatives.index(n.choice)
-        return level, position
-
     def _split_owner(self) -> int:
         """The job that owns the current path (all of it, when nothing was split)."""
-        return self._split_path()[1] % self.shard[1]
+        position = self._stack[-1].split_path()[1] if self._stack else 0
+        return position % self.shard[1]
 
     @property
     def skipped_last(self) -> bool:
