@@ -34,7 +34,7 @@ def test_a_parked_conditional_atomic_reads_only_when_it_would_change_nothing(
     operands = (a, b) if op in ("atomic_add_unless", "atomic_cmpxchg") else ()
     getattr(slot, op.removeprefix("atomic_"))(0, *operands)
     changed = slot.read(0) != v
-    predicted = fp.pending(OPS.index(op), 0, 1, v, a, b)
+    predicted = fp.pending(OPS.index(op), 0, 1, [v], a, b)
     # Invariant: a step that changes its slot keeps its write; one that does not only reads.
     assert bool(predicted.writes) == changed
     assert predicted == (
@@ -50,4 +50,4 @@ def test_only_conditional_atomics_are_judged_in_their_state() -> None:
         "atomic_inc_not_zero", "atomic_add_unless", "atomic_inc_unless_negative",
         "atomic_dec_unless_positive", "atomic_dec_if_positive", "atomic_cmpxchg",
     }  # fmt: skip
-    assert fp.pending(inc, 0, 0, 0, 0, 0) == fp.of(inc, 0, 0)
+    assert fp.pending(inc, 0, 0, [], 0, 0) == fp.of(inc, 0, 0)  # never reads a slot

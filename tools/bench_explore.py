@@ -174,9 +174,9 @@ def main() -> int:
             proof = api.explore(
                 variant, strategy="dpor", budget=args.proof_cap, jobs=2, minimize=False
             )
-            took = time.monotonic() - t0
+            proof_s = time.monotonic() - t0
             claim = proof.raw.explore.claim if proof.raw.explore else "?"
-            claim = f"{claim} in {took:.0f} s"
+            claim = f"{claim} in {proof_s:.0f} s"
             times, sets = [], []
             for seed in range(args.seeds):
                 took, found, _ = last_kind_time(variant, seed)

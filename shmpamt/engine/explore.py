@@ -18,10 +18,9 @@ from typing import Final
 
 import posix_ipc
 
-from shmpamt import tdx
 from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
 from shmpamt.cpu import cpu_explore_main
-from shmpamt.engine.footprint import CONDITIONAL, Footprints
+from shmpamt.engine.footprint import Footprints
 from shmpamt.engine.processes import Fleet
 from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError, UsageError
 from shmpamt.execution import (
@@ -175,9 +174,7 @@ class Session:
         s.refcounts.fill(s.config.initial_refcount)
         s.lock.reset()
         s.pool.reset()
-        status = s.module.call(tdx.SHMPAMT_RESET)[0]
-        if status != tdx.TDX_SUCCESS:
-            raise ModuleFailure(f"module reset failed: {tdx.status_name(status)}")
+        s.module.reset()
         s.log.reset()
         for c in range(self.cpus):
             self.board.set(c, W_STATE, IDLE)
@@ -218,7 +215,6 @@ class Session:
         violations = []
         vsteps: list[int] = []
         outcome = COMPLETE
-        footprint = self.footprints.of
         in_state = self.footprints.pending
         rc = self._rc
         effect = self.footprints.effect
@@ -241,12 +237,10 @@ class Session:
                 pending = {}
                 for c in parked:
                     base = bases[c]
-                    op, target = w[base + W_OP], w[base + W_TARGET]
-                    if op in CONDITIONAL:
-                        oa, ob = w[base + W_OPND_A], w[base + W_OPND_B]
-                        pending[c] = in_state(op, target, c, rc[target], oa, ob)
-                    else:
-                        pending[c] = footprint(op, target, c)
+                    pending[c] = in_state(
+                        w[base + W_OP], w[base + W_TARGET], c, rc,
+                        w[base + W_OPND_A], w[base + W_OPND_B],
+                    )  # fmt: skip
             if current is not None:
                 runnable_after.append(current in runnable)
             if not runnable:

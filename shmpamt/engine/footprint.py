@@ -36,6 +36,7 @@ not, so every choice below errs towards dependence:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from shmpamt import tdx
@@ -104,16 +105,18 @@ class Footprints:
             a = self._cache[key] = self._compute(OPS[op], target, cpu)
         return a
 
-    def pending(self, op: int, target: int, cpu: int, value: int, a: int, b: int) -> Access:
+    def pending(
+        self, op: int, target: int, cpu: int, slots: Sequence[int], a: int, b: int
+    ) -> Access:
         """The footprint of a parked step in the state it is parked in: a conditional
-        atomic that would leave its slot as it is (``value`` is the slot's current
-        value; ``a``, ``b`` the operands of add_unless and cmpxchg) only reads it.
+        atomic that would leave its slot as it is (``slots``: the refcounts now; ``a``,
+        ``b``: the operands of add_unless and cmpxchg) only reads it.
 
         Sound for DPOR's sleep sets and blocked-CPU races, which use a parked step's
         footprint only at this state and, for a sleeper, until a dependent step runs:
         only a write of the slot can change whether the atomic would write, and a
         write conflicts with the read footprint, which wakes the sleeper."""
-        if op in CONDITIONAL and not _would_write(OPS[op], value, a, b):
+        if op in CONDITIONAL and not _would_write(OPS[op], slots[target], a, b):
             return Access.of(reads=(_RC + target,))
         return self.of(op, target, cpu)
 

@@ -390,7 +390,7 @@ class TdxModule:
         """SHMPAMT_RESET: every PAMT absent, nothing assigned (pool and log are the runner's)."""
         status = self.call(tdx.SHMPAMT_RESET)[0]
         if status != tdx.TDX_SUCCESS:
-            raise RuntimeError(f"module reset failed: {tdx.status_name(status)}")
+            raise ModuleFailure(f"module reset failed: {tdx.status_name(status)}")
 
     # -- lifecycle -----------------------------------------------------------------------
 
