@@ -6,14 +6,25 @@ lock, page allocator, SEAMCALL) and waits for a grant; the controller
 point. The primitives are real: shared-memory atomics, the semaphore, the
 daemon's SEAMCALLs; only the interleaving is chosen.
 
-Shared "sched board", per CPU: state, the pending op and its target, the value
-of that refcount before the op, and the result/value after the previous op;
-one grant semaphore per CPU and one doorbell semaphore back to the controller.
+A grant may carry a *budget*: when the strategy has already decided that the
+same CPU takes the next steps too (every other CPU is blocked, or it said so
+in advance), the CPU takes them without parking, writing one record per step
+into its ring, and the controller replays those decisions to the strategy
+afterwards. A hand-off costs two process switches, a step in the same process
+a few microseconds. A CPU still parks before ``spin_lock`` and after
+``spin_unlock`` whatever its budget: those are the steps that change which
+CPUs can run, which the budget was computed for.
+
+Shared "sched board", per CPU: state, the parked step (op, target, operands),
+the command and budget of the next grant, the steps taken since, then the
+ring of their records; one grant semaphore per CPU and one doorbell semaphore
+back to the controller.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,27 +52,40 @@ OPS: Final[tuple[str, ...]] = (
 )  # fmt: skip
 OP_INDEX: Final = {op: i for i, op in enumerate(OPS)}
 SPIN_LOCK: Final = OP_INDEX["spin_lock"]
+SPIN_UNLOCK: Final = OP_INDEX["spin_unlock"]
 
 # per-CPU words
 W_STATE: Final = 0
-W_OP: Final = 1
+W_OP: Final = 1  # the parked step: op index, target, operands
 W_TARGET: Final = 2
-W_BEFORE: Final = 3
-W_OPND_A: Final = 4  # operands of atomic_add_unless (a, u) and atomic_cmpxchg (old, new)
-W_AFTER: Final = 5  # refcount value after it
-W_CMD: Final = 6  # controller -> CPU: what to do on the next grant
-W_ARG: Final = 7  # execution id / workload seed for CMD_START
-W_LAST_LO: Final = 8  # 64-bit result words for SEAMCALL statuses (lo, hi)
-W_LAST_HI: Final = 9
-W_ARG_HI: Final = 10  # high 32 bits of the workload seed
-W_OPND_B: Final = 11
-WORDS: Final = 12
+W_OPND_A: Final = 3  # operands of atomic_add_unless (a, u) and atomic_cmpxchg (old, new)
+W_OPND_B: Final = 4
+W_CMD: Final = 5  # controller -> CPU: what to do on the next grant
+W_ARG: Final = 6  # workload seed for CMD_START (low, high 32 bits)
+W_ARG_HI: Final = 7
+W_BUDGET: Final = 8  # controller -> CPU: steps it may take after the granted one, unparked
+W_RAN: Final = 9  # CPU -> controller: steps taken since the grant (their records: the ring)
+WORDS: Final = 10
+
+# The step ring, per CPU: one record per step taken since the last grant.
+RING_SLOTS: Final = 64
+R_OP: Final = 0
+R_TARGET: Final = 1
+R_OPND_A: Final = 2
+R_OPND_B: Final = 3
+R_BEFORE: Final = 4  # refcount value the atomic saw
+R_AFTER: Final = 5  # ... and left
+R_LO: Final = 6  # the 64-bit result (SEAMCALL status) as two words
+R_HI: Final = 7
+R_LOG: Final = 8  # violations logged up to the start of the next step (not for the last)
+REC: Final = 9
 
 # states
 IDLE, PARKED, DONE, FAILED = 0, 1, 2, 3
 # commands
 CMD_NONE, CMD_START, CMD_GO, CMD_ABORT, CMD_EXIT = 0, 1, 2, 3, 4
 KIND_SCHED: Final = 0x53434844
+_PER_CPU: Final = WORDS + RING_SLOTS * REC
 
 
 class Aborted(BaseException):
@@ -96,14 +120,14 @@ class SchedBoard:
         # hands through a semaphore post/wait pair (a full barrier), so nothing here
         # needs an atomic read-modify-write, and an indexed view costs tens of ns
         # where a call through the atomics binding costs a microsecond per word.
-        self.w: memoryview = segment.payload[: cpus * WORDS * 4].cast("i")
+        self.w: memoryview = segment.payload[: cpus * _PER_CPU * 4].cast("i")
         self.doorbell = doorbell
         self.grants = grants
         self._owner = owner
 
     @classmethod
     def create(cls, cpus: int, token: str) -> SchedBoard:
-        seg = Segment.create(make_name("sched", token), KIND_SCHED, cpus * WORDS * 4)
+        seg = Segment.create(make_name("sched", token), KIND_SCHED, cpus * _PER_CPU * 4)
         sems: list[posix_ipc.Semaphore] = []
         try:
             doorbell = create_semaphore(make_name("doorbell", token), 0)
@@ -123,7 +147,7 @@ class SchedBoard:
     @classmethod
     def attach(cls, names: SchedNames) -> SchedBoard:
         seg = Segment.attach(names.board, KIND_SCHED)
-        cpus = seg.payload_size // (WORDS * 4)
+        cpus = seg.payload_size // (_PER_CPU * 4)
         return cls(
             seg,
             cpus,
@@ -139,6 +163,10 @@ class SchedBoard:
     def all_names(self) -> tuple[str, ...]:
         n = self.names
         return (n.board, n.doorbell, *n.grants)
+
+    def ring(self, cpu: int) -> int:
+        """Index in ``w`` of ``cpu``'s first step record."""
+        return self.cpus * WORDS + cpu * RING_SLOTS * REC
 
     def get(self, cpu: int, w: int) -> int:
         return int(self.w[cpu * WORDS + w])
@@ -157,7 +185,12 @@ class ExploreHook:
     """The CPU side of a scheduling point: report where we are, wait for a grant."""
 
     def __init__(
-        self, board: SchedBoard, cpu: int, refcounts: RefcountArray, controller: int
+        self,
+        board: SchedBoard,
+        cpu: int,
+        refcounts: RefcountArray,
+        controller: int,
+        log_total: Callable[[], int],
     ) -> None:
         # Grants come only from the controller, our parent: if it dies (SIGKILL), a
         # plain wait would park this CPU forever. acquire_watching gives up instead.
@@ -167,35 +200,60 @@ class ExploreHook:
         self._cpu = cpu
         self._rc = refcounts
         self._base = cpu * WORDS
+        self._ring = board.ring(cpu)
         self._w = board.w
         self._grant = board.grants[cpu]
         self._doorbell = board.doorbell
+        self._log_total = log_total
+        self._budget = 0  # steps left to take without parking
+        self._ran = 0  # steps taken since the last grant
+        self._lock_changed = False  # the last step was spin_unlock
 
     def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         w, base = self._w, self._base
-        w[base + W_OP] = OP_INDEX[op]
-        w[base + W_TARGET] = target
-        w[base + W_OPND_A] = wrap32(a)
-        w[base + W_OPND_B] = wrap32(b)
-        w[base + W_STATE] = PARKED
-        self._doorbell.release()
-        acquire_watching(self._grant, self._parent)
-        cmd = w[base + W_CMD]
-        if cmd != CMD_GO:
-            raise Aborted(cmd)
-        # Read after the grant: only this CPU runs now, so this is exactly the
-        # value the primitive will see (at park time another CPU could still change it).
-        w[base + W_BEFORE] = self._rc.read(target) if op.startswith("atomic") else 0
+        opi = OP_INDEX[op]
+        ran = self._ran
+        if self._budget > 0 and opi != SPIN_LOCK and not self._lock_changed:
+            # Granted in advance: no hand-off. What the last step logged ends with it.
+            self._budget -= 1
+            w[self._ring + (ran - 1) * REC + R_LOG] = self._log_total()
+        else:
+            w[base + W_OP] = opi
+            w[base + W_TARGET] = target
+            w[base + W_OPND_A] = wrap32(a)
+            w[base + W_OPND_B] = wrap32(b)
+            w[base + W_STATE] = PARKED
+            self._doorbell.release()
+            acquire_watching(self._grant, self._parent)
+            cmd = w[base + W_CMD]
+            if cmd != CMD_GO:
+                self._budget = 0
+                raise Aborted(cmd)
+            self._budget = w[base + W_BUDGET]
+            ran = 0
+        r = self._ring + ran * REC
+        w[r + R_OP] = opi
+        w[r + R_TARGET] = target
+        w[r + R_OPND_A] = wrap32(a)
+        w[r + R_OPND_B] = wrap32(b)
+        # Read now: only this CPU runs, so this is exactly the value the primitive
+        # will see (at park time another CPU could still have changed it).
+        w[r + R_BEFORE] = self._rc.read(target) if op.startswith("atomic") else 0
+        self._ran = ran + 1
+        w[base + W_RAN] = ran + 1
+        self._lock_changed = opi == SPIN_UNLOCK
 
     def after(self, op: str, target: int, result: int, value: int) -> None:
-        w, base = self._w, self._base
-        w[base + W_AFTER] = value
+        w = self._w
+        r = self._ring + (self._ran - 1) * REC
+        w[r + R_AFTER] = value
         # SEAMCALL statuses are 64-bit: split across two words (stored as signed int32)
-        w[base + W_LAST_LO] = wrap32(result)
-        w[base + W_LAST_HI] = wrap32(result >> 32)
+        w[r + R_LO] = wrap32(result)
+        w[r + R_HI] = wrap32(result >> 32)
 
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""
+        self._budget = 0
         self._doorbell.release()
         acquire_watching(self._grant, self._parent)
         w, base = self._w, self._base

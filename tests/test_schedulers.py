@@ -535,3 +535,76 @@ def test_replay_continues_without_preemption_after_the_recording() -> None:
     assert rp.beyond_recorded == 2
     assert lost_update(r.machine)
     assert rp.new_execution() is False
+
+
+# -- lookahead: promises about the next decisions ------------------------------------
+
+
+def _decisions(s: Scheduler, programs: list[Program], probe: bool) -> list[tuple[object, ...]]:
+    """Every execution as (runnable, choice, promised run) per decision; ``probe`` asks
+    ``lookahead`` at every decision (its answer must not change any decision)."""
+    out: list[tuple[object, ...]] = []
+    assert isinstance(s, BaseScheduler)
+    inner = s.next_cpu
+
+    def asking(runnable, current, pending=None):  # type: ignore[no-untyped-def]
+        cpu = inner(runnable, current, pending)
+        k = s.lookahead(runnable, cpu, 6) if probe and len(runnable) > 1 else None
+        out.append((tuple(sorted(runnable)), cpu, k))
+        return cpu
+
+    s.next_cpu = asking  # type: ignore[method-assign]
+    while s.new_execution():
+        out.append(("execution",))
+        run_once(s, programs)
+    return out
+
+
+def _kept(log: list[tuple[object, ...]]) -> None:
+    """Each promise of k more steps holds while the runnable set stays the same."""
+    for i, rec in enumerate(log):
+        if len(rec) != 3 or rec[2] is None:
+            continue
+        runnable, cpu, k = rec
+        for t in range(1, k + 1):  # type: ignore[operator]
+            nxt = log[i + t] if i + t < len(log) else ("execution",)
+            if len(nxt) != 3 or nxt[0] != runnable or log[i + t - 1][1] != cpu:
+                break
+            assert nxt[1] == cpu, f"decision {i}: promised {k} more for cpu {cpu}, broke at {t}"
+
+
+LOOKAHEAD_MAKERS: list[Callable[[], BaseScheduler]] = [
+    lambda: RandomWalk(seed=4, max_executions=60),
+    lambda: PCT(2, seed=4, max_executions=60),
+    lambda: PCT(3, seed=4, max_executions=60),
+    lambda: DFS(2, max_executions=60),
+    lambda: Portfolio(4, max_executions=60),
+    lambda: Replay(Schedule("toy", 3, 1, 1, 1, 0, (0, 0, 1, 1, 1, 0, 2, 2, 0)), times=2),
+]
+
+
+@pytest.mark.parametrize("make", LOOKAHEAD_MAKERS, ids=lambda m: m().name)
+def test_lookahead_promises_hold_and_change_nothing(make: Callable[[], BaseScheduler]) -> None:
+    programs: list[Program] = [steps_only(5), racy_inc(2), locked_inc]
+    asked = _decisions(make(), programs, probe=True)
+    _kept(asked)
+    plain = _decisions(make(), programs, probe=False)
+    assert [r[:2] for r in asked] == [r[:2] for r in plain]
+    assert any(isinstance(r[2], int) and r[2] > 0 for r in asked if len(r) == 3)
+
+
+def test_strategies_that_read_pending_promise_nothing() -> None:
+    for s in (POS(1), DPOR()):
+        assert s.new_execution()
+        cpu = s.next_cpu([0, 1], None, {0: EVERYTHING, 1: EVERYTHING})
+        assert s.lookahead([0, 1], cpu, 10) == 0
+
+
+def test_splitmix_peek_takes_nothing() -> None:
+    r = SplitMix64(9)
+    stream = [r.next_u64() for _ in range(8)]
+    r = SplitMix64(9)
+    assert [r.peek(i) for i in (3, 0, 5)] == [stream[3], stream[0], stream[5]]
+    assert r.next_u64() == stream[0]
+    assert r.peek(0) == stream[1]
+    assert [r.next_u64() for _ in range(7)] == stream[1:]

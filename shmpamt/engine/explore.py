@@ -42,17 +42,27 @@ from shmpamt.parking import (
     IDLE,
     OPS,
     PARKED,
+    R_AFTER,
+    R_BEFORE,
+    R_HI,
+    R_LO,
+    R_LOG,
+    R_OP,
+    R_OPND_A,
+    R_OPND_B,
+    R_TARGET,
+    REC,
+    RING_SLOTS,
     SPIN_LOCK,
-    W_AFTER,
+    SPIN_UNLOCK,
     W_ARG,
     W_ARG_HI,
-    W_BEFORE,
+    W_BUDGET,
     W_CMD,
-    W_LAST_HI,
-    W_LAST_LO,
     W_OP,
     W_OPND_A,
     W_OPND_B,
+    W_RAN,
     W_STATE,
     W_TARGET,
     WORDS,
@@ -86,10 +96,12 @@ class Session:
     """``with Session(Scenario("rfc")) as s: s.execute(scheduler)``.
 
     ``core``: run the controller, the CPUs and the daemon on this one core
-    (:mod:`~shmpamt.placement`); None leaves placement to the OS.
+    (:mod:`~shmpamt.placement`); None leaves placement to the OS. ``batch``
+    False: every step is a hand-off (for comparison; the executions are the same).
     """
 
-    def __init__(self, scenario: Scenario, core: int | None = None) -> None:
+    def __init__(self, scenario: Scenario, core: int | None = None, batch: bool = True) -> None:
+        self.batch = batch
         self._pin = pinned(core)
         self._pin.__enter__()
         try:
@@ -132,6 +144,9 @@ class Session:
         self.cpus = scenario.cpus
         self.footprints = Footprints(scenario.cpus)
         self.executions = 0
+        #: steps granted by a hand-off, and steps a CPU took past where a search stopped
+        self.handoffs = 0
+        self.discarded = 0
         try:
             for _ in range(self.cpus):  # every CPU parks in its idle loop once attached
                 self._wait(None, BOOT_TIMEOUT)
@@ -204,6 +219,7 @@ class Session:
         w = b.w
         cpus = range(self.cpus)
         bases = [c * WORDS for c in cpus]
+        rings = [b.ring(c) for c in cpus]
         for c in cpus:
             self._grant(c, CMD_START, seed)
         steps: list[int] = []
@@ -221,7 +237,9 @@ class Session:
         wants_pending = scheduler.uses_pending
         pending: dict[int, Access] | None = None
         next_cpu = scheduler.next_cpu
+        lookahead = scheduler.lookahead
         max_steps = self.max_steps
+        ring_room = RING_SLOTS if self.batch else 1
         doorbell, grants = b.doorbell, b.grants
         while True:
             parked = [c for c in cpus if w[bases[c] + W_STATE] == PARKED]
@@ -259,24 +277,75 @@ class Session:
                 raise SchedulingError(f"scheduler chose cpu {c}, runnable were {runnable}")
             base = bases[c]
             op = w[base + W_OP]
-            target = w[base + W_TARGET]
+            # Steps c may take after this one without a hand-off: every one the
+            # strategy is bound to give it anyway. `then` is who can run meanwhile.
+            budget = 0
+            room = min(ring_room, max_steps - len(steps)) - 1
+            then = runnable
+            if room > 0 and op != SPIN_UNLOCK:
+                if op == SPIN_LOCK:  # once c holds the lock, CPUs waiting for it cannot run
+                    then = [o for o in parked if o == c or w[bases[o] + W_OP] != SPIN_LOCK]
+                budget = room if len(then) == 1 else lookahead(then, c, room)
+            w[base + W_BUDGET] = budget
             w[base + W_CMD] = CMD_GO
+            self.handoffs += 1
             grants[c].release()
             try:
                 doorbell.acquire(0)  # the CPU ran on this core and has parked again
             except posix_ipc.BusyError:
                 self._wait(c)
-            before, after = w[base + W_BEFORE], w[base + W_AFTER]
-            records.append((c, op, target, before, after, w[base + W_LAST_LO], w[base + W_LAST_HI]))
-            if wants_pending:
-                scheduler.executed(effect(op, target, c, before, after))
-            steps.append(c)
+            ran = w[base + W_RAN]
+            # Invariant: a CPU takes the granted step and at most `budget` more.
+            if not 1 <= ran <= budget + 1:
+                raise SchedulingError(f"cpu {c} took {ran} steps on a budget of {budget}")
+            r = rings[c]
+            for j in range(ran):
+                if j:
+                    # The decision for this step, made as it would have been (a hand-off
+                    # later); the CPU ran on, so it was runnable after the step before.
+                    runnable_after.append(True)
+                    if wants_pending:
+                        assert pending is not None
+                        pending = dict(pending)
+                        tgt = w[r + R_TARGET]
+                        pending[c] = in_state(
+                            w[r + R_OP], tgt, c, {tgt: w[r + R_BEFORE]},
+                            w[r + R_OPND_A], w[r + R_OPND_B],
+                        )  # fmt: skip
+                    try:
+                        chosen = next_cpu(then, c, pending)
+                    except SleepBlocked:
+                        outcome = SLEEP_BLOCKED
+                        self.discarded += ran - j
+                        break
+                    # Invariant: a strategy's lookahead is a promise about its decisions.
+                    if chosen != c:
+                        raise SchedulingError(
+                            f"{scheduler.name} promised cpu {c} the step after step "
+                            f"{len(steps) - 1}, then chose cpu {chosen}"
+                        )
+                opj, tgt, before, after = (
+                    w[r + R_OP],
+                    w[r + R_TARGET],
+                    w[r + R_BEFORE],
+                    w[r + R_AFTER],
+                )
+                records.append((c, opj, tgt, before, after, w[r + R_LO], w[r + R_HI]))
+                if wants_pending:
+                    scheduler.executed(effect(opj, tgt, c, before, after))
+                steps.append(c)
+                logged = w[r + R_LOG] if j < ran - 1 else log.total()
+                if logged != seen:
+                    new = log.records()[seen:logged]
+                    seen += len(new)
+                    violations.extend(new)
+                    vsteps.extend([len(steps) - 1] * len(new))
+                r += REC
+            if outcome == SLEEP_BLOCKED:
+                # The CPU ran past where the search stops: what it did there never happened.
+                seen = log.total()
+                break
             current = c
-            if log.total() != seen:
-                new = log.records()[seen:]
-                seen += len(new)
-                violations.extend(new)
-                vsteps.extend([len(steps) - 1] * len(new))
         if outcome == COMPLETE:
             self.s.check_quiescent()
         elif outcome == DEADLOCK:

@@ -36,7 +36,7 @@ not, so every choice below errs towards dependence:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from shmpamt import tdx
@@ -106,10 +106,17 @@ class Footprints:
         return a
 
     def pending(
-        self, op: int, target: int, cpu: int, slots: Sequence[int], a: int, b: int
+        self,
+        op: int,
+        target: int,
+        cpu: int,
+        slots: Sequence[int] | Mapping[int, int],
+        a: int,
+        b: int,
     ) -> Access:
         """The footprint of a parked step in the state it is parked in: a conditional
-        atomic that would leave its slot as it is (``slots``: the refcounts now; ``a``,
+        atomic that would leave its slot as it is (``slots``: the refcounts now, or just
+        the target's; ``a``,
         ``b``: the operands of add_unless and cmpxchg) only reads it.
 
         Sound for DPOR's sleep sets and blocked-CPU races, which use a parked step's

@@ -8,6 +8,12 @@ the next step, ``next_u64()`` whenever the workload wants a random number, and
 processes or semaphores, so each one is a deterministic function of its seed
 and of what it is shown, and can be tested without any process at all.
 
+A strategy may also say in advance that the CPU it just chose takes the next
+steps too (``lookahead``): the controller then lets that CPU run on without a
+hand-off and asks ``next_cpu`` for those steps afterwards, which must confirm
+every one. The decisions, and so every execution, are the same either way;
+only the cost of a step changes.
+
 ``pending`` is the dependency information partial-order strategies (DPOR, POS)
 need: for *every parked CPU*, runnable or blocked, the :class:`Access` its next
 step may perform. Strategies that do not use it ignore it, and callers that do
@@ -146,8 +152,25 @@ class SplitMix64:
 
     def __init__(self, seed: int) -> None:
         self._state = seed & _MASK64
+        self._ahead: list[int] = []  # numbers peeked at, not yet taken (oldest last)
 
     def next_u64(self) -> int:
+        if self._ahead:
+            return self._ahead.pop()
+        return self._draw()
+
+    def peek(self, i: int) -> int:
+        """The number ``next_u64`` will return ``i`` calls from now, without taking it."""
+        while len(self._ahead) <= i:
+            self._ahead.insert(0, self._draw())
+        return self._ahead[-1 - i]
+
+    @staticmethod
+    def accepts(x: int, n: int) -> bool:
+        """Whether ``below(n)`` takes the number ``x`` (else it draws again)."""
+        return x < (1 << 64) - (1 << 64) % n
+
+    def _draw(self) -> int:
         self._state = (self._state + _GOLDEN) & _MASK64
         z = self._state
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -158,10 +181,9 @@ class SplitMix64:
         """Uniform in [0, n) without modulo bias."""
         if n <= 0:
             raise ValueError("below() needs n >= 1")
-        limit = (1 << 64) - (1 << 64) % n
         while True:
             x = self.next_u64()
-            if x < limit:
+            if self.accepts(x, n):
                 return x % n
 
     def sample(self, population: Sequence[int], k: int) -> list[int]:
@@ -272,6 +294,19 @@ class BaseScheduler:
 
     def executed(self, access: Access) -> None:
         """Only DPOR refines its analysis with what a step did."""
+
+    def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
+        """How many of the next decisions (at most ``limit``) will pick ``cpu`` again,
+        if each is asked with the same ``runnable`` and ``cpu`` as the current one.
+
+        ``cpu`` is what ``next_cpu`` just returned. The answer must not change the
+        strategy's state or what it will decide: the controller asks ``next_cpu``
+        for those steps afterwards, as it would have, and treats a different answer
+        as a broken promise. Strategies that read ``pending`` answer 0 (the default):
+        other CPUs' footprints can change under a CPU that runs on. When only
+        ``cpu`` can run, the controller does not ask: every strategy must pick it.
+        """
+        return 0
 
     @property
     def skipped_last(self) -> bool:

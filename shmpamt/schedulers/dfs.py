@@ -117,6 +117,18 @@ class DFS(BaseScheduler):
         self._levels.append(_Level(now, current, choice, preemptions, untried))
         return choice
 
+    def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
+        # On the recorded prefix the levels say; past it, the default keeps ``cpu``.
+        now = tuple(sorted(runnable))
+        i = len(self.steps)
+        k = 0
+        while k < limit and i + k < len(self._levels):
+            level = self._levels[i + k]
+            if level.choice != cpu or level.runnable != now or level.current != cpu:
+                return k
+            k += 1
+        return limit
+
     @property
     def preemptions(self) -> int:
         """Preemptions in the current execution so far."""

@@ -116,6 +116,13 @@ class PCT(BaseScheduler):
             )
         return best
 
+    def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
+        # With the same CPUs runnable, priorities only move at a change point.
+        if len(runnable) < 2:
+            return limit
+        ahead = [p - self._decisions for p in self._change_points if p >= self._decisions]
+        return min([limit, *ahead])
+
     def per_run_probability(self) -> float:
         """Lower bound 1/(n k^(d-1)) of finding a depth-d bug in one execution."""
         n = max(self.cpus_seen, 1)

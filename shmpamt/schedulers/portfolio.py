@@ -119,6 +119,9 @@ class Portfolio(BaseScheduler):
         assert self._member is not None, "next_cpu before new_execution"
         return self._member.next_cpu(runnable, current, pending)
 
+    def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
+        return self._member.lookahead(runnable, cpu, limit) if self._member is not None else 0
+
     def executed(self, access: Access) -> None:
         if self._member is not None:
             self._member.executed(access)

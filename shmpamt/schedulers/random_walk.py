@@ -21,6 +21,21 @@ class RandomWalk(SeededSampler):
         ordered = sorted(runnable)
         return ordered[self._rng.below(len(ordered))]
 
+    def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
+        # The numbers the next choices will draw are already determined: read them.
+        ordered = sorted(runnable)
+        n = len(ordered)
+        k = i = 0
+        while k < limit:
+            x = self._rng.peek(i)
+            i += 1
+            if not self._rng.accepts(x, n):
+                continue  # below() would draw again: the next number decides
+            if ordered[x % n] != cpu:
+                break
+            k += 1
+        return k
+
     def coverage(self) -> str:
         steps = max(self.max_steps, len(self.steps))
         return (

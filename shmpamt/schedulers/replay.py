@@ -49,6 +49,17 @@ class Replay(BaseScheduler):
             )
         return cpu
 
+    def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
+        # The recording says; past its end, the default keeps ``cpu`` (it can run).
+        recorded = self.schedule.steps
+        i = len(self.steps)
+        k = 0
+        while k < limit and i + k < len(recorded):
+            if recorded[i + k] != cpu:
+                return k
+            k += 1
+        return limit
+
     def coverage(self) -> str:
         return (
             f"replay: {self.executions} of {self.times} executions of a {len(self.schedule.steps)}"

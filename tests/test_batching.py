@@ -1,0 +1,101 @@
+"""Budgeted grants: a CPU that runs on without a hand-off changes the cost, never the run.
+
+The controller may let a CPU take several steps per grant when the strategy
+is bound to choose it anyway, and replays those decisions to the strategy
+afterwards. These tests run the same strategies with every step a hand-off
+and with budgets, on the same processes, and require the very same
+executions: steps, trace, violations and the steps they surfaced at, outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import pytest
+
+from shmpamt.config import Scenario
+from shmpamt.engine.explore import Session
+from shmpamt.execution import SLEEP_BLOCKED, Execution
+from shmpamt.schedulers.base import Access, BaseScheduler, SleepBlocked
+from shmpamt.schedulers.random_walk import RandomWalk
+from shmpamt.schedulers.registry import make_scheduler
+
+STRATEGIES = ["random", "pct", "pos", "dfs", "dpor", "portfolio"]
+Fingerprint = tuple[object, ...]
+
+
+def _fingerprint(ex: Execution) -> Fingerprint:
+    trace = tuple((e.cpu, e.op, e.target, e.before, e.after, e.result) for e in ex.trace)
+    named = tuple((v.name, v.cpu, v.range) for v in ex.violations)
+    return (tuple(ex.steps), ex.outcome, named, tuple(ex.violation_steps),
+            tuple(ex.runnable_after), trace)  # fmt: skip
+
+
+def _run(session: Session, scheduler: BaseScheduler, batch: bool) -> list[Fingerprint]:
+    session.batch = batch
+    out = []
+    while scheduler.new_execution():
+        out.append(_fingerprint(session.execute(scheduler)))
+    return out
+
+
+@pytest.fixture(scope="module", params=["rfc", "locked"])
+def session(request: pytest.FixtureRequest) -> Iterator[Session]:
+    with Session(Scenario(request.param)) as s:
+        yield s
+
+
+def _make(strategy: str, executions: int) -> BaseScheduler:
+    preemptions = 2 if strategy == "dfs" else None
+    return make_scheduler(strategy, seed=5, depth=3, preemptions=preemptions,
+                          max_executions=executions, shard=(0, 1))  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_budgets_change_no_execution(session: Session, strategy: str) -> None:
+    handoffs = session.handoffs
+    batched = _run(session, _make(strategy, 40), batch=True)
+    steps = sum(len(f[0]) for f in batched)  # type: ignore[arg-type]
+    saved = steps - (session.handoffs - handoffs)
+    stepwise = _run(session, _make(strategy, 40), batch=False)
+    assert len(batched) == 40
+    # Invariant: the runs are the same; only the number of hand-offs differs.
+    for i, (a, b) in enumerate(zip(batched, stepwise, strict=True)):
+        assert a == b, f"execution {i} differs"
+    assert saved > 0, "no step ran without a hand-off: budgets were never used"
+
+
+class _StopsMidRun(RandomWalk):
+    """Abandons an execution at a decision inside a run of forced steps, as DPOR does
+    when the only runnable CPU sleeps."""
+
+    uses_pending = True
+
+    def __init__(self) -> None:
+        super().__init__(seed=3, max_executions=30)
+        self._streak = 0
+
+    def _decide(
+        self, runnable: Sequence[int], current: int | None, pending: Mapping[int, Access] | None
+    ) -> int:
+        assert pending is not None
+        forced = len(runnable) == 1 and current == runnable[0]
+        self._streak = self._streak + 1 if forced else 0
+        if self._streak == 3:
+            raise SleepBlocked("test: stop inside a run")
+        return super()._decide(runnable, current, pending)
+
+    def _start(self) -> bool:
+        self._streak = 0
+        return super()._start()
+
+
+def test_a_search_that_stops_mid_run_discards_what_the_cpu_ran_past_it(
+    session: Session,
+) -> None:
+    discarded = session.discarded
+    batched = _run(session, _StopsMidRun(), batch=True)
+    assert session.discarded > discarded, "no run was cut short: the test tests nothing"
+    stepwise = _run(session, _StopsMidRun(), batch=False)
+    assert batched == stepwise
+    assert any(f[1] == SLEEP_BLOCKED for f in batched)
