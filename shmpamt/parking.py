@@ -53,6 +53,8 @@ OPS: Final[tuple[str, ...]] = (
 OP_INDEX: Final = {op: i for i, op in enumerate(OPS)}
 SPIN_LOCK: Final = OP_INDEX["spin_lock"]
 SPIN_UNLOCK: Final = OP_INDEX["spin_unlock"]
+#: ops on a refcount slot (their target is the slot)
+ATOMIC_OPS: Final = frozenset(i for i, op in enumerate(OPS) if op.startswith("atomic"))
 
 # per-CPU words
 W_STATE: Final = 0

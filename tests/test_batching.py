@@ -39,7 +39,7 @@ def _run(session: Session, scheduler: BaseScheduler, batch: bool) -> list[Finger
     return out
 
 
-@pytest.fixture(scope="module", params=["rfc", "locked"])
+@pytest.fixture(scope="module", params=["kai", "locked"])
 def session(request: pytest.FixtureRequest) -> Iterator[Session]:
     with Session(Scenario(request.param)) as s:
         yield s

@@ -578,6 +578,7 @@ LOOKAHEAD_MAKERS: list[Callable[[], BaseScheduler]] = [
     lambda: PCT(2, seed=4, max_executions=60),
     lambda: PCT(3, seed=4, max_executions=60),
     lambda: DFS(2, max_executions=60),
+    lambda: DPOR(max_executions=60),
     lambda: Portfolio(4, max_executions=60),
     lambda: Replay(Schedule("toy", 3, 1, 1, 1, 0, (0, 0, 1, 1, 1, 0, 2, 2, 0)), times=2),
 ]
@@ -593,11 +594,19 @@ def test_lookahead_promises_hold_and_change_nothing(make: Callable[[], BaseSched
     assert any(isinstance(r[2], int) and r[2] > 0 for r in asked if len(r) == 3)
 
 
-def test_strategies_that_read_pending_promise_nothing() -> None:
-    for s in (POS(1), DPOR()):
-        assert s.new_execution()
-        cpu = s.next_cpu([0, 1], None, {0: EVERYTHING, 1: EVERYTHING})
-        assert s.lookahead([0, 1], cpu, 10) == 0
+def test_pos_promises_nothing_and_dpor_only_its_prefix() -> None:
+    pos = POS(1)
+    assert pos.new_execution()
+    cpu = pos.next_cpu([0, 1], None, {0: EVERYTHING, 1: EVERYTHING})
+    assert pos.lookahead([0, 1], cpu, 10) == 0
+    dpor = DPOR()
+    programs: list[Program] = [steps_only(3), steps_only(3)]
+    assert dpor.new_execution()
+    run_once(dpor, programs)  # the first execution has no prefix: nothing promised
+    assert dpor.new_execution()
+    first = dpor.next_cpu([0, 1], None, {0: EVERYTHING, 1: EVERYTHING})
+    promised = dpor.lookahead([0, 1], first, 10)
+    assert 0 < promised < 10  # the prefix is shorter than the execution
 
 
 def test_splitmix_peek_takes_nothing() -> None:

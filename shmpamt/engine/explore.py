@@ -35,6 +35,7 @@ from shmpamt.execution import (
 from shmpamt.ipc import new_token
 from shmpamt.minimize import minimize
 from shmpamt.parking import (
+    ATOMIC_OPS,
     CMD_ABORT,
     CMD_EXIT,
     CMD_GO,
@@ -299,6 +300,7 @@ class Session:
             if not 1 <= ran <= budget + 1:
                 raise SchedulingError(f"cpu {c} took {ran} steps on a budget of {budget}")
             r = rings[c]
+            written: dict[int, int] = {}  # refcount slots c's steps so far changed: value now
             for j in range(ran):
                 if j:
                     # The decision for this step, made as it would have been (a hand-off
@@ -312,6 +314,15 @@ class Session:
                             w[r + R_OP], tgt, c, {tgt: w[r + R_BEFORE]},
                             w[r + R_OPND_A], w[r + R_OPND_B],
                         )  # fmt: skip
+                        # A parked conditional atomic is judged in the state it is
+                        # parked in, which c may have changed since the grant.
+                        for o in pending:
+                            ob = bases[o]
+                            if o != c and w[ob + W_TARGET] in written:
+                                pending[o] = in_state(
+                                    w[ob + W_OP], w[ob + W_TARGET], o, written,
+                                    w[ob + W_OPND_A], w[ob + W_OPND_B],
+                                )  # fmt: skip
                     try:
                         chosen = next_cpu(then, c, pending)
                     except SleepBlocked:
@@ -331,6 +342,8 @@ class Session:
                     w[r + R_AFTER],
                 )
                 records.append((c, opj, tgt, before, after, w[r + R_LO], w[r + R_HI]))
+                if opj in ATOMIC_OPS:
+                    written[tgt] = after
                 if wants_pending:
                     scheduler.executed(effect(opj, tgt, c, before, after))
                 steps.append(c)

@@ -301,10 +301,11 @@ class BaseScheduler:
 
         ``cpu`` is what ``next_cpu`` just returned. The answer must not change the
         strategy's state or what it will decide: the controller asks ``next_cpu``
-        for those steps afterwards, as it would have, and treats a different answer
-        as a broken promise. Strategies that read ``pending`` answer 0 (the default):
-        other CPUs' footprints can change under a CPU that runs on. When only
-        ``cpu`` can run, the controller does not ask: every strategy must pick it.
+        for those steps afterwards, with ``pending`` as it would have been, and
+        treats a different answer as a broken promise. A strategy whose choices
+        depend on ``pending`` promises only what holds whatever it will be (DPOR:
+        the steps of its recorded prefix). When only ``cpu`` can run, the
+        controller does not ask: every strategy must pick it.
         """
         return 0
 

@@ -275,6 +275,19 @@ class DPOR(BaseScheduler):
         self._stack.append(node)
         return choice
 
+    def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
+        # A replayed prefix is followed whatever the footprints are (a different state
+        # is Nondeterminism, raised when the step is asked); past it, sleep sets decide.
+        now = tuple(sorted(runnable))
+        i = len(self.steps)
+        k = 0
+        while k < limit and i + k < self._replay_len:
+            node = self._stack[i + k]
+            if node.choice != cpu or node.enabled != now or node.current != cpu:
+                break
+            k += 1
+        return k
+
     def executed(self, access: Access) -> None:
         # Races and sleep sets are judged on what happened: two CPUs whose
         # inc_not_zero both failed on 0 only read the slot, so their order does
