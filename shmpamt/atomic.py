@@ -280,7 +280,9 @@ class RefcountArray:
         raise self._bad(i)
 
     def snapshot(self) -> list[int]:
-        return [int(_read(p)) for p in self._slots]
+        """Every slot, read in one call (aligned 32-bit loads, each untorn, as ``read``);
+        like any multi-slot read it is a consistent whole only while nobody writes."""
+        return list(_ffi.unpack(self._base, self._n))
 
     # -- fetch-add family: one lock xadd -----------------------------------
 

@@ -249,7 +249,7 @@ def cpu_explore_main(
 
     def loop(board: CpuBoard, a: Attached) -> None:
         sb = SchedBoard.attach(sched)
-        hook = ExploreHook(sb, cpu, a.refcounts, names.runner, a.log.total)
+        hook = ExploreHook(sb, cpu, a.refcounts, names.runner, a.log.total, a.lock.is_held)
         k = Kernel(cpu, a.refcounts, a.lock, a.pool, a.port, hook=hook)
         while True:
             cmd, arg = hook.wait_command()

@@ -11,9 +11,11 @@ same CPU takes the next steps too (every other CPU is blocked, or it said so
 in advance), the CPU takes them without parking, writing one record per step
 into its ring, and the controller replays those decisions to the strategy
 afterwards. A hand-off costs two process switches, a step in the same process
-a few microseconds. A CPU still parks before ``spin_lock`` and after
-``spin_unlock`` whatever its budget: those are the steps that change which
-CPUs can run, which the budget was computed for.
+a few microseconds. The budget holds while the same CPUs can run: a CPU parks
+before ``spin_lock`` and after ``spin_unlock``, which can change that, unless
+the grant says no other CPU waits at ``spin_lock`` (then the lock changes
+only whether this CPU can take it: it parks before a ``spin_lock`` of a held
+lock, as it would be blocked there).
 
 Shared "sched board", per CPU: state, the parked step (op, target, operands),
 the command and budget of the next grant, the steps taken since, then the
@@ -53,6 +55,8 @@ OPS: Final[tuple[str, ...]] = (
 OP_INDEX: Final = {op: i for i, op in enumerate(OPS)}
 SPIN_LOCK: Final = OP_INDEX["spin_lock"]
 SPIN_UNLOCK: Final = OP_INDEX["spin_unlock"]
+_I32_MIN: Final = -(2**31)
+_I32_MAX: Final = 2**31 - 1
 #: ops on a refcount slot (their target is the slot)
 ATOMIC_OPS: Final = frozenset(i for i, op in enumerate(OPS) if op.startswith("atomic"))
 
@@ -67,7 +71,8 @@ W_ARG: Final = 6  # workload seed for CMD_START (low, high 32 bits)
 W_ARG_HI: Final = 7
 W_BUDGET: Final = 8  # controller -> CPU: steps it may take after the granted one, unparked
 W_RAN: Final = 9  # CPU -> controller: steps taken since the grant (their records: the ring)
-WORDS: Final = 10
+W_NO_WAITERS: Final = 10  # controller -> CPU: no other CPU waits at spin_lock (see before)
+WORDS: Final = 11
 
 # The step ring, per CPU: one record per step taken since the last grant.
 RING_SLOTS: Final = 64
@@ -193,6 +198,7 @@ class ExploreHook:
         refcounts: RefcountArray,
         controller: int,
         log_total: Callable[[], int],
+        lock_held: Callable[[], bool],
     ) -> None:
         # Grants come only from the controller, our parent: if it dies (SIGKILL), a
         # plain wait would park this CPU forever. acquire_watching gives up instead.
@@ -207,23 +213,27 @@ class ExploreHook:
         self._grant = board.grants[cpu]
         self._doorbell = board.doorbell
         self._log_total = log_total
+        self._lock_held = lock_held
         self._budget = 0  # steps left to take without parking
         self._ran = 0  # steps taken since the last grant
-        self._lock_changed = False  # the last step was spin_unlock
+        self._no_waiters = False  # lock steps change nobody else's runnability
+        self._unlocked = False  # the last step was spin_unlock
 
     def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
-        w, base = self._w, self._base
+        w = self._w
         opi = OP_INDEX[op]
         ran = self._ran
-        if self._budget > 0 and opi != SPIN_LOCK and not self._lock_changed:
+        if self._runs_on(opi):
             # Granted in advance: no hand-off. What the last step logged ends with it.
             self._budget -= 1
-            w[self._ring + (ran - 1) * REC + R_LOG] = self._log_total()
+            r = self._ring + ran * REC
+            w[r - REC + R_LOG] = self._log_total()
         else:
+            base = self._base
             w[base + W_OP] = opi
             w[base + W_TARGET] = target
-            w[base + W_OPND_A] = wrap32(a)
-            w[base + W_OPND_B] = wrap32(b)
+            w[base + W_OPND_A] = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
+            w[base + W_OPND_B] = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
             w[base + W_STATE] = PARKED
             self._doorbell.release()
             acquire_watching(self._grant, self._parent)
@@ -232,26 +242,41 @@ class ExploreHook:
                 self._budget = 0
                 raise Aborted(cmd)
             self._budget = w[base + W_BUDGET]
+            self._no_waiters = w[base + W_NO_WAITERS] != 0
             ran = 0
-        r = self._ring + ran * REC
+            r = self._ring
         w[r + R_OP] = opi
         w[r + R_TARGET] = target
-        w[r + R_OPND_A] = wrap32(a)
-        w[r + R_OPND_B] = wrap32(b)
+        w[r + R_OPND_A] = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
+        w[r + R_OPND_B] = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
         # Read now: only this CPU runs, so this is exactly the value the primitive
         # will see (at park time another CPU could still have changed it).
-        w[r + R_BEFORE] = self._rc.read(target) if op.startswith("atomic") else 0
-        self._ran = ran + 1
-        w[base + W_RAN] = ran + 1
-        self._lock_changed = opi == SPIN_UNLOCK
+        w[r + R_BEFORE] = self._rc.read(target) if opi in ATOMIC_OPS else 0
+        self._ran = ran = ran + 1
+        w[self._base + W_RAN] = ran
+        self._unlocked = opi == SPIN_UNLOCK
+
+    def _runs_on(self, opi: int) -> bool:
+        """Whether the step about to be taken is covered by the grant's budget."""
+        if self._budget <= 0:
+            return False
+        if self._no_waiters:
+            # The lock decides only whether this CPU can take it.
+            return opi != SPIN_LOCK or not self._lock_held()
+        # Taking or dropping the lock may change who can run.
+        return opi != SPIN_LOCK and not self._unlocked
 
     def after(self, op: str, target: int, result: int, value: int) -> None:
         w = self._w
         r = self._ring + (self._ran - 1) * REC
         w[r + R_AFTER] = value
         # SEAMCALL statuses are 64-bit: split across two words (stored as signed int32)
-        w[r + R_LO] = wrap32(result)
-        w[r + R_HI] = wrap32(result >> 32)
+        if 0 <= result <= _I32_MAX:
+            w[r + R_LO] = result
+            w[r + R_HI] = 0
+        else:
+            w[r + R_LO] = wrap32(result)
+            w[r + R_HI] = wrap32(result >> 32)
 
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""

@@ -60,6 +60,7 @@ from shmpamt.parking import (
     W_ARG_HI,
     W_BUDGET,
     W_CMD,
+    W_NO_WAITERS,
     W_OP,
     W_OPND_A,
     W_OPND_B,
@@ -190,7 +191,7 @@ class Session:
         s.refcounts.fill(s.config.initial_refcount)
         s.lock.reset()
         s.pool.reset()
-        s.module.reset()
+        s.module.reset(idle=True)  # every CPU is idle: no SEAMCALL is in flight
         s.log.reset()
         for c in range(self.cpus):
             self.board.set(c, W_STATE, IDLE)
@@ -283,11 +284,13 @@ class Session:
             budget = 0
             room = min(ring_room, max_steps - len(steps)) - 1
             then = runnable
-            if room > 0 and op != SPIN_UNLOCK:
-                if op == SPIN_LOCK:  # once c holds the lock, CPUs waiting for it cannot run
+            waiters = any(o != c and w[bases[o] + W_OP] == SPIN_LOCK for o in parked)
+            if room > 0 and (op != SPIN_UNLOCK or not waiters):
+                if op == SPIN_LOCK and waiters:  # once c holds the lock, they cannot run
                     then = [o for o in parked if o == c or w[bases[o] + W_OP] != SPIN_LOCK]
                 budget = room if len(then) == 1 else lookahead(then, c, room)
             w[base + W_BUDGET] = budget
+            w[base + W_NO_WAITERS] = not waiters
             w[base + W_CMD] = CMD_GO
             self.handoffs += 1
             grants[c].release()

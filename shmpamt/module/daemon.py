@@ -158,10 +158,9 @@ class _Server:
     def _claim(self, slot: int, seq: int, leaf: int) -> tuple[int, int, int, int, int] | None:
         """Take request ``seq`` right before acting on it; None = act, else what to answer."""
         ticket = self.mailbox.claim(slot, seq)
-        if ticket == withdrawn(seq):
-            return _WITHDRAWN
-        if ticket != posted(seq):
-            return _NOT_POSTED
+        mine = posted(seq)
+        if ticket != mine:
+            return _WITHDRAWN if ticket == withdrawn(seq) else _NOT_POSTED
         # Invariant: once a caller abandoned a call, no state-changing call executes
         # (its caller's protocol stopped midway; any later transition is a false alarm).
         if leaf in _STATE_CHANGING and self.mailbox.abandoned_by >= 0:
@@ -174,7 +173,7 @@ class _Server:
         """One call; returns what to answer, or _WITHDRAWN / _NOT_POSTED (answer nothing)."""
         state = self.state
         d = self.faults.decide(rng, leaf) if self.faults.leaves else NO_FAULT
-        flags = d.flags
+        flags = 0 if d is NO_FAULT else d.flags
         if d.busy:
             r = target_range(state, leaf, rcx)
             with self.locks[r] if r is not None else contextlib.nullcontext():
@@ -209,9 +208,10 @@ class _Server:
                     self.log.record(f.name, cpu=cpu, range_=f.range, leaf=leaf, a=f.a, b=f.b)
         # Counted once executed, so statistics never include withdrawn calls.
         state.count_call(leaf)
-        for bit, kind in INJECTED_KINDS.items():
-            if flags & bit and bit != INJECTED_BUSY:
-                state.count_injected(kind)
+        if flags:
+            for bit, kind in INJECTED_KINDS.items():
+                if flags & bit and bit != INJECTED_BUSY:
+                    state.count_injected(kind)
         if d.delay_after:
             time.sleep(d.delay_after)
         return out.status, out.rcx, out.rdx, out.r8, flags
@@ -386,8 +386,16 @@ class TdxModule:
             raise RuntimeError("the TDX module is not running")
         return self._control.call(leaf, rcx, rdx, r8)
 
-    def reset(self) -> None:
-        """SHMPAMT_RESET: every PAMT absent, nothing assigned (pool and log are the runner's)."""
+    def reset(self, idle: bool = False) -> None:
+        """SHMPAMT_RESET: every PAMT absent, nothing assigned (pool and log are the runner's).
+
+        ``idle``: the caller knows no SEAMCALL is in flight or can start (explore,
+        between executions), so it writes the shared state itself, as the daemon
+        would under every range lock, and saves a round trip per execution.
+        """
+        if idle:
+            self.state.reset()
+            return
         status = self.call(tdx.SHMPAMT_RESET)[0]
         if status != tdx.TDX_SUCCESS:
             raise ModuleFailure(f"module reset failed: {tdx.status_name(status)}")
