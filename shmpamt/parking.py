@@ -74,7 +74,8 @@ W_RAN: Final = 9  # CPU -> controller: steps taken since the grant (their record
 W_NO_WAITERS: Final = 10  # controller -> CPU: no other CPU waits at spin_lock (see before)
 WORDS: Final = 11
 
-# The step ring, per CPU: one record per step taken since the last grant.
+# The step ring, per CPU: one record per step taken since the last grant. The
+# controller unpacks a record as one slice: the fields are numbered in order.
 RING_SLOTS: Final = 64
 R_OP: Final = 0
 R_TARGET: Final = 1

@@ -617,3 +617,26 @@ def test_splitmix_peek_takes_nothing() -> None:
     assert r.next_u64() == stream[0]
     assert r.peek(0) == stream[1]
     assert [r.next_u64() for _ in range(7)] == stream[1:]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: RandomWalk(seed=6), lambda: PCT(3, seed=6), lambda: Portfolio(6), lambda: DFS(2)],
+    ids=["random", "pct", "portfolio", "dfs"],
+)
+def test_follow_is_n_decisions_at_once(make: Callable[[], BaseScheduler]) -> None:
+    for n in (1, 3, 12):
+        one, bulk = make(), make()
+        assert one.new_execution() and bulk.new_execution()
+        runnable = [0, 1, 2]
+        choices = [one.next_cpu(runnable, 1) for _ in range(n)]
+        leading = next((i for i, c in enumerate(choices) if c != 1), n)
+        assert bulk.follow(runnable, 1, n) == leading
+        made = leading + 1 if leading < n else n
+        # Invariant: follow keeps the books next_cpu keeps, and the next decisions agree.
+        assert bulk.steps == one.steps[:made]
+        assert bulk.total_steps == made and bulk.cpus_seen == one.cpus_seen
+        if made == n:
+            assert [bulk.next_cpu(runnable, 1) for _ in range(8)] == [
+                one.next_cpu(runnable, 1) for _ in range(8)
+            ]

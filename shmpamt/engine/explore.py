@@ -43,15 +43,7 @@ from shmpamt.parking import (
     IDLE,
     OPS,
     PARKED,
-    R_AFTER,
-    R_BEFORE,
-    R_HI,
-    R_LO,
     R_LOG,
-    R_OP,
-    R_OPND_A,
-    R_OPND_B,
-    R_TARGET,
     REC,
     RING_SLOTS,
     SPIN_LOCK,
@@ -226,8 +218,8 @@ class Session:
             self._grant(c, CMD_START, seed)
         steps: list[int] = []
         runnable_after: list[bool] = []
-        # compact per-step records; TraceEvents are built once, after the loop
-        records: list[tuple[int, int, int, int, int, int, int]] = []
+        # each grant's CPU and step records; TraceEvents are built only when read
+        runs: list[tuple[int, list[int]]] = []
         current: int | None = None
         seen = 0
         violations = []
@@ -235,11 +227,11 @@ class Session:
         outcome = COMPLETE
         in_state = self.footprints.pending
         rc = self._rc
-        effect = self.footprints.effect
         wants_pending = scheduler.uses_pending
         pending: dict[int, Access] | None = None
         next_cpu = scheduler.next_cpu
         lookahead = scheduler.lookahead
+        follow = scheduler.follow
         max_steps = self.max_steps
         ring_room = RING_SLOTS if self.batch else 1
         doorbell, grants = b.doorbell, b.grants
@@ -302,61 +294,40 @@ class Session:
             # Invariant: a CPU takes the granted step and at most `budget` more.
             if not 1 <= ran <= budget + 1:
                 raise SchedulingError(f"cpu {c} took {ran} steps on a budget of {budget}")
-            r = rings[c]
-            written: dict[int, int] = {}  # refcount slots c's steps so far changed: value now
-            for j in range(ran):
-                if j:
-                    # The decision for this step, made as it would have been (a hand-off
-                    # later); the CPU ran on, so it was runnable after the step before.
-                    runnable_after.append(True)
-                    if wants_pending:
-                        assert pending is not None
-                        pending = dict(pending)
-                        tgt = w[r + R_TARGET]
-                        pending[c] = in_state(
-                            w[r + R_OP], tgt, c, {tgt: w[r + R_BEFORE]},
-                            w[r + R_OPND_A], w[r + R_OPND_B],
-                        )  # fmt: skip
-                        # A parked conditional atomic is judged in the state it is
-                        # parked in, which c may have changed since the grant.
-                        for o in pending:
-                            ob = bases[o]
-                            if o != c and w[ob + W_TARGET] in written:
-                                pending[o] = in_state(
-                                    w[ob + W_OP], w[ob + W_TARGET], o, written,
-                                    w[ob + W_OPND_A], w[ob + W_OPND_B],
-                                )  # fmt: skip
-                    try:
-                        chosen = next_cpu(then, c, pending)
-                    except SleepBlocked:
-                        outcome = SLEEP_BLOCKED
-                        self.discarded += ran - j
-                        break
+            ring = w[rings[c] : rings[c] + ran * REC].tolist()  # the run's step records
+            first = len(steps)
+            if not wants_pending:
+                # The decisions for the steps c ran on, made at once as they would
+                # have been one hand-off each; c was runnable after all but the last.
+                if ran > 1:
+                    kept = follow(then, c, ran - 1)
                     # Invariant: a strategy's lookahead is a promise about its decisions.
-                    if chosen != c:
-                        raise SchedulingError(
-                            f"{scheduler.name} promised cpu {c} the step after step "
-                            f"{len(steps) - 1}, then chose cpu {chosen}"
-                        )
-                opj, tgt, before, after = (
-                    w[r + R_OP],
-                    w[r + R_TARGET],
-                    w[r + R_BEFORE],
-                    w[r + R_AFTER],
+                    if kept != ran - 1:
+                        raise _broken(scheduler, c, first + 1 + kept)
+                    runnable_after.extend([True] * (ran - 1))
+                steps.extend([c] * ran)
+                runs.append((c, ring))
+            else:
+                done = self._follow_pending(
+                    scheduler, then, c, ring, ran, pending, runnable_after, steps
                 )
-                records.append((c, opj, tgt, before, after, w[r + R_LO], w[r + R_HI]))
-                if opj in ATOMIC_OPS:
-                    written[tgt] = after
-                if wants_pending:
-                    scheduler.executed(effect(opj, tgt, c, before, after))
-                steps.append(c)
-                logged = w[r + R_LOG] if j < ran - 1 else log.total()
-                if logged != seen:
-                    new = log.records()[seen:logged]
-                    seen += len(new)
-                    violations.extend(new)
-                    vsteps.extend([len(steps) - 1] * len(new))
-                r += REC
+                pending = done.pending
+                runs.append((c, ring[: done.steps * REC]))
+                if done.stopped:
+                    # The CPU ran past where the search stops: that never happened.
+                    self.discarded += ran - done.steps
+                    outcome = SLEEP_BLOCKED
+                    ran = done.steps
+            # What each step logged: up to the next step's start, the last one's up to now.
+            total = log.total() if outcome != SLEEP_BLOCKED else ring[ran * REC - REC + R_LOG]
+            if total != seen:
+                for j in range(ran):
+                    logged = ring[j * REC + R_LOG] if j < ran - 1 else total
+                    if logged != seen:
+                        new = log.records()[seen:logged]
+                        seen += len(new)
+                        violations.extend(new)
+                        vsteps.extend([first + j] * len(new))
             if outcome == SLEEP_BLOCKED:
                 # The CPU ran past where the search stops: what it did there never happened.
                 seen = log.total()
@@ -373,7 +344,7 @@ class Session:
         vsteps.extend([len(steps)] * len(new))
         return Execution(
             steps,
-            LazyTrace(partial(_trace, records)),
+            LazyTrace(partial(_trace, runs)),
             violations,
             vsteps,
             outcome,
@@ -381,6 +352,51 @@ class Session:
             strategy=scheduler.finder,
             runnable_after=runnable_after,
         )
+
+    def _follow_pending(
+        self,
+        scheduler: BaseScheduler,
+        then: list[int],
+        c: int,
+        ring: list[int],
+        ran: int,
+        pending: dict[int, Access] | None,
+        runnable_after: list[bool],
+        steps: list[int],
+    ) -> _Followed:
+        """The decisions for a run, one at a time with ``pending`` as each would have
+        seen it, and what each step did; stops where the strategy abandons."""
+        w, in_state, effect = self.board.w, self.footprints.pending, self.footprints.effect
+        written: dict[int, int] = {}  # refcount slots c's steps so far changed: value now
+        for j in range(ran):
+            opj, tgt, opnd_a, opnd_b, before, after, _, _, _ = ring[j * REC : j * REC + REC]
+            if j:
+                # c ran on, so it was runnable after the step before.
+                runnable_after.append(True)
+                assert pending is not None
+                pending = dict(pending)
+                pending[c] = in_state(opj, tgt, c, {tgt: before}, opnd_a, opnd_b)
+                # A parked conditional atomic is judged in the state it is parked
+                # in, which c may have changed since the grant.
+                for o in pending:
+                    ob = o * WORDS
+                    if o != c and w[ob + W_TARGET] in written:
+                        pending[o] = in_state(
+                            w[ob + W_OP], w[ob + W_TARGET], o, written,
+                            w[ob + W_OPND_A], w[ob + W_OPND_B],
+                        )  # fmt: skip
+                try:
+                    chosen = scheduler.next_cpu(then, c, pending)
+                except SleepBlocked:
+                    return _Followed(j, pending, stopped=True)
+                # Invariant: a strategy's lookahead is a promise about its decisions.
+                if chosen != c:
+                    raise _broken(scheduler, c, len(steps))
+            if opj in ATOMIC_OPS:
+                written[tgt] = after
+            scheduler.executed(effect(opj, tgt, c, before, after))
+            steps.append(c)
+        return _Followed(ran, pending, stopped=False)
 
     def replay(self, schedule: Schedule) -> Execution:
         sched = Replay(schedule, times=1)
@@ -413,19 +429,36 @@ class Session:
         self.close()
 
 
-def _trace(records: list[tuple[int, int, int, int, int, int, int]]) -> list[TraceEvent]:
-    """The board words each step left behind, as trace events."""
-    trace = []
-    for i, (c, opi, target, before, after, lo, hi) in enumerate(records):
-        op = OPS[opi]
-        result = (lo & 0xFFFFFFFF) | ((hi & 0xFFFFFFFF) << 32)
-        if op.startswith("atomic"):
-            if result >= 1 << 63:
-                result -= 1 << 64
-            trace.append(TraceEvent(i, c, op, target, before, after, result))
-        else:
-            trace.append(TraceEvent(i, c, op, target, None, None, result))
+def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
+    """The records each step left in its CPU's ring, as trace events."""
+    trace: list[TraceEvent] = []
+    for c, ring in runs:
+        for r in range(0, len(ring), REC):
+            opi, target, _, _, before, after, lo, hi, _ = ring[r : r + REC]
+            op = OPS[opi]
+            result = (lo & 0xFFFFFFFF) | ((hi & 0xFFFFFFFF) << 32)
+            if opi in ATOMIC_OPS:
+                if result >= 1 << 63:
+                    result -= 1 << 64
+                trace.append(TraceEvent(len(trace), c, op, target, before, after, result))
+            else:
+                trace.append(TraceEvent(len(trace), c, op, target, None, None, result))
     return trace
+
+
+def _broken(scheduler: BaseScheduler, cpu: int, step: int) -> SchedulingError:
+    return SchedulingError(
+        f"{scheduler.name} promised cpu {cpu} step {step}, then chose cpu {scheduler.steps[-1]}"
+    )
+
+
+@dataclass
+class _Followed:
+    """How replaying a run's decisions to a strategy that reads ``pending`` ended."""
+
+    steps: int  # steps kept (the granted one and those the strategy confirmed)
+    pending: dict[int, Access] | None  # as at the last decision
+    stopped: bool  # the strategy abandoned the execution (SleepBlocked) there
 
 
 # --- searching ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ not have it may leave it out.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, runtime_checkable
@@ -147,6 +148,12 @@ class Scheduler(Protocol):
         ...
 
 
+@functools.cache
+def _limit(n: int) -> int:
+    """Numbers below this are taken by ``below(n)``: a whole number of n-sized blocks."""
+    return (1 << 64) - (1 << 64) % n
+
+
 class SplitMix64:
     """A tiny portable PRNG, so a seed means the same numbers on every Python version."""
 
@@ -168,7 +175,7 @@ class SplitMix64:
     @staticmethod
     def accepts(x: int, n: int) -> bool:
         """Whether ``below(n)`` takes the number ``x`` (else it draws again)."""
-        return x < (1 << 64) - (1 << 64) % n
+        return x < _limit(n)
 
     def _draw(self) -> int:
         self._state = (self._state + _GOLDEN) & _MASK64
@@ -181,9 +188,10 @@ class SplitMix64:
         """Uniform in [0, n) without modulo bias."""
         if n <= 0:
             raise ValueError("below() needs n >= 1")
+        limit = _limit(n)
         while True:
             x = self.next_u64()
-            if self.accepts(x, n):
+            if x < limit:
                 return x % n
 
     def sample(self, population: Sequence[int], k: int) -> list[int]:
@@ -279,11 +287,16 @@ class BaseScheduler:
         if not runnable:
             raise SchedulingError("next_cpu called with no runnable CPU")
         # Invariant: every runnable CPU is parked, so it has a pending access.
-        if pending is not None and any(c not in pending for c in runnable):
-            raise SchedulingError(
-                f"pending accesses {sorted(pending)} do not cover runnable {sorted(runnable)}"
-            )
-        self.cpus_seen = max(self.cpus_seen, len(runnable), max(runnable) + 1)
+        if pending is not None:
+            for c in runnable:
+                if c not in pending:
+                    raise SchedulingError(
+                        f"pending accesses {sorted(pending)} do not cover runnable "
+                        f"{sorted(runnable)}"
+                    )
+        top = max(runnable) + 1  # CPU ids are distinct, so at least len(runnable)
+        if top > self.cpus_seen:
+            self.cpus_seen = top
         cpu = self._decide(runnable, current, pending)
         # Invariant: a strategy only ever grants a step to a runnable CPU.
         if cpu not in runnable:
@@ -294,6 +307,17 @@ class BaseScheduler:
 
     def executed(self, access: Access) -> None:
         """Only DPOR refines its analysis with what a step did."""
+
+    def follow(self, runnable: Sequence[int], cpu: int, n: int) -> int:
+        """The next ``n`` decisions at once, each asked with ``runnable`` and ``cpu`` as
+        the current CPU and no ``pending`` (for strategies that do not read it): the
+        steps a CPU took on a promise. Returns how many chose ``cpu`` before the
+        first that did not (which breaks the promise, and ends it).
+        """
+        for i in range(n):
+            if self.next_cpu(runnable, cpu) != cpu:
+                return i
+        return n
 
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         """How many of the next decisions (at most ``limit``) will pick ``cpu`` again,

@@ -33,6 +33,8 @@ class Portfolio(BaseScheduler):
     """Round-robin over ``members``; stops early only when the DPOR member is exhausted."""
 
     name = "portfolio"
+    #: whether the member running the current execution reads ``pending`` (set by
+    #: ``new_execution``: a sampler's executions need no footprints)
     uses_pending = True
 
     def __init__(
@@ -99,6 +101,7 @@ class Portfolio(BaseScheduler):
             if member.new_execution():
                 self._turn += 1
                 self._member, self.current_member = member, name
+                self.uses_pending = member.uses_pending
                 self.runs[name] += 1
                 return True
             if isinstance(member, DPOR) and member.exhausted:
@@ -121,6 +124,16 @@ class Portfolio(BaseScheduler):
 
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         return self._member.lookahead(runnable, cpu, limit) if self._member is not None else 0
+
+    def follow(self, runnable: Sequence[int], cpu: int, n: int) -> int:
+        assert self._member is not None, "follow before new_execution"
+        kept = self._member.follow(runnable, cpu, n)
+        # The portfolio's own record of the decisions, as next_cpu keeps it.
+        made = self._member.steps[len(self._member.steps) - min(kept + 1, n) :]
+        self.steps.extend(made)
+        self.total_steps += len(made)
+        self.cpus_seen = max(self.cpus_seen, max(runnable) + 1)
+        return kept
 
     def executed(self, access: Access) -> None:
         if self._member is not None:

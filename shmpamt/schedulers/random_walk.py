@@ -36,6 +36,21 @@ class RandomWalk(SeededSampler):
             k += 1
         return k
 
+    def follow(self, runnable: Sequence[int], cpu: int, n: int) -> int:
+        # next_cpu's bookkeeping once for the run; one draw per decision, as always.
+        ordered = sorted(runnable)
+        below, k = self._rng.below, len(ordered)
+        self.cpus_seen = max(self.cpus_seen, ordered[-1] + 1)
+        for i in range(n):
+            chosen = ordered[below(k)]
+            if chosen != cpu:
+                self.steps.extend([cpu] * i + [chosen])
+                self.total_steps += i + 1
+                return i
+        self.steps.extend([cpu] * n)
+        self.total_steps += n
+        return n
+
     def coverage(self) -> str:
         steps = max(self.max_steps, len(self.steps))
         return (
