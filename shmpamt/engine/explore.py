@@ -1,10 +1,13 @@
-"""The explore controller: persistent CPU processes, one granted step at a time.
+"""The explore controller: persistent CPU processes, one CPU running at a time.
 
 Spawning processes costs far more than an execution, so a :class:`Session`
 keeps its CPUs alive and only resets shared state between executions;
 ``explore``, ``replay`` and minimisation are all loops of
 :meth:`Session.execute`. A CPU whose next step is ``spin_lock`` while
-pamt_lock is held is parked but not runnable.
+pamt_lock is held is parked but not runnable. A grant covers one step, or
+more when the strategy is bound to choose the same CPU again (budgets, see
+:mod:`shmpamt.parking`): the strategy is then asked for those decisions
+after the CPU took the steps, exactly as it would have been one at a time.
 """
 
 from __future__ import annotations
@@ -314,7 +317,6 @@ class Session:
                 pending = done.pending
                 runs.append((c, ring[: done.steps * REC]))
                 if done.stopped:
-                    # The CPU ran past where the search stops: that never happened.
                     self.discarded += ran - done.steps
                     outcome = SLEEP_BLOCKED
                     ran = done.steps
