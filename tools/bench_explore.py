@@ -4,8 +4,8 @@ baselines measured in the same run.
 
 1. floor: a bare semaphore ping-pong between two processes pinned on one core
    (a scheduled step costs at least one hand-off each way);
-2. throughput on `locked` (default scenario, random walk): the explorer as
-   the speed issue found it (unpinned, one hand-off per step), one unpinned
+2. throughput on `locked` (default scenario, random walk): one unpinned
+   explorer with a hand-off per step (budgeted grants off, as before), one unpinned
    explorer (`--jobs 1 --no-pin`), one pinned explorer, and `--jobs 2`:
    executions/s, steps/s, microseconds per step and its ratio to the floor;
 3. exhaustion: DPOR against unbounded DFS (same time cap) on `locked` and `v6`
@@ -78,8 +78,8 @@ def floor_us(rounds: int = 20_000) -> float:
 
 
 def stepwise_throughput(seconds: float) -> tuple[float, float]:
-    """(executions/s, steps/s) of the explorer as the speed issue measured it: unpinned,
-    one hand-off per step (budgeted grants off), random walk on locked."""
+    """(executions/s, steps/s) of an unpinned explorer that hands off every step
+    (budgeted grants off, as before they existed), random walk on locked."""
     with Session(Scenario("locked"), None, batch=False) as s:
         sched = RandomWalk(seed=1)
         t0 = time.monotonic()
