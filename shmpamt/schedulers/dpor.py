@@ -164,6 +164,10 @@ class DPOR(BaseScheduler):
         self.shard = (index, count)
         self._stack: list[_Node] = []
         self._replay_len = 0
+        #: the happens-before relation of the executions analysed so far, and how many
+        #: of its first events (and the states before them) the current one shares
+        self._trace = Trace()
+        self._same_as_analysed = 0
         self._final: _Final | None = None
         self._blocked_now = False
         self._skipped_now = False
@@ -210,6 +214,8 @@ class DPOR(BaseScheduler):
         before = self._stack[-2].preemptions if len(self._stack) > 1 else 0
         node.preemptions = before + _is_preemption(node.enabled, node.current, node.choice)
         self._replay_len = len(self._stack)
+        # Steps before the changed choice are the last execution's (a replay).
+        self._same_as_analysed = min(self._same_as_analysed, len(self._stack) - 1)
         self._reset_execution()
         return True
 
@@ -347,10 +353,18 @@ class DPOR(BaseScheduler):
         else:
             self.complete_executions += 1
             self.deadlocks += self.last_outcome == "deadlock"
-        trace = Trace([(s.choice, s.step()) for s in self._stack])
-        for j in range(n):
+        # Races among the events the last analysed execution shared with this one were
+        # handled then, and handling a race again changes nothing (see _want): only
+        # the events from the first changed one on are analysed.
+        same = self._same_as_analysed
+        trace = self._trace
+        trace.truncate(same)
+        for s in self._stack[same:]:
+            trace.add(s.choice, s.step())
+        self._same_as_analysed = n
+        for j in range(same, n):
             self._reverse_races(trace, trace.cpus[j], trace.accesses[j], j)
-        for k in range(1, n + 1):
+        for k in range(same + 1, n + 1):
             state: _Node | _Final = self._stack[k] if k < n else final
             enabled = state.enabled
             for q, access in sorted(state.pending.items()):
@@ -398,8 +412,9 @@ class DPOR(BaseScheduler):
             if earlier.split:
                 return
             free = earlier.current is None or earlier.current not in earlier.enabled
-            if free and cpu in earlier.enabled and cpu not in earlier.backtrack:
-                if self._affordable(j, cpu):
+            if free and cpu in earlier.enabled:
+                # The latest such state, once: asking again must change nothing.
+                if cpu not in earlier.backtrack and self._affordable(j, cpu):
                     earlier.backtrack.add(cpu)
                 return
 

@@ -24,22 +24,39 @@ from shmpamt.schedulers.base import Access
 class Trace:
     """The happens-before relation of one execution; races of real or hypothetical events."""
 
-    def __init__(self, events: Sequence[tuple[int, Access]]) -> None:
-        self.cpus = [c for c, _ in events]
-        self.accesses = [a for _, a in events]
+    def __init__(self, events: Sequence[tuple[int, Access]] = ()) -> None:
+        self.cpus: list[int] = []
+        self.accesses: list[Access] = []
         self._by_cpu: dict[int, list[int]] = {}
         self._written: dict[int, list[int]] = {}
         self._read: dict[int, list[int]] = {}
         #: hb[j]: mask of the events that happen before event j
         self.hb: list[int] = []
-        for j, (cpu, access) in enumerate(events):
-            direct = self.direct(cpu, access, j)
-            self.hb.append(self._closure(direct))
-            self._by_cpu.setdefault(cpu, []).append(j)
-            for o in access.writes:
-                self._written.setdefault(o, []).append(j)
-            for o in access.reads:
-                self._read.setdefault(o, []).append(j)
+        for cpu, access in events:
+            self.add(cpu, access)
+
+    def add(self, cpu: int, access: Access) -> None:
+        """Append an event (it depends only on the events before it)."""
+        j = len(self.cpus)
+        self.hb.append(self._closure(self.direct(cpu, access, j)))
+        self.cpus.append(cpu)
+        self.accesses.append(access)
+        self._by_cpu.setdefault(cpu, []).append(j)
+        for o in access.writes:
+            self._written.setdefault(o, []).append(j)
+        for o in access.reads:
+            self._read.setdefault(o, []).append(j)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` events: a stateless search's next execution shares them."""
+        if n >= len(self.cpus):
+            return
+        del self.cpus[n:], self.accesses[n:], self.hb[n:]
+        for index in (self._by_cpu, self._written, self._read):
+            for key, events in list(index.items()):
+                del events[bisect_left(events, n) :]
+                if not events:
+                    del index[key]
 
     def __len__(self) -> int:
         return len(self.cpus)
