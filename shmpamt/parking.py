@@ -71,7 +71,7 @@ W_ARG: Final = 6  # workload seed for CMD_START (low, high 32 bits)
 W_ARG_HI: Final = 7
 W_BUDGET: Final = 8  # controller -> CPU: steps it may take after the granted one, unparked
 W_RAN: Final = 9  # CPU -> controller: steps taken since the grant (their records: the ring)
-W_NO_WAITERS: Final = 10  # controller -> CPU: no other CPU waits at spin_lock (see before)
+W_NO_WAITERS: Final = 10  # controller -> CPU: no other CPU waits at spin_lock (see _runs_on)
 WORDS: Final = 11
 
 # The step ring, per CPU: one record per step taken since the last grant. The
