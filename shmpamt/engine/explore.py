@@ -23,7 +23,7 @@ import posix_ipc
 
 from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
 from shmpamt.cpu import cpu_explore_main
-from shmpamt.engine.footprint import Footprints
+from shmpamt.engine.footprint import CONDITIONAL, Footprints
 from shmpamt.engine.processes import Fleet
 from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError, UsageError
 from shmpamt.execution import (
@@ -370,6 +370,13 @@ class Session:
         seen it, and what each step did; stops where the strategy abandons."""
         w, in_state, effect = self.board.w, self.footprints.pending, self.footprints.effect
         written: dict[int, int] = {}  # refcount slots c's steps so far changed: value now
+        # Other CPUs parked at a conditional atomic: c's writes can change their footprint.
+        judged = [
+            (o, w[o * WORDS + W_OP], w[o * WORDS + W_TARGET], w[o * WORDS + W_OPND_A],
+             w[o * WORDS + W_OPND_B])
+            for o in (pending or ())
+            if o != c and w[o * WORDS + W_OP] in CONDITIONAL
+        ]  # fmt: skip
         for j in range(ran):
             opj, tgt, opnd_a, opnd_b, before, after, _, _, _ = ring[j * REC : j * REC + REC]
             if j:
@@ -380,13 +387,9 @@ class Session:
                 pending[c] = in_state(opj, tgt, c, {tgt: before}, opnd_a, opnd_b)
                 # A parked conditional atomic is judged in the state it is parked
                 # in, which c may have changed since the grant.
-                for o in pending:
-                    ob = o * WORDS
-                    if o != c and w[ob + W_TARGET] in written:
-                        pending[o] = in_state(
-                            w[ob + W_OP], w[ob + W_TARGET], o, written,
-                            w[ob + W_OPND_A], w[ob + W_OPND_B],
-                        )  # fmt: skip
+                for o, op_o, target_o, a_o, b_o in judged:
+                    if target_o in written:
+                        pending[o] = in_state(op_o, target_o, o, written, a_o, b_o)
                 try:
                     chosen = scheduler.next_cpu(then, c, pending)
                 except SleepBlocked:

@@ -97,6 +97,7 @@ class Footprints:
         self._cpus = cpus
         self._pool = tuple(_POOL + c for c in range(cpus))
         self._cache: dict[tuple[int, int, int], Access] = {}
+        self._reads: dict[int, Access] = {}
 
     def of(self, op: int, target: int, cpu: int) -> Access:
         key = (op, target, cpu)
@@ -124,15 +125,23 @@ class Footprints:
         only a write of the slot can change whether the atomic would write, and a
         write conflicts with the read footprint, which wakes the sleeper."""
         if op in CONDITIONAL and not _would_write(OPS[op], slots[target], a, b):
-            return Access.of(reads=(_RC + target,))
+            return self._read(target)
         return self.of(op, target, cpu)
 
     def effect(self, op: int, target: int, cpu: int, before: int, after: int) -> Access:
         """What a step that ran did: its footprint, or a read if a conditional atomic
         left its slot as it was (a write of the same value commutes like a read)."""
         if op in CONDITIONAL and before == after:
-            return Access.of(reads=(_RC + target,))
+            return self._read(target)
         return self.of(op, target, cpu)
+
+    def _read(self, target: int) -> Access:
+        """A read of refcount slot ``target``: one object per slot, so that footprints
+        compare by identity (DPOR checks every replayed step's against its record)."""
+        a = self._reads.get(target)
+        if a is None:
+            a = self._reads[target] = Access.of(reads=(_RC + target,))
+        return a
 
     def _compute(self, op: str, target: int, cpu: int) -> Access:
         if op == "atomic_read":
