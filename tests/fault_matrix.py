@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from shmpamt.ipc import IpcError, parse_name, pid_alive
 from shmpamt.seamcall import Mailbox
@@ -71,6 +71,7 @@ class Outcome:
     trial: Trial
     rc: int | None = None
     hit: bool = False  # the fault was injected into a live target
+    victim: int = 0  # the pid the fault hit
     problems: list[str] = field(default_factory=list)
     false_alarms: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
@@ -166,7 +167,8 @@ def _wait_running(proc: subprocess.Popen[str], deadline: float) -> int:
     return 0
 
 
-def _inject(t: Trial, proc: subprocess.Popen[str], daemon: int, rng: random.Random) -> bool:
+def _inject(t: Trial, proc: subprocess.Popen[str], daemon: int, rng: random.Random) -> int:
+    """Hit the trial's target; returns its pid, 0 if there was none alive to hit."""
     runner = proc.pid
     target = {
         "kill_runner": runner,
@@ -190,18 +192,18 @@ def _inject(t: Trial, proc: subprocess.Popen[str], daemon: int, rng: random.Rand
         "sigterm_runner": signal.SIGTERM,
     }[t.kind]
     if not pid_alive(target):
-        return False
+        return 0
     try:
         os.kill(target, sig)
     except ProcessLookupError:
-        return False
+        return 0
     if sig == signal.SIGSTOP:
         end = time.monotonic() + t.stop_for
         while time.monotonic() < end and proc.poll() is None:
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGCONT)
-    return True
+    return target
 
 
 def run_trial(t: Trial) -> Outcome:
@@ -234,7 +236,8 @@ def _run_trial(t: Trial, out_f: IO[str], err_f: IO[str]) -> Outcome:
             time.sleep(0.05)
         seen |= descendants(proc.pid)
         if daemon and proc.poll() is None:
-            out.hit = _inject(t, proc, daemon, rng)
+            out.victim = _inject(t, proc, daemon, rng)
+            out.hit = out.victim != 0
         limit = t.length + t.stop_for + 60.0
         try:
             proc.wait(timeout=limit)
@@ -286,27 +289,38 @@ def _judge(out: Outcome, stdout: str, stderr: str, json_path: str) -> None:
         # The run ended before the fault's moment (e.g. a search that finished): its own
         # verdict's exit status is the right one.
         allowed |= {1} if buggy else {0}
-    if rc not in allowed:
-        tail = (stderr.strip().splitlines() or [""])[-1]
-        out.problems.append(f"exit {rc}, expected one of {sorted(allowed)} ({tail[:200]})")
     if "Traceback" in stdout + stderr:
         last = (stderr.strip() or stdout.strip()).splitlines()[-1:]
         out.problems.append(f"a traceback was printed ({' '.join(last)[:200]})")
-    if rc == -signal.SIGKILL:
-        return  # no report from a SIGKILLed runner
-    try:
-        with open(json_path) as f:
-            report = json.load(f)
-    except (OSError, ValueError) as e:
-        if rc in (0, 1, 2, 130, 143):
-            out.problems.append(f"no valid JSON report: {e}")
-        return
+    report: dict[str, Any] = {}
+    if rc != -signal.SIGKILL:  # a SIGKILLed runner writes no report
+        try:
+            with open(json_path) as f:
+                report = json.load(f)
+        except (OSError, ValueError) as e:
+            if rc in (0, 1, 2, 130, 143):
+                out.problems.append(f"no valid JSON report: {e}")
     for v in report.get("variants", []):
-        found = sorted(v.get("violations", {}))
+        kinds = v.get("violations", {})
+        found = sorted(kinds)
         out.violations.extend(found)
+        # A CPU SIGKILLed while it held pamt_lock is reported as lock_leaked naming it
+        # (the dead holder's pid) next to the incident: the documented account of that
+        # fault (tests/test_stress.py), not a verdict on the variant, whose run then
+        # ends "violations found".
+        killed_holder = (
+            t.kind == "kill_cpu"
+            and kinds.get("lock_leaked", {}).get("example", {}).get("a") == out.victim
+        )
+        if killed_holder:
+            allowed.add(1)
+        blamed = [k for k in found if not (k == "lock_leaked" and killed_holder)]
         # Invariant: a correct variant is never reported for a violation, whatever the fault.
-        if v.get("variant") in CORRECT and found:
-            out.false_alarms.extend(found)
+        if v.get("variant") in CORRECT and blamed:
+            out.false_alarms.extend(blamed)
+    if rc not in allowed:
+        tail = (stderr.strip().splitlines() or [""])[-1]
+        out.problems.append(f"exit {rc}, expected one of {sorted(allowed)} ({tail[:200]})")
     if buggy and rc == 0 and t.mode == "explore" and not out.hit:
         out.problems.append("a buggy variant ran unhindered and was not caught")
 
