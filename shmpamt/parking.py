@@ -224,6 +224,8 @@ class ExploreHook:
         w = self._w
         opi = OP_INDEX[op]
         ran = self._ran
+        a = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
+        b = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
         if self._runs_on(opi):
             # Granted in advance: no hand-off. What the last step logged ends with it.
             self._budget -= 1
@@ -233,8 +235,8 @@ class ExploreHook:
             base = self._base
             w[base + W_OP] = opi
             w[base + W_TARGET] = target
-            w[base + W_OPND_A] = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
-            w[base + W_OPND_B] = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
+            w[base + W_OPND_A] = a
+            w[base + W_OPND_B] = b
             w[base + W_STATE] = PARKED
             self._doorbell.release()
             acquire_watching(self._grant, self._parent)
@@ -248,8 +250,8 @@ class ExploreHook:
             r = self._ring
         w[r + R_OP] = opi
         w[r + R_TARGET] = target
-        w[r + R_OPND_A] = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
-        w[r + R_OPND_B] = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
+        w[r + R_OPND_A] = a
+        w[r + R_OPND_B] = b
         # Read now: only this CPU runs, so this is exactly the value the primitive
         # will see (at park time another CPU could still have changed it).
         w[r + R_BEFORE] = self._rc.read(target) if opi in ATOMIC_OPS else 0

@@ -368,13 +368,14 @@ class Session:
     ) -> _Followed:
         """The decisions for a run, one at a time with ``pending`` as each would have
         seen it, and what each step did; stops where the strategy abandons."""
+        assert pending is not None, "a strategy that reads pending was given none"
         w, in_state, effect = self.board.w, self.footprints.pending, self.footprints.effect
         written: dict[int, int] = {}  # refcount slots c's steps so far changed: value now
         # Other CPUs parked at a conditional atomic: c's writes can change their footprint.
         judged = [
             (o, w[o * WORDS + W_OP], w[o * WORDS + W_TARGET], w[o * WORDS + W_OPND_A],
              w[o * WORDS + W_OPND_B])
-            for o in (pending or ())
+            for o in pending
             if o != c and w[o * WORDS + W_OP] in CONDITIONAL
         ]  # fmt: skip
         for j in range(ran):
@@ -382,7 +383,6 @@ class Session:
             if j:
                 # c ran on, so it was runnable after the step before.
                 runnable_after.append(True)
-                assert pending is not None
                 pending = dict(pending)
                 pending[c] = in_state(opj, tgt, c, {tgt: before}, opnd_a, opnd_b)
                 # A parked conditional atomic is judged in the state it is parked

@@ -117,8 +117,7 @@ class Footprints:
     ) -> Access:
         """The footprint of a parked step in the state it is parked in: a conditional
         atomic that would leave its slot as it is (``slots``: the refcounts now, or just
-        the target's; ``a``,
-        ``b``: the operands of add_unless and cmpxchg) only reads it.
+        the target's; ``a``, ``b``: the operands of add_unless and cmpxchg) only reads it.
 
         Sound for DPOR's sleep sets and blocked-CPU races, which use a parked step's
         footprint only at this state and, for a sleeper, until a dependent step runs:
@@ -145,7 +144,7 @@ class Footprints:
 
     def _compute(self, op: str, target: int, cpu: int) -> Access:
         if op == "atomic_read":
-            return Access.of(reads=(_RC + target,))
+            return self._read(target)
         if op.startswith("atomic"):
             return Access.of(writes=(_RC + target,))
         if op in ("spin_lock", "spin_unlock"):

@@ -319,6 +319,12 @@ class BaseScheduler:
                 return i
         return n
 
+    def _book(self, runnable: Sequence[int], made: Sequence[int]) -> None:
+        """Keep ``next_cpu``'s books for decisions ``made`` at once with ``runnable``."""
+        self.cpus_seen = max(self.cpus_seen, max(runnable) + 1)
+        self.steps.extend(made)
+        self.total_steps += len(made)
+
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         """How many of the next decisions (at most ``limit``) will pick ``cpu`` again,
         if each is asked with the same ``runnable`` and ``cpu`` as the current one.

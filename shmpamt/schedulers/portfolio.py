@@ -129,10 +129,7 @@ class Portfolio(BaseScheduler):
         assert self._member is not None, "follow before new_execution"
         kept = self._member.follow(runnable, cpu, n)
         # The portfolio's own record of the decisions, as next_cpu keeps it.
-        made = self._member.steps[len(self._member.steps) - min(kept + 1, n) :]
-        self.steps.extend(made)
-        self.total_steps += len(made)
-        self.cpus_seen = max(self.cpus_seen, max(runnable) + 1)
+        self._book(runnable, self._member.steps[len(self._member.steps) - min(kept + 1, n) :])
         return kept
 
     def executed(self, access: Access) -> None:

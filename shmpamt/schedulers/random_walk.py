@@ -40,15 +40,12 @@ class RandomWalk(SeededSampler):
         # next_cpu's bookkeeping once for the run; one draw per decision, as always.
         ordered = sorted(runnable)
         below, k = self._rng.below, len(ordered)
-        self.cpus_seen = max(self.cpus_seen, ordered[-1] + 1)
         for i in range(n):
             chosen = ordered[below(k)]
             if chosen != cpu:
-                self.steps.extend([cpu] * i + [chosen])
-                self.total_steps += i + 1
+                self._book(ordered, [cpu] * i + [chosen])
                 return i
-        self.steps.extend([cpu] * n)
-        self.total_steps += n
+        self._book(ordered, [cpu] * n)
         return n
 
     def coverage(self) -> str:
