@@ -11,11 +11,19 @@ same CPU takes the next steps too (every other CPU is blocked, or it said so
 in advance), the CPU takes them without parking, writing one record per step
 into its ring, and the controller replays those decisions to the strategy
 afterwards. A hand-off costs two process switches, a step in the same process
-a few microseconds. The budget holds while the same CPUs can run: a CPU parks
-before ``spin_lock`` and after ``spin_unlock``, which can change that, unless
-the grant says no other CPU waits at ``spin_lock`` (then the lock changes
-only whether this CPU can take it: it parks before a ``spin_lock`` of a held
-lock, as it would be blocked there).
+a few microseconds.
+
+A grant may also start a *plan*: the strategy's next decisions for several
+CPUs in turn (a random walk has drawn its numbers already). Each CPU of the
+plan runs its segment, parks, and grants the next segment's CPU itself, so
+the controller wakes once per plan instead of once per segment.
+
+Both are promises made for the CPUs that can run at the grant, so they hold
+only while exactly those can: a CPU stops short (parks, and rings the
+controller) before a step that changes that. Only the lock does: taking it
+while another CPU waits at ``spin_lock`` (or when it is held: this CPU is
+blocked), dropping it while one waits, and parking at ``spin_lock`` of a
+held lock. A CPU that finishes rings the controller too.
 
 Shared "sched board", per CPU: state, the parked step (op, target, operands),
 the command and budget of the next grant, the steps taken since, then the
@@ -71,8 +79,14 @@ W_ARG: Final = 6  # workload seed for CMD_START (low, high 32 bits)
 W_ARG_HI: Final = 7
 W_BUDGET: Final = 8  # controller -> CPU: steps it may take after the granted one, unparked
 W_RAN: Final = 9  # CPU -> controller: steps taken since the grant (their records: the ring)
-W_NO_WAITERS: Final = 10  # controller -> CPU: no other CPU waits at spin_lock (see _runs_on)
-WORDS: Final = 11
+WORDS: Final = 10
+
+# The plan, one per board after the rings: which segment runs now (-1: no plan),
+# how many there are, then per segment its CPU, budget and first ring slot.
+P_POS: Final = 0
+P_LEN: Final = 1
+P_SEGMENTS: Final = 2
+SEG: Final = 3
 
 # The step ring, per CPU: one record per step taken since the last grant. The
 # controller unpacks a record as one slice: the fields are numbered in order.
@@ -94,6 +108,11 @@ IDLE, PARKED, DONE, FAILED = 0, 1, 2, 3
 CMD_NONE, CMD_START, CMD_GO, CMD_ABORT, CMD_EXIT = 0, 1, 2, 3, 4
 KIND_SCHED: Final = 0x53434844
 _PER_CPU: Final = WORDS + RING_SLOTS * REC
+_PLAN_WORDS: Final = P_SEGMENTS + RING_SLOTS * SEG  # a segment takes at least one step
+
+
+def _board_words(cpus: int) -> int:
+    return cpus * _PER_CPU + _PLAN_WORDS
 
 
 class Aborted(BaseException):
@@ -128,14 +147,14 @@ class SchedBoard:
         # hands through a semaphore post/wait pair (a full barrier), so nothing here
         # needs an atomic read-modify-write, and an indexed view costs tens of ns
         # where a call through the atomics binding costs a microsecond per word.
-        self.w: memoryview = segment.payload[: cpus * _PER_CPU * 4].cast("i")
+        self.w: memoryview = segment.payload[: _board_words(cpus) * 4].cast("i")
         self.doorbell = doorbell
         self.grants = grants
         self._owner = owner
 
     @classmethod
     def create(cls, cpus: int, token: str) -> SchedBoard:
-        seg = Segment.create(make_name("sched", token), KIND_SCHED, cpus * _PER_CPU * 4)
+        seg = Segment.create(make_name("sched", token), KIND_SCHED, _board_words(cpus) * 4)
         sems: list[posix_ipc.Semaphore] = []
         try:
             doorbell = create_semaphore(make_name("doorbell", token), 0)
@@ -155,7 +174,7 @@ class SchedBoard:
     @classmethod
     def attach(cls, names: SchedNames) -> SchedBoard:
         seg = Segment.attach(names.board, KIND_SCHED)
-        cpus = seg.payload_size // (_PER_CPU * 4)
+        cpus = (seg.payload_size // 4 - _PLAN_WORDS) // _PER_CPU
         return cls(
             seg,
             cpus,
@@ -175,6 +194,11 @@ class SchedBoard:
     def ring(self, cpu: int) -> int:
         """Index in ``w`` of ``cpu``'s first step record."""
         return self.cpus * WORDS + cpu * RING_SLOTS * REC
+
+    @property
+    def plan(self) -> int:
+        """Index in ``w`` of the plan's first word."""
+        return self.cpus * _PER_CPU
 
     def get(self, cpu: int, w: int) -> int:
         return int(self.w[cpu * WORDS + w])
@@ -208,17 +232,20 @@ class ExploreHook:
         self._parent = controller
         self._cpu = cpu
         self._rc = refcounts
+        self._log_total = log_total
         self._base = cpu * WORDS
+        self._others = [o * WORDS for o in range(board.cpus) if o != cpu]
         self._ring = board.ring(cpu)
         self._w = board.w
         self._grant = board.grants[cpu]
+        self._grants = board.grants
         self._doorbell = board.doorbell
-        self._log_total = log_total
+        self._plan = board.plan
         self._lock_held = lock_held
         self._budget = 0  # steps left to take without parking
         self._ran = 0  # steps taken since the last grant
-        self._no_waiters = False  # lock steps change nobody else's runnability
         self._unlocked = False  # the last step was spin_unlock
+        self._segment = -1  # the plan segment this CPU runs, or -1
 
     def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         w = self._w
@@ -238,16 +265,30 @@ class ExploreHook:
             w[base + W_OPND_A] = a
             w[base + W_OPND_B] = b
             w[base + W_STATE] = PARKED
-            self._doorbell.release()
+            nxt = self._plan_next(opi)
+            if nxt < 0:
+                self._doorbell.release()
+            else:
+                # Our segment is done and the runnable set is as the plan assumed:
+                # what our last step logged ends here, and the next CPU goes on.
+                w[self._ring + (ran - 1) * REC + R_LOG] = self._log_total()
+                w[self._plan + P_POS] = nxt
+                self._grants[w[self._plan + P_SEGMENTS + nxt * SEG]].release()
             acquire_watching(self._grant, self._parent)
             cmd = w[base + W_CMD]
             if cmd != CMD_GO:
                 self._budget = 0
                 raise Aborted(cmd)
-            self._budget = w[base + W_BUDGET]
-            self._no_waiters = w[base + W_NO_WAITERS] != 0
-            ran = 0
-            r = self._ring
+            pos = w[self._plan + P_POS]
+            self._segment = pos
+            if pos < 0:
+                self._budget = w[base + W_BUDGET]
+                ran = 0
+            else:
+                seg = self._plan + P_SEGMENTS + pos * SEG
+                self._budget = w[seg + 1]
+                ran = w[seg + 2]
+            r = self._ring + ran * REC
         w[r + R_OP] = opi
         w[r + R_TARGET] = target
         w[r + R_OPND_A] = a
@@ -256,18 +297,49 @@ class ExploreHook:
         # will see (at park time another CPU could still have changed it).
         w[r + R_BEFORE] = self._rc.read(target) if opi in ATOMIC_OPS else 0
         self._ran = ran = ran + 1
-        w[self._base + W_RAN] = ran
+        w[self._base + W_RAN] = ran  # in a plan: the ring slots used by this and earlier segments
         self._unlocked = opi == SPIN_UNLOCK
 
+    def _plan_next(self, opi: int) -> int:
+        """The plan segment to grant after parking at ``opi``, or -1: ring the controller.
+
+        The plan assumed the runnable set stays as it was: it ends where it may
+        not. With budget left this CPU parked for the lock (``_runs_on``); parked
+        at ``spin_lock`` of a held lock it is blocked; and granting ``spin_lock``
+        to the next CPU while another CPU waits there would block that one.
+        """
+        seg = self._segment
+        if seg < 0 or self._budget > 0:
+            return -1
+        w, plan = self._w, self._plan
+        nxt = seg + 1
+        if nxt >= w[plan + P_LEN] or (opi == SPIN_LOCK and self._lock_held()):
+            return -1
+        o = w[plan + P_SEGMENTS + nxt * SEG] * WORDS
+        if w[o + W_OP] == SPIN_LOCK and (self._lock_held() or self._waiters(o)):
+            return -1
+        return nxt
+
+    def _waiters(self, but: int = -1) -> bool:
+        """Whether another CPU (not the one whose words start at ``but``) is parked at
+        ``spin_lock``: taking or dropping the lock changes whether it can run."""
+        w = self._w
+        for o in self._others:
+            if o != but and w[o + W_STATE] == PARKED and w[o + W_OP] == SPIN_LOCK:
+                return True
+        return False
+
     def _runs_on(self, opi: int) -> bool:
-        """Whether the step about to be taken is covered by the grant's budget."""
+        """Whether the step about to be taken is covered by the grant's budget.
+
+        Only while it changes nobody's runnability but this CPU's: this is what
+        the strategy's promise assumed (every CPU that could run still can).
+        """
         if self._budget <= 0:
             return False
-        if self._no_waiters:
-            # The lock decides only whether this CPU can take it.
-            return opi != SPIN_LOCK or not self._lock_held()
-        # Taking or dropping the lock may change who can run.
-        return opi != SPIN_LOCK and not self._unlocked
+        if opi == SPIN_LOCK:
+            return not self._lock_held() and not self._waiters()
+        return not self._unlocked or not self._waiters()
 
     def after(self, op: str, target: int, result: int, value: int) -> None:
         w = self._w
@@ -284,6 +356,7 @@ class ExploreHook:
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""
         self._budget = 0
+        self._segment = -1
         self._doorbell.release()
         acquire_watching(self._grant, self._parent)
         w, base = self._w, self._base

@@ -631,7 +631,7 @@ def test_follow_is_n_decisions_at_once(make: Callable[[], BaseScheduler]) -> Non
         runnable = [0, 1, 2]
         choices = [one.next_cpu(runnable, 1) for _ in range(n)]
         leading = next((i for i, c in enumerate(choices) if c != 1), n)
-        assert bulk.follow(runnable, 1, n) == leading
+        assert bulk.follow(runnable, 1, [1] * n) == leading
         made = leading + 1 if leading < n else n
         # Invariant: follow keeps the books next_cpu keeps, and the next decisions agree.
         assert bulk.steps == one.steps[:made]
@@ -640,3 +640,35 @@ def test_follow_is_n_decisions_at_once(make: Callable[[], BaseScheduler]) -> Non
             assert [bulk.next_cpu(runnable, 1) for _ in range(8)] == [
                 one.next_cpu(runnable, 1) for _ in range(8)
             ]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: RandomWalk(seed=6), lambda: PCT(3, seed=6), lambda: Portfolio(6), lambda: DFS(2)],
+    ids=["random", "pct", "portfolio", "dfs"],
+)
+def test_a_plan_is_what_the_decisions_will_be(make: Callable[[], BaseScheduler]) -> None:
+    """``plan`` promises decisions that may take turns, changes nothing, and ``follow``
+    makes them at once with the books next_cpu keeps."""
+    for limit in (1, 5, 16):
+        one, bulk = make(), make()
+        assert one.new_execution() and bulk.new_execution()
+        runnable = [0, 1, 2]
+        first = one.next_cpu(runnable, None)  # a plan starts from a decision just made
+        assert bulk.next_cpu(runnable, None) == first
+        made = bulk.plan(runnable, first, limit)
+        assert len(made) <= limit and bulk.steps == [first] and bulk.total_steps == 1
+        current, choices = first, []
+        for _ in made:
+            current = one.next_cpu(runnable, current)
+            choices.append(current)
+        # Invariant: a plan is a promise about the decisions.
+        assert choices == made
+        assert bulk.follow(runnable, first, made) == len(made)
+        assert bulk.steps == one.steps and bulk.total_steps == one.total_steps
+        assert [bulk.next_cpu(runnable, 1) for _ in range(8)] == [
+            one.next_cpu(runnable, 1) for _ in range(8)
+        ]
+    walk = RandomWalk(seed=6)
+    assert walk.new_execution()
+    assert len(set(walk.plan([0, 1, 2], 0, 16))) > 1  # the walk's plan takes turns

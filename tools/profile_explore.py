@@ -50,14 +50,14 @@ def main() -> int:
         pids = {f"cpu {i}": p.pid for i, p in enumerate(s.fleet.procs) if p.pid}
         pids["daemon"] = s.s.module.pid
         before = {k: cpu_times(v) for k, v in pids.items()}
-        me0, handoffs0 = os.times(), s.handoffs
+        me0, handoffs0, wakeups0 = os.times(), s.handoffs, s.wakeups
         t0 = time.perf_counter()
         executions = steps = 0
         while time.perf_counter() - t0 < args.seconds and sched.new_execution():
             steps += len(s.execute(sched).steps)
             executions += 1
         wall = time.perf_counter() - t0
-        me1, handoffs = os.times(), s.handoffs - handoffs0
+        me1, handoffs, wakeups = os.times(), s.handoffs - handoffs0, s.wakeups - wakeups0
         after = {k: cpu_times(v) for k, v in pids.items()}
     used = {"controller": (me1.user - me0.user, me1.system - me0.system)}
     used |= {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in pids}
@@ -66,7 +66,8 @@ def main() -> int:
     console.print(
         f"{args.variant}, {args.strategy}, core {args.core}: {executions / wall:,.0f} "
         f"executions/s, {steps / wall:,.0f} steps/s, {steps / max(handoffs, 1):.2f} steps "
-        f"per hand-off, {total / steps * 1e6:.1f} us of CPU time per step"
+        f"per hand-off, {steps / max(wakeups, 1):.2f} per controller grant, "
+        f"{total / steps * 1e6:.1f} us of CPU time per step"
     )
     t = Table(title="CPU time per step")
     for c in ("process", "user us", "system us", "share"):

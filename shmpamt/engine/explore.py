@@ -45,17 +45,20 @@ from shmpamt.parking import (
     CMD_START,
     IDLE,
     OPS,
+    P_LEN,
+    P_POS,
+    P_SEGMENTS,
     PARKED,
     R_LOG,
     REC,
     RING_SLOTS,
+    SEG,
     SPIN_LOCK,
     SPIN_UNLOCK,
     W_ARG,
     W_ARG_HI,
     W_BUDGET,
     W_CMD,
-    W_NO_WAITERS,
     W_OP,
     W_OPND_A,
     W_OPND_B,
@@ -86,6 +89,9 @@ from shmpamt.workload import Workload
 
 STEP_TIMEOUT: Final = 15.0  # a parked CPU that needs longer than this is dead or hung
 BOOT_TIMEOUT: Final = 60.0
+#: decisions a plan covers at most: it usually ends sooner (a CPU parks at spin_lock),
+#: and the segment table costs a few words per CPU switch whether or not it is reached
+PLAN_STEPS: Final = 8
 MINIMIZE_BUDGET: Final = 300  # replays per reported kind
 
 
@@ -143,6 +149,8 @@ class Session:
         self.executions = 0
         #: steps granted by a hand-off, and steps a CPU took past where a search stopped
         self.handoffs = 0
+        #: times the controller granted (a plan's later hand-offs are the CPUs')
+        self.wakeups = 0
         self.discarded = 0
         try:
             for _ in range(self.cpus):  # every CPU parks in its idle loop once attached
@@ -190,6 +198,7 @@ class Session:
         s.log.reset()
         for c in range(self.cpus):
             self.board.set(c, W_STATE, IDLE)
+        self.board.w[self.board.plan + P_POS] = -1
 
     def _abort_parked(self) -> None:
         # Invariant: between executions every CPU waits in its idle loop, so the
@@ -235,6 +244,7 @@ class Session:
         next_cpu = scheduler.next_cpu
         lookahead = scheduler.lookahead
         follow = scheduler.follow
+        plan = scheduler.plan
         max_steps = self.max_steps
         ring_room = RING_SLOTS if self.batch else 1
         doorbell, grants = b.doorbell, b.grants
@@ -280,51 +290,68 @@ class Session:
             room = min(ring_room, max_steps - len(steps)) - 1
             then = runnable
             waiters = any(o != c and w[bases[o] + W_OP] == SPIN_LOCK for o in parked)
+            segments: list[tuple[int, int, int]] = []
             if room > 0 and (op != SPIN_UNLOCK or not waiters):
                 if op == SPIN_LOCK and waiters:  # once c holds the lock, they cannot run
                     then = [o for o in parked if o == c or w[bases[o] + W_OP] != SPIN_LOCK]
-                budget = room if len(then) == 1 else lookahead(then, c, room)
-            w[base + W_BUDGET] = budget
-            w[base + W_NO_WAITERS] = not waiters
-            w[base + W_CMD] = CMD_GO
-            self.handoffs += 1
-            grants[c].release()
-            try:
-                doorbell.acquire(0)  # the CPU ran on this core and has parked again
-            except posix_ipc.BusyError:
-                self._wait(c)
-            ran = w[base + W_RAN]
-            # Invariant: a CPU takes the granted step and at most `budget` more.
-            if not 1 <= ran <= budget + 1:
-                raise SchedulingError(f"cpu {c} took {ran} steps on a budget of {budget}")
-            ring = w[rings[c] : rings[c] + ran * REC].tolist()  # the run's step records
+                if len(then) == 1:
+                    budget = room
+                elif wants_pending:
+                    budget = lookahead(then, c, room)
+                else:
+                    # The decisions ahead, which may take turns between CPUs.
+                    segments = _segments(c, plan(then, c, min(room, PLAN_STEPS)))
+                    if len(segments) == 1:
+                        budget = segments.pop()[1]
             first = len(steps)
-            if not wants_pending:
-                # The decisions for the steps c ran on, made at once as they would
-                # have been one hand-off each; c was runnable after all but the last.
-                if ran > 1:
-                    kept = follow(then, c, ran - 1)
-                    # Invariant: a strategy's lookahead is a promise about its decisions.
-                    if kept != ran - 1:
-                        raise _broken(scheduler, c, first + 1 + kept)
-                    runnable_after.extend([True] * (ran - 1))
-                steps.extend([c] * ran)
-                runs.append((c, ring))
+            if segments:
+                got = self._run_plan(segments, c, bases, rings)
             else:
+                w[base + W_BUDGET] = budget
+                w[base + W_CMD] = CMD_GO
+                self.handoffs += 1
+                self.wakeups += 1
+                grants[c].release()
+                try:
+                    doorbell.acquire(0)  # the CPU ran on this core and has parked again
+                except posix_ipc.BusyError:
+                    self._wait(c)
+                ran = w[base + W_RAN]
+                # Invariant: a CPU takes the granted step and at most `budget` more.
+                if not 1 <= ran <= budget + 1:
+                    raise SchedulingError(f"cpu {c} took {ran} steps on a budget of {budget}")
+                got = [(c, w[rings[c] : rings[c] + ran * REC].tolist())]  # its step records
+            if not wants_pending:
+                # The decisions for the steps taken on, made at once as they would
+                # have been one hand-off each; every CPU that took one of those
+                # steps was runnable after the step before.
+                made = [o for o, ring in got for _ in range(0, len(ring), REC)]
+                if len(made) > 1:
+                    kept = follow(then, c, made[1:])
+                    # Invariant: a strategy's lookahead is a promise about its decisions.
+                    if kept != len(made) - 1:
+                        raise _broken(scheduler, made[kept + 1], first + 1 + kept)
+                    runnable_after.extend([True] * (len(made) - 1))
+                steps.extend(made)
+                runs.extend(got)
+            else:
+                ring = got[0][1]
+                ran = len(ring) // REC
                 done = self._follow_pending(
                     scheduler, then, c, ring, ran, pending, runnable_after, steps
                 )
                 pending = done.pending
-                runs.append((c, ring[: done.steps * REC]))
+                got = [(c, ring[: done.steps * REC])]
+                runs.extend(got)
                 if done.stopped:
                     self.discarded += ran - done.steps
                     outcome = SLEEP_BLOCKED
-                    ran = done.steps
             # What each step logged: up to the next step's start, the last one's up to now.
-            total = log.total() if outcome != SLEEP_BLOCKED else ring[ran * REC - REC + R_LOG]
-            if total != seen:
-                for j in range(ran):
-                    logged = ring[j * REC + R_LOG] if j < ran - 1 else total
+            logs = [ring[i + R_LOG] for _, ring in got for i in range(0, len(ring), REC)]
+            if outcome != SLEEP_BLOCKED:
+                logs[-1] = log.total()
+            if logs[-1] != seen:
+                for j, logged in enumerate(logs):
                     if logged != seen:
                         new = log.records()[seen:logged]
                         seen += len(new)
@@ -334,7 +361,7 @@ class Session:
                 # The CPU ran past where the search stops: what it did there never happened.
                 seen = log.total()
                 break
-            current = c
+            current = got[-1][0]
         if outcome == COMPLETE:
             self.s.check_quiescent()
         elif outcome == DEADLOCK:
@@ -354,6 +381,42 @@ class Session:
             strategy=scheduler.finder,
             runnable_after=runnable_after,
         )
+
+    def _run_plan(
+        self, segments: list[tuple[int, int, int]], c: int, bases: list[int], rings: list[int]
+    ) -> list[tuple[int, list[int]]]:
+        """Start a plan at ``c``; each CPU grants the next segment's. Returns each
+        segment's CPU and step records, up to where the plan ended."""
+        w, plan = self.board.w, self.board.plan
+        for i, (o, budget, off) in enumerate(segments):
+            p = plan + P_SEGMENTS + i * SEG
+            w[p] = o
+            w[p + 1] = budget
+            w[p + 2] = off
+            w[bases[o] + W_CMD] = CMD_GO
+        w[plan + P_LEN] = len(segments)
+        w[plan + P_POS] = 0
+        self.wakeups += 1
+        self.board.grants[c].release()
+        try:
+            self.board.doorbell.acquire(0)  # the plan ran on this core and has ended
+        except posix_ipc.BusyError:
+            self._wait(c)
+        last = w[plan + P_POS]
+        w[plan + P_POS] = -1  # ordinary grants from here on
+        # Invariant: a plan ends in one of its segments, having granted each before it.
+        if not 0 <= last < len(segments):
+            raise SchedulingError(f"a plan of {len(segments)} segments ended in segment {last}")
+        self.handoffs += last + 1
+        got = []
+        for i, (o, budget, off) in enumerate(segments[: last + 1]):
+            ran = budget + 1 if i < last else w[bases[o] + W_RAN] - off
+            # Invariant: a CPU takes the granted step and at most `budget` more.
+            if not 1 <= ran <= budget + 1:
+                raise SchedulingError(f"cpu {o} took {ran} steps on a budget of {budget}")
+            r = rings[o] + off * REC
+            got.append((o, w[r : r + ran * REC].tolist()))
+        return got
 
     def _follow_pending(
         self,
@@ -449,6 +512,24 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
             else:
                 trace.append(TraceEvent(len(trace), c, op, target, None, None, result))
     return trace
+
+
+def _segments(c: int, made: list[int]) -> list[tuple[int, int, int]]:
+    """A plan's segments from the decisions after ``c``'s step: (CPU, budget, first
+    ring slot), each CPU's steps placed one after another in its ring."""
+    used: dict[int, int] = {}
+    segments = []
+    start, n = c, 1
+    for o in made:
+        if o == start:
+            n += 1
+            continue
+        off = used.get(start, 0)
+        segments.append((start, n - 1, off))
+        used[start] = off + n
+        start, n = o, 1
+    segments.append((start, n - 1, used.get(start, 0)))
+    return segments
 
 
 def _broken(scheduler: BaseScheduler, cpu: int, step: int) -> SchedulingError:

@@ -149,7 +149,7 @@ class Scheduler(Protocol):
 
 
 @functools.cache
-def _limit(n: int) -> int:
+def below_limit(n: int) -> int:
     """Numbers below this are taken by ``below(n)``: a whole number of n-sized blocks."""
     return (1 << 64) - (1 << 64) % n
 
@@ -159,25 +159,50 @@ class SplitMix64:
 
     def __init__(self, seed: int) -> None:
         self._state = seed & _MASK64
-        self._ahead: list[int] = []  # numbers peeked at, not yet taken (oldest last)
+        self._ahead: list[int] = []  # numbers drawn for peeks, in order; taken up to _next
+        self._next = 0
 
     def next_u64(self) -> int:
-        if self._ahead:
-            return self._ahead.pop()
+        ahead = self._ahead
+        if ahead:
+            x = ahead[self._next]
+            self._next += 1
+            if self._next == len(ahead):
+                ahead.clear()
+                self._next = 0
+            return x
         return self._draw()
 
     def peek(self, i: int) -> int:
         """The number ``next_u64`` will return ``i`` calls from now, without taking it."""
-        while len(self._ahead) <= i:
-            self._ahead.insert(0, self._draw())
-        return self._ahead[-1 - i]
+        return self.ahead(i + 1)[i]
 
-    @staticmethod
-    def accepts(x: int, n: int) -> bool:
-        """Whether ``below(n)`` takes the number ``x`` (else it draws again)."""
-        return x < _limit(n)
+    def ahead(self, k: int) -> list[int]:
+        """The next ``k`` numbers ``next_u64`` will return, without taking them."""
+        buf, nxt = self._ahead, self._next
+        need = nxt + k - len(buf)
+        if need > 0:
+            # _draw, inlined: a plan asks for a run of numbers at once
+            st, m = self._state, _MASK64
+            for _ in range(need):
+                st = (st + _GOLDEN) & m
+                z = ((st ^ (st >> 30)) * 0xBF58476D1CE4E5B9) & m
+                z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+                buf.append(z ^ (z >> 31))
+            self._state = st
+        return buf[nxt : nxt + k]
+
+    def skip(self, k: int) -> None:
+        """Take the next ``k`` numbers, already read with ``ahead``."""
+        self._next += k
+        # Invariant: only numbers already drawn for a peek are skipped.
+        assert self._next <= len(self._ahead), "skip past the numbers read ahead"
+        if self._next == len(self._ahead):
+            self._ahead.clear()
+            self._next = 0
 
     def _draw(self) -> int:
+        # the same as the loop in ahead()
         self._state = (self._state + _GOLDEN) & _MASK64
         z = self._state
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -188,7 +213,7 @@ class SplitMix64:
         """Uniform in [0, n) without modulo bias."""
         if n <= 0:
             raise ValueError("below() needs n >= 1")
-        limit = _limit(n)
+        limit = below_limit(n)
         while True:
             x = self.next_u64()
             if x < limit:
@@ -308,16 +333,19 @@ class BaseScheduler:
     def executed(self, access: Access) -> None:
         """Only DPOR refines its analysis with what a step did."""
 
-    def follow(self, runnable: Sequence[int], cpu: int, n: int) -> int:
-        """The next ``n`` decisions at once, each asked with ``runnable`` and ``cpu`` as
-        the current CPU and no ``pending`` (for strategies that do not read it): the
-        steps a CPU took on a promise. Returns how many chose ``cpu`` before the
-        first that did not (which breaks the promise, and ends it).
+    def follow(self, runnable: Sequence[int], cpu: int, made: Sequence[int]) -> int:
+        """The next ``len(made)`` decisions at once, each asked with ``runnable``, no
+        ``pending`` (for strategies that do not read it) and the CPU before as the
+        current one, starting from ``cpu``: the steps CPUs took on a promise.
+        Returns how many chose as ``made`` says before the first that did not
+        (which breaks the promise, and ends it).
         """
-        for i in range(n):
-            if self.next_cpu(runnable, cpu) != cpu:
+        current = cpu
+        for i, want in enumerate(made):
+            current = self.next_cpu(runnable, current)
+            if current != want:
                 return i
-        return n
+        return len(made)
 
     def _book(self, runnable: Sequence[int], made: Sequence[int]) -> None:
         """Keep ``next_cpu``'s books for decisions ``made`` at once with ``runnable``."""
@@ -338,6 +366,17 @@ class BaseScheduler:
         controller does not ask: every strategy must pick it.
         """
         return 0
+
+    def plan(self, runnable: Sequence[int], cpu: int, limit: int) -> list[int]:
+        """The CPUs the next decisions (at most ``limit``) will choose, if each is asked
+        with ``runnable`` and the CPU chosen before it (first ``cpu``) as current.
+
+        The same kind of promise as ``lookahead``, for decisions that may take
+        turns: the controller lets the CPUs hand over to each other as planned,
+        and asks ``follow`` for the decisions afterwards. Strategies that can
+        promise only a run of ``cpu`` keep this default.
+        """
+        return [cpu] * self.lookahead(runnable, cpu, limit)
 
     @property
     def skipped_last(self) -> bool:

@@ -125,9 +125,13 @@ class Portfolio(BaseScheduler):
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         return self._member.lookahead(runnable, cpu, limit) if self._member is not None else 0
 
-    def follow(self, runnable: Sequence[int], cpu: int, n: int) -> int:
+    def plan(self, runnable: Sequence[int], cpu: int, limit: int) -> list[int]:
+        return self._member.plan(runnable, cpu, limit) if self._member is not None else []
+
+    def follow(self, runnable: Sequence[int], cpu: int, made: Sequence[int]) -> int:
         assert self._member is not None, "follow before new_execution"
-        kept = self._member.follow(runnable, cpu, n)
+        n = len(made)
+        kept = self._member.follow(runnable, cpu, made)
         # The portfolio's own record of the decisions, as next_cpu keeps it.
         self._book(runnable, self._member.steps[len(self._member.steps) - min(kept + 1, n) :])
         return kept

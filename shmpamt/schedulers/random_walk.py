@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shmpamt.schedulers.base import SeededSampler
+from shmpamt.schedulers.base import SeededSampler, below_limit
 
 
 class RandomWalk(SeededSampler):
@@ -23,30 +23,32 @@ class RandomWalk(SeededSampler):
 
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         # The numbers the next choices will draw are already determined: read them.
-        ordered = sorted(runnable)
-        n = len(ordered)
-        k = i = 0
-        while k < limit:
-            x = self._rng.peek(i)
-            i += 1
-            if not self._rng.accepts(x, n):
-                continue  # below() would draw again: the next number decides
-            if ordered[x % n] != cpu:
-                break
-            k += 1
-        return k
+        made = self.plan(runnable, cpu, limit)
+        return next((i for i, o in enumerate(made) if o != cpu), len(made))
 
-    def follow(self, runnable: Sequence[int], cpu: int, n: int) -> int:
-        # next_cpu's bookkeeping once for the run; one draw per decision, as always.
+    def plan(self, runnable: Sequence[int], cpu: int, limit: int) -> list[int]:
+        # One number per decision; one below() would reject only makes the plan shorter.
         ordered = sorted(runnable)
-        below, k = self._rng.below, len(ordered)
-        for i in range(n):
-            chosen = ordered[below(k)]
-            if chosen != cpu:
-                self._book(ordered, [cpu] * i + [chosen])
+        n, top = len(ordered), below_limit(len(ordered))
+        return [ordered[x % n] for x in self._rng.ahead(limit) if x < top]
+
+    def follow(self, runnable: Sequence[int], cpu: int, made: Sequence[int]) -> int:
+        # next_cpu's bookkeeping once for the run; one number per decision, as always.
+        ordered = sorted(runnable)
+        n, top, k = len(ordered), below_limit(len(ordered)), len(made)
+        xs = self._rng.ahead(k)
+        if max(xs, default=0) < top and [ordered[x % n] for x in xs] == list(made):
+            self._rng.skip(k)
+            self._book(ordered, made)
+            return k
+        below = self._rng.below  # a number rejected, or a promise broken: one at a time
+        for i, want in enumerate(made):
+            chosen = ordered[below(n)]
+            if chosen != want:
+                self._book(ordered, [*made[:i], chosen])
                 return i
-        self._book(ordered, [cpu] * n)
-        return n
+        self._book(ordered, made)
+        return k
 
     def coverage(self) -> str:
         steps = max(self.max_steps, len(self.steps))
