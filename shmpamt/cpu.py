@@ -249,7 +249,13 @@ def cpu_explore_main(
 
     def loop(board: CpuBoard, a: Attached) -> None:
         sb = SchedBoard.attach(sched)
-        hook = ExploreHook(sb, cpu, a.refcounts, names.runner, a.log.total, a.lock.is_held)
+        hook = ExploreHook(sb, cpu, a.refcounts, names.runner, a.log, a.lock.is_held)
+        try:
+            executions(board, a, sb, hook)
+        finally:
+            hook.close()
+
+    def executions(board: CpuBoard, a: Attached, sb: SchedBoard, hook: ExploreHook) -> None:
         k = Kernel(cpu, a.refcounts, a.lock, a.pool, a.port, hook=hook)
         while True:
             cmd, arg = hook.wait_command()

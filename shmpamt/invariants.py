@@ -104,6 +104,11 @@ class ViolationLog:
         """Violations recorded so far (one read: explore polls it after every step)."""
         return self._hdr.read(_TOTAL)
 
+    def total_view(self) -> tuple[memoryview, int]:
+        """A view of the header and the index of ``total`` in it, for an explore CPU
+        that reads it at every step (see ``RefcountArray.view``)."""
+        return self._hdr.view(), _TOTAL
+
     def records(self) -> list[Violation]:
         n = _FIRSTS + min(max(self._hdr.read(0), 0), self.capacity)
         out = []

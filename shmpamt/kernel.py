@@ -78,6 +78,12 @@ class Kernel:
         self._pool = pool
         self._port = port
         self._hook = hook
+        # The choke point every primitive calls on both sides; bound once, as it
+        # runs at every step (explore: the hook's own methods, one frame less).
+        self._before: Callable[..., None] = _unhooked if hook is None else hook.before
+        self._after: Callable[[str, int, int], None] = (
+            _unhooked if hook is None else self._after_hooked
+        )
         self._alloc_fails = alloc_fails
         self.warnings = 0
         self.last_warning = ""
@@ -87,14 +93,10 @@ class Kernel:
 
     # -- the choke point --------------------------------------------------
 
-    def _before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
-        if self._hook is not None:
-            self._hook.before(op, target, a, b)
-
-    def _after(self, op: str, target: int, result: int) -> None:
-        if self._hook is not None:
-            value = self.refcounts.read(target) if op.startswith("atomic") else 0
-            self._hook.after(op, target, result, value)
+    def _after_hooked(self, op: str, target: int, result: int) -> None:
+        assert self._hook is not None
+        value = self.refcounts.read(target) if op.startswith("atomic") else 0
+        self._hook.after(op, target, result, value)
 
     # -- for compiled variants (shmpamt/variants/cvariant.py) ----------------
 
@@ -281,6 +283,10 @@ class Kernel:
                 self._warned.add(site)
                 self.pr_err(msg)
         return cond
+
+
+def _unhooked(*args: object) -> None:
+    """No hook: the primitives run free (stress)."""
 
 
 def range_of(hpa: int) -> int:

@@ -42,6 +42,7 @@ import posix_ipc
 
 from shmpamt import tdx
 from shmpamt.atomic import RefcountArray, wrap32
+from shmpamt.invariants import ViolationLog
 from shmpamt.ipc import (
     Segment,
     acquire_watching,
@@ -222,7 +223,7 @@ class ExploreHook:
         cpu: int,
         refcounts: RefcountArray,
         controller: int,
-        log_total: Callable[[], int],
+        log: ViolationLog,
         lock_held: Callable[[], bool],
     ) -> None:
         # Grants come only from the controller, our parent: if it dies (SIGKILL), a
@@ -231,8 +232,10 @@ class ExploreHook:
         # os.getppid() would already name whoever adopts orphans.
         self._parent = controller
         self._cpu = cpu
-        self._rc = refcounts
-        self._log_total = log_total
+        # Plain loads: while this CPU runs no other process writes these words.
+        self._rc = refcounts.view()
+        self._nrc = len(refcounts)  # an index out of range is the primitive's to report
+        self._log, self._log_total = log.total_view()
         self._base = cpu * WORDS
         self._others = [o * WORDS for o in range(board.cpus) if o != cpu]
         self._ring = board.ring(cpu)
@@ -251,13 +254,14 @@ class ExploreHook:
         w = self._w
         opi = OP_INDEX[op]
         ran = self._ran
-        a = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
-        b = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
+        if a or b:
+            a = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
+            b = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
         if self._runs_on(opi):
             # Granted in advance: no hand-off. What the last step logged ends with it.
             self._budget -= 1
             r = self._ring + ran * REC
-            w[r - REC + R_LOG] = self._log_total()
+            w[r - REC + R_LOG] = self._log[self._log_total]
         else:
             base = self._base
             w[base + W_OP] = opi
@@ -271,7 +275,7 @@ class ExploreHook:
             else:
                 # Our segment is done and the runnable set is as the plan assumed:
                 # what our last step logged ends here, and the next CPU goes on.
-                w[self._ring + (ran - 1) * REC + R_LOG] = self._log_total()
+                w[self._ring + (ran - 1) * REC + R_LOG] = self._log[self._log_total]
                 w[self._plan + P_POS] = nxt
                 self._grants[w[self._plan + P_SEGMENTS + nxt * SEG]].release()
             acquire_watching(self._grant, self._parent)
@@ -295,7 +299,7 @@ class ExploreHook:
         w[r + R_OPND_B] = b
         # Read now: only this CPU runs, so this is exactly the value the primitive
         # will see (at park time another CPU could still have changed it).
-        w[r + R_BEFORE] = self._rc.read(target) if opi in ATOMIC_OPS else 0
+        w[r + R_BEFORE] = self._rc[target] if opi in ATOMIC_OPS and 0 <= target < self._nrc else 0
         self._ran = ran = ran + 1
         w[self._base + W_RAN] = ran  # in a plan: the ring slots used by this and earlier segments
         self._unlocked = opi == SPIN_UNLOCK
@@ -352,6 +356,11 @@ class ExploreHook:
         else:
             w[r + R_LO] = wrap32(result)
             w[r + R_HI] = wrap32(result >> 32)
+
+    def close(self) -> None:
+        """Release the views, so the segments can close."""
+        self._rc.release()
+        self._log.release()
 
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""

@@ -300,3 +300,20 @@ def test_fill_sets_every_slot_and_only_those() -> None:
         with pytest.raises(ValueError, match="closed"):
             inner.fill(0)
         whole.close()
+
+
+def test_view_loads_what_the_atomics_store() -> None:
+    """The typed view an explore CPU reads instead of calling through the binding."""
+    arr = RefcountArray.create(4)
+    try:
+        view = arr.view()
+        arr.set(1, -1)
+        arr.inc(2)
+        arr.cmpxchg(3, 0, INT_MIN)
+        assert view.tolist() == [0, -1, 1, INT_MIN]
+        assert len(view) == len(arr)
+        view.release()
+    finally:
+        arr.close()
+    with pytest.raises(ValueError, match="closed"):
+        arr.view()
