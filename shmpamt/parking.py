@@ -13,13 +13,18 @@ into its ring, and the controller replays those decisions to the strategy
 afterwards. A hand-off costs two process switches, a step in the same process
 a few microseconds.
 
-A grant may also start a *plan*: the strategy's next decisions for several
-CPUs in turn (a random walk has drawn its numbers already). Each CPU of the
-plan runs its segment, parks, and grants the next segment's CPU itself, so
-the controller wakes once per plan instead of once per segment.
+A grant may also start a *stream*, for a strategy whose every decision is
+the uniform rule (a random walk: the k-th runnable CPU, k drawn from numbers
+it has already determined). The grant carries those numbers, and the CPUs
+make the decisions themselves: at each point the running CPU parks in place,
+works out who can run exactly as the controller would, picks with the next
+number and grants that CPU (itself: it runs on). Each decision goes into the
+stream's step log with the runnable set it was made from, and the controller
+wakes only when the numbers run out or nobody can run; it then asks the
+strategy for the same decisions (``follow``), so a broken rule is caught.
 
-Both are promises made for the CPUs that can run at the grant, so they hold
-only while exactly those can: a CPU stops short (parks, and rings the
+A budget is a promise made for the CPUs that can run at the grant, so it
+holds only while exactly those can: a CPU stops short (parks, and rings the
 controller) before a step that changes that. Only the lock does: taking it
 while another CPU waits at ``spin_lock`` (or when it is held: this CPU is
 blocked), dropping it while one waits, and parking at ``spin_lock`` of a
@@ -52,6 +57,7 @@ from shmpamt.ipc import (
     remove_semaphore,
 )
 from shmpamt.kernel import PRIMITIVES
+from shmpamt.schedulers.base import uniform_pick
 
 # Every op a point can carry, in a fixed order: the index is what crosses the board.
 OPS: Final[tuple[str, ...]] = (
@@ -82,12 +88,17 @@ W_BUDGET: Final = 8  # controller -> CPU: steps it may take after the granted on
 W_RAN: Final = 9  # CPU -> controller: steps taken since the grant (their records: the ring)
 WORDS: Final = 10
 
-# The plan, one per board after the rings: which segment runs now (-1: no plan),
-# how many there are, then per segment its CPU, budget and first ring slot.
-P_POS: Final = 0
-P_LEN: Final = 1
-P_SEGMENTS: Final = 2
-SEG: Final = 3
+# The stream, one per board after the rings: while S_ON is set the CPUs make the
+# decisions (see above) with its numbers (64-bit, ahead of the words: the board's
+# `numbers`). Then the step log: per step, the CPU that took it, the runnable set
+# it was picked from (one bit per CPU) and the violation total when it started.
+S_ON: Final = 0
+S_GEN: Final = 1  # which stream: a CPU's ring starts over in a new one
+S_LEN: Final = 2  # numbers the stream has
+S_USED: Final = 3  # numbers taken so far
+S_STEPS: Final = 4  # entries in the step log
+S_HEAD: Final = 5
+STEP_REC: Final = 3
 
 # The step ring, per CPU: one record per step taken since the last grant. The
 # controller unpacks a record as one slice: the fields are numbered in order.
@@ -109,11 +120,13 @@ IDLE, PARKED, DONE, FAILED = 0, 1, 2, 3
 CMD_NONE, CMD_START, CMD_GO, CMD_ABORT, CMD_EXIT = 0, 1, 2, 3, 4
 KIND_SCHED: Final = 0x53434844
 _PER_CPU: Final = WORDS + RING_SLOTS * REC
-_PLAN_WORDS: Final = P_SEGMENTS + RING_SLOTS * SEG  # a segment takes at least one step
+#: numbers a stream carries at most: its steps fit every CPU's ring
+STREAM_ROOM: Final = RING_SLOTS - 1
+_NUMBERS_BYTES: Final = STREAM_ROOM * 8 + 8  # and the words stay 8-byte aligned
 
 
 def _board_words(cpus: int) -> int:
-    return cpus * _PER_CPU + _PLAN_WORDS
+    return cpus * _PER_CPU + S_HEAD + RING_SLOTS * STEP_REC
 
 
 class Aborted(BaseException):
@@ -148,14 +161,18 @@ class SchedBoard:
         # hands through a semaphore post/wait pair (a full barrier), so nothing here
         # needs an atomic read-modify-write, and an indexed view costs tens of ns
         # where a call through the atomics binding costs a microsecond per word.
-        self.w: memoryview = segment.payload[: _board_words(cpus) * 4].cast("i")
+        end = _NUMBERS_BYTES + _board_words(cpus) * 4
+        self.w: memoryview = segment.payload[_NUMBERS_BYTES:end].cast("i")
+        #: the stream's numbers, as the strategy draws them
+        self.numbers: memoryview = segment.payload[:_NUMBERS_BYTES].cast("Q")
         self.doorbell = doorbell
         self.grants = grants
         self._owner = owner
 
     @classmethod
     def create(cls, cpus: int, token: str) -> SchedBoard:
-        seg = Segment.create(make_name("sched", token), KIND_SCHED, _board_words(cpus) * 4)
+        size = _NUMBERS_BYTES + _board_words(cpus) * 4
+        seg = Segment.create(make_name("sched", token), KIND_SCHED, size)
         sems: list[posix_ipc.Semaphore] = []
         try:
             doorbell = create_semaphore(make_name("doorbell", token), 0)
@@ -175,7 +192,8 @@ class SchedBoard:
     @classmethod
     def attach(cls, names: SchedNames) -> SchedBoard:
         seg = Segment.attach(names.board, KIND_SCHED)
-        cpus = (seg.payload_size // 4 - _PLAN_WORDS) // _PER_CPU
+        words = (seg.payload_size - _NUMBERS_BYTES) // 4
+        cpus = (words - S_HEAD - RING_SLOTS * STEP_REC) // _PER_CPU
         return cls(
             seg,
             cpus,
@@ -197,9 +215,14 @@ class SchedBoard:
         return self.cpus * WORDS + cpu * RING_SLOTS * REC
 
     @property
-    def plan(self) -> int:
-        """Index in ``w`` of the plan's first word."""
+    def stream(self) -> int:
+        """Index in ``w`` of the stream's first word."""
         return self.cpus * _PER_CPU
+
+    @property
+    def step_log(self) -> int:
+        """Index in ``w`` of the stream's step log."""
+        return self.stream + S_HEAD
 
     def get(self, cpu: int, w: int) -> int:
         return int(self.w[cpu * WORDS + w])
@@ -211,6 +234,7 @@ class SchedBoard:
         for s in (self.doorbell, *self.grants):
             remove_semaphore(s, self._owner)
         self.w.release()  # the segment's mapping cannot close while a view is exported
+        self.numbers.release()
         self.segment.close()
 
 
@@ -243,12 +267,16 @@ class ExploreHook:
         self._grant = board.grants[cpu]
         self._grants = board.grants
         self._doorbell = board.doorbell
-        self._plan = board.plan
+        self._ncpus = board.cpus
+        self._stream = board.stream
+        self._numbers = board.numbers
+        self._step_log = board.step_log
         self._lock_held = lock_held
         self._budget = 0  # steps left to take without parking
         self._ran = 0  # steps taken since the last grant
         self._unlocked = False  # the last step was spin_unlock
-        self._segment = -1  # the plan segment this CPU runs, or -1
+        self._streaming = False  # decisions are the CPUs' own (see "stream" above)
+        self._gen = -1  # the stream this CPU's ring holds records of
 
     def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         w = self._w
@@ -257,42 +285,21 @@ class ExploreHook:
         if a or b:
             a = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
             b = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
-        if self._runs_on(opi):
+        if self._streaming:
+            self._park(opi, target, a, b)
+            chosen = self._choose()
+            if chosen != self._cpu:
+                (self._doorbell if chosen < 0 else self._grants[chosen]).release()
+                ran = self._wait_grant()
+        elif self._runs_on(opi):
             # Granted in advance: no hand-off. What the last step logged ends with it.
             self._budget -= 1
-            r = self._ring + ran * REC
-            w[r - REC + R_LOG] = self._log[self._log_total]
+            w[self._ring + (ran - 1) * REC + R_LOG] = self._log[self._log_total]
         else:
-            base = self._base
-            w[base + W_OP] = opi
-            w[base + W_TARGET] = target
-            w[base + W_OPND_A] = a
-            w[base + W_OPND_B] = b
-            w[base + W_STATE] = PARKED
-            nxt = self._plan_next(opi)
-            if nxt < 0:
-                self._doorbell.release()
-            else:
-                # Our segment is done and the runnable set is as the plan assumed:
-                # what our last step logged ends here, and the next CPU goes on.
-                w[self._ring + (ran - 1) * REC + R_LOG] = self._log[self._log_total]
-                w[self._plan + P_POS] = nxt
-                self._grants[w[self._plan + P_SEGMENTS + nxt * SEG]].release()
-            acquire_watching(self._grant, self._parent)
-            cmd = w[base + W_CMD]
-            if cmd != CMD_GO:
-                self._budget = 0
-                raise Aborted(cmd)
-            pos = w[self._plan + P_POS]
-            self._segment = pos
-            if pos < 0:
-                self._budget = w[base + W_BUDGET]
-                ran = 0
-            else:
-                seg = self._plan + P_SEGMENTS + pos * SEG
-                self._budget = w[seg + 1]
-                ran = w[seg + 2]
-            r = self._ring + ran * REC
+            self._park(opi, target, a, b)
+            self._doorbell.release()
+            ran = self._wait_grant()
+        r = self._ring + ran * REC
         w[r + R_OP] = opi
         w[r + R_TARGET] = target
         w[r + R_OPND_A] = a
@@ -301,37 +308,87 @@ class ExploreHook:
         # will see (at park time another CPU could still have changed it).
         w[r + R_BEFORE] = self._rc[target] if opi in ATOMIC_OPS and 0 <= target < self._nrc else 0
         self._ran = ran = ran + 1
-        w[self._base + W_RAN] = ran  # in a plan: the ring slots used by this and earlier segments
+        w[self._base + W_RAN] = ran  # in a stream: every step of this CPU in it
         self._unlocked = opi == SPIN_UNLOCK
 
-    def _plan_next(self, opi: int) -> int:
-        """The plan segment to grant after parking at ``opi``, or -1: ring the controller.
+    def _park(self, opi: int, target: int, a: int, b: int) -> None:
+        """Say where this CPU is: the step it takes next when granted."""
+        w, base = self._w, self._base
+        w[base + W_OP] = opi
+        w[base + W_TARGET] = target
+        w[base + W_OPND_A] = a
+        w[base + W_OPND_B] = b
+        w[base + W_STATE] = PARKED
 
-        The plan assumed the runnable set stays as it was: it ends where it may
-        not. With budget left this CPU parked for the lock (``_runs_on``); parked
-        at ``spin_lock`` of a held lock it is blocked; and granting ``spin_lock``
-        to the next CPU while another CPU waits there would block that one.
+    def _wait_grant(self) -> int:
+        """Wait for a grant; returns the ring slot of the step it grants."""
+        acquire_watching(self._grant, self._parent)
+        w, base = self._w, self._base
+        cmd = w[base + W_CMD]
+        if cmd != CMD_GO:
+            self._budget = 0
+            self._streaming = False
+            raise Aborted(cmd)
+        if w[self._stream + S_ON]:
+            self._streaming = True
+            gen = w[self._stream + S_GEN]
+            if gen != self._gen:  # a new stream: its records start over
+                self._gen = gen
+                self._ran = 0
+            return self._ran
+        self._streaming = False
+        self._budget = w[base + W_BUDGET]
+        return 0
+
+    def _choose(self) -> int:
+        """A stream's next decision: the CPU that takes the next step, or -1 (the
+        numbers ran out, or nobody can run): the controller decides then.
+
+        Who can run is what the controller would find: every parked CPU, but
+        one at ``spin_lock`` of a held lock.
         """
-        seg = self._segment
-        if seg < 0 or self._budget > 0:
+        w, s = self._w, self._stream
+        used, have = w[s + S_USED], w[s + S_LEN]
+        if used >= have:
             return -1
-        w, plan = self._w, self._plan
-        nxt = seg + 1
-        if nxt >= w[plan + P_LEN] or (opi == SPIN_LOCK and self._lock_held()):
+        runnable = []
+        mask = 0
+        held = -1
+        for o in range(self._ncpus):
+            base = o * WORDS
+            if w[base + W_STATE] != PARKED:
+                continue
+            if w[base + W_OP] == SPIN_LOCK:
+                if held < 0:
+                    held = 1 if self._lock_held() else 0
+                if held:
+                    continue
+            runnable.append(o)
+            mask |= 1 << o
+        n = len(runnable)
+        if not n:
             return -1
-        o = w[plan + P_SEGMENTS + nxt * SEG] * WORDS
-        if w[o + W_OP] == SPIN_LOCK and (self._lock_held() or self._waiters(o)):
-            return -1
-        return nxt
+        pick = uniform_pick(self._numbers[used], n)
+        while pick < 0:  # the rule draws again: the next number decides
+            used += 1
+            if used >= have:
+                return -1
+            pick = uniform_pick(self._numbers[used], n)
+        chosen = runnable[pick]
+        w[s + S_USED] = used + 1
+        k = w[s + S_STEPS]
+        e = self._step_log + k * STEP_REC
+        w[e] = chosen
+        w[e + 1] = mask
+        w[e + 2] = self._log[self._log_total]
+        w[s + S_STEPS] = k + 1
+        return chosen
 
-    def _waiters(self, but: int = -1) -> bool:
-        """Whether another CPU (not the one whose words start at ``but``) is parked at
-        ``spin_lock``: taking or dropping the lock changes whether it can run."""
+    def _waiters(self) -> bool:
+        """Whether another CPU is parked at ``spin_lock``: taking or dropping the
+        lock changes whether it can run."""
         w = self._w
-        for o in self._others:
-            if o != but and w[o + W_STATE] == PARKED and w[o + W_OP] == SPIN_LOCK:
-                return True
-        return False
+        return any(w[o + W_STATE] == PARKED and w[o + W_OP] == SPIN_LOCK for o in self._others)
 
     def _runs_on(self, opi: int) -> bool:
         """Whether the step about to be taken is covered by the grant's budget.
@@ -365,8 +422,11 @@ class ExploreHook:
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""
         self._budget = 0
-        self._segment = -1
-        self._doorbell.release()
+        chosen = -1
+        if self._streaming:  # the next decision is ours: we are done or stopped
+            self._streaming = False
+            chosen = self._choose()
+        (self._doorbell if chosen < 0 else self._grants[chosen]).release()
         acquire_watching(self._grant, self._parent)
         w, base = self._w, self._base
         seed = (w[base + W_ARG] & 0xFFFFFFFF) | ((w[base + W_ARG_HI] & 0xFFFFFFFF) << 32)

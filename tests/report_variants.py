@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from shmpamt import tdx
 from shmpamt.kernel import Kernel
 from shmpamt.variants.locked import Locked
 from shmpamt.variants.mutants import RfcNoRecheck
@@ -87,3 +88,21 @@ class SlowRounds(Locked):
     def tdx_pamt_put(self, k: Kernel, page: int) -> None:
         time.sleep(0.3)
         super().tdx_pamt_put(k, page)
+
+
+class PutKeepsLock(Locked):
+    """locked, but the put that removes the PAMT returns holding pamt_lock: the next
+    spin_lock, its own CPU's or another's, waits forever (explore: a deadlock)."""
+
+    name = "put-keeps-lock"
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        refcount = k.tdx_get_pamt_refcount(page)
+        k.spin_lock()
+        users = k.atomic_read(refcount)
+        if users == 1:
+            k.tdh_phymem_pamt_remove(tdx.align_down_2m(page) | tdx.TDX_PS_2M, [])
+            k.atomic_set(refcount, 0)
+            return  # the slip: no spin_unlock
+        k.atomic_set(refcount, users - 1)
+        k.spin_unlock()

@@ -10,12 +10,13 @@ executions: steps, trace, violations and the steps they surfaced at, outcome.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
 from shmpamt.config import Scenario
 from shmpamt.engine.explore import Session
-from shmpamt.execution import SLEEP_BLOCKED, Execution
+from shmpamt.execution import DEADLOCK, SLEEP_BLOCKED, STEP_LIMIT, Execution
 from shmpamt.schedulers.base import Access, BaseScheduler, SleepBlocked
 from shmpamt.schedulers.random_walk import RandomWalk
 from shmpamt.schedulers.registry import make_scheduler
@@ -63,6 +64,34 @@ def test_budgets_change_no_execution(session: Session, strategy: str) -> None:
     for i, (a, b) in enumerate(zip(batched, stepwise, strict=True)):
         assert a == b, f"execution {i} differs"
     assert saved > 0, "no step ran without a hand-off: budgets were never used"
+
+
+KEEPS_LOCK = f"{Path(__file__).parent / 'report_variants.py'}:PutKeepsLock"
+
+
+@pytest.mark.parametrize("strategy", ["random", "portfolio"])
+@pytest.mark.parametrize(
+    ("variant", "max_steps", "outcome"),
+    [(KEEPS_LOCK, None, DEADLOCK), ("locked", 23, STEP_LIMIT)],
+    ids=["deadlock", "step-limit"],
+)
+def test_streams_end_where_single_steps_do(
+    strategy: str, variant: str, max_steps: int | None, outcome: str
+) -> None:
+    """The CPUs' own decisions stop where the controller's would: nobody can run
+    (a CPU waits for the lock another kept, or for its own), or the step limit."""
+    with Session(Scenario(variant)) as s:
+        if max_steps is not None:
+            s.max_steps = max_steps
+        handoffs = s.handoffs
+        batched = _run(s, _make(strategy, 30), batch=True)
+        streamed = sum(len(f[0]) for f in batched) - (s.handoffs - handoffs)  # type: ignore[arg-type]
+        stepwise = _run(s, _make(strategy, 30), batch=False)
+    # Invariant: the runs are the same, however the decisions were made.
+    for i, (a, b) in enumerate(zip(batched, stepwise, strict=True)):
+        assert a == b, f"execution {i} differs"
+    assert any(f[1] == outcome for f in batched), f"no execution ended in {outcome}"
+    assert streamed > 0
 
 
 class _StopsMidRun(RandomWalk):

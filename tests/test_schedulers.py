@@ -36,6 +36,7 @@ from shmpamt.schedulers import (
     default_choice,
     make_scheduler,
 )
+from shmpamt.schedulers.base import below_limit, uniform_pick
 
 # -- the toy machine -------------------------------------------------------------
 
@@ -631,7 +632,7 @@ def test_follow_is_n_decisions_at_once(make: Callable[[], BaseScheduler]) -> Non
         runnable = [0, 1, 2]
         choices = [one.next_cpu(runnable, 1) for _ in range(n)]
         leading = next((i for i, c in enumerate(choices) if c != 1), n)
-        assert bulk.follow(runnable, 1, [1] * n) == leading
+        assert bulk.follow([(runnable, 1)] * n, 1) == leading
         made = leading + 1 if leading < n else n
         # Invariant: follow keeps the books next_cpu keeps, and the next decisions agree.
         assert bulk.steps == one.steps[:made]
@@ -642,33 +643,42 @@ def test_follow_is_n_decisions_at_once(make: Callable[[], BaseScheduler]) -> Non
             ]
 
 
-@pytest.mark.parametrize(
-    "make",
-    [lambda: RandomWalk(seed=6), lambda: PCT(3, seed=6), lambda: Portfolio(6), lambda: DFS(2)],
-    ids=["random", "pct", "portfolio", "dfs"],
-)
-def test_a_plan_is_what_the_decisions_will_be(make: Callable[[], BaseScheduler]) -> None:
-    """``plan`` promises decisions that may take turns, changes nothing, and ``follow``
-    makes them at once with the books next_cpu keeps."""
-    for limit in (1, 5, 16):
-        one, bulk = make(), make()
-        assert one.new_execution() and bulk.new_execution()
-        runnable = [0, 1, 2]
-        first = one.next_cpu(runnable, None)  # a plan starts from a decision just made
-        assert bulk.next_cpu(runnable, None) == first
-        made = bulk.plan(runnable, first, limit)
-        assert len(made) <= limit and bulk.steps == [first] and bulk.total_steps == 1
-        current, choices = first, []
-        for _ in made:
-            current = one.next_cpu(runnable, current)
-            choices.append(current)
-        # Invariant: a plan is a promise about the decisions.
-        assert choices == made
-        assert bulk.follow(runnable, first, made) == len(made)
-        assert bulk.steps == one.steps and bulk.total_steps == one.total_steps
-        assert [bulk.next_cpu(runnable, 1) for _ in range(8)] == [
-            one.next_cpu(runnable, 1) for _ in range(8)
-        ]
-    walk = RandomWalk(seed=6)
-    assert walk.new_execution()
-    assert len(set(walk.plan([0, 1, 2], 0, 16))) > 1  # the walk's plan takes turns
+@pytest.mark.parametrize("make", [lambda: RandomWalk(seed=6), lambda: Portfolio(6)])
+def test_uniform_numbers_decide_as_the_walk_does(make: Callable[[], BaseScheduler]) -> None:
+    """The numbers a stream carries, picked with by uniform_pick over changing
+    runnable sets, are the walk's decisions; ``follow`` makes them at once with
+    the books next_cpu keeps, and changes nothing after."""
+    sets = [[0, 1, 2], [0, 2], [1], [0, 1], [0, 1, 2], [2, 1]] * 3
+    one, bulk = make(), make()
+    assert one.new_execution() and bulk.new_execution()
+    if bulk.uniform_numbers(1) is None:  # a portfolio member that is not the walk
+        return
+    numbers = bulk.uniform_numbers(len(sets))
+    assert numbers is not None and len(numbers) == len(sets)
+    assert bulk.steps == [] and bulk.uniform_numbers(len(sets)) == numbers  # nothing taken
+    made = [sorted(r)[uniform_pick(x, len(r))] for r, x in zip(sets, numbers, strict=True)]
+    current = None
+    for r, want in zip(sets, made, strict=True):
+        current = one.next_cpu(r, current)
+        # Invariant: the uniform rule over the numbers is the walk's decision.
+        assert current == want
+    assert bulk.follow(list(zip(sets, made, strict=True)), 0) == len(sets)
+    assert bulk.steps == one.steps and bulk.total_steps == one.total_steps
+    assert bulk.cpus_seen == one.cpus_seen
+    assert [bulk.next_cpu([0, 1, 2], 1) for _ in range(8)] == [
+        one.next_cpu([0, 1, 2], 1) for _ in range(8)
+    ]
+    # A decision that differs from the rule is caught where it is.
+    wrong = list(zip(sets, made, strict=True))
+    wrong[4] = (wrong[4][0], next(o for o in wrong[4][0] if o != made[4]))
+    other = make()
+    assert other.new_execution()
+    assert other.follow(wrong, 0) == 4
+
+
+def test_uniform_pick_is_fair_and_rejects_the_tail() -> None:
+    assert [uniform_pick(x, 3) for x in range(6)] == [0, 1, 2, 0, 1, 2]
+    assert uniform_pick(2**64 - 1, 3) == -1  # 2**64 is not a multiple of 3
+    assert uniform_pick(2**64 - 1, 2) == 1
+    for n in range(1, 9):
+        assert uniform_pick(below_limit(n) - 1, n) == (below_limit(n) - 1) % n

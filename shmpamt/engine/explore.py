@@ -5,15 +5,17 @@ keeps its CPUs alive and only resets shared state between executions;
 ``explore``, ``replay`` and minimisation are all loops of
 :meth:`Session.execute`. A CPU whose next step is ``spin_lock`` while
 pamt_lock is held is parked but not runnable. A grant covers one step, or
-more when the strategy is bound to choose the same CPU again (budgets, see
+more when the strategy is bound to choose the same CPU again (budgets), or
+the CPUs make a random walk's decisions themselves (streams; both in
 :mod:`shmpamt.parking`): the strategy is then asked for those decisions
-after the CPU took the steps, exactly as it would have been one at a time.
+afterwards, exactly as it would have been one at a time.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -21,7 +23,7 @@ from typing import Final
 
 import posix_ipc
 
-from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
+from shmpamt.config import MAX_EXPLORE_CPUS, ExploreConfig, ReplayConfig, Scenario
 from shmpamt.cpu import cpu_explore_main
 from shmpamt.engine.footprint import CONDITIONAL, Footprints
 from shmpamt.engine.processes import Fleet
@@ -45,16 +47,19 @@ from shmpamt.parking import (
     CMD_START,
     IDLE,
     OPS,
-    P_LEN,
-    P_POS,
-    P_SEGMENTS,
     PARKED,
     R_LOG,
     REC,
     RING_SLOTS,
-    SEG,
+    S_GEN,
+    S_LEN,
+    S_ON,
+    S_STEPS,
+    S_USED,
     SPIN_LOCK,
     SPIN_UNLOCK,
+    STEP_REC,
+    STREAM_ROOM,
     W_ARG,
     W_ARG_HI,
     W_BUDGET,
@@ -80,7 +85,12 @@ from shmpamt.results import (
     zero_counts,
 )
 from shmpamt.schedule import Schedule
-from shmpamt.schedulers.base import Access, BaseScheduler, ScheduleMismatch, SleepBlocked
+from shmpamt.schedulers.base import (
+    Access,
+    BaseScheduler,
+    ScheduleMismatch,
+    SleepBlocked,
+)
 from shmpamt.schedulers.registry import claim_of, make_scheduler
 from shmpamt.schedulers.replay import Replay
 from shmpamt.system import System, SystemConfig
@@ -89,9 +99,6 @@ from shmpamt.workload import Workload
 
 STEP_TIMEOUT: Final = 15.0  # a parked CPU that needs longer than this is dead or hung
 BOOT_TIMEOUT: Final = 60.0
-#: decisions a plan covers at most: it usually ends sooner (a CPU parks at spin_lock),
-#: and the segment table costs a few words per CPU switch whether or not it is reached
-PLAN_STEPS: Final = 8
 MINIMIZE_BUDGET: Final = 300  # replays per reported kind
 
 
@@ -149,7 +156,7 @@ class Session:
         self.executions = 0
         #: steps granted by a hand-off, and steps a CPU took past where a search stopped
         self.handoffs = 0
-        #: times the controller granted (a plan's later hand-offs are the CPUs')
+        #: times the controller granted (in a stream the CPUs grant each other)
         self.wakeups = 0
         self.discarded = 0
         try:
@@ -198,7 +205,7 @@ class Session:
         s.log.reset()
         for c in range(self.cpus):
             self.board.set(c, W_STATE, IDLE)
-        self.board.w[self.board.plan + P_POS] = -1
+        self.board.w[self.board.stream + S_ON] = 0
 
     def _abort_parked(self) -> None:
         # Invariant: between executions every CPU waits in its idle loop, so the
@@ -244,7 +251,7 @@ class Session:
         next_cpu = scheduler.next_cpu
         lookahead = scheduler.lookahead
         follow = scheduler.follow
-        plan = scheduler.plan
+        uniform_numbers = scheduler.uniform_numbers
         max_steps = self.max_steps
         ring_room = RING_SLOTS if self.batch else 1
         doorbell, grants = b.doorbell, b.grants
@@ -289,24 +296,19 @@ class Session:
             budget = 0
             room = min(ring_room, max_steps - len(steps)) - 1
             then = runnable
-            waiters = any(o != c and w[bases[o] + W_OP] == SPIN_LOCK for o in parked)
-            segments: list[tuple[int, int, int]] = []
-            if room > 0 and (op != SPIN_UNLOCK or not waiters):
-                if op == SPIN_LOCK and waiters:  # once c holds the lock, they cannot run
-                    then = [o for o in parked if o == c or w[bases[o] + W_OP] != SPIN_LOCK]
-                if len(then) == 1:
-                    budget = room
-                elif wants_pending:
-                    budget = lookahead(then, c, room)
-                else:
-                    # The decisions ahead, which may take turns between CPUs.
-                    segments = _segments(c, plan(then, c, min(room, PLAN_STEPS)))
-                    if len(segments) == 1:
-                        budget = segments.pop()[1]
+            numbers = None
+            if room > 0 and not wants_pending:
+                numbers = uniform_numbers(min(room, STREAM_ROOM))
             first = len(steps)
-            if segments:
-                got = self._run_plan(segments, c, bases, rings)
+            if numbers:
+                # The CPUs make the decisions ahead themselves (a stream, see parking).
+                got, decisions, after, logs = self._run_stream(c, runnable, numbers, bases, rings)
             else:
+                waiters = any(o != c and w[bases[o] + W_OP] == SPIN_LOCK for o in parked)
+                if room > 0 and (op != SPIN_UNLOCK or not waiters):
+                    if op == SPIN_LOCK and waiters:  # once c holds the lock, they cannot run
+                        then = [o for o in parked if o == c or w[bases[o] + W_OP] != SPIN_LOCK]
+                    budget = room if len(then) == 1 else lookahead(then, c, room)
                 w[base + W_BUDGET] = budget
                 w[base + W_CMD] = CMD_GO
                 self.handoffs += 1
@@ -320,34 +322,35 @@ class Session:
                 # Invariant: a CPU takes the granted step and at most `budget` more.
                 if not 1 <= ran <= budget + 1:
                     raise SchedulingError(f"cpu {c} took {ran} steps on a budget of {budget}")
-                got = [(c, w[rings[c] : rings[c] + ran * REC].tolist())]  # its step records
+                ring = w[rings[c] : rings[c] + ran * REC].tolist()  # its step records
+                got = [(c, ring)]
+                # c ran on, so it was runnable after every step but the last
+                decisions = [(then, c)] * (ran - 1)
+                after = [True] * (ran - 1)
+                logs = ring[R_LOG::REC]
             if not wants_pending:
                 # The decisions for the steps taken on, made at once as they would
-                # have been one hand-off each; every CPU that took one of those
-                # steps was runnable after the step before.
-                made = [o for o, ring in got for _ in range(0, len(ring), REC)]
-                if len(made) > 1:
-                    kept = follow(then, c, made[1:])
-                    # Invariant: a strategy's lookahead is a promise about its decisions.
-                    if kept != len(made) - 1:
-                        raise _broken(scheduler, made[kept + 1], first + 1 + kept)
-                    runnable_after.extend([True] * (len(made) - 1))
-                steps.extend(made)
+                # have been one hand-off each.
+                if decisions:
+                    kept = follow(decisions, c)
+                    # Invariant: a strategy's promise, or its rule, holds for its decisions.
+                    if kept != len(decisions):
+                        raise _broken(scheduler, decisions[kept][1], first + 1 + kept)
+                    runnable_after.extend(after)
+                steps.append(c)
+                steps.extend(o for _, o in decisions)
                 runs.extend(got)
             else:
-                ring = got[0][1]
-                ran = len(ring) // REC
                 done = self._follow_pending(
                     scheduler, then, c, ring, ran, pending, runnable_after, steps
                 )
                 pending = done.pending
-                got = [(c, ring[: done.steps * REC])]
-                runs.extend(got)
+                runs.append((c, ring[: done.steps * REC]))
                 if done.stopped:
                     self.discarded += ran - done.steps
                     outcome = SLEEP_BLOCKED
+                    del logs[done.steps :]
             # What each step logged: up to the next step's start, the last one's up to now.
-            logs = [ring[i + R_LOG] for _, ring in got for i in range(0, len(ring), REC)]
             if outcome != SLEEP_BLOCKED:
                 logs[-1] = log.total()
             if logs[-1] != seen:
@@ -361,7 +364,7 @@ class Session:
                 # The CPU ran past where the search stops: what it did there never happened.
                 seen = log.total()
                 break
-            current = got[-1][0]
+            current = steps[-1]
         if outcome == COMPLETE:
             self.s.check_quiescent()
         elif outcome == DEADLOCK:
@@ -382,41 +385,64 @@ class Session:
             runnable_after=runnable_after,
         )
 
-    def _run_plan(
-        self, segments: list[tuple[int, int, int]], c: int, bases: list[int], rings: list[int]
-    ) -> list[tuple[int, list[int]]]:
-        """Start a plan at ``c``; each CPU grants the next segment's. Returns each
-        segment's CPU and step records, up to where the plan ended."""
-        w, plan = self.board.w, self.board.plan
-        for i, (o, budget, off) in enumerate(segments):
-            p = plan + P_SEGMENTS + i * SEG
-            w[p] = o
-            w[p + 1] = budget
-            w[p + 2] = off
-            w[bases[o] + W_CMD] = CMD_GO
-        w[plan + P_LEN] = len(segments)
-        w[plan + P_POS] = 0
+    def _run_stream(
+        self, c: int, runnable: list[int], numbers: list[int], bases: list[int], rings: list[int]
+    ) -> tuple[list[tuple[int, list[int]]], list[tuple[Sequence[int], int]], list[bool], list[int]]:
+        """Grant ``c`` a stream of ``numbers``; the CPUs decide until it ends.
+
+        Returns the runs of steps (CPU, records), the decisions after the first
+        step (runnable set, choice), whether each step's CPU could run at the
+        next decision, and the violation total at the end of each step (the
+        last one's is read by the caller).
+        """
+        w, s = self.board.w, self.board.stream
+        self.board.numbers[: len(numbers)] = array("Q", numbers)
+        mask = 0
+        for o in runnable:
+            mask |= 1 << o
+            w[bases[o] + W_CMD] = CMD_GO  # any of them may be granted by another
+        first = self.board.step_log
+        w[first] = c
+        w[first + 1] = mask
+        w[s + S_GEN] += 1
+        w[s + S_LEN] = len(numbers)
+        w[s + S_USED] = 0
+        w[s + S_STEPS] = 1
+        w[s + S_ON] = 1
         self.wakeups += 1
         self.board.grants[c].release()
         try:
-            self.board.doorbell.acquire(0)  # the plan ran on this core and has ended
+            self.board.doorbell.acquire(0)  # the stream ran on this core and has ended
         except posix_ipc.BusyError:
             self._wait(c)
-        last = w[plan + P_POS]
-        w[plan + P_POS] = -1  # ordinary grants from here on
-        # Invariant: a plan ends in one of its segments, having granted each before it.
-        if not 0 <= last < len(segments):
-            raise SchedulingError(f"a plan of {len(segments)} segments ended in segment {last}")
-        self.handoffs += last + 1
-        got = []
-        for i, (o, budget, off) in enumerate(segments[: last + 1]):
-            ran = budget + 1 if i < last else w[bases[o] + W_RAN] - off
-            # Invariant: a CPU takes the granted step and at most `budget` more.
-            if not 1 <= ran <= budget + 1:
-                raise SchedulingError(f"cpu {o} took {ran} steps on a budget of {budget}")
-            r = rings[o] + off * REC
-            got.append((o, w[r : r + ran * REC].tolist()))
-        return got
+        w[s + S_ON] = 0  # ordinary grants from here on
+        n = w[s + S_STEPS]
+        # Invariant: every decision took one number or more, the first was ours.
+        if not 1 <= n <= w[s + S_USED] + 1:
+            raise SchedulingError(f"a stream of {w[s + S_USED]} numbers logged {n} steps")
+        log = w[first : first + n * STEP_REC].tolist()
+        who = log[0::STEP_REC]
+        sets = [_SETS[m] for m in log[1::STEP_REC]]
+        taken = dict.fromkeys(who, 0)
+        got: list[tuple[int, list[int]]] = []
+        start = 0
+        for k in range(1, n + 1):
+            if k == n or who[k] != who[start]:
+                o = who[start]
+                r = rings[o] + taken[o] * REC
+                taken[o] += k - start
+                got.append((o, w[r : r + (k - start) * REC].tolist()))
+                start = k
+        for o, ran in taken.items():
+            # Invariant: a CPU's ring holds exactly the steps the log gives it.
+            if w[bases[o] + W_RAN] != ran:
+                raise SchedulingError(
+                    f"cpu {o} recorded {w[bases[o] + W_RAN]} steps, the stream gave it {ran}"
+                )
+        self.handoffs += len(got)
+        decisions: list[tuple[Sequence[int], int]] = list(zip(sets[1:], who[1:], strict=True))
+        after = [who[k] in sets[k + 1] for k in range(n - 1)]
+        return got, decisions, after, [*log[2 + STEP_REC :: STEP_REC], 0]
 
     def _follow_pending(
         self,
@@ -514,22 +540,10 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
     return trace
 
 
-def _segments(c: int, made: list[int]) -> list[tuple[int, int, int]]:
-    """A plan's segments from the decisions after ``c``'s step: (CPU, budget, first
-    ring slot), each CPU's steps placed one after another in its ring."""
-    used: dict[int, int] = {}
-    segments = []
-    start, n = c, 1
-    for o in made:
-        if o == start:
-            n += 1
-            continue
-        off = used.get(start, 0)
-        segments.append((start, n - 1, off))
-        used[start] = off + n
-        start, n = o, 1
-    segments.append((start, n - 1, used.get(start, 0)))
-    return segments
+#: CPUs of each runnable-set bit mask, in order
+_SETS: Final = tuple(
+    tuple(o for o in range(MAX_EXPLORE_CPUS) if m >> o & 1) for m in range(1 << MAX_EXPLORE_CPUS)
+)
 
 
 def _broken(scheduler: BaseScheduler, cpu: int, step: int) -> SchedulingError:

@@ -229,6 +229,13 @@ class SplitMix64:
         return pool[:k]
 
 
+def uniform_pick(x: int, n: int) -> int:
+    """The uniform rule: the index among ``n`` runnable CPUs (in order) that the
+    number ``x`` picks, or -1 when ``x`` is rejected (the rule draws again), so
+    that every index is equally likely."""
+    return x % n if x < below_limit(n) else -1
+
+
 def default_choice(runnable: Sequence[int], current: int | None) -> int:
     """The non-preemptive choice: keep running ``current`` if it can, else the lowest CPU.
 
@@ -333,23 +340,25 @@ class BaseScheduler:
     def executed(self, access: Access) -> None:
         """Only DPOR refines its analysis with what a step did."""
 
-    def follow(self, runnable: Sequence[int], cpu: int, made: Sequence[int]) -> int:
-        """The next ``len(made)`` decisions at once, each asked with ``runnable``, no
-        ``pending`` (for strategies that do not read it) and the CPU before as the
-        current one, starting from ``cpu``: the steps CPUs took on a promise.
-        Returns how many chose as ``made`` says before the first that did not
-        (which breaks the promise, and ends it).
+    def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int) -> int:
+        """Decisions already taken, made at once: each ``(runnable, chosen)`` asked
+        with no ``pending`` (for strategies that do not read it) and the CPU chosen
+        before as the current one, starting from ``cpu``. These are steps CPUs
+        took on a promise (``lookahead``) or by the strategy's rule
+        (``uniform_numbers``). Returns how many chose as recorded before the first
+        that did not (which breaks the promise, and ends it).
         """
         current = cpu
-        for i, want in enumerate(made):
+        for i, (runnable, want) in enumerate(decisions):
             current = self.next_cpu(runnable, current)
             if current != want:
                 return i
-        return len(made)
+        return len(decisions)
 
-    def _book(self, runnable: Sequence[int], made: Sequence[int]) -> None:
-        """Keep ``next_cpu``'s books for decisions ``made`` at once with ``runnable``."""
-        self.cpus_seen = max(self.cpus_seen, max(runnable) + 1)
+    def _book(self, top: int, made: Sequence[int]) -> None:
+        """Keep ``next_cpu``'s books for decisions ``made`` at once, the highest CPU
+        runnable at any of them being ``top - 1``."""
+        self.cpus_seen = max(self.cpus_seen, top)
         self.steps.extend(made)
         self.total_steps += len(made)
 
@@ -367,16 +376,13 @@ class BaseScheduler:
         """
         return 0
 
-    def plan(self, runnable: Sequence[int], cpu: int, limit: int) -> list[int]:
-        """The CPUs the next decisions (at most ``limit``) will choose, if each is asked
-        with ``runnable`` and the CPU chosen before it (first ``cpu``) as current.
-
-        The same kind of promise as ``lookahead``, for decisions that may take
-        turns: the controller lets the CPUs hand over to each other as planned,
-        and asks ``follow`` for the decisions afterwards. Strategies that can
-        promise only a run of ``cpu`` keep this default.
+    def uniform_numbers(self, limit: int) -> list[int] | None:
+        """For a strategy whose every decision is the uniform rule (``uniform_pick``
+        with the next number it draws, drawing again when that says -1): the next
+        ``limit`` numbers, without taking them, so that the CPUs can make the
+        decisions themselves. None (the default) for any other strategy.
         """
-        return [cpu] * self.lookahead(runnable, cpu, limit)
+        return None
 
     @property
     def skipped_last(self) -> bool:

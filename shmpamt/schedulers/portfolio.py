@@ -125,15 +125,16 @@ class Portfolio(BaseScheduler):
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         return self._member.lookahead(runnable, cpu, limit) if self._member is not None else 0
 
-    def plan(self, runnable: Sequence[int], cpu: int, limit: int) -> list[int]:
-        return self._member.plan(runnable, cpu, limit) if self._member is not None else []
+    def uniform_numbers(self, limit: int) -> list[int] | None:
+        return self._member.uniform_numbers(limit) if self._member is not None else None
 
-    def follow(self, runnable: Sequence[int], cpu: int, made: Sequence[int]) -> int:
+    def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int) -> int:
         assert self._member is not None, "follow before new_execution"
-        n = len(made)
-        kept = self._member.follow(runnable, cpu, made)
+        n = len(decisions)
+        kept = self._member.follow(decisions, cpu)
         # The portfolio's own record of the decisions, as next_cpu keeps it.
-        self._book(runnable, self._member.steps[len(self._member.steps) - min(kept + 1, n) :])
+        top = max((max(r) for r, _ in decisions), default=-1) + 1
+        self._book(top, self._member.steps[len(self._member.steps) - min(kept + 1, n) :])
         return kept
 
     def executed(self, access: Access) -> None:

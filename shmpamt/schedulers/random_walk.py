@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shmpamt.schedulers.base import SeededSampler, below_limit
+from shmpamt.schedulers.base import SeededSampler, uniform_pick
 
 
 class RandomWalk(SeededSampler):
@@ -23,31 +23,42 @@ class RandomWalk(SeededSampler):
 
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         # The numbers the next choices will draw are already determined: read them.
-        made = self.plan(runnable, cpu, limit)
-        return next((i for i, o in enumerate(made) if o != cpu), len(made))
-
-    def plan(self, runnable: Sequence[int], cpu: int, limit: int) -> list[int]:
-        # One number per decision; one below() would reject only makes the plan shorter.
         ordered = sorted(runnable)
-        n, top = len(ordered), below_limit(len(ordered))
-        return [ordered[x % n] for x in self._rng.ahead(limit) if x < top]
+        n = len(ordered)
+        k = 0
+        for x in self._rng.ahead(limit):
+            i = uniform_pick(x, n)
+            if i >= 0 and ordered[i] != cpu:
+                break
+            k += i >= 0  # a rejected number: the next one decides
+        return k
 
-    def follow(self, runnable: Sequence[int], cpu: int, made: Sequence[int]) -> int:
-        # next_cpu's bookkeeping once for the run; one number per decision, as always.
-        ordered = sorted(runnable)
-        n, top, k = len(ordered), below_limit(len(ordered)), len(made)
-        xs = self._rng.ahead(k)
-        if max(xs, default=0) < top and [ordered[x % n] for x in xs] == list(made):
+    def uniform_numbers(self, limit: int) -> list[int] | None:
+        return self._rng.ahead(limit)
+
+    def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int) -> int:
+        # next_cpu's bookkeeping once for them all; one number per decision, as always.
+        k = len(decisions)
+        made = [want for _, want in decisions]
+        top = 0
+        for (r, want), x in zip(decisions, self._rng.ahead(k), strict=True):
+            ordered = sorted(r)
+            i = uniform_pick(x, len(ordered))
+            if i < 0 or ordered[i] != want:
+                break  # a number rejected, or a decision differs: one at a time
+            top = max(top, ordered[-1] + 1)
+        else:
             self._rng.skip(k)
-            self._book(ordered, made)
+            self._book(top, made)
             return k
-        below = self._rng.below  # a number rejected, or a promise broken: one at a time
-        for i, want in enumerate(made):
-            chosen = ordered[below(n)]
+        top = max((max(r) for r, _ in decisions), default=-1) + 1
+        below = self._rng.below
+        for i, (r, want) in enumerate(decisions):
+            chosen = sorted(r)[below(len(r))]
             if chosen != want:
-                self._book(ordered, [*made[:i], chosen])
+                self._book(top, [*made[:i], chosen])
                 return i
-        self._book(ordered, made)
+        self._book(top, made)
         return k
 
     def coverage(self) -> str:
