@@ -79,7 +79,7 @@ class UniformChaos:
             else:
                 time.sleep(self._rng.random() * self._max)
 
-    def after(self, op: str, target: int, result: int, value: int) -> None:
+    def after(self, op: str, target: int, result: int) -> None:
         return None
 
 
@@ -178,7 +178,7 @@ class TargetedChaos:
         self.delays += 1
         self._sleep(share * (self._min + self._rng.random() * (self._max - self._min)))
 
-    def after(self, op: str, target: int, result: int, value: int) -> None:
+    def after(self, op: str, target: int, result: int) -> None:
         if op == "spin_lock":
             self._depth = 0
         elif op == "spin_unlock":

@@ -44,7 +44,9 @@ class Hook(Protocol):
         """``a``, ``b``: the operands of ``atomic_add_unless`` and ``atomic_cmpxchg``."""
         ...
 
-    def after(self, op: str, target: int, result: int, value: int) -> None: ...
+    def after(self, op: str, target: int, result: int) -> None:
+        """``result``: what the primitive returned (a SEAMCALL: its status)."""
+        ...
 
 
 class PagePool(Protocol):
@@ -81,9 +83,7 @@ class Kernel:
         # The choke point every primitive calls on both sides; bound once, as it
         # runs at every step (explore: the hook's own methods, one frame less).
         self._before: Callable[..., None] = _unhooked if hook is None else hook.before
-        self._after: Callable[[str, int, int], None] = (
-            _unhooked if hook is None else self._after_hooked
-        )
+        self._after: Callable[[str, int, int], None] = _unhooked if hook is None else hook.after
         self._alloc_fails = alloc_fails
         self.warnings = 0
         self.last_warning = ""
@@ -92,11 +92,6 @@ class Kernel:
         self.injected = 0
 
     # -- the choke point --------------------------------------------------
-
-    def _after_hooked(self, op: str, target: int, result: int) -> None:
-        assert self._hook is not None
-        value = self.refcounts.read(target) if op.startswith("atomic") else 0
-        self._hook.after(op, target, result, value)
 
     # -- for compiled variants (shmpamt/variants/cvariant.py) ----------------
 

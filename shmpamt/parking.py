@@ -258,7 +258,8 @@ class ExploreHook:
         self._cpu = cpu
         # Plain loads: while this CPU runs no other process writes these words.
         self._rc = refcounts.view()
-        self._nrc = len(refcounts)  # an index out of range is the primitive's to report
+        self._nrc = len(refcounts)
+        self._slot = -1  # the refcount slot the step in progress works on, or -1
         self._log, self._log_total = log.total_view()
         self._base = cpu * WORDS
         self._others = [o * WORDS for o in range(board.cpus) if o != cpu]
@@ -286,9 +287,10 @@ class ExploreHook:
             a = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
             b = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
         if self._streaming:
-            self._park(opi, target, a, b)
-            chosen = self._choose()
+            chosen = self._choose(opi)
             if chosen != self._cpu:
+                # Where we are matters only to the others, and to the controller.
+                self._park(opi, target, a, b)
                 (self._doorbell if chosen < 0 else self._grants[chosen]).release()
                 ran = self._wait_grant()
         elif self._runs_on(opi):
@@ -306,7 +308,9 @@ class ExploreHook:
         w[r + R_OPND_B] = b
         # Read now: only this CPU runs, so this is exactly the value the primitive
         # will see (at park time another CPU could still have changed it).
-        w[r + R_BEFORE] = self._rc[target] if opi in ATOMIC_OPS and 0 <= target < self._nrc else 0
+        # An index out of range is the primitive's to report.
+        self._slot = slot = target if opi in ATOMIC_OPS and 0 <= target < self._nrc else -1
+        w[r + R_BEFORE] = self._rc[slot] if slot >= 0 else 0
         self._ran = ran = ran + 1
         w[self._base + W_RAN] = ran  # in a stream: every step of this CPU in it
         self._unlocked = opi == SPIN_UNLOCK
@@ -340,12 +344,14 @@ class ExploreHook:
         self._budget = w[base + W_BUDGET]
         return 0
 
-    def _choose(self) -> int:
+    def _choose(self, mine: int) -> int:
         """A stream's next decision: the CPU that takes the next step, or -1 (the
         numbers ran out, or nobody can run): the controller decides then.
 
         Who can run is what the controller would find: every parked CPU, but
-        one at ``spin_lock`` of a held lock.
+        one at ``spin_lock`` of a held lock. This CPU is parked at op ``mine``
+        (its words on the board are written only if it hands over), or not
+        at all (-1: it is done).
         """
         w, s = self._w, self._stream
         used, have = w[s + S_USED], w[s + S_LEN]
@@ -354,11 +360,18 @@ class ExploreHook:
         runnable = []
         mask = 0
         held = -1
+        me = self._cpu
         for o in range(self._ncpus):
             base = o * WORDS
-            if w[base + W_STATE] != PARKED:
+            if o == me:
+                op = mine
+            elif w[base + W_STATE] != PARKED:
                 continue
-            if w[base + W_OP] == SPIN_LOCK:
+            else:
+                op = w[base + W_OP]
+            if op < 0:
+                continue
+            if op == SPIN_LOCK:
                 if held < 0:
                     held = 1 if self._lock_held() else 0
                 if held:
@@ -402,10 +415,11 @@ class ExploreHook:
             return not self._lock_held() and not self._waiters()
         return not self._unlocked or not self._waiters()
 
-    def after(self, op: str, target: int, result: int, value: int) -> None:
+    def after(self, op: str, target: int, result: int) -> None:
         w = self._w
         r = self._ring + (self._ran - 1) * REC
-        w[r + R_AFTER] = value
+        slot = self._slot
+        w[r + R_AFTER] = self._rc[slot] if slot >= 0 else 0  # the value the atomic left
         # SEAMCALL statuses are 64-bit: split across two words (stored as signed int32)
         if 0 <= result <= _I32_MAX:
             w[r + R_LO] = result
@@ -425,7 +439,7 @@ class ExploreHook:
         chosen = -1
         if self._streaming:  # the next decision is ours: we are done or stopped
             self._streaming = False
-            chosen = self._choose()
+            chosen = self._choose(-1)
         (self._doorbell if chosen < 0 else self._grants[chosen]).release()
         acquire_watching(self._grant, self._parent)
         w, base = self._w, self._base

@@ -70,13 +70,13 @@ def _hooks(cpus: int = 2, p: float = 0.0) -> tuple[WindowTable, list[TargetedCha
 def test_an_op_between_two_of_another_cpus_ops_is_counted_once_per_kind() -> None:
     table, (a, b), _ = _hooks()
     a.before("atomic_read", 0)
-    a.after("atomic_read", 0, 0, 0)  # A's window (atomic_read, ?) opens on slot 0
+    a.after("atomic_read", 0, 0)  # A's window (atomic_read, ?) opens on slot 0
     b.before("atomic_inc", 0)  # B lands inside it
-    b.after("atomic_inc", 0, 0, 1)
+    b.after("atomic_inc", 0, 0)
     b.before("atomic_inc", 1)  # another slot: not inside A's window
-    b.after("atomic_inc", 1, 0, 1)
+    b.after("atomic_inc", 1, 0)
     a.before("atomic_set", 0)  # A closes the window
-    a.after("atomic_set", 0, 0, 0)
+    a.after("atomic_set", 0, 0)
     got = table.interleavings()
     # Invariant: exactly the one cross-CPU op on A's slot is recorded, keyed by A's pair.
     assert got == {("atomic_read", "atomic_set", "atomic_inc"): 1}, got
@@ -127,9 +127,9 @@ def test_a_fresh_racy_window_is_delayed_and_counted() -> None:
     _, (a, _), slept = _hooks(p=0.45)  # 0.45 x (0.5 + 2) > 0.95: a fresh window always waits
     for _ in range(3):
         a.before("atomic_read", 0)
-        a.after("atomic_read", 0, 0, 0)
+        a.after("atomic_read", 0, 0)
         a.before("atomic_set", 0)
-        a.after("atomic_set", 0, 0, 0)
+        a.after("atomic_set", 0, 0)
     assert a.delays >= 3 and len(slept) == a.delays
     assert all(100e-6 <= s <= 400e-6 for s in slept), slept
 

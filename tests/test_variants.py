@@ -138,7 +138,7 @@ class Script:
         if action is not None:
             action()
 
-    def after(self, op: str, target: int, result: int, value: int) -> None:
+    def after(self, op: str, target: int, result: int) -> None:
         self.ops.append((op, target, result))
 
     def index(self, op: str, result: int | None = None) -> int:

@@ -60,7 +60,7 @@ class _EmptyHook:
     def before(self, op: str, target: int) -> None:
         return None
 
-    def after(self, op: str, target: int, result: int, value: int) -> None:
+    def after(self, op: str, target: int, result: int) -> None:
         return None
 
 

@@ -229,11 +229,14 @@ class SplitMix64:
         return pool[:k]
 
 
+_LIMITS: Final = tuple(below_limit(n) if n else 0 for n in range(33))
+
+
 def uniform_pick(x: int, n: int) -> int:
     """The uniform rule: the index among ``n`` runnable CPUs (in order) that the
     number ``x`` picks, or -1 when ``x`` is rejected (the rule draws again), so
     that every index is equally likely."""
-    return x % n if x < below_limit(n) else -1
+    return x % n if x < (_LIMITS[n] if n < len(_LIMITS) else below_limit(n)) else -1
 
 
 def default_choice(runnable: Sequence[int], current: int | None) -> int:

@@ -41,12 +41,15 @@ class RandomWalk(SeededSampler):
         k = len(decisions)
         made = [want for _, want in decisions]
         top = 0
+        last: Sequence[int] | None = None
+        ordered: list[int] = []
         for (r, want), x in zip(decisions, self._rng.ahead(k), strict=True):
-            ordered = sorted(r)
+            if r is not last:  # runs of decisions share their set
+                last, ordered = r, sorted(r)
+                top = max(top, ordered[-1] + 1)
             i = uniform_pick(x, len(ordered))
             if i < 0 or ordered[i] != want:
                 break  # a number rejected, or a decision differs: one at a time
-            top = max(top, ordered[-1] + 1)
         else:
             self._rng.skip(k)
             self._book(top, made)
