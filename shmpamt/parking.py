@@ -278,6 +278,7 @@ class ExploreHook:
         self._unlocked = False  # the last step was spin_unlock
         self._streaming = False  # decisions are the CPUs' own (see "stream" above)
         self._gen = -1  # the stream this CPU's ring holds records of
+        self._starting = False  # started by a stream: start the next CPU when we park
 
     def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         w = self._w
@@ -287,7 +288,7 @@ class ExploreHook:
             a = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
             b = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
         if self._streaming:
-            chosen = self._choose(opi)
+            chosen = self._next_turn(opi)
             if chosen != self._cpu:
                 # Where we are matters only to the others, and to the controller.
                 self._park(opi, target, a, b)
@@ -343,6 +344,15 @@ class ExploreHook:
         self._streaming = False
         self._budget = w[base + W_BUDGET]
         return 0
+
+    def _next_turn(self, mine: int) -> int:
+        """Who goes next in a stream, this CPU being parked at op ``mine`` (-1: done):
+        at the start of an execution the next CPU to start, else ``_choose``."""
+        if self._starting:
+            self._starting = False
+            if self._cpu + 1 < self._ncpus:
+                return self._cpu + 1  # its command is START, from the controller
+        return self._choose(mine)
 
     def _choose(self, mine: int) -> int:
         """A stream's next decision: the CPU that takes the next step, or -1 (the
@@ -439,12 +449,20 @@ class ExploreHook:
         chosen = -1
         if self._streaming:  # the next decision is ours: we are done or stopped
             self._streaming = False
-            chosen = self._choose(-1)
+            chosen = self._next_turn(-1)
         (self._doorbell if chosen < 0 else self._grants[chosen]).release()
         acquire_watching(self._grant, self._parent)
         w, base = self._w, self._base
         seed = (w[base + W_ARG] & 0xFFFFFFFF) | ((w[base + W_ARG_HI] & 0xFFFFFFFF) << 32)
-        return int(w[base + W_CMD]), seed
+        cmd = int(w[base + W_CMD])
+        if cmd == CMD_START and w[self._stream + S_ON]:
+            # Started by a stream: our first scheduling point starts the next CPU,
+            # and from then on we are granted by the CPUs (GO is ours to set).
+            self._streaming = self._starting = True
+            self._gen = w[self._stream + S_GEN]
+            self._ran = 0
+            w[base + W_CMD] = CMD_GO
+        return cmd, seed
 
 
 def workload_rng(seed: int, cpu: int) -> random.Random:

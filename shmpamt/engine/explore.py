@@ -233,8 +233,19 @@ class Session:
         cpus = range(self.cpus)
         bases = [c * WORDS for c in cpus]
         rings = [b.ring(c) for c in cpus]
-        for c in cpus:
-            self._grant(c, CMD_START, seed)
+        wants_pending = scheduler.uses_pending
+        uniform_numbers = scheduler.uniform_numbers
+        max_steps = self.max_steps
+        ring_room = RING_SLOTS if self.batch else 1
+        # A random walk's decisions are the CPUs' own from the first step (a stream).
+        opening = None
+        if ring_room > 1 and not wants_pending:
+            opening = uniform_numbers(min(max_steps, STREAM_ROOM))
+        if opening:
+            self._start_streaming(seed, opening)
+        else:
+            for c in cpus:
+                self._grant(c, CMD_START, seed)
         steps: list[int] = []
         runnable_after: list[bool] = []
         # each grant's CPU and step records; TraceEvents are built only when read
@@ -246,15 +257,50 @@ class Session:
         outcome = COMPLETE
         in_state = self.footprints.pending
         rc = self._rc
-        wants_pending = scheduler.uses_pending
         pending: dict[int, Access] | None = None
         next_cpu = scheduler.next_cpu
         lookahead = scheduler.lookahead
         follow = scheduler.follow
-        uniform_numbers = scheduler.uniform_numbers
-        max_steps = self.max_steps
-        ring_room = RING_SLOTS if self.batch else 1
         doorbell, grants = b.doorbell, b.grants
+
+        def took(
+            got: list[tuple[int, list[int]]],
+            made: list[int],
+            decisions: list[tuple[Sequence[int], int]],
+            after: list[bool],
+            asked: int | None,
+        ) -> None:
+            """Steps taken on a promise or by the strategy's rule: ask the strategy
+            for their decisions, made at once as they would have been one
+            hand-off each (``asked``: the current CPU at the first of them)."""
+            if decisions:
+                kept = follow(decisions, asked)
+                # Invariant: a strategy's promise, or its rule, holds for its decisions.
+                if kept != len(decisions):
+                    at = len(steps) + len(made) - len(decisions) + kept
+                    raise _broken(scheduler, decisions[kept][1], at)
+                runnable_after.extend(after)
+            steps.extend(made)
+            runs.extend(got)
+
+        def logged(logs: list[int], first: int) -> None:
+            """Attribute violations to steps: each logged up to the next one's start."""
+            nonlocal seen
+            if logs[-1] != seen:
+                for j, total in enumerate(logs):
+                    if total != seen:
+                        new = log.records()[seen:total]
+                        seen += len(new)
+                        violations.extend(new)
+                        vsteps.extend([first + j] * len(new))
+
+        if opening:
+            got, made, decisions, after, logs = self._end_stream(None, bases, rings)
+            if made:
+                took(got, made, decisions, after, None)
+                logs[-1] = log.total()
+                logged(logs, 0)
+                current = steps[-1]
         while True:
             parked = [c for c in cpus if w[bases[c] + W_STATE] == PARKED]
             if not parked:
@@ -291,19 +337,21 @@ class Session:
                 raise SchedulingError(f"scheduler chose cpu {c}, runnable were {runnable}")
             base = bases[c]
             op = w[base + W_OP]
-            # Steps c may take after this one without a hand-off: every one the
-            # strategy is bound to give it anyway. `then` is who can run meanwhile.
-            budget = 0
-            room = min(ring_room, max_steps - len(steps)) - 1
-            then = runnable
+            first = len(steps)
+            room = min(ring_room, max_steps - first) - 1
             numbers = None
             if room > 0 and not wants_pending:
                 numbers = uniform_numbers(min(room, STREAM_ROOM))
-            first = len(steps)
             if numbers:
-                # The CPUs make the decisions ahead themselves (a stream, see parking).
-                got, decisions, after, logs = self._run_stream(c, runnable, numbers, bases, rings)
+                # The CPUs make the decisions after this one (a stream, see parking).
+                self._run_stream(c, runnable, numbers)
+                got, made, decisions, after, logs = self._end_stream(c, bases, rings)
+                took(got, made, decisions, after, c)
             else:
+                # Steps c may take after this one without a hand-off: every one the
+                # strategy is bound to give it anyway. `then` is who can run meanwhile.
+                budget = 0
+                then = runnable
                 waiters = any(o != c and w[bases[o] + W_OP] == SPIN_LOCK for o in parked)
                 if room > 0 and (op != SPIN_UNLOCK or not waiters):
                     if op == SPIN_LOCK and waiters:  # once c holds the lock, they cannot run
@@ -323,43 +371,24 @@ class Session:
                 if not 1 <= ran <= budget + 1:
                     raise SchedulingError(f"cpu {c} took {ran} steps on a budget of {budget}")
                 ring = w[rings[c] : rings[c] + ran * REC].tolist()  # its step records
-                got = [(c, ring)]
-                # c ran on, so it was runnable after every step but the last
-                decisions = [(then, c)] * (ran - 1)
-                after = [True] * (ran - 1)
                 logs = ring[R_LOG::REC]
-            if not wants_pending:
-                # The decisions for the steps taken on, made at once as they would
-                # have been one hand-off each.
-                if decisions:
-                    kept = follow(decisions, c)
-                    # Invariant: a strategy's promise, or its rule, holds for its decisions.
-                    if kept != len(decisions):
-                        raise _broken(scheduler, decisions[kept][1], first + 1 + kept)
-                    runnable_after.extend(after)
-                steps.append(c)
-                steps.extend(o for _, o in decisions)
-                runs.extend(got)
-            else:
-                done = self._follow_pending(
-                    scheduler, then, c, ring, ran, pending, runnable_after, steps
-                )
-                pending = done.pending
-                runs.append((c, ring[: done.steps * REC]))
-                if done.stopped:
-                    self.discarded += ran - done.steps
-                    outcome = SLEEP_BLOCKED
-                    del logs[done.steps :]
-            # What each step logged: up to the next step's start, the last one's up to now.
+                if not wants_pending:
+                    # c ran on, so it was runnable after every step but the last
+                    took([(c, ring)], [c] * ran, [(then, c)] * (ran - 1), [True] * (ran - 1), c)
+                else:
+                    done = self._follow_pending(
+                        scheduler, then, c, ring, ran, pending, runnable_after, steps
+                    )
+                    pending = done.pending
+                    runs.append((c, ring[: done.steps * REC]))
+                    if done.stopped:
+                        self.discarded += ran - done.steps
+                        outcome = SLEEP_BLOCKED
+                        del logs[done.steps :]
+            # The last step's violations are those logged up to now.
             if outcome != SLEEP_BLOCKED:
                 logs[-1] = log.total()
-            if logs[-1] != seen:
-                for j, logged in enumerate(logs):
-                    if logged != seen:
-                        new = log.records()[seen:logged]
-                        seen += len(new)
-                        violations.extend(new)
-                        vsteps.extend([first + j] * len(new))
+            logged(logs, first)
             if outcome == SLEEP_BLOCKED:
                 # The CPU ran past where the search stops: what it did there never happened.
                 seen = log.total()
@@ -385,41 +414,63 @@ class Session:
             runnable_after=runnable_after,
         )
 
-    def _run_stream(
-        self, c: int, runnable: list[int], numbers: list[int], bases: list[int], rings: list[int]
-    ) -> tuple[list[tuple[int, list[int]]], list[tuple[Sequence[int], int]], list[bool], list[int]]:
-        """Grant ``c`` a stream of ``numbers``; the CPUs decide until it ends.
-
-        Returns the runs of steps (CPU, records), the decisions after the first
-        step (runnable set, choice), whether each step's CPU could run at the
-        next decision, and the violation total at the end of each step (the
-        last one's is read by the caller).
-        """
+    def _open_stream(self, numbers: list[int]) -> None:
+        """Hand the decisions to the CPUs: the stream's numbers, then S_ON."""
         w, s = self.board.w, self.board.stream
         self.board.numbers[: len(numbers)] = array("Q", numbers)
-        mask = 0
-        for o in runnable:
-            mask |= 1 << o
-            w[bases[o] + W_CMD] = CMD_GO  # any of them may be granted by another
-        first = self.board.step_log
-        w[first] = c
-        w[first + 1] = mask
         w[s + S_GEN] += 1
         w[s + S_LEN] = len(numbers)
         w[s + S_USED] = 0
-        w[s + S_STEPS] = 1
+        w[s + S_STEPS] = 0
         w[s + S_ON] = 1
         self.wakeups += 1
+
+    def _start_streaming(self, seed: int, numbers: list[int]) -> None:
+        """Start an execution with the decisions the CPUs' from its first step:
+        each CPU starts the next one at its first scheduling point, the last
+        one decides (see parking)."""
+        self._open_stream(numbers)
+        for c in range(self.cpus):
+            self.board.set(c, W_CMD, CMD_START)
+            self.board.set(c, W_ARG, seed & 0xFFFFFFFF)
+            self.board.set(c, W_ARG_HI, (seed >> 32) & 0xFFFFFFFF)
+        self.board.grants[0].release()
+
+    def _run_stream(self, c: int, runnable: list[int], numbers: list[int]) -> None:
+        """Grant ``c`` the step we decided, with a stream of ``numbers`` after it."""
+        w = self.board.w
+        self._open_stream(numbers)
+        mask = 0
+        for o in runnable:
+            mask |= 1 << o
+            w[o * WORDS + W_CMD] = CMD_GO  # any of them may be granted by another
+        log = self.board.step_log
+        w[log] = c
+        w[log + 1] = mask
+        w[self.board.stream + S_STEPS] = 1
         self.board.grants[c].release()
+
+    def _end_stream(self, c: int | None, bases: list[int], rings: list[int]) -> _StreamSteps:
+        """Wait for the stream to end; what its steps were.
+
+        ``c``: the CPU we granted its first step, or None (the CPUs made every
+        decision). Returns the runs of steps (CPU, records), every step's CPU,
+        the CPUs' decisions (runnable set, choice), whether each step's CPU
+        could run at the next decision, and the violation total at the end of
+        each step (the last one's is read by the caller).
+        """
+        w, s = self.board.w, self.board.stream
         try:
             self.board.doorbell.acquire(0)  # the stream ran on this core and has ended
         except posix_ipc.BusyError:
             self._wait(c)
         w[s + S_ON] = 0  # ordinary grants from here on
-        n = w[s + S_STEPS]
-        # Invariant: every decision took one number or more, the first was ours.
-        if not 1 <= n <= w[s + S_USED] + 1:
-            raise SchedulingError(f"a stream of {w[s + S_USED]} numbers logged {n} steps")
+        n, used = w[s + S_STEPS], w[s + S_USED]
+        ours = int(c is not None)
+        # Invariant: every decision of the CPUs took one number or more.
+        if not ours <= n <= used + ours:
+            raise SchedulingError(f"a stream of {used} numbers logged {n} steps")
+        first = self.board.step_log
         log = w[first : first + n * STEP_REC].tolist()
         who = log[0::STEP_REC]
         sets = [_SETS[m] for m in log[1::STEP_REC]]
@@ -440,9 +491,9 @@ class Session:
                     f"cpu {o} recorded {w[bases[o] + W_RAN]} steps, the stream gave it {ran}"
                 )
         self.handoffs += len(got)
-        decisions: list[tuple[Sequence[int], int]] = list(zip(sets[1:], who[1:], strict=True))
+        decisions: list[tuple[Sequence[int], int]] = list(zip(sets[ours:], who[ours:], strict=True))
         after = [who[k] in sets[k + 1] for k in range(n - 1)]
-        return got, decisions, after, [*log[2 + STEP_REC :: STEP_REC], 0]
+        return got, who, decisions, after, [*log[2 + STEP_REC :: STEP_REC], 0]
 
     def _follow_pending(
         self,
@@ -539,6 +590,12 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
                 trace.append(TraceEvent(len(trace), c, op, target, None, None, result))
     return trace
 
+
+#: a stream's steps: runs (CPU, records), each step's CPU, the CPUs' decisions
+#: (runnable set, choice), runnable after each step, violation total after each
+_StreamSteps = tuple[
+    list[tuple[int, list[int]]], list[int], list[tuple[Sequence[int], int]], list[bool], list[int]
+]
 
 #: CPUs of each runnable-set bit mask, in order
 _SETS: Final = tuple(

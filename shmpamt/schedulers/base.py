@@ -343,15 +343,16 @@ class BaseScheduler:
     def executed(self, access: Access) -> None:
         """Only DPOR refines its analysis with what a step did."""
 
-    def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int) -> int:
+    def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int | None) -> int:
         """Decisions already taken, made at once: each ``(runnable, chosen)`` asked
         with no ``pending`` (for strategies that do not read it) and the CPU chosen
-        before as the current one, starting from ``cpu``. These are steps CPUs
+        before as the current one, starting from ``cpu`` (None: the first step of
+        an execution). These are steps CPUs
         took on a promise (``lookahead``) or by the strategy's rule
         (``uniform_numbers``). Returns how many chose as recorded before the first
         that did not (which breaks the promise, and ends it).
         """
-        current = cpu
+        current: int | None = cpu
         for i, (runnable, want) in enumerate(decisions):
             current = self.next_cpu(runnable, current)
             if current != want:

@@ -36,7 +36,7 @@ class RandomWalk(SeededSampler):
     def uniform_numbers(self, limit: int) -> list[int] | None:
         return self._rng.ahead(limit)
 
-    def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int) -> int:
+    def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int | None) -> int:
         # next_cpu's bookkeeping once for them all; one number per decision, as always.
         k = len(decisions)
         made = [want for _, want in decisions]
