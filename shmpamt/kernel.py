@@ -232,12 +232,13 @@ class Kernel:
         self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0
     ) -> tuple[int, int, int, int]:
         target = range_of(rcx)
-        self._before(tdx.leaf_name(leaf), target)
+        name = tdx.leaf_name(leaf)
+        self._before(name, target)
         out = self._port.call(leaf, rcx, rdx, r8)
         if out[0] and tdx.status_class(out[0]) == tdx.TDX_OPERAND_BUSY:
             # Only injection produces BUSY in this emulator (see docs/design.md).
             self.injected += 1
-        self._after(tdx.leaf_name(leaf), target, out[0])
+        self._after(name, target, out[0])
         return out
 
     def tdh_phymem_pamt_add(self, hpa_ps: int, pamt_pages: list[int]) -> int:

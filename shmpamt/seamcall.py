@@ -141,6 +141,7 @@ class Mailbox:
         self.nslots = int(n)
         # Atomic view of the whole payload: tickets and the abandoned word.
         self.words = RefcountArray.over(segment, 0, segment.payload_size // 4)
+        self._tickets = [self.ticket_index(s) for s in range(self.nslots)]
 
     @classmethod
     def create(cls, name: str, nslots: int) -> Mailbox:
@@ -173,7 +174,7 @@ class Mailbox:
 
     def post(self, slot: int, seq: int, leaf: int, rcx: int, rdx: int, r8: int) -> None:
         """Write a request: ticket first, so a daemon that sees ``seq`` can claim it."""
-        self.words.set(self.ticket_index(slot), posted(seq))
+        self.words.set(self._tickets[slot], posted(seq))
         off = self.request_offset(slot)
         try:
             REQUEST.pack_into(self.buf, off, seq, leaf, rcx, rdx, r8)
@@ -183,7 +184,8 @@ class Mailbox:
 
     def claim(self, slot: int, seq: int) -> int:
         """The daemon takes request ``seq``; returns the ticket it found (posted(seq): taken)."""
-        return self.words.cmpxchg(self.ticket_index(slot), posted(seq), claimed(seq))
+        mine = posted(seq)
+        return self.words.cmpxchg(self._tickets[slot], mine, mine | CLAIMED_BIT)  # claimed(seq)
 
     def withdraw(self, slot: int, seq: int) -> bool:
         """The caller takes request ``seq`` back; True if the daemon had not claimed it."""

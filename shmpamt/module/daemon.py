@@ -40,7 +40,7 @@ from shmpamt.ipc import (
     sigint_ignored_in_children,
     unlink_name,
 )
-from shmpamt.module.faults import INJECTED_BUSY, INJECTED_KINDS, NO_FAULT, FaultPlan
+from shmpamt.module.faults import INJECTED_BUSY, INJECTED_KINDS, NO_FAULT, Decision, FaultPlan
 from shmpamt.module.state import (
     ModuleState,
     ModuleStatistics,
@@ -53,6 +53,7 @@ from shmpamt.seamcall import (
     REFUSED,
     REQUEST,
     RESPONSE,
+    TICKET_MOD,
     Mailbox,
     ModuleNames,
     SeamcallPort,
@@ -73,6 +74,7 @@ _STATE_CHANGING: Final = frozenset(
 # What ``handle`` returns instead of registers when there is nothing to answer.
 _WITHDRAWN: Final = (-1, 0, 0, 0, 0)  # its caller gave up before the daemon claimed it
 _NOT_POSTED: Final = (-2, 0, 0, 0, 0)  # a surplus post raced a caller still writing it
+_NO_LOCK: Final = contextlib.nullcontext()  # a call on no range (reusable: it holds nothing)
 
 
 class ModuleStartError(ModuleFailure):
@@ -158,7 +160,7 @@ class _Server:
     def _claim(self, slot: int, seq: int, leaf: int) -> tuple[int, int, int, int, int] | None:
         """Take request ``seq`` right before acting on it; None = act, else what to answer."""
         ticket = self.mailbox.claim(slot, seq)
-        mine = posted(seq)
+        mine = seq % TICKET_MOD + 1  # posted(seq)
         if ticket != mine:
             return _WITHDRAWN if ticket == withdrawn(seq) else _NOT_POSTED
         # Invariant: once a caller abandoned a call, no state-changing call executes
@@ -172,20 +174,29 @@ class _Server:
     ) -> tuple[int, int, int, int, int]:
         """One call; returns what to answer, or _WITHDRAWN / _NOT_POSTED (answer nothing)."""
         state = self.state
-        d = self.faults.decide(rng, leaf) if self.faults.leaves else NO_FAULT
-        flags = 0 if d is NO_FAULT else d.flags
+        if not self.faults.leaves:  # nothing planned: the call as it is
+            return self._apply(cpu, seq, leaf, rcx, rdx, r8, NO_FAULT)
+        d = self.faults.decide(rng, leaf)
         if d.busy:
             r = target_range(state, leaf, rcx)
-            with self.locks[r] if r is not None else contextlib.nullcontext():
+            with self.locks[r] if r is not None else _NO_LOCK:
                 refused = self._claim(cpu, seq, leaf)
                 if refused is not None:
                     return refused
                 note_injected_busy(state, leaf, rcx)
             state.count_call(leaf)
             state.count_injected("busy")
-            return tdx.TDX_OPERAND_BUSY, 0, 0, 0, flags
+            return tdx.TDX_OPERAND_BUSY, 0, 0, 0, d.flags
         if d.delay_before:
             time.sleep(d.delay_before)
+        return self._apply(cpu, seq, leaf, rcx, rdx, r8, d)
+
+    def _apply(
+        self, cpu: int, seq: int, leaf: int, rcx: int, rdx: int, r8: int, d: Decision
+    ) -> tuple[int, int, int, int, int]:
+        """Claim and run a call that was not refused as BUSY, with ``d``'s other faults."""
+        state = self.state
+        flags = 0 if d is NO_FAULT else d.flags
         if leaf == tdx.SHMPAMT_RESET:
             with contextlib.ExitStack() as stack:
                 for lk in self.locks:
@@ -196,8 +207,7 @@ class _Server:
                 out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
         else:
             r = target_range(state, leaf, rcx)
-            lock = self.locks[r] if r is not None else contextlib.nullcontext()
-            with lock:
+            with self.locks[r] if r is not None else _NO_LOCK:
                 # Claimed under the range lock: a call the daemon took is ordered
                 # before every later call on its range, whatever stops the daemon.
                 refused = self._claim(cpu, seq, leaf)
@@ -208,6 +218,8 @@ class _Server:
                     self.log.record(f.name, cpu=cpu, range_=f.range, leaf=leaf, a=f.a, b=f.b)
         # Counted once executed, so statistics never include withdrawn calls.
         state.count_call(leaf)
+        if d is NO_FAULT:
+            return out.status, out.rcx, out.rdx, out.r8, 0
         if flags:
             for bit, kind in INJECTED_KINDS.items():
                 if flags & bit and bit != INJECTED_BUSY:
