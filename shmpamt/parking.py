@@ -47,6 +47,7 @@ import posix_ipc
 
 from shmpamt import tdx
 from shmpamt.atomic import RefcountArray, wrap32
+from shmpamt.config import MAX_EXPLORE_CPUS
 from shmpamt.invariants import ViolationLog
 from shmpamt.ipc import (
     Segment,
@@ -97,7 +98,9 @@ S_GEN: Final = 1  # which stream: a CPU's ring starts over in a new one
 S_LEN: Final = 2  # numbers the stream has
 S_USED: Final = 3  # numbers taken so far
 S_STEPS: Final = 4  # entries in the step log
-S_HEAD: Final = 5
+S_ALIVE: Final = 5  # CPUs not finished (one bit each)
+S_AT_LOCK: Final = 6  # CPUs parked at spin_lock
+S_HEAD: Final = 7
 STEP_REC: Final = 3
 
 # The step ring, per CPU: one record per step taken since the last grant. The
@@ -135,6 +138,12 @@ class Aborted(BaseException):
     def __init__(self, cmd: int) -> None:
         super().__init__(cmd)
         self.cmd = cmd  # CMD_ABORT, or CMD_EXIT when the whole session ends
+
+
+#: the CPUs of each runnable-set bit mask, in order
+CPU_SETS: Final = tuple(
+    tuple(o for o in range(MAX_EXPLORE_CPUS) if m >> o & 1) for m in range(1 << MAX_EXPLORE_CPUS)
+)
 
 
 @dataclass(frozen=True)
@@ -279,6 +288,7 @@ class ExploreHook:
         self._streaming = False  # decisions are the CPUs' own (see "stream" above)
         self._gen = -1  # the stream this CPU's ring holds records of
         self._starting = False  # started by a stream: start the next CPU when we park
+        self._bit = 1 << cpu
 
     def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         w = self._w
@@ -292,6 +302,8 @@ class ExploreHook:
             if chosen != self._cpu:
                 # Where we are matters only to the others, and to the controller.
                 self._park(opi, target, a, b)
+                at = self._stream + S_AT_LOCK
+                w[at] = w[at] | self._bit if opi == SPIN_LOCK else w[at] & ~self._bit
                 (self._doorbell if chosen < 0 else self._grants[chosen]).release()
                 ran = self._wait_grant()
         elif self._runs_on(opi):
@@ -367,30 +379,15 @@ class ExploreHook:
         used, have = w[s + S_USED], w[s + S_LEN]
         if used >= have:
             return -1
-        runnable = []
-        mask = 0
-        held = -1
-        me = self._cpu
-        for o in range(self._ncpus):
-            base = o * WORDS
-            if o == me:
-                op = mine
-            elif w[base + W_STATE] != PARKED:
-                continue
-            else:
-                op = w[base + W_OP]
-            if op < 0:
-                continue
-            if op == SPIN_LOCK:
-                if held < 0:
-                    held = 1 if self._lock_held() else 0
-                if held:
-                    continue
-            runnable.append(o)
-            mask |= 1 << o
-        n = len(runnable)
-        if not n:
+        me = self._bit
+        mask = w[s + S_ALIVE]
+        at_lock = w[s + S_AT_LOCK] & ~me | (me if mine == SPIN_LOCK else 0)
+        if mask & at_lock and self._lock_held():
+            mask &= ~at_lock
+        if not mask:
             return -1
+        runnable = CPU_SETS[mask]
+        n = len(runnable)
         pick = uniform_pick(self._numbers[used], n)
         while pick < 0:  # the rule draws again: the next number decides
             used += 1
@@ -449,6 +446,8 @@ class ExploreHook:
         chosen = -1
         if self._streaming:  # the next decision is ours: we are done or stopped
             self._streaming = False
+            alive = self._stream + S_ALIVE
+            self._w[alive] &= ~self._bit
             chosen = self._next_turn(-1)
         (self._doorbell if chosen < 0 else self._grants[chosen]).release()
         acquire_watching(self._grant, self._parent)

@@ -23,7 +23,7 @@ from typing import Final
 
 import posix_ipc
 
-from shmpamt.config import MAX_EXPLORE_CPUS, ExploreConfig, ReplayConfig, Scenario
+from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
 from shmpamt.cpu import cpu_explore_main
 from shmpamt.engine.footprint import CONDITIONAL, Footprints
 from shmpamt.engine.processes import Fleet
@@ -45,12 +45,15 @@ from shmpamt.parking import (
     CMD_EXIT,
     CMD_GO,
     CMD_START,
+    CPU_SETS,
     IDLE,
     OPS,
     PARKED,
     R_LOG,
     REC,
     RING_SLOTS,
+    S_ALIVE,
+    S_AT_LOCK,
     S_GEN,
     S_LEN,
     S_ON,
@@ -344,7 +347,7 @@ class Session:
                 numbers = uniform_numbers(min(room, STREAM_ROOM))
             if numbers:
                 # The CPUs make the decisions after this one (a stream, see parking).
-                self._run_stream(c, runnable, numbers)
+                self._run_stream(c, parked, runnable, numbers)
                 got, made, decisions, after, logs = self._end_stream(c, bases, rings)
                 took(got, made, decisions, after, c)
             else:
@@ -430,20 +433,32 @@ class Session:
         each CPU starts the next one at its first scheduling point, the last
         one decides (see parking)."""
         self._open_stream(numbers)
+        w, s = self.board.w, self.board.stream
+        w[s + S_ALIVE] = (1 << self.cpus) - 1  # each sets its bit at spin_lock when it parks
+        w[s + S_AT_LOCK] = 0
         for c in range(self.cpus):
             self.board.set(c, W_CMD, CMD_START)
             self.board.set(c, W_ARG, seed & 0xFFFFFFFF)
             self.board.set(c, W_ARG_HI, (seed >> 32) & 0xFFFFFFFF)
         self.board.grants[0].release()
 
-    def _run_stream(self, c: int, runnable: list[int], numbers: list[int]) -> None:
+    def _run_stream(
+        self, c: int, parked: list[int], runnable: list[int], numbers: list[int]
+    ) -> None:
         """Grant ``c`` the step we decided, with a stream of ``numbers`` after it."""
-        w = self.board.w
+        w, s = self.board.w, self.board.stream
         self._open_stream(numbers)
+        alive = at_lock = 0
+        for o in parked:
+            alive |= 1 << o
+            if w[o * WORDS + W_OP] == SPIN_LOCK:
+                at_lock |= 1 << o
+            w[o * WORDS + W_CMD] = CMD_GO  # any of them may be granted by another
+        w[s + S_ALIVE] = alive
+        w[s + S_AT_LOCK] = at_lock
         mask = 0
         for o in runnable:
             mask |= 1 << o
-            w[o * WORDS + W_CMD] = CMD_GO  # any of them may be granted by another
         log = self.board.step_log
         w[log] = c
         w[log + 1] = mask
@@ -473,7 +488,7 @@ class Session:
         first = self.board.step_log
         log = w[first : first + n * STEP_REC].tolist()
         who = log[0::STEP_REC]
-        sets = [_SETS[m] for m in log[1::STEP_REC]]
+        sets = [CPU_SETS[m] for m in log[1::STEP_REC]]
         taken = dict.fromkeys(who, 0)
         got: list[tuple[int, list[int]]] = []
         start = 0
@@ -596,11 +611,6 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
 _StreamSteps = tuple[
     list[tuple[int, list[int]]], list[int], list[tuple[Sequence[int], int]], list[bool], list[int]
 ]
-
-#: CPUs of each runnable-set bit mask, in order
-_SETS: Final = tuple(
-    tuple(o for o in range(MAX_EXPLORE_CPUS) if m >> o & 1) for m in range(1 << MAX_EXPLORE_CPUS)
-)
 
 
 def _broken(scheduler: BaseScheduler, cpu: int, step: int) -> SchedulingError:
