@@ -214,7 +214,8 @@ class Session:
         # Invariant: between executions every CPU waits in its idle loop, so the
         # next START is answered from a clean slate (replays stay deterministic).
         for c in range(self.cpus):
-            if self.fleet.procs[c].exitcode is None and self.board.get(c, W_STATE) == PARKED:
+            # (the state first: asking for an exit code is a system call)
+            if self.board.get(c, W_STATE) == PARKED and self.fleet.procs[c].exitcode is None:
                 self._grant(c, CMD_ABORT)
 
     # -- one execution ------------------------------------------------------------
@@ -403,9 +404,10 @@ class Session:
             self.s.check_lock()
         self._abort_parked()
         scheduler.end_execution(outcome, pending)
-        new = log.records()[seen:]
-        violations.extend(new)
-        vsteps.extend([len(steps)] * len(new))
+        if log.total() != seen:  # logged after the last step (quiescence, the lock)
+            new = log.records()[seen:]
+            violations.extend(new)
+            vsteps.extend([len(steps)] * len(new))
         return Execution(
             steps,
             LazyTrace(partial(_trace, runs)),
@@ -507,7 +509,7 @@ class Session:
                 )
         self.handoffs += len(got)
         decisions: list[tuple[Sequence[int], int]] = list(zip(sets[ours:], who[ours:], strict=True))
-        after = [who[k] in sets[k + 1] for k in range(n - 1)]
+        after = [o in then for o, then in zip(who[:-1], sets[1:], strict=True)]
         return got, who, decisions, after, [*log[2 + STEP_REC :: STEP_REC], 0]
 
     def _follow_pending(
