@@ -284,7 +284,7 @@ class ExploreHook:
         self._lock_held = lock_held
         self._budget = 0  # steps left to take without parking
         self._ran = 0  # steps taken since the last grant
-        self._unlocked = False  # the last step was spin_unlock
+        self._r = self._ring  # the record of the step in progress
         self._streaming = False  # decisions are the CPUs' own (see "stream" above)
         self._gen = -1  # the stream this CPU's ring holds records of
         self._starting = False  # started by a stream: start the next CPU when we park
@@ -298,7 +298,7 @@ class ExploreHook:
             a = a if _I32_MIN <= a <= _I32_MAX else wrap32(a)
             b = b if _I32_MIN <= b <= _I32_MAX else wrap32(b)
         if self._streaming:
-            chosen = self._next_turn(opi)
+            chosen = self._next_turn(opi) if self._starting else self._choose(opi)
             if chosen != self._cpu:
                 # Where we are matters only to the others, and to the controller.
                 self._park(opi, target, a, b)
@@ -314,7 +314,7 @@ class ExploreHook:
             self._park(opi, target, a, b)
             self._doorbell.release()
             ran = self._wait_grant()
-        r = self._ring + ran * REC
+        self._r = r = self._ring + ran * REC
         w[r + R_OP] = opi
         w[r + R_TARGET] = target
         w[r + R_OPND_A] = a
@@ -324,13 +324,13 @@ class ExploreHook:
         # An index out of range is the primitive's to report.
         self._slot = slot = target if opi in ATOMIC_OPS and 0 <= target < self._nrc else -1
         w[r + R_BEFORE] = self._rc[slot] if slot >= 0 else 0
-        self._ran = ran = ran + 1
-        w[self._base + W_RAN] = ran  # in a stream: every step of this CPU in it
-        self._unlocked = opi == SPIN_UNLOCK
+        self._ran = ran + 1
 
     def _park(self, opi: int, target: int, a: int, b: int) -> None:
-        """Say where this CPU is: the step it takes next when granted."""
+        """Say where this CPU is: the step it takes next when granted, and how many
+        it took (in a stream: all of its steps in it; their records are the ring)."""
         w, base = self._w, self._base
+        w[base + W_RAN] = self._ran
         w[base + W_OP] = opi
         w[base + W_TARGET] = target
         w[base + W_OPND_A] = a
@@ -420,11 +420,12 @@ class ExploreHook:
             return False
         if opi == SPIN_LOCK:
             return not self._lock_held() and not self._waiters()
-        return not self._unlocked or not self._waiters()
+        # Dropping the lock (the step before this one) lets the waiters run.
+        unlocked = self._w[self._ring + (self._ran - 1) * REC + R_OP] == SPIN_UNLOCK
+        return not unlocked or not self._waiters()
 
     def after(self, op: str, target: int, result: int) -> None:
-        w = self._w
-        r = self._ring + (self._ran - 1) * REC
+        w, r = self._w, self._r
         slot = self._slot
         w[r + R_AFTER] = self._rc[slot] if slot >= 0 else 0  # the value the atomic left
         # SEAMCALL statuses are 64-bit: split across two words (stored as signed int32)
@@ -443,6 +444,7 @@ class ExploreHook:
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""
         self._budget = 0
+        self._w[self._base + W_RAN] = self._ran  # what it took since the last grant
         chosen = -1
         if self._streaming:  # the next decision is ours: we are done or stopped
             self._streaming = False
