@@ -4,8 +4,10 @@
 One explorer (controller, its CPU processes and the daemon on one core) runs a
 strategy for a while; the processes' user and system times are read from
 ``/proc/PID/stat`` before and after, so the shares are of real CPU time, not of
-wall time spent waiting. Steps per hand-off says how many steps a grant covers
-on average (see docs/explore.md, "Budgeted grants").
+wall time spent waiting. Steps per hand-off says how many steps a CPU takes each
+time it is woken (by the controller or, in a stream, by another CPU); steps per
+controller grant how many steps each wake-up of the controller covers, on
+average (see docs/explore.md, "Budgeted grants" and "Streams").
 
     python tools/profile_explore.py [--variant locked] [--strategy random] [--seconds 8]
                                     [--core 0] [--stepwise]
