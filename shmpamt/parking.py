@@ -16,12 +16,15 @@ a few microseconds.
 A grant may also start a *stream*, for a strategy whose every decision is
 the uniform rule (a random walk: the k-th runnable CPU, k drawn from numbers
 it has already determined). The grant carries those numbers, and the CPUs
-make the decisions themselves: at each point the running CPU parks in place,
-works out who can run exactly as the controller would, picks with the next
-number and grants that CPU (itself: it runs on). Each decision goes into the
-stream's step log with the runnable set it was made from, and the controller
-wakes only when the numbers run out or nobody can run; it then asks the
-strategy for the same decisions (``follow``), so a broken rule is caught.
+make the decisions themselves: at each scheduling point the running CPU
+works out who can run exactly as the controller would (itself parked where
+it is), picks with the next number and grants that CPU, or runs on if it
+picked itself. Each decision goes into the stream's step log with the
+runnable set it was made from, and the controller wakes only when the
+numbers run out or nobody can run; it then asks the strategy for the same
+decisions (``follow``), so a broken rule is caught. A stream can start an
+execution: each CPU starts the next at its first scheduling point, and the
+last one makes the first decision.
 
 A budget is a promise made for the CPUs that can run at the grant, so it
 holds only while exactly those can: a CPU stops short (parks, and rings the
@@ -30,10 +33,11 @@ while another CPU waits at ``spin_lock`` (or when it is held: this CPU is
 blocked), dropping it while one waits, and parking at ``spin_lock`` of a
 held lock. A CPU that finishes rings the controller too.
 
-Shared "sched board", per CPU: state, the parked step (op, target, operands),
-the command and budget of the next grant, the steps taken since, then the
-ring of their records; one grant semaphore per CPU and one doorbell semaphore
-back to the controller.
+Shared "sched board": the stream's numbers; per CPU its state, the parked
+step (op, target, operands), the command and budget of the next grant, the
+steps taken since, then the ring of their records; the stream's header and
+step log. One grant semaphore per CPU and one doorbell semaphore back to the
+controller.
 """
 
 from __future__ import annotations

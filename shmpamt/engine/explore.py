@@ -88,12 +88,7 @@ from shmpamt.results import (
     zero_counts,
 )
 from shmpamt.schedule import Schedule
-from shmpamt.schedulers.base import (
-    Access,
-    BaseScheduler,
-    ScheduleMismatch,
-    SleepBlocked,
-)
+from shmpamt.schedulers.base import Access, BaseScheduler, ScheduleMismatch, SleepBlocked
 from shmpamt.schedulers.registry import claim_of, make_scheduler
 from shmpamt.schedulers.replay import Replay
 from shmpamt.system import System, SystemConfig

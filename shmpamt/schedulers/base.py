@@ -182,7 +182,7 @@ class SplitMix64:
         buf, nxt = self._ahead, self._next
         need = nxt + k - len(buf)
         if need > 0:
-            # _draw, inlined: a plan asks for a run of numbers at once
+            # _draw, inlined: a stream asks for a run of numbers at once
             st, m = self._state, _MASK64
             for _ in range(need):
                 st = (st + _GOLDEN) & m
