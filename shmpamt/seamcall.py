@@ -184,8 +184,7 @@ class Mailbox:
 
     def claim(self, slot: int, seq: int) -> int:
         """The daemon takes request ``seq``; returns the ticket it found (posted(seq): taken)."""
-        mine = posted(seq)
-        return self.words.cmpxchg(self._tickets[slot], mine, mine | CLAIMED_BIT)  # claimed(seq)
+        return self.words.cmpxchg(self._tickets[slot], posted(seq), claimed(seq))
 
     def withdraw(self, slot: int, seq: int) -> bool:
         """The caller takes request ``seq`` back; True if the daemon had not claimed it."""

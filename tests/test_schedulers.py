@@ -610,14 +610,16 @@ def test_pos_promises_nothing_and_dpor_only_its_prefix() -> None:
     assert 0 < promised < 10  # the prefix is shorter than the execution
 
 
-def test_splitmix_peek_takes_nothing() -> None:
+def test_splitmix_ahead_takes_nothing() -> None:
     r = SplitMix64(9)
     stream = [r.next_u64() for _ in range(8)]
     r = SplitMix64(9)
-    assert [r.peek(i) for i in (3, 0, 5)] == [stream[3], stream[0], stream[5]]
+    assert r.ahead(4) == stream[:4]
+    assert r.ahead(6) == stream[:6]  # longer than what was read ahead before
     assert r.next_u64() == stream[0]
-    assert r.peek(0) == stream[1]
-    assert [r.next_u64() for _ in range(7)] == stream[1:]
+    assert r.ahead(1) == [stream[1]]
+    r.skip(2)  # numbers already read ahead are taken by skip
+    assert [r.next_u64() for _ in range(5)] == stream[3:]
 
 
 @pytest.mark.parametrize(

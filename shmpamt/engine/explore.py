@@ -147,8 +147,7 @@ class Session:
         self.s = self.fleet.system
         # Plain loads of the refcounts, for the parked steps' footprints: every CPU
         # is parked while the controller looks (the board's hand-off orders them).
-        n = len(self.s.refcounts)
-        self._rc: memoryview = self.s.refcounts.segment.payload[: n * 4].cast("i")
+        self._rc = self.s.refcounts.view()
         self.cpus = scenario.cpus
         self.footprints = Footprints(scenario.cpus)
         self.executions = 0

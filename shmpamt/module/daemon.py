@@ -53,7 +53,6 @@ from shmpamt.seamcall import (
     REFUSED,
     REQUEST,
     RESPONSE,
-    TICKET_MOD,
     Mailbox,
     ModuleNames,
     SeamcallPort,
@@ -160,8 +159,7 @@ class _Server:
     def _claim(self, slot: int, seq: int, leaf: int) -> tuple[int, int, int, int, int] | None:
         """Take request ``seq`` right before acting on it; None = act, else what to answer."""
         ticket = self.mailbox.claim(slot, seq)
-        mine = seq % TICKET_MOD + 1  # posted(seq)
-        if ticket != mine:
+        if ticket != posted(seq):
             return _WITHDRAWN if ticket == withdrawn(seq) else _NOT_POSTED
         # Invariant: once a caller abandoned a call, no state-changing call executes
         # (its caller's protocol stopped midway; any later transition is a false alarm).
@@ -196,7 +194,7 @@ class _Server:
     ) -> tuple[int, int, int, int, int]:
         """Claim and run a call that was not refused as BUSY, with ``d``'s other faults."""
         state = self.state
-        flags = 0 if d is NO_FAULT else d.flags
+        flags = d.flags
         if leaf == tdx.SHMPAMT_RESET:
             with contextlib.ExitStack() as stack:
                 for lk in self.locks:
@@ -218,12 +216,11 @@ class _Server:
                     self.log.record(f.name, cpu=cpu, range_=f.range, leaf=leaf, a=f.a, b=f.b)
         # Counted once executed, so statistics never include withdrawn calls.
         state.count_call(leaf)
-        if d is NO_FAULT:
+        if d is NO_FAULT:  # the common case: nothing injected, nothing to wait for
             return out.status, out.rcx, out.rdx, out.r8, 0
-        if flags:
-            for bit, kind in INJECTED_KINDS.items():
-                if flags & bit and bit != INJECTED_BUSY:
-                    state.count_injected(kind)
+        for bit, kind in INJECTED_KINDS.items():
+            if flags & bit and bit != INJECTED_BUSY:
+                state.count_injected(kind)
         if d.delay_after:
             time.sleep(d.delay_after)
         return out.status, out.rcx, out.rdx, out.r8, flags

@@ -159,7 +159,7 @@ class SplitMix64:
 
     def __init__(self, seed: int) -> None:
         self._state = seed & _MASK64
-        self._ahead: list[int] = []  # numbers drawn for peeks, in order; taken up to _next
+        self._ahead: list[int] = []  # numbers drawn by ahead(), in order; taken up to _next
         self._next = 0
 
     def next_u64(self) -> int:
@@ -172,10 +172,6 @@ class SplitMix64:
                 self._next = 0
             return x
         return self._draw()
-
-    def peek(self, i: int) -> int:
-        """The number ``next_u64`` will return ``i`` calls from now, without taking it."""
-        return self.ahead(i + 1)[i]
 
     def ahead(self, k: int) -> list[int]:
         """The next ``k`` numbers ``next_u64`` will return, without taking them."""
@@ -195,7 +191,7 @@ class SplitMix64:
     def skip(self, k: int) -> None:
         """Take the next ``k`` numbers, already read with ``ahead``."""
         self._next += k
-        # Invariant: only numbers already drawn for a peek are skipped.
+        # Invariant: only numbers already drawn by ahead() are skipped.
         assert self._next <= len(self._ahead), "skip past the numbers read ahead"
         if self._next == len(self._ahead):
             self._ahead.clear()
@@ -229,14 +225,11 @@ class SplitMix64:
         return pool[:k]
 
 
-_LIMITS: Final = tuple(below_limit(n) if n else 0 for n in range(33))
-
-
 def uniform_pick(x: int, n: int) -> int:
     """The uniform rule: the index among ``n`` runnable CPUs (in order) that the
     number ``x`` picks, or -1 when ``x`` is rejected (the rule draws again), so
     that every index is equally likely."""
-    return x % n if x < (_LIMITS[n] if n < len(_LIMITS) else below_limit(n)) else -1
+    return x % n if x < below_limit(n) else -1
 
 
 def default_choice(runnable: Sequence[int], current: int | None) -> int:
@@ -359,10 +352,12 @@ class BaseScheduler:
                 return i
         return len(decisions)
 
-    def _book(self, top: int, made: Sequence[int]) -> None:
-        """Keep ``next_cpu``'s books for decisions ``made`` at once, the highest CPU
-        runnable at any of them being ``top - 1``."""
-        self.cpus_seen = max(self.cpus_seen, top)
+    def _book(self, decisions: Sequence[tuple[Sequence[int], int]], made: Sequence[int]) -> None:
+        """Keep ``next_cpu``'s books for decisions made at once: ``made[i]`` was chosen
+        from ``decisions[i]``'s runnable set."""
+        if made:
+            top = max(max(r) for r, _ in decisions[: len(made)]) + 1
+            self.cpus_seen = max(self.cpus_seen, top)
         self.steps.extend(made)
         self.total_steps += len(made)
 

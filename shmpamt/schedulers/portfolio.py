@@ -133,8 +133,7 @@ class Portfolio(BaseScheduler):
         n = len(decisions)
         kept = self._member.follow(decisions, cpu)
         # The portfolio's own record of the decisions, as next_cpu keeps it.
-        top = max((max(r) for r, _ in decisions), default=-1) + 1
-        self._book(top, self._member.steps[len(self._member.steps) - min(kept + 1, n) :])
+        self._book(decisions, self._member.steps[len(self._member.steps) - min(kept + 1, n) :])
         return kept
 
     def executed(self, access: Access) -> None:

@@ -40,28 +40,25 @@ class RandomWalk(SeededSampler):
         # next_cpu's bookkeeping once for them all; one number per decision, as always.
         k = len(decisions)
         made = [want for _, want in decisions]
-        top = 0
         last: Sequence[int] | None = None
         ordered: list[int] = []
         for (r, want), x in zip(decisions, self._rng.ahead(k), strict=True):
             if r is not last:  # runs of decisions share their set
                 last, ordered = r, sorted(r)
-                top = max(top, ordered[-1] + 1)
             i = uniform_pick(x, len(ordered))
             if i < 0 or ordered[i] != want:
                 break  # a number rejected, or a decision differs: one at a time
         else:
             self._rng.skip(k)
-            self._book(top, made)
+            self._book(decisions, made)
             return k
-        top = max((max(r) for r, _ in decisions), default=-1) + 1
         below = self._rng.below
         for i, (r, want) in enumerate(decisions):
             chosen = sorted(r)[below(len(r))]
             if chosen != want:
-                self._book(top, [*made[:i], chosen])
+                self._book(decisions, [*made[:i], chosen])
                 return i
-        self._book(top, made)
+        self._book(decisions, made)
         return k
 
     def coverage(self) -> str:
