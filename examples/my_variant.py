@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from shmpamt import tdx
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 from shmpamt.variants import PamtVariant, tdx_alloc_pamt_pages, tdx_free_pamt_pages
 
 

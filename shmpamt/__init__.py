@@ -34,11 +34,12 @@ if TYPE_CHECKING:
     from shmpamt.config import ExploreConfig as ExploreConfig
     from shmpamt.config import ReplayConfig as ReplayConfig
     from shmpamt.config import Scenario as Scenario
+    from shmpamt.config import StressCampaign as StressCampaign
     from shmpamt.config import StressConfig as StressConfig
-    from shmpamt.engine.explore import Session as Session
     from shmpamt.errors import ShmpamtError as ShmpamtError
     from shmpamt.errors import UsageError as UsageError
-    from shmpamt.kernel import Kernel as Kernel
+    from shmpamt.explorer.session import Session as Session
+    from shmpamt.machine.kernel import Kernel as Kernel
     from shmpamt.variants.base import PamtVariant as PamtVariant
 
 #: public name -> module that defines it
@@ -51,14 +52,15 @@ _LAZY: Final[dict[str, str]] = {
     "Result": "shmpamt.api",
     "ViolationFound": "shmpamt.api",
     "StressConfig": "shmpamt.config",
+    "StressCampaign": "shmpamt.config",
     "ExploreConfig": "shmpamt.config",
     "ReplayConfig": "shmpamt.config",
     "Scenario": "shmpamt.config",
     "ShmpamtError": "shmpamt.errors",
     "UsageError": "shmpamt.errors",
     "PamtVariant": "shmpamt.variants.base",
-    "Kernel": "shmpamt.kernel",
-    "Session": "shmpamt.engine.explore",
+    "Kernel": "shmpamt.machine.kernel",
+    "Session": "shmpamt.explorer.session",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,5 +1,5 @@
 """``python -m shmpamt`` is the ``shmpamt`` command."""
 
-from shmpamt.entry import main
+from shmpamt.cli.entry import main
 
 main()

@@ -29,19 +29,19 @@ from types import FrameType
 from typing import Any, overload
 
 from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
-from shmpamt.engine.explore import ExploreProgress, run_replay
-from shmpamt.engine.jobs import run_search
-from shmpamt.engine.regress import Stored, fold, replay_stored
 from shmpamt.engine.stress import StressProgress, run_stress
 from shmpamt.errors import ShmpamtError, UsageError, VariantLoadError
-from shmpamt.execution import Execution
-from shmpamt.faildb import FailureDB
-from shmpamt.janitor import clean
-from shmpamt.results import Finding, Regression, VariantResult, regression_line
+from shmpamt.explorer.jobs import run_search
+from shmpamt.explorer.regress import Stored, fold, replay_stored
+from shmpamt.explorer.session import ExploreProgress, run_replay
+from shmpamt.machine.janitor import clean
+from shmpamt.records.execution import Execution
+from shmpamt.records.faildb import FailureDB
+from shmpamt.records.results import Finding, Regression, VariantResult, regression_line
+from shmpamt.records.violations import Violation, describe
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.probe import needs_probe, probe
 from shmpamt.variants.registry import BUILTIN, C_TWINS, describe_variants, load_variant
-from shmpamt.violations import Violation, describe
 
 VariantLike = str | type[PamtVariant]
 Config = StressConfig | ExploreConfig | ReplayConfig

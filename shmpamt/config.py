@@ -13,19 +13,19 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Final
+from typing import Any, Final
 
 from shmpamt import tdx
-from shmpamt.chaos import CHAOS_MODES
 from shmpamt.errors import ScheduleError, UsageError
+from shmpamt.machine.chaos import CHAOS_MODES
+from shmpamt.machine.placement import default_jobs
 from shmpamt.module.faults import FaultPlan
-from shmpamt.placement import default_jobs
-from shmpamt.schedule import Schedule
+from shmpamt.records.schedule_string import Schedule
+from shmpamt.records.violations import VIOLATIONS
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
-from shmpamt.violations import VIOLATIONS
 
 #: seconds of free-running stress per variant: the eight built-ins make about a minute
 DEFAULT_STRESS_SECONDS: Final = 7.0
@@ -394,3 +394,72 @@ class ReplayConfig:
                 f"recorded (source hash {s.source}, now {now}): the replay may not match"
             )
         return ""
+
+
+#: what a stress campaign runs per variant
+CAMPAIGN_MODES: Final = ("both", "stress", "explore")
+#: share of each variant's seconds that free-running stress gets in mode "both"
+STRESS_SHARE: Final = 0.5
+#: chaos of the default campaign (mode "both") when none is given: the main job widens
+#: race windows with targeted delays
+DEFAULT_CAMPAIGN_CHAOS: Final = 0.3
+
+
+@dataclass(frozen=True)
+class StressCampaign:
+    """What ``shmpamt stress`` runs over several variants: for each, free-running stress,
+    the explore search, or both (the default campaign, half of the seconds each).
+
+    Free-running stress has real parallelism but cannot replay what it finds; explore
+    can. Mode "both" gives every variant the two views, and the report merges them per
+    variant (:func:`shmpamt.records.verdict.merge`). Validated here, once: ``configs``
+    are the runs in order, each already a validated configuration.
+    """
+
+    variants: tuple[str, ...]
+    mode: str = "both"
+    seed: int = 0
+    #: None = DEFAULT_CAMPAIGN_CHAOS in mode "both", none otherwise
+    chaos: float | None = None
+    #: further StressConfig settings (cpus, ranges, duration, faults, ignore, ...)
+    stress: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.variants, str) or not self.variants:
+            raise UsageError("variants: name at least one variant", "variant")
+        _set(self, "variants", tuple(check_variant(v) for v in self.variants))
+        if self.mode not in CAMPAIGN_MODES:
+            raise UsageError(f"mode must be one of {', '.join(CAMPAIGN_MODES)}", "mode")
+        settings = dict(self.stress)
+        if self.mode != "stress" and settings.get("iterations"):
+            raise UsageError(
+                f"iterations needs mode stress (mode {self.mode} splits seconds)", "iterations"
+            )
+        _ = self.configs  # every run is validated now, not when it starts
+
+    @cached_property
+    def configs(self) -> tuple[tuple[StressConfig | None, ExploreConfig | None], ...]:
+        """Per variant: its free-running run and its search (None where the mode has none)."""
+        chaos = self.chaos
+        if chaos is None:
+            chaos = DEFAULT_CAMPAIGN_CHAOS if self.mode == "both" else 0.0
+        settings = dict(self.stress)
+        runs: list[tuple[StressConfig | None, ExploreConfig | None]] = []
+        for spec in self.variants:
+            # Validated as given, then split: an error names the seconds the user wrote.
+            c = StressConfig(spec, seed=self.seed, chaos=chaos, **settings)
+            total = c.seconds
+            stress: StressConfig | None = c
+            explore: ExploreConfig | None = None
+            if self.mode == "both":
+                stress = replace(c, duration=total * STRESS_SHARE)
+            if self.mode != "stress":
+                explore = ExploreConfig(
+                    c.variant,
+                    budget=total * (1 - STRESS_SHARE if self.mode == "both" else 1),
+                    seed=self.seed,
+                    minimize=False,  # the campaign's time goes to searching; replay shrinks
+                    ignore=c.ignore,
+                )
+            runs.append((stress if self.mode != "explore" else None, explore))
+        return tuple(runs)

@@ -16,7 +16,7 @@ Fixtures:
   in /dev/shm.
 
 IPC names are ``/shmpamt.<pid>.<token>.<role>[.<xdist worker>]`` (see
-``shmpamt.ipc``): the creator's pid and a random token make every run's names
+``shmpamt.machine.ipc``): the creator's pid and a random token make every run's names
 unique, and the worker suffix (from ``PYTEST_XDIST_WORKER``) keeps workers apart
 even if a pid is reused, so tests on different workers never share an object.
 """
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from shmpamt.faildb import DB_ENV, DEFAULT_DB, OFF, resolve_db
+from shmpamt.records.faildb import DB_ENV, DEFAULT_DB, OFF, resolve_db
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ class ShmpamtRig:
 
 def _own_ipc_names() -> set[str]:
     """Names in /dev/shm created by this process (pid) under this xdist worker (suffix)."""
-    from shmpamt.ipc import parse_name, worker_suffix
+    from shmpamt.machine.ipc import parse_name, worker_suffix
 
     pid, worker = os.getpid(), worker_suffix()
     out = set()
@@ -222,7 +222,7 @@ def shmpamt(shmpamt_settings: ShmpamtSettings) -> Iterator[ShmpamtRig]:
     yield ShmpamtRig(shmpamt_settings)
     leaked = _own_ipc_names() - before
     if leaked:
-        from shmpamt.ipc import unlink_name
+        from shmpamt.machine.ipc import unlink_name
 
         for n in leaked:  # do not let one leak fail every later test too
             unlink_name("/" + n.removeprefix("sem."))

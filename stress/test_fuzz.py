@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shmpamt.config import Scenario
-from shmpamt.engine.explore import Session
+from shmpamt.explorer.session import Session
 from shmpamt.pytest_plugin import ShmpamtRig, ShmpamtSettings
+from shmpamt.records.violations import describe
 from shmpamt.schedulers.base import BaseScheduler, default_choice
 from shmpamt.variants.registry import BUILTIN
-from shmpamt.violations import describe
 
 pytestmark = pytest.mark.slow
 

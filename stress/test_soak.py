@@ -24,7 +24,7 @@ import pytest
 from shmpamt.config import StressConfig
 from shmpamt.engine.stress import StressProgress as Progress
 from shmpamt.engine.stress import run_stress
-from shmpamt.ipc import parse_name
+from shmpamt.machine.ipc import parse_name
 
 SECONDS = float(os.environ.get("SHMPAMT_SOAK_SECONDS", "600"))
 CPUS = 4

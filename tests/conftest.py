@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shmpamt.ipc import parse_name, pid_alive
+from shmpamt.machine.ipc import parse_name, pid_alive
 
 # The suite's own runs keep no failure database (results must not depend on what an
 # earlier run stored); tests of the database name theirs.

@@ -25,8 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
-from shmpamt.ipc import IpcError, parse_name, pid_alive
-from shmpamt.seamcall import Mailbox
+from shmpamt.machine.ipc import IpcError, parse_name, pid_alive
+from shmpamt.machine.seamcall import Mailbox
 
 CORRECT: Final = frozenset({"locked", "v6"})
 KINDS: Final = (
@@ -87,7 +87,7 @@ class Outcome:
 def cli() -> list[str]:
     """The installed CLI: the ``shmpamt`` script next to the interpreter, else ``-m``."""
     script = os.path.join(os.path.dirname(sys.executable), "shmpamt")
-    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "shmpamt.cli"]
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "shmpamt"]
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

@@ -2,13 +2,13 @@
 
 They probe the one place where DPOR's footprints reason about verdicts rather
 than states: PAMT.ADD/REMOVE against another CPU's ``__free_page`` of the same
-page (see ``shmpamt/engine/footprint.py``). Loaded by file into CPU processes.
+page (see ``shmpamt/explorer/footprint.py``). Loaded by file into CPU processes.
 """
 
 from __future__ import annotations
 
 from shmpamt import tdx
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 from shmpamt.variants.v6 import V6
 
 

@@ -6,7 +6,7 @@ import os
 import time
 
 from shmpamt import tdx
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 from shmpamt.variants.locked import Locked
 from shmpamt.variants.mutants import RfcNoRecheck
 

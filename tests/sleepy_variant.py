@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 from shmpamt.variants.locked import Locked
 
 

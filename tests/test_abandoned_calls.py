@@ -17,12 +17,12 @@ from collections.abc import Iterator
 import pytest
 
 from shmpamt import tdx
-from shmpamt.invariants import ViolationLog
-from shmpamt.ipc import new_token
+from shmpamt.machine.ipc import new_token
+from shmpamt.machine.pages import PamtPagePool
+from shmpamt.machine.seamcall import ModuleHung, SeamcallPort
+from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.daemon import TdxModule
 from shmpamt.module.faults import FaultPlan
-from shmpamt.pages import PamtPagePool
-from shmpamt.seamcall import ModuleHung, SeamcallPort
 
 ADD, STATUS = tdx.TDH_PHYMEM_PAMT_ADD, tdx.SHMPAMT_STATUS
 RANGE0 = 0 | tdx.TDX_PS_2M

@@ -11,10 +11,10 @@ from typing import ClassVar
 import pytest
 
 import shmpamt.api as api
+from shmpamt.records.violations import VIOLATIONS
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.locked import Locked
 from shmpamt.variants.registry import load_variant
-from shmpamt.violations import VIOLATIONS
 
 REPO = Path(api.__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def _python(code: str) -> str:
 
 
 def test_import_shmpamt_stays_light() -> None:
-    heavy = ("posix_ipc", "cffi", "atomics", "shmpamt.api", "shmpamt.engine", "shmpamt.ipc")
+    heavy = ("posix_ipc", "cffi", "atomics", "shmpamt.api", "shmpamt.engine", "shmpamt.machine.ipc")
     code = "import sys, shmpamt; print(shmpamt.__version__, *[m for m in H if m in sys.modules])"
     loaded = _python(code.replace("H", repr(heavy)))
     assert loaded == "0.1.0"
@@ -107,7 +107,8 @@ def test_import_shmpamt_stays_light() -> None:
 
 def test_package_exports_the_public_api_lazily() -> None:
     out = _python(
-        "import shmpamt, shmpamt.api as a, shmpamt.engine.explore as s, shmpamt.kernel as k\n"
+        "import shmpamt, shmpamt.api as a, shmpamt.explorer.session as s\n"
+        "import shmpamt.machine.kernel as k\n"
         "import shmpamt.config as c\n"
         "from shmpamt.variants.base import PamtVariant\n"
         "print(shmpamt.explore is a.explore, shmpamt.stress is a.stress,"

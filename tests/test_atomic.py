@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shmpamt.atomic import BACKEND, INT_MAX, INT_MIN, RefcountArray, wrap32
-from shmpamt.ipc import IpcError, Segment, make_name
+from shmpamt.machine.atomic import BACKEND, INT_MAX, INT_MIN, RefcountArray, wrap32
+from shmpamt.machine.ipc import IpcError, Segment, make_name
 
 EDGES = [INT_MIN, INT_MIN + 1, -2, -1, 0, 1, 2, INT_MAX - 1, INT_MAX]
 int32 = st.one_of(st.sampled_from(EDGES), st.integers(INT_MIN, INT_MAX))
@@ -241,7 +241,8 @@ def test_cross_process_totals_are_exact() -> None:
 def test_abi_backend_passes_the_same_model() -> None:
     """The libffi fallback backend must give identical results to the shim."""
     code = (
-        "from shmpamt.atomic import RefcountArray, BACKEND; assert BACKEND == 'cffi-abi', BACKEND\n"
+        "from shmpamt.machine.atomic import RefcountArray, BACKEND\n"
+        "assert BACKEND == 'cffi-abi', BACKEND\n"
         "a = RefcountArray.create(1)\n"
         "a.set(0, 0); assert a.dec_if_positive(0) == -1 and a.read(0) == 0\n"
         "a.set(0, -1); assert a.inc_not_zero(0) and a.read(0) == 0\n"
@@ -266,7 +267,7 @@ def test_abi_backend_is_thread_safe() -> None:
     its own (shared scratch words gave ~410 wrong results per 100k calls)."""
     code = (
         "import threading\n"
-        "from shmpamt.atomic import RefcountArray, BACKEND; assert BACKEND == 'cffi-abi'\n"
+        "from shmpamt.machine.atomic import RefcountArray, BACKEND; assert BACKEND == 'cffi-abi'\n"
         "a = RefcountArray.create(4)\n"
         "wrong = [0] * 4\n"
         "def work(i):\n"

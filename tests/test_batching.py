@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from shmpamt.config import Scenario
-from shmpamt.engine.explore import Session
-from shmpamt.execution import DEADLOCK, SLEEP_BLOCKED, STEP_LIMIT, Execution
+from shmpamt.explorer.session import Session
+from shmpamt.records.execution import DEADLOCK, SLEEP_BLOCKED, STEP_LIMIT, Execution
 from shmpamt.schedulers.base import Access, BaseScheduler, SleepBlocked
 from shmpamt.schedulers.random_walk import RandomWalk
 from shmpamt.schedulers.registry import make_scheduler

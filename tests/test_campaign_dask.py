@@ -21,9 +21,9 @@ pytest.importorskip("distributed")
 from distributed import Client
 
 from shmpamt import api
-from shmpamt.campaign import Plan, ShardOutcome, merge
-from shmpamt.cluster import local_cluster, run_campaign
-from shmpamt.ipc import parse_name, pid_alive
+from shmpamt.campaign.cluster import local_cluster, run_campaign
+from shmpamt.campaign.matrix import Plan, ShardOutcome, merge
+from shmpamt.machine.ipc import parse_name, pid_alive
 
 #: one xdist worker runs every cluster test: two clusters racing for ports and cores
 #: on a 2-core machine test the machine, not the code

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shmpamt.campaign import Plan, Shard, ShardOutcome, add_regressions, merge
+from shmpamt.campaign.matrix import Plan, Shard, ShardOutcome, add_regressions, merge
 from shmpamt.config import ExploreConfig, StressConfig
 from shmpamt.errors import UsageError
 

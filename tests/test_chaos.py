@@ -13,11 +13,11 @@ from pathlib import Path
 from rich.console import Console
 
 import shmpamt.api as api
-from shmpamt.chaos import TargetedChaos, delay_probability, window_weight
-from shmpamt.coverage import CODE, WindowTable, code_name, outcome_code, words_needed
-from shmpamt.kernel import Kernel
-from shmpamt.report import Campaign
-from shmpamt.results import Finding, VariantResult, zero_counts
+from shmpamt.machine.chaos import TargetedChaos, delay_probability, window_weight
+from shmpamt.machine.coverage import CODE, WindowTable, code_name, outcome_code, words_needed
+from shmpamt.machine.kernel import Kernel
+from shmpamt.records.results import Finding, VariantResult, zero_counts
+from shmpamt.report.terminal import Report
 
 FAULTS = "add.busy=0.1,remove.busy=0.1,aug.delay=0.2:0.001,alloc.fail=0.02"
 
@@ -147,7 +147,7 @@ def test_stress_reports_window_coverage_and_locked_stays_clean() -> None:
     assert u.to_dict()["window_coverage"] is None and not u.found
 
 
-def _merged_campaign() -> Campaign:
+def _merged_campaign() -> Report:
     counts = zero_counts()
     stress = VariantResult(
         "kai", "stress", 7, 4, 100, 1.0, counts | {"quiescent_mismatch": 1, "add_present": 3}, {}
@@ -159,7 +159,7 @@ def _merged_campaign() -> Campaign:
         "kai", "explore", 7, 2, 10, 1.0, counts | {"add_present": 2, "remove_absent": 1}, {},
         findings=(f, g),
     )  # fmt: skip
-    return Campaign(results=[stress, explore], merged=True)
+    return Report(results=[stress, explore], merged=True)
 
 
 def test_merged_report_marks_modes_and_gives_replays() -> None:

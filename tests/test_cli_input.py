@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 import shmpamt.api as api
-from shmpamt import cli
-from shmpamt.cli import main
-from shmpamt.ipc import parse_name
+from shmpamt.cli import common
+from shmpamt.cli.app import main
+from shmpamt.machine.ipc import parse_name
 from shmpamt.module.faults import FaultPlan
-from shmpamt.schedule import Schedule, ScheduleError, encode_variant
+from shmpamt.records.schedule_string import Schedule, ScheduleError, encode_variant
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.registry import VariantLoadError, load_variant
 
@@ -46,7 +46,7 @@ class WouldSpawn(BaseException):
 @pytest.fixture
 def tripwire(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     """No in-process invocation may create IPC objects or processes."""
-    from shmpamt.system import System
+    from shmpamt.engine.system import System
 
     seen: list[object] = []
 
@@ -57,7 +57,7 @@ def tripwire(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     monkeypatch.setattr(System, "start", refuse)
     # The module-level console measured its width at import (80 without a terminal);
     # wrapping is the subject of its own test below, not of every case.
-    monkeypatch.setattr(cli, "err_console", Console(stderr=True, width=10_000))
+    monkeypatch.setattr(common, "err_console", Console(stderr=True, width=10_000))
     yield seen
 
 

@@ -22,13 +22,13 @@ from test_variants import Rig, Script
 
 import shmpamt
 from shmpamt import tdx
-from shmpamt.atomic import RefcountArray
 from shmpamt.config import Scenario
-from shmpamt.engine.explore import Session
-from shmpamt.ipc import parse_name
-from shmpamt.kernel import Kernel, page_hpa
-from shmpamt.lock import PamtLock
-from shmpamt.schedule import Schedule
+from shmpamt.explorer.session import Session
+from shmpamt.machine.atomic import RefcountArray
+from shmpamt.machine.ipc import parse_name
+from shmpamt.machine.kernel import Kernel, page_hpa
+from shmpamt.machine.lock import PamtLock
+from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers.random_walk import RandomWalk
 from shmpamt.variants.cbuild import INCLUDE_DIR
 from shmpamt.variants.cvariant import PairLoop
@@ -417,8 +417,8 @@ def test_crash_note_names_cpu_function_and_last_primitive(tmp_path: Path) -> Non
         import mmap, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_variants import Rig
-        from shmpamt.atomic import RefcountArray
-        from shmpamt.lock import PamtLock
+        from shmpamt.machine.atomic import RefcountArray
+        from shmpamt.machine.lock import PamtLock
         from shmpamt.variants.cvariant import arm_crash_report
         from shmpamt.variants.registry import load_variant
         v = load_variant({str(f)!r})()

@@ -22,14 +22,14 @@ from typing import ClassVar
 import pytest
 
 from shmpamt import tdx
-from shmpamt.board import ITERATIONS, CpuBoard
 from shmpamt.config import StressConfig
 from shmpamt.engine.stress import StressProgress as Progress
 from shmpamt.engine.stress import run_stress
-from shmpamt.ipc import IpcError, parse_name, pid_alive
-from shmpamt.kernel import Kernel
-from shmpamt.results import VariantResult
-from shmpamt.seamcall import Mailbox
+from shmpamt.machine.cpu_board import ITERATIONS, CpuBoard
+from shmpamt.machine.ipc import IpcError, parse_name, pid_alive
+from shmpamt.machine.kernel import Kernel
+from shmpamt.machine.seamcall import Mailbox
+from shmpamt.records.results import VariantResult
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.common import tdx_alloc_pamt_pages, tdx_free_pamt_pages
 from shmpamt.variants.locked import Locked

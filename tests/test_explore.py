@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from shmpamt.config import ExploreConfig, Scenario
-from shmpamt.engine.explore import Session, run_explore, shrink
-from shmpamt.execution import Execution
-from shmpamt.schedule import Schedule
+from shmpamt.explorer.session import Session, run_explore, shrink
+from shmpamt.records.execution import Execution
+from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers.dfs import DFS
 
 #: each planted slip, and the violation kind that only it causes among the rfc family

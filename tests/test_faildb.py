@@ -15,7 +15,7 @@ import pytest
 
 import shmpamt
 from shmpamt.errors import UsageError
-from shmpamt.faildb import DB_ENV, FailureDB, entry_key, resolve_db
+from shmpamt.records.faildb import DB_ENV, FailureDB, entry_key, resolve_db
 
 SCHED = "s1:rfc-norecheck:c2.r2.g1.p2.w6:0x8.1x4.0x8.1.0.1"
 

@@ -4,13 +4,13 @@ variant's. The module marks its range fault-held so quiescence can skip it."""
 from __future__ import annotations
 
 from shmpamt import tdx
-from shmpamt.invariants import ViolationLog
-from shmpamt.ipc import new_token
-from shmpamt.kernel import page_hpa
+from shmpamt.machine.ipc import new_token
+from shmpamt.machine.kernel import page_hpa
+from shmpamt.machine.pages import PamtPagePool
+from shmpamt.machine.seamcall import SeamcallPort
+from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.daemon import TdxModule
 from shmpamt.module.faults import FaultPlan, page_kept_by_injection
-from shmpamt.pages import PamtPagePool
-from shmpamt.seamcall import SeamcallPort
 
 ADD, AUG, RECLAIM = tdx.TDH_PHYMEM_PAMT_ADD, tdx.TDH_MEM_PAGE_AUG, tdx.TDH_PHYMEM_PAGE_RECLAIM
 

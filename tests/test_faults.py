@@ -191,11 +191,11 @@ def test_any_accepted_spec_cannot_fail_in_the_daemon(tokens: list[str]) -> None:
 
 def test_edge_of_every_bound_runs_in_a_real_daemon() -> None:
     """The extremes the parser accepts, through the daemon: answered, no internal error."""
-    from shmpamt.invariants import ViolationLog
-    from shmpamt.ipc import new_token
+    from shmpamt.machine.ipc import new_token
+    from shmpamt.machine.pages import PamtPagePool
+    from shmpamt.machine.seamcall import SeamcallPort
+    from shmpamt.machine.violation_log import ViolationLog
     from shmpamt.module.daemon import TdxModule
-    from shmpamt.pages import PamtPagePool
-    from shmpamt.seamcall import SeamcallPort
 
     spec = "*.busy=1e-300,*.delay=1:5e-324,*.delay_after=1:0.0001,add.busy=0"
     token = new_token()

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shmpamt.atomic import INT_MAX, INT_MIN, RefcountArray
-from shmpamt.engine.footprint import CONDITIONAL, Footprints
-from shmpamt.parking import OPS
+from shmpamt.explorer.board import OPS
+from shmpamt.explorer.footprint import CONDITIONAL, Footprints
+from shmpamt.machine.atomic import INT_MAX, INT_MIN, RefcountArray
 
 CONDITIONAL_OPS = sorted(OPS[i] for i in CONDITIONAL)
 EDGES = st.sampled_from([0, 1, -1, 2, -2, INT_MAX, INT_MIN]) | st.integers(INT_MIN, INT_MAX)

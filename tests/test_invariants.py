@@ -6,8 +6,8 @@ import multiprocessing as mp
 
 import pytest
 
-from shmpamt.invariants import ViolationLog
-from shmpamt.violations import QUIESCENT_PAMT_PRESENT, VIOLATIONS, describe
+from shmpamt.machine.violation_log import ViolationLog
+from shmpamt.records.violations import QUIESCENT_PAMT_PRESENT, VIOLATIONS, describe
 
 
 def test_counts_stay_exact_and_every_kind_keeps_an_example_when_the_ring_fills() -> None:

@@ -15,7 +15,7 @@ from multiprocessing.connection import Connection
 import posix_ipc
 import pytest
 
-from shmpamt.ipc import (
+from shmpamt.machine.ipc import (
     ParentGone,
     Segment,
     acquire_watching,
@@ -46,7 +46,7 @@ def test_pid_alive() -> None:
 
 def test_creator_unlinks_at_exit_even_without_close() -> None:
     code = (
-        "from shmpamt.ipc import Segment, make_name\n"
+        "from shmpamt.machine.ipc import Segment, make_name\n"
         "s = Segment.create(make_name('t'), 1, 64)\n"
         "print(s.name)\n"
     )

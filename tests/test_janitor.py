@@ -19,8 +19,8 @@ from pathlib import Path
 import posix_ipc
 import pytest
 
-from shmpamt.ipc import HEADER, HEADER_SIZE, MAGIC, VERSION, new_token, pid_namespace
-from shmpamt.janitor import (
+from shmpamt.machine.ipc import HEADER, HEADER_SIZE, MAGIC, VERSION, new_token, pid_namespace
+from shmpamt.machine.janitor import (
     ALIVE,
     FOREIGN_USER,
     IN_USE,

@@ -14,7 +14,7 @@ import pytest
 
 import shmpamt.api as api
 from shmpamt.errors import RunFailure
-from shmpamt.ipc import parse_name, worker_suffix
+from shmpamt.machine.ipc import parse_name, worker_suffix
 
 HERE = Path(__file__).resolve().parent
 

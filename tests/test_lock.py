@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from shmpamt.atomic import RefcountArray
-from shmpamt.kernel import Kernel
-from shmpamt.lock import LockCorrupted, LockHolderDied, LockTimeout, PamtLock
+from shmpamt.machine.atomic import RefcountArray
+from shmpamt.machine.kernel import Kernel
+from shmpamt.machine.lock import LockCorrupted, LockHolderDied, LockTimeout, PamtLock
 
 ROUNDS = 1500
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shmpamt.minimize import minimize, size_key
-from shmpamt.schedule import Schedule
+from shmpamt.explorer.minimize import minimize, size_key
+from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers import RandomWalk, Replay, Scheduler, SchedulingError
 
 

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 import pytest
 
 from shmpamt import tdx
-from shmpamt.invariants import ViolationLog
-from shmpamt.ipc import new_token
-from shmpamt.kernel import POOL_BASE, page_hpa
+from shmpamt.machine.ipc import new_token
+from shmpamt.machine.kernel import POOL_BASE, page_hpa
+from shmpamt.machine.pages import MODULE, PamtPagePool
+from shmpamt.machine.seamcall import ModuleDied, SeamcallPort
+from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.daemon import ModuleNames, ModuleStartError, TdxModule
 from shmpamt.module.faults import INJECTED_BUSY, INJECTED_DELAY_AFTER, FaultPlan
 from shmpamt.module.state import ModuleState, apply_seamcall
-from shmpamt.pages import MODULE, PamtPagePool
-from shmpamt.seamcall import ModuleDied, SeamcallPort
-from shmpamt.violations import (
+from shmpamt.records.violations import (
     ADD_PRESENT,
     LOST_NOT_OWNED,
     PAMT_PAGES_LOST,

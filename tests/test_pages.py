@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from shmpamt import tdx
-from shmpamt.invariants import ViolationLog
-from shmpamt.ipc import IpcError, new_token
-from shmpamt.kernel import POOL_BASE
+from shmpamt.machine.ipc import IpcError, new_token
+from shmpamt.machine.kernel import POOL_BASE
+from shmpamt.machine.pages import MODULE, PamtPagePool
+from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.state import ModuleState
-from shmpamt.pages import MODULE, PamtPagePool
-from shmpamt.violations import (
+from shmpamt.records.violations import (
     LOST_DOUBLE_FREE,
     LOST_FREED_BY_MODULE_OWNER,
     LOST_LEAKED,

@@ -12,8 +12,9 @@ from contextlib import contextmanager
 import posix_ipc
 import pytest
 
-from shmpamt.atomic import RefcountArray
-from shmpamt.ipc import (
+from shmpamt.engine.system import System, SystemConfig
+from shmpamt.machine.atomic import RefcountArray
+from shmpamt.machine.ipc import (
     HEADER,
     MAGIC,
     IpcError,
@@ -26,7 +27,6 @@ from shmpamt.ipc import (
     remove_semaphore,
 )
 from shmpamt.module.faults import FaultPlan
-from shmpamt.system import System, SystemConfig
 
 NOBODY = 65534
 KIND = 0x54455354  # "TEST"

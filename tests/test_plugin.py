@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shmpamt.ipc import parse_name, pid_alive
+from shmpamt.machine.ipc import parse_name, pid_alive
 
 pytest_plugins = ["pytester"]
 
@@ -124,7 +124,7 @@ def test_plugin_cli_and_library_agree_on_names_and_defaults() -> None:
     import click
 
     from shmpamt import pytest_plugin
-    from shmpamt.cli import main
+    from shmpamt.cli.app import main
     from shmpamt.config import ExploreConfig, StressConfig
     from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
 
@@ -157,7 +157,7 @@ def test_loading_the_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> 
         import sys
 
         def test_light():
-            heavy = {"posix_ipc", "cffi", "atomics", "shmpamt.api", "shmpamt.ipc"}
+            heavy = {"posix_ipc", "cffi", "atomics", "shmpamt.api", "shmpamt.machine.ipc"}
             assert "shmpamt.pytest_plugin" in sys.modules
             assert heavy.isdisjoint(sys.modules), heavy & set(sys.modules)
         """

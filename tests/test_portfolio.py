@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_dpor import TOYS, explore, get_put_toy, run_toy, writers
 
-from shmpamt.schedule import Schedule
+from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers import (
     DPOR,
     POS,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from shmpamt.ipc import parse_name
+from shmpamt.machine.ipc import parse_name
 
 #: a runner that runs an explore shard (the campaign's kind) and SIGKILLs itself at a moment
 #: given in argv[1], or runs on until the test kills it ("group")

@@ -29,7 +29,7 @@ EXPECTED_ORDER = [
 ]
 
 GOOD_BODY = """
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 from shmpamt.variants.base import PamtVariant
 
 

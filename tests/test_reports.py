@@ -15,8 +15,8 @@ import pytest
 from rich.console import Console
 
 import shmpamt.api as api
-from shmpamt.report import Campaign
-from shmpamt.violations import VIOLATIONS
+from shmpamt.records.violations import VIOLATIONS
+from shmpamt.report.terminal import Report
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = HERE / "report_variants.py"
@@ -46,7 +46,7 @@ def test_ignored_kinds_are_reported_never_clean() -> None:
     d = r.to_dict()
     assert d["ignored"] == sorted(ignore) and set(d["ignored_seen"]) == seen
     assert d["ignored_only_executions"] > 0 and d["result"] == "ignored"
-    text = _render(Campaign(results=[r.raw]), 80)
+    text = _render(Report(results=[r.raw]), 80)
     assert "clean" not in text.split("verdict")[1].splitlines()[3]  # the variant's row
     assert "ignored" in text
 
@@ -83,14 +83,14 @@ def test_steps_and_preemptions_agree_with_the_timeline_and_the_bound() -> None:
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_the_verdict_table_reads_at_80_and_120_columns(width: int) -> None:
-    from shmpamt.results import STRESS, VariantResult
+    from shmpamt.records.results import STRESS, VariantResult
 
     counts = dict.fromkeys(VIOLATIONS, 0) | {n: 1234 for n in VIOLATIONS}
     results = [
         VariantResult("rfc-leak-on-lost-race", STRESS, 1, 4, 10**6, 7.0, counts, {}),
         VariantResult("locked", STRESS, 1, 4, 10**6, 7.0, dict.fromkeys(VIOLATIONS, 0), {}),
     ]
-    text = _render(Campaign(results=results), width)
+    text = _render(Report(results=results), width)
     assert max(len(line) for line in text.splitlines()) <= width
     # every kind is named in full, and no header is cut to an ellipsis
     for name in VIOLATIONS:
@@ -100,24 +100,24 @@ def test_the_verdict_table_reads_at_80_and_120_columns(width: int) -> None:
 
 
 def test_a_campaign_ends_with_its_next_steps() -> None:
-    from shmpamt.results import STRESS, VariantResult
+    from shmpamt.records.results import STRESS, VariantResult
 
     bad = dict.fromkeys(VIOLATIONS, 0) | {"remove_absent": 3}
     results = [
         VariantResult("rfc", STRESS, 7, 4, 100, 7.0, bad, {}, spec="rfc"),
         VariantResult("v6", STRESS, 7, 4, 100, 7.0, dict.fromkeys(VIOLATIONS, 0), {}),
     ]
-    text = _render(Campaign(results=results, rerun="shmpamt stress --seed 7"), 120)
+    text = _render(Report(results=results, rerun="shmpamt stress --seed 7"), 120)
     assert "verdict: violations found" in text
     assert "1 of 2 variant(s) violate; clean: v6" in text
     assert "exit status 1: violations found" in text
     assert "shmpamt stress --seed 7" in text
     assert "shmpamt explore --variant rfc" in text
-    clean = _render(Campaign(results=results[1:]), 120)
+    clean = _render(Report(results=results[1:]), 120)
     assert "violations found" not in clean and "no violation found" in clean
 
 
-def _render(c: Campaign, width: int) -> str:
+def _render(c: Report, width: int) -> str:
     out = io.StringIO()
     c.render(Console(file=out, width=width, color_system=None))
     return out.getvalue()

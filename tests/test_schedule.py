@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shmpamt.schedule import MAX_STEPS, Schedule, ScheduleError
+from shmpamt.records.schedule_string import MAX_STEPS, Schedule, ScheduleError
 
 SHELL_SAFE = re.compile(r"[A-Za-z0-9._:-]*")
 EXAMPLE = "s1:rfc-norecheck:c2.r1.g1.p1.w42:0x5.1x3.0x2"

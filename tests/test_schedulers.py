@@ -13,7 +13,7 @@ from math import factorial
 
 import pytest
 
-from shmpamt.schedule import Schedule
+from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers import (
     DFS,
     DPOR,

@@ -13,18 +13,18 @@ from multiprocessing.connection import Connection
 import pytest
 
 from shmpamt import tdx
-from shmpamt.invariants import ViolationLog
-from shmpamt.ipc import new_token, parse_name, pid_alive
-from shmpamt.module.daemon import ModuleNames, TdxModule
-from shmpamt.module.faults import FaultPlan
-from shmpamt.pages import PamtPagePool
-from shmpamt.seamcall import (
+from shmpamt.machine.ipc import new_token, parse_name, pid_alive
+from shmpamt.machine.pages import PamtPagePool
+from shmpamt.machine.seamcall import (
     Mailbox,
     ModuleDied,
     ModuleHung,
     SeamcallError,
     SeamcallPort,
 )
+from shmpamt.machine.violation_log import ViolationLog
+from shmpamt.module.daemon import ModuleNames, TdxModule
+from shmpamt.module.faults import FaultPlan
 
 NCPUS, NRANGES = 2, 2
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shmpamt.ipc import parse_name
+from shmpamt.machine.ipc import parse_name
 
 
 def _objects_of(pid: int) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from shmpamt.config import StressConfig
 from shmpamt.engine.stress import StressProgress as Progress
 from shmpamt.engine.stress import run_stress
-from shmpamt.results import VariantResult
+from shmpamt.records.results import VariantResult
 
 
 def _run(
@@ -119,8 +119,8 @@ _lock_owner_words: dict[str, object] = {}
 
 
 def _holds_lock(pid: int) -> bool:
-    from shmpamt.atomic import RefcountArray
-    from shmpamt.ipc import parse_name
+    from shmpamt.machine.atomic import RefcountArray
+    from shmpamt.machine.ipc import parse_name
 
     for entry in os.listdir("/dev/shm"):
         parsed = parse_name(entry)

@@ -6,8 +6,15 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from shmpamt import tdx
-from shmpamt.timeline import TraceEvent, describe_event, render_text, rows, to_html, write_html
-from shmpamt.violations import QUIESCENT_MISMATCH, REMOVE_WHILE_IN_USE, Violation, describe
+from shmpamt.records.violations import QUIESCENT_MISMATCH, REMOVE_WHILE_IN_USE, Violation, describe
+from shmpamt.report.timeline import (
+    TraceEvent,
+    describe_event,
+    render_text,
+    rows,
+    to_html,
+    write_html,
+)
 
 PAGE = 0x3000
 

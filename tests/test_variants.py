@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from shmpamt import tdx
-from shmpamt.atomic import RefcountArray
-from shmpamt.kernel import POOL_BASE, Kernel, page_hpa, range_of
-from shmpamt.lock import PamtLock
+from shmpamt.machine.atomic import RefcountArray
+from shmpamt.machine.kernel import POOL_BASE, Kernel, page_hpa, range_of
+from shmpamt.machine.lock import PamtLock
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.common import tdx_alloc_pamt_pages, tdx_free_pamt_pages
 from shmpamt.variants.locked import BUSY_RETRIES

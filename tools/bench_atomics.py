@@ -21,8 +21,8 @@ import atomics
 from rich.console import Console
 from rich.table import Table
 
-from shmpamt.atomic import BACKEND, RefcountArray
-from shmpamt.ipc import create_semaphore, make_name, remove_semaphore
+from shmpamt.machine.atomic import BACKEND, RefcountArray
+from shmpamt.machine.ipc import create_semaphore, make_name, remove_semaphore
 
 BIG = 1 << 30  # far from zero: inc_not_zero always increments, dec_and_test never hits 0
 

@@ -18,8 +18,8 @@ import os
 import time
 
 from shmpamt import api
-from shmpamt.campaign import Plan
-from shmpamt.cluster import local_cluster, run_campaign
+from shmpamt.campaign.cluster import local_cluster, run_campaign
+from shmpamt.campaign.matrix import Plan
 
 
 def direct(plan: Plan) -> tuple[float, int]:

@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from shmpamt import tdx
-from shmpamt.atomic import RefcountArray
-from shmpamt.kernel import POOL_BASE, Kernel, page_hpa
-from shmpamt.lock import PamtLock
+from shmpamt.machine.atomic import RefcountArray
+from shmpamt.machine.kernel import POOL_BASE, Kernel, page_hpa
+from shmpamt.machine.lock import PamtLock
 from shmpamt.variants.registry import load_variant
 
 LOOP = 10_000  # primitives per call of the C micro-benchmark

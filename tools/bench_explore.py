@@ -35,8 +35,14 @@ from rich.table import Table
 
 import shmpamt.api as api
 from shmpamt.config import ExploreConfig, Scenario
-from shmpamt.engine.explore import ExploreProgress, Session
-from shmpamt.ipc import create_semaphore, make_name, new_token, open_semaphore, remove_semaphore
+from shmpamt.explorer.session import ExploreProgress, Session
+from shmpamt.machine.ipc import (
+    create_semaphore,
+    make_name,
+    new_token,
+    open_semaphore,
+    remove_semaphore,
+)
 from shmpamt.schedulers.random_walk import RandomWalk
 
 BUGGY = ["rfc", "kai", "v4", "rfc-norecheck", "rfc-early-publish", "rfc-leak-on-lost-race"]

@@ -25,12 +25,18 @@ import posix_ipc
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from shmpamt import tdx
-from shmpamt.invariants import ViolationLog
-from shmpamt.ipc import create_semaphore, make_name, new_token, open_semaphore, remove_semaphore
+from shmpamt.machine.ipc import (
+    create_semaphore,
+    make_name,
+    new_token,
+    open_semaphore,
+    remove_semaphore,
+)
+from shmpamt.machine.pages import PamtPagePool
+from shmpamt.machine.seamcall import SeamcallPort
+from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.daemon import TdxModule
 from shmpamt.module.faults import FaultPlan
-from shmpamt.pages import PamtPagePool
-from shmpamt.seamcall import SeamcallPort
 
 TARGET = 1.5
 

@@ -39,7 +39,7 @@ from shmpamt import api
 from shmpamt.config import ExploreConfig, StressConfig
 from shmpamt.engine.stress import StressProgress as Progress
 from shmpamt.engine.stress import run_stress
-from shmpamt.results import VERIFIED
+from shmpamt.records.results import VERIFIED
 from shmpamt.variants.registry import BUILTIN
 
 FAULTS = "add.busy=0.1,remove.busy=0.1,aug.delay=0.2:0.001,alloc.fail=0.02"

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shmpamt.config import Scenario
-from shmpamt.engine.explore import Session
+from shmpamt.explorer.session import Session
 from shmpamt.schedulers.registry import make_scheduler
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -1,7 +1,9 @@
-"""The engine: one owner of a run's processes, and the two drivers that use it.
+"""The engine: process lifetimes, and free-running stress on top of them.
 
-``processes`` starts, watches and stops the CPUs (the module daemon comes with
-the :class:`~shmpamt.system.System`); ``stress`` lets them run free;
-``explore`` grants them one step at a time. Front ends (CLI, library, pytest
-plugin) reach the engine through :mod:`shmpamt.api` only.
+``system`` holds one run's IPC objects and the module daemon; ``cpu`` and
+``workload`` are a CPU process's life and what it does in a round;
+``processes`` starts, watches and stops the CPUs; ``stress`` lets them run
+free. Controlled scheduling builds on this in :mod:`shmpamt.explorer`. Front
+ends (CLI, library, pytest plugin) reach the engine through :mod:`shmpamt.api`
+only.
 """

@@ -16,10 +16,10 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Final
 
-from shmpamt.cpu import EXIT_LOCK, EXIT_MODULE, EXIT_OK
-from shmpamt.ipc import new_token, pid_alive, sigint_ignored_in_children
+from shmpamt.engine.cpu import EXIT_LOCK, EXIT_MODULE, EXIT_OK
+from shmpamt.engine.system import System, SystemConfig
+from shmpamt.machine.ipc import new_token, pid_alive, sigint_ignored_in_children
 from shmpamt.module.faults import FaultPlan
-from shmpamt.system import System, SystemConfig
 
 POLL: Final = 0.1
 JOIN_GRACE: Final = 10.0  # seconds a CPU gets to finish its round after "stop"

@@ -13,22 +13,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from shmpamt.board import DELAYS, INJECTED, ITERATIONS, PAUSE_POLL, PAUSED, WARNINGS
-from shmpamt.chaos import TARGETED
 from shmpamt.config import StressConfig
-from shmpamt.cpu import cpu_main
+from shmpamt.engine.cpu import cpu_main
 from shmpamt.engine.processes import POLL, Fleet
+from shmpamt.engine.system import System, SystemConfig
+from shmpamt.engine.workload import Workload
+from shmpamt.machine.chaos import TARGETED
+from shmpamt.machine.cpu_board import DELAYS, INJECTED, ITERATIONS, PAUSE_POLL, PAUSED, WARNINGS
 from shmpamt.module.faults import FaultPlan
-from shmpamt.results import (
+from shmpamt.records.results import (
     STRESS,
     VariantResult,
     WindowCoverage,
     first_examples,
     zero_counts,
 )
-from shmpamt.system import System, SystemConfig
 from shmpamt.variants.registry import load_variant
-from shmpamt.workload import Workload
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,7 @@ import posix_ipc
 
 from shmpamt import tdx
 from shmpamt.errors import ModuleFailure
-from shmpamt.invariants import ViolationLog
-from shmpamt.ipc import (
+from shmpamt.machine.ipc import (
     create_semaphore,
     make_name,
     open_semaphore,
@@ -40,16 +39,8 @@ from shmpamt.ipc import (
     sigint_ignored_in_children,
     unlink_name,
 )
-from shmpamt.module.faults import INJECTED_BUSY, INJECTED_KINDS, NO_FAULT, Decision, FaultPlan
-from shmpamt.module.state import (
-    ModuleState,
-    ModuleStatistics,
-    apply_seamcall,
-    note_injected_busy,
-    target_range,
-)
-from shmpamt.pages import PamtPagePool
-from shmpamt.seamcall import (
+from shmpamt.machine.pages import PamtPagePool
+from shmpamt.machine.seamcall import (
     REFUSED,
     REQUEST,
     RESPONSE,
@@ -58,6 +49,15 @@ from shmpamt.seamcall import (
     SeamcallPort,
     posted,
     withdrawn,
+)
+from shmpamt.machine.violation_log import ViolationLog
+from shmpamt.module.faults import INJECTED_BUSY, INJECTED_KINDS, NO_FAULT, Decision, FaultPlan
+from shmpamt.module.state import (
+    ModuleState,
+    ModuleStatistics,
+    apply_seamcall,
+    note_injected_busy,
+    target_range,
 )
 
 GUARD_PERIOD: Final = 0.1  # seconds between checks that the parent still lives

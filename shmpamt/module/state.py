@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from shmpamt import tdx
-from shmpamt.atomic import RefcountArray
 from shmpamt.errors import IpcError
-from shmpamt.ipc import Segment, make_name
-from shmpamt.kernel import GUEST_BASE
-from shmpamt.violations import (
+from shmpamt.machine.atomic import RefcountArray
+from shmpamt.machine.ipc import Segment, make_name
+from shmpamt.machine.kernel import GUEST_BASE
+from shmpamt.records.violations import (
     ADD_PRESENT,
     NO_RANGE,
     REMOVE_ABSENT,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shmpamt.schedule import Schedule
+from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers.base import BaseScheduler, ScheduleMismatch, default_choice
 
 __all__ = ["Replay", "ScheduleMismatch"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 
 
 class PamtVariant:

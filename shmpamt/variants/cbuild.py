@@ -36,7 +36,7 @@ from typing import Final
 import cffi
 
 from shmpamt.errors import VariantLoadError
-from shmpamt.kernel import PRIMITIVES
+from shmpamt.machine.kernel import PRIMITIVES
 
 _PACKAGE: Final = Path(__file__).resolve().parent.parent
 INCLUDE_DIR: Final = _PACKAGE / "include"

@@ -9,7 +9,7 @@ freed" (empty) exactly as the kernel code can.
 from __future__ import annotations
 
 from shmpamt import tdx
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 
 
 def tdx_free_pamt_pages(k: Kernel, pamt_pages: list[int]) -> None:

@@ -22,10 +22,10 @@ from types import ModuleType
 from typing import Any, ClassVar, Final
 
 from shmpamt import tdx
-from shmpamt.atomic import BACKEND
 from shmpamt.errors import VariantLoadError
-from shmpamt.kernel import POOL_BASE, Kernel
-from shmpamt.pages import MAX_PAGES
+from shmpamt.machine.atomic import BACKEND
+from shmpamt.machine.kernel import POOL_BASE, Kernel
+from shmpamt.machine.pages import MAX_PAGES
 from shmpamt.variants import cbuild
 from shmpamt.variants.base import PamtVariant
 

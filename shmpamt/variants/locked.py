@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import ClassVar, Final
 
 from shmpamt import tdx
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.common import tdx_alloc_pamt_pages, tdx_free_pamt_pages, tdx_operand_busy
 

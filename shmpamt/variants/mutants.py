@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from shmpamt import tdx
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 from shmpamt.variants.common import tdx_free_pamt_pages, tdx_hpa_range_not_free
 from shmpamt.variants.rfc import Rfc
 

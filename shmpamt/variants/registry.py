@@ -19,8 +19,8 @@ import traceback
 from types import ModuleType
 from typing import Final
 
-from shmpamt.atomic import INT_MAX, INT_MIN
 from shmpamt.errors import VariantLoadError
+from shmpamt.machine.atomic import INT_MAX, INT_MIN
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.cvariant import make_class, name_of, source_of
 from shmpamt.variants.kai import Kai

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from shmpamt import tdx
-from shmpamt.kernel import Kernel
+from shmpamt.machine.kernel import Kernel
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.common import (
     tdx_alloc_pamt_pages,

@@ -1,0 +1,389 @@
+"""``shmpamt campaign``: a matrix of shards on a Dask cluster, one merged verdict.
+
+Registered by :mod:`shmpamt.cli.app`; imports only light modules at load time
+(the shared helpers in :mod:`shmpamt.cli.common` among them) so that ``shmpamt
+--help`` stays fast: Dask (``shmpamt.campaign.cluster``) and the rig
+(``shmpamt.api``) are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from shmpamt.campaign.matrix import (
+    SHARD_KINDS,
+    Plan,
+    ShardOutcome,
+    VariantSummary,
+    add_outcome,
+    add_regressions,
+    ordered_kinds,
+)
+from shmpamt.cli import common
+from shmpamt.cli.db import DB_OPTION
+from shmpamt.errors import UsageError
+from shmpamt.records.faildb import FailureDB, resolve_db
+from shmpamt.records.violations import VIOLATIONS
+from shmpamt.report.terminal import (
+    EXIT_CLEAN,
+    EXIT_ERROR,
+    EXIT_MEANING,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_VIOLATIONS,
+    compact,
+)
+from shmpamt.schedulers.registry import DEFAULT_STRATEGY
+
+if TYPE_CHECKING:
+    from shmpamt.campaign.cluster import CampaignRun, RegressionOutcome
+
+
+class Board:
+    """The campaign as it stands: per-variant summaries, updated as outcomes arrive."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.total = len(plan.shards())
+        self.per_variant = len(plan.strategies) * plan.seeds
+        self.summaries = {v: VariantSummary(v) for v in plan.variants}
+        self.done = 0
+        self.interrupted = ""
+        self.error = ""
+        self.missing: list[str] = []
+        self.workers = 0
+        self.scheduler = ""
+        self.stored_new = 0
+        self.outcomes: list[ShardOutcome] = []
+
+    def add(self, ev: ShardOutcome | RegressionOutcome) -> None:
+        if isinstance(ev, ShardOutcome):
+            self.outcomes.append(ev)
+            if ev.stopped and ev.result is None:
+                self.missing.append(ev.shard.id)  # stopped before it started: it ran nothing
+            else:
+                self.done += 1
+            add_outcome(self.summaries[ev.shard.variant], ev)
+        else:
+            v = self.summaries[ev.variant]
+            if ev.error:
+                v.errors.append(f"regression check: {ev.error}")
+            add_regressions(v, len(ev.regressions), ev.still)
+
+    def exit_code(self) -> int:
+        if self.interrupted == "SIGINT":
+            return EXIT_SIGINT
+        if self.interrupted == "SIGTERM":
+            return EXIT_SIGTERM
+        if any(v.failing for v in self.summaries.values()):
+            return EXIT_VIOLATIONS
+        if self.error or any(v.errors or v.incidents for v in self.summaries.values()):
+            return EXIT_ERROR
+        return EXIT_CLEAN
+
+    # -- renderings --------------------------------------------------------------------
+
+    def live_table(self) -> Table:
+        t = Table(title=f"campaign: {self.done}/{self.total} shards", title_justify="left")
+        for col in ("variant", "shards", "kinds so far", "ops", "retried"):
+            t.add_column(col)
+        for v in self.summaries.values():
+            kinds = ", ".join(f"{k.kind} {compact(k.count)}" for k in ordered_kinds(v))
+            t.add_row(
+                v.variant,
+                f"{v.shards}/{self.per_variant}",
+                kinds or "-",
+                compact(v.operations),
+                str(len(v.retried)) if v.retried else "-",
+            )
+        return t
+
+    def render(self, console: Console) -> None:
+        title = (
+            "verdict: violations found"
+            if any(v.failing for v in self.summaries.values())
+            else "verdict: no violation found"
+        )
+        t = Table(title=title, title_justify="left")
+        t.add_column("variant", style="bold", no_wrap=True)
+        t.add_column("result", no_wrap=True)
+        t.add_column("kinds seen (count)", ratio=1)
+        t.add_column("shards", justify="right")
+        t.add_column("ops", justify="right")
+        for v in self.summaries.values():
+            kinds = ", ".join(
+                f"{k.kind} {compact(k.count)}" + (" (ignored)" if k.ignored else "")
+                for k in ordered_kinds(v)
+            )
+            result = (
+                f"[red]{len(v.failing)} kind(s)[/red]"
+                if v.failing
+                else "[yellow]errors[/yellow]"
+                if v.errors or v.incidents
+                else "[green]clean[/green]"
+            )
+            t.add_row(
+                v.variant,
+                result,
+                kinds or "-",
+                f"{v.shards}/{self.per_variant}",
+                compact(v.operations),
+            )
+        console.print(t)
+        for v in self.summaries.values():
+            # The regression check ran before any shard: it is reported before their findings.
+            if v.regressions is not None:
+                console.print(
+                    f"  [bold]{v.variant}[/bold] regressions: {v.regressions[0]} stored "
+                    f"schedules replayed, {v.regressions[1]} still fail"
+                )
+            for k in ordered_kinds(v):
+                if k.best is not None:
+                    where = f" on {k.best.where}" if k.best.where else ""
+                    console.print(
+                        f"  [bold]{v.variant}[/bold] {k.kind}: {k.best.steps} steps, "
+                        f"{k.best.shard}{where}: [cyan]shmpamt replay {k.best.schedule}[/cyan]"
+                    )
+                elif k.what:
+                    console.print(f"  [bold]{v.variant}[/bold] {k.kind}: {k.what}")
+            for line in v.retried:
+                console.print(f"  [bold]{v.variant}[/bold] [yellow]retried[/yellow]: {line}")
+            for line in v.errors:
+                console.print(f"  [bold]{v.variant}[/bold] [red]error[/red]: {line}")
+            for line in v.incidents:
+                console.print(f"  [bold]{v.variant}[/bold] [yellow]incident[/yellow]: {line}")
+        console.print(
+            f"{self.done} of {self.total} shards reported, on {self.workers} worker(s) "
+            f"({self.scheduler})"
+        )
+        if self.missing:
+            console.print(f"[yellow]{len(self.missing)} shard(s) did not run[/yellow]")
+        if self.interrupted:
+            console.print(f"[yellow]interrupted by {self.interrupted}: partial report[/yellow]")
+        code = self.exit_code()
+        console.print(f"exit status {code}: {EXIT_MEANING.get(code, '')}")
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "tool": "shmpamt",
+            "schema": 2,
+            "kind": "campaign",
+            "complete": not self.interrupted and not self.error and not self.missing,
+            "interrupted": self.interrupted or None,
+            "error": self.error or None,
+            "exit_status": self.exit_code(),
+            "plan": {
+                "variants": list(p.variants),
+                "strategies": list(p.strategies),
+                "seed": p.seed,
+                "seeds": p.seeds,
+                "budget": p.budget,
+                "executions": p.executions,
+                "cpus": p.cpus,
+                "rounds": p.rounds,
+                "ignore": sorted(p.ignore),
+            },
+            "scheduler": self.scheduler,
+            "workers": self.workers,
+            "shards_total": self.total,
+            "shards_reported": self.done,
+            "missing": self.missing,
+            "stored_new": self.stored_new,
+            "variants": [v.to_dict() for v in self.summaries.values()],
+        }
+
+
+@click.command("campaign")
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="NAME",
+    help="Variant (repeatable). Default: every built-in variant.",
+)
+@click.option(
+    "--strategy",
+    "strategies",
+    multiple=True,
+    type=click.Choice(SHARD_KINDS),
+    help=f"Explore strategy, or 'stress' for free-running shards (repeatable). "
+    f"Default: {DEFAULT_STRATEGY}.",
+)
+@click.option("--seed", type=int, default=None, help="First seed. Default: 0.")
+@click.option("--seeds", type=int, default=None, help="Seeds per variant and strategy (4).")
+@click.option("--budget", type=float, default=None, help="Seconds per shard (default 5).")
+@click.option("--executions", type=int, default=None, help="Executions per shard instead.")
+@click.option("--cpus", type=int, default=None, help="CPUs per shard's system (2).")
+@click.option("--rounds", type=int, default=None, help="Rounds per CPU in explore shards (2).")
+@click.option("--ignore", multiple=True, type=click.Choice(VIOLATIONS), help="As for explore.")
+@click.option(
+    "--matrix",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A TOML file with the matrix (variants, strategies, seed, seeds, budget, "
+    "executions, cpus, rounds, ignore); options given here win.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="tcp://HOST:8786",
+    help="Use this Dask scheduler. Default: a local cluster, one worker process per core.",
+)
+@click.option("--workers", type=int, default=None, help="Local workers (default: the cores).")
+@click.option(
+    "--retries", type=int, default=2, show_default=True, help="Retries of a failing shard."
+)
+@DB_OPTION
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+def campaign_command(
+    variants: tuple[str, ...],
+    strategies: tuple[str, ...],
+    matrix: Path | None,
+    scheduler: str | None,
+    workers: int | None,
+    retries: int,
+    db: str | None,
+    json_path: Path | None,
+    ignore: tuple[str, ...],
+    **settings: Any,
+) -> None:
+    """Run variants x strategies x seeds as shards on a Dask cluster; merge one verdict."""
+    from shmpamt import api
+
+    common.check_output_path("--json", json_path)
+    if workers is not None and workers < 1:
+        common.fail(f"--workers must be at least 1, not {workers}")
+    if retries < 0:
+        common.fail(f"--retries must be at least 0, not {retries}")
+    given: dict[str, Any] = {k: v for k, v in settings.items() if v is not None}
+    if variants:
+        given["variants"] = variants
+    if strategies:
+        given["strategies"] = strategies
+    if ignore:
+        given["ignore"] = frozenset(ignore)
+
+    def make() -> Plan:
+        if matrix is not None:
+            return Plan.from_toml(matrix, **given)
+        given.setdefault("variants", tuple(n for n, _ in api.builtin_variants()))
+        return Plan.from_mapping(given)
+
+    plan: Plan = common.build(make)
+    for spec in plan.variants:
+        common.build(partial(api.check_variant, spec))
+    db_path: str | None = common.build(lambda: resolve_db(db))
+    fdb = FailureDB(db_path) if db_path else None
+    stored = _stored(fdb, plan)
+    board = Board(plan)
+    common.out_console.print(
+        f"shmpamt campaign: {len(plan.variants)} variant(s) x {len(plan.strategies)} "
+        f"strateg{'y' if len(plan.strategies) == 1 else 'ies'} x {plan.seeds} seed(s) = "
+        f"{board.total} shards, "
+        + (f"budget {plan.budget:g} s" if plan.budget else f"{plan.executions} executions")
+        + " each, on "
+        + (scheduler or f"a local cluster of {workers or os.cpu_count()} worker(s)")
+    )
+    _go(plan, board, stored, scheduler, workers, retries)
+    if fdb is not None:
+        board.stored_new = _remember(fdb, board.outcomes)
+        if board.stored_new:
+            common.out_console.print(f"{board.stored_new} new failure(s) stored in {fdb.root}")
+    _finish(board, json_path, common.out_console, common.fail)
+
+
+def _stored(fdb: FailureDB | None, plan: Plan) -> dict[str, list[tuple[str, str, str]]]:
+    if fdb is None:
+        return {}
+    return {
+        v: [(e.kind, e.schedule, e.strategy) for e in fdb.entries(v) if e.kind not in plan.ignore]
+        for v in plan.variants
+    }
+
+
+def _go(
+    plan: Plan,
+    board: Board,
+    stored: dict[str, list[tuple[str, str, str]]],
+    scheduler: str | None,
+    workers: int | None,
+    retries: int,
+) -> None:
+    from shmpamt.campaign.cluster import run_campaign
+
+    with (
+        common.trapped_signals() as interrupted,
+        Live(
+            board.live_table(), console=common.out_console, refresh_per_second=4, transient=True
+        ) as live,
+    ):
+
+        def on_event(ev: Any) -> None:
+            board.add(ev)
+            live.update(board.live_table())
+
+        def go() -> None:
+            run: CampaignRun = run_campaign(
+                plan,
+                scheduler=scheduler,
+                workers=workers,
+                stored=stored,
+                on_event=on_event,
+                should_stop=lambda: bool(interrupted),
+                retries=retries,
+            )
+            board.missing += run.missing
+            board.workers = run.workers
+            board.scheduler = run.scheduler
+
+        try:
+            go()
+        except UsageError as e:
+            board.error = common.flag_message(e)
+        except Exception as e:
+            if os.environ.get("SHMPAMT_DEBUG"):
+                raise
+            board.error = f"{type(e).__name__}: {e}"
+        board.interrupted = interrupted.signal
+
+
+def _remember(fdb: FailureDB, outcomes: list[ShardOutcome]) -> int:
+    """Every failing schedule any shard reported goes into the database (de-duplicated)."""
+    new = 0
+    for o in outcomes:
+        if o.result is None:
+            continue
+        ignored = set(o.result.get("ignored", ()))
+        for f in o.result.get("schedules", ()):
+            if f["kind"] not in ignored:
+                new += fdb.add(f["kind"], f["schedule"], f["strategy"])
+    return new
+
+
+def _finish(
+    board: Board, json_path: Path | None, console: Console, fail: Callable[[str], NoReturn]
+) -> NoReturn:
+    board.render(console)
+    if board.error:
+        Console(stderr=True).print(f"error: {board.error}", highlight=False, markup=False)
+    if json_path is not None:
+        try:
+            tmp = json_path.with_name(json_path.name + ".tmp")
+            tmp.write_text(json.dumps(board.to_dict(), indent=2) + "\n")
+            os.replace(tmp, json_path)
+        except OSError as e:
+            fail(f"cannot write {json_path}: {e}")
+        console.print(f"JSON report written to {json_path}")
+    sys.exit(board.exit_code())

@@ -1,0 +1,164 @@
+"""Footprints: what a parked CPU's next step may read and change, for partial-order search.
+
+DPOR and POS treat two steps as commuting when neither changes what the other
+touches. A footprint depends on the step's primitive, target and operands
+and, for a conditional atomic, on the slot's current value; all of these are
+the same when a recorded prefix is replayed, so a replay shows the same
+footprints. Over-approximating is safe (less reduction); missing an object is
+not, so every choice below errs towards dependence:
+
+- a refcount slot: ``atomic_read`` reads it, every other atomic writes it,
+  except that a conditional atomic (``inc_not_zero``, ``cmpxchg``, …) that would
+  leave the slot as it is only reads it: :meth:`Footprints.pending` judges a
+  parked one in the current state (its operands are on the board), and
+  :meth:`Footprints.effect` judges one that ran by the values before and after;
+- ``pamt_lock``: ``spin_lock`` and ``spin_unlock`` both read and write it, held
+  or not (a CPU blocked on it stays parked with this footprint);
+- the PAMT page pool, one object per CPU partition (see ``PamtPagePool.alloc``):
+  ``alloc_page`` by CPU c writes partition c, ``__free_page`` writes the freed
+  page's partition (its index is the point's target). PAMT.ADD and PAMT.REMOVE
+  touch no partition, although they move pages between a CPU and the module:
+  ``alloc_page`` only claims free pages, and a page the module takes or gives
+  back is not free before or after, so they commute with it. Against a
+  ``__free_page`` or an ADD of another CPU on the same page, one of the two is
+  a slip that fails in either order (the page is not its caller's, whichever
+  owner it sees), the other succeeds in either order, and both orders end in
+  the same owners and the same ``pamt_pages_lost`` kind; only the record's
+  detail word (which owner the failed transfer saw) differs. Verdicts are
+  kind sets, so the search treats them as commuting. Counting the pool as
+  written made every ADD and REMOVE race with the other CPUs' allocations:
+  ``v6`` at 2 CPUs x 1 round needed 260 complete executions, now 38;
+- a range's PAMT in the module: ADD and REMOVE write it, AUG and RECLAIM read it;
+- the 4 KiB pages CPU c uses in range r (no other CPU touches them): AUG and
+  RECLAIM by c write them, REMOVE of r reads every CPU's;
+- the private no-op and status leaves touch the whole module, conservatively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from shmpamt import tdx
+from shmpamt.explorer.board import OPS
+from shmpamt.machine.atomic import wrap32
+from shmpamt.schedulers.base import Access
+
+LOCK: Final = 0
+MODULE: Final = 2
+_POOL: Final = 4 << 24
+_RC: Final = 1 << 24
+_PAMT: Final = 2 << 24
+_PAGES: Final = 3 << 24
+_CPU_BITS: Final = 8  # at most 256 CPUs per range in the page ids
+
+_ADD: Final = tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_ADD)
+_REMOVE: Final = tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_REMOVE)
+_USE: Final = frozenset(
+    {tdx.leaf_name(tdx.TDH_MEM_PAGE_AUG), tdx.leaf_name(tdx.TDH_PHYMEM_PAGE_RECLAIM)}
+)
+
+
+def _pages(r: int, cpu: int) -> int:
+    return _PAGES + (r << _CPU_BITS) + cpu
+
+
+#: atomics that may leave their slot alone: if the value did not change, they only read it
+CONDITIONAL: Final = frozenset(
+    OPS.index(op)
+    for op in (
+        "atomic_inc_not_zero", "atomic_add_unless", "atomic_inc_unless_negative",
+        "atomic_dec_unless_positive", "atomic_dec_if_positive", "atomic_cmpxchg",
+    )
+)  # fmt: skip
+
+
+def _would_write(op: str, v: int, a: int, b: int) -> bool:
+    """Whether a conditional atomic changes a slot holding ``v`` (kernel semantics)."""
+    if op == "atomic_inc_not_zero":
+        return v != 0
+    if op == "atomic_add_unless":
+        return v != b and a != 0
+    if op == "atomic_inc_unless_negative":
+        return v >= 0
+    if op == "atomic_dec_unless_positive":
+        return v <= 0
+    if op == "atomic_dec_if_positive":
+        return wrap32(v - 1) >= 0  # INT_MIN - 1 wraps to INT_MAX, as in the kernel
+    if op == "atomic_cmpxchg":
+        return v == a and a != b
+    raise ValueError(f"{op} is not a conditional atomic")
+
+
+class Footprints:
+    """Footprint of (op index, target, cpu), computed once per distinct step."""
+
+    def __init__(self, cpus: int) -> None:
+        self._cpus = cpus
+        self._pool = tuple(_POOL + c for c in range(cpus))
+        self._cache: dict[tuple[int, int, int], Access] = {}
+        self._reads: dict[int, Access] = {}
+
+    def of(self, op: int, target: int, cpu: int) -> Access:
+        key = (op, target, cpu)
+        a = self._cache.get(key)
+        if a is None:
+            a = self._cache[key] = self._compute(OPS[op], target, cpu)
+        return a
+
+    def pending(
+        self,
+        op: int,
+        target: int,
+        cpu: int,
+        slots: Sequence[int] | Mapping[int, int],
+        a: int,
+        b: int,
+    ) -> Access:
+        """The footprint of a parked step in the state it is parked in: a conditional
+        atomic that would leave its slot as it is (``slots``: the refcounts now, or just
+        the target's; ``a``, ``b``: the operands of add_unless and cmpxchg) only reads it.
+
+        Sound for DPOR's sleep sets and blocked-CPU races, which use a parked step's
+        footprint only at this state and, for a sleeper, until a dependent step runs:
+        only a write of the slot can change whether the atomic would write, and a
+        write conflicts with the read footprint, which wakes the sleeper."""
+        if op in CONDITIONAL and not _would_write(OPS[op], slots[target], a, b):
+            return self._read(target)
+        return self.of(op, target, cpu)
+
+    def effect(self, op: int, target: int, cpu: int, before: int, after: int) -> Access:
+        """What a step that ran did: its footprint, or a read if a conditional atomic
+        left its slot as it was (a write of the same value commutes like a read)."""
+        if op in CONDITIONAL and before == after:
+            return self._read(target)
+        return self.of(op, target, cpu)
+
+    def _read(self, target: int) -> Access:
+        """A read of refcount slot ``target``: one object per slot, so that footprints
+        compare by identity (DPOR checks every replayed step's against its record)."""
+        a = self._reads.get(target)
+        if a is None:
+            a = self._reads[target] = Access.of(reads=(_RC + target,))
+        return a
+
+    def _compute(self, op: str, target: int, cpu: int) -> Access:
+        if op == "atomic_read":
+            return self._read(target)
+        if op.startswith("atomic"):
+            return Access.of(writes=(_RC + target,))
+        if op in ("spin_lock", "spin_unlock"):
+            return Access.of(reads=(LOCK,), writes=(LOCK,))
+        if op == "alloc_page":
+            return Access.of(writes=(_POOL + cpu,))
+        if op == "free_page":
+            part = target % self._cpus if target >= 0 else None
+            return Access.of(writes=self._pool if part is None else (_POOL + part,))
+        if op == _ADD:
+            return Access.of(writes=(_PAMT + target,))
+        if op == _REMOVE:
+            every_cpu = [_pages(target, c) for c in range(self._cpus)]
+            return Access.of(reads=every_cpu, writes=(_PAMT + target,))
+        if op in _USE:
+            return Access.of(reads=(_PAMT + target,), writes=(_pages(target, cpu),))
+        return Access.of(writes=(MODULE, LOCK, *self._pool))

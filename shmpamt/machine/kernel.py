@@ -1,0 +1,294 @@
+"""The kernel primitives a variant may use, each passing one scheduling point.
+
+Variants are written against this object exactly as the kernel code is written
+against ``atomic_*``, ``spin_lock`` and the SEAMCALL wrappers, so the two read
+side by side. Every primitive first calls ``self.point(op, target)``: empty in
+free-running mode, a random delay in chaos mode, a wait for the scheduler's
+grant in explore mode (loom's single choke point). Variants never know which.
+
+Refcounts are named by their range index (what ``tdx_get_pamt_refcount``
+returns); pages by their physical address.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Protocol
+
+from shmpamt import tdx
+
+if TYPE_CHECKING:
+    from shmpamt.machine.atomic import RefcountArray
+    from shmpamt.machine.lock import PamtLock
+
+#: every primitive a variant calls that is not a SEAMCALL, in one fixed order: the op
+#: tables of the scheduling board, the chaos coverage and the C bridge all start with it
+PRIMITIVES: Final[tuple[str, ...]] = (
+    "atomic_read", "atomic_set", "atomic_inc", "atomic_dec", "atomic_inc_return",
+    "atomic_dec_return", "atomic_dec_and_test", "atomic_inc_not_zero", "atomic_add_unless",
+    "atomic_inc_unless_negative", "atomic_dec_unless_positive", "atomic_dec_if_positive",
+    "atomic_cmpxchg", "spin_lock", "spin_unlock", "alloc_page", "free_page",
+)  # fmt: skip
+
+# Physical address layout of the emulated machine: guest memory starts at 0,
+# PAMT pages come from a pool far above it so the two can never be confused.
+GUEST_BASE: Final = 0
+POOL_BASE: Final = 1 << 40
+
+
+class Hook(Protocol):
+    """Called around every primitive. ``before`` may block (explore) or sleep (chaos)."""
+
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
+        """``a``, ``b``: the operands of ``atomic_add_unless`` and ``atomic_cmpxchg``."""
+        ...
+
+    def after(self, op: str, target: int, result: int) -> None:
+        """``result``: what the primitive returned (a SEAMCALL: its status)."""
+        ...
+
+
+class PagePool(Protocol):
+    def alloc(self, cpu: int) -> int | None: ...
+
+    def free(self, cpu: int, hpa: int) -> None: ...
+
+
+class SeamcallPort(Protocol):
+    def call(
+        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0
+    ) -> tuple[int, int, int, int]: ...
+
+
+class Kernel:
+    """One CPU's view of the kernel: refcounts, pamt_lock, page allocator, SEAMCALL."""
+
+    def __init__(
+        self,
+        cpu: int,
+        refcounts: RefcountArray,
+        lock: PamtLock,
+        pool: PagePool,
+        port: SeamcallPort,
+        hook: Hook | None = None,
+        alloc_fails: Callable[[], bool] | None = None,
+    ) -> None:
+        self.cpu = cpu
+        self.refcounts = refcounts
+        self.pamt_lock = lock
+        self._pool = pool
+        self._port = port
+        self._hook = hook
+        # The choke point every primitive calls on both sides; bound once, as it
+        # runs at every step (explore: the hook's own methods, one frame less).
+        self._before: Callable[..., None] = _unhooked if hook is None else hook.before
+        self._after: Callable[[str, int, int], None] = _unhooked if hook is None else hook.after
+        self._alloc_fails = alloc_fails
+        self.warnings = 0
+        self.last_warning = ""
+        self._warned: set[tuple[str, int]] = set()
+        #: injected faults this CPU has seen (alloc failures + busy statuses)
+        self.injected = 0
+
+    # -- the choke point --------------------------------------------------
+
+    # -- for compiled variants (shmpamt/variants/cvariant.py) ----------------
+
+    @property
+    def hooked(self) -> bool:
+        """A hook runs around primitives: a C variant then sends every atomic through here."""
+        return self._hook is not None
+
+    def refcount_words(self) -> tuple[int, int]:
+        """(address, count) of the refcount words, for C code to run the same atomics on."""
+        seg = self.refcounts.segment
+        n = len(self.refcounts)
+        # The Kernel's array is a whole segment (create/attach), so slot 0 is the payload's start.
+        assert n * 4 == seg.payload_size, "refcount array must span its segment"
+        return seg.address, n
+
+    # -- atomic_t ----------------------------------------------------------
+
+    def atomic_read(self, v: int) -> int:
+        self._before("atomic_read", v)
+        r = self.refcounts.read(v)
+        self._after("atomic_read", v, r)
+        return r
+
+    def atomic_set(self, v: int, i: int) -> None:
+        self._before("atomic_set", v)
+        self.refcounts.set(v, i)
+        self._after("atomic_set", v, i)
+
+    def atomic_inc(self, v: int) -> None:
+        self._before("atomic_inc", v)
+        self.refcounts.inc(v)
+        self._after("atomic_inc", v, 0)
+
+    def atomic_dec(self, v: int) -> None:
+        self._before("atomic_dec", v)
+        self.refcounts.dec(v)
+        self._after("atomic_dec", v, 0)
+
+    def atomic_inc_return(self, v: int) -> int:
+        self._before("atomic_inc_return", v)
+        r = self.refcounts.inc_return(v)
+        self._after("atomic_inc_return", v, r)
+        return r
+
+    def atomic_dec_return(self, v: int) -> int:
+        self._before("atomic_dec_return", v)
+        r = self.refcounts.dec_return(v)
+        self._after("atomic_dec_return", v, r)
+        return r
+
+    def atomic_dec_and_test(self, v: int) -> bool:
+        self._before("atomic_dec_and_test", v)
+        r = self.refcounts.dec_and_test(v)
+        self._after("atomic_dec_and_test", v, int(r))
+        return r
+
+    def atomic_inc_not_zero(self, v: int) -> bool:
+        self._before("atomic_inc_not_zero", v)
+        r = self.refcounts.inc_not_zero(v)
+        self._after("atomic_inc_not_zero", v, int(r))
+        return r
+
+    def atomic_add_unless(self, v: int, a: int, u: int) -> bool:
+        self._before("atomic_add_unless", v, a, u)
+        r = self.refcounts.add_unless(v, a, u)
+        self._after("atomic_add_unless", v, int(r))
+        return r
+
+    def atomic_inc_unless_negative(self, v: int) -> bool:
+        self._before("atomic_inc_unless_negative", v)
+        r = self.refcounts.inc_unless_negative(v)
+        self._after("atomic_inc_unless_negative", v, int(r))
+        return r
+
+    def atomic_dec_unless_positive(self, v: int) -> bool:
+        self._before("atomic_dec_unless_positive", v)
+        r = self.refcounts.dec_unless_positive(v)
+        self._after("atomic_dec_unless_positive", v, int(r))
+        return r
+
+    def atomic_dec_if_positive(self, v: int) -> int:
+        self._before("atomic_dec_if_positive", v)
+        r = self.refcounts.dec_if_positive(v)
+        self._after("atomic_dec_if_positive", v, r)
+        return r
+
+    def atomic_cmpxchg(self, v: int, old: int, new: int) -> int:
+        self._before("atomic_cmpxchg", v, old, new)
+        r = self.refcounts.cmpxchg(v, old, new)
+        self._after("atomic_cmpxchg", v, r)
+        return r
+
+    def atomic_dec_and_lock(self, v: int) -> bool:
+        """Kernel ``atomic_dec_and_lock(v, &pamt_lock)``, built from the hooked primitives."""
+        if self.atomic_add_unless(v, -1, 1):
+            return False
+        self.spin_lock()
+        if self.atomic_dec_and_test(v):
+            return True
+        self.spin_unlock()
+        return False
+
+    # -- pamt_lock -----------------------------------------------------------
+
+    def spin_lock(self) -> None:
+        self._before("spin_lock", -1)
+        self.pamt_lock.acquire()
+        self._after("spin_lock", -1, 0)
+
+    def spin_unlock(self) -> None:
+        self._before("spin_unlock", -1)
+        self.pamt_lock.release()
+        self._after("spin_unlock", -1, 0)
+
+    # -- page allocator ----------------------------------------------------
+
+    def alloc_page(self) -> int | None:
+        """A 4 KiB page's physical address, or None as alloc_page() returns NULL."""
+        self._before("alloc_page", -1)
+        if self._alloc_fails is not None and self._alloc_fails():
+            self.injected += 1
+            hpa = None
+        else:
+            hpa = self._pool.alloc(self.cpu)
+        self._after("alloc_page", -1, hpa or 0)
+        return hpa
+
+    def free_page(self, hpa: int) -> None:
+        """``__free_page``; the point's target is the pool page's index (who it may touch)."""
+        self._before("free_page", (hpa - POOL_BASE) // tdx.PAGE_SIZE if hpa >= POOL_BASE else -1)
+        self._pool.free(self.cpu, hpa)
+        self._after("free_page", -1, hpa)
+
+    # -- SEAMCALLs -------------------------------------------------------------
+
+    def seamcall(
+        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0
+    ) -> tuple[int, int, int, int]:
+        target = range_of(rcx)
+        name = tdx.leaf_name(leaf)
+        self._before(name, target)
+        out = self._port.call(leaf, rcx, rdx, r8)
+        if out[0] and tdx.status_class(out[0]) == tdx.TDX_OPERAND_BUSY:
+            # Only injection produces BUSY in this emulator (see docs/design.md).
+            self.injected += 1
+        self._after(name, target, out[0])
+        return out
+
+    def tdh_phymem_pamt_add(self, hpa_ps: int, pamt_pages: list[int]) -> int:
+        """PAMT.ADD with the two-page list; returns the status word."""
+        rdx = pamt_pages[0] if len(pamt_pages) > 0 else 0
+        r8 = pamt_pages[1] if len(pamt_pages) > 1 else 0
+        return self.seamcall(tdx.TDH_PHYMEM_PAMT_ADD, hpa_ps, rdx, r8)[0]
+
+    def tdh_phymem_pamt_remove(self, hpa_ps: int, pamt_pages: list[int]) -> int:
+        """PAMT.REMOVE; on success the returned pages are appended to ``pamt_pages``."""
+        err, _, rdx, r8 = self.seamcall(tdx.TDH_PHYMEM_PAMT_REMOVE, hpa_ps)
+        if not err:
+            pamt_pages.extend(p for p in (rdx, r8) if p)
+        return err
+
+    def tdh_mem_page_aug(self, hpa: int) -> int:
+        return self.seamcall(tdx.TDH_MEM_PAGE_AUG, hpa | tdx.TDX_PS_4K)[0]
+
+    def tdh_phymem_page_reclaim(self, hpa: int) -> int:
+        return self.seamcall(tdx.TDH_PHYMEM_PAGE_RECLAIM, hpa | tdx.TDX_PS_4K)[0]
+
+    # -- misc kernel helpers -------------------------------------------------
+
+    def tdx_get_pamt_refcount(self, hpa: int) -> int:
+        return range_of(hpa)
+
+    def pr_err(self, msg: str) -> None:
+        self.warnings += 1
+        self.last_warning = msg
+
+    def WARN_ON_ONCE(self, cond: bool, msg: str = "WARN_ON_ONCE") -> bool:
+        """Like the kernel's: the condition is returned every time, the warning is
+        printed only the first time this call site fires (per CPU)."""
+        if cond:
+            caller = sys._getframe(1)
+            site = (caller.f_code.co_filename, caller.f_lineno)
+            if site not in self._warned:
+                self._warned.add(site)
+                self.pr_err(msg)
+        return cond
+
+
+def _unhooked(*args: object) -> None:
+    """No hook: the primitives run free (stress)."""
+
+
+def range_of(hpa: int) -> int:
+    """2 MiB range index of a guest physical address (rcx page-size bits ignored)."""
+    return (hpa - GUEST_BASE) // tdx.SZ_2M
+
+
+def page_hpa(range_index: int, page: int) -> int:
+    return GUEST_BASE + range_index * tdx.SZ_2M + page * tdx.PAGE_SIZE

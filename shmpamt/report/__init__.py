@@ -1,0 +1,1 @@
+"""Presentation: the verdict table and JSON report, swim-lane timelines."""
