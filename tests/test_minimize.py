@@ -1,4 +1,4 @@
-"""Minimisation: smaller, still failing, deterministic, within budget."""
+"""Minimisation: smaller, still failing, deterministic, within its checks."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_minimize_shrinks_and_still_fails() -> None:
         calls.append(c)
         return fails(c)
 
-    small = minimize(big, counted, budget=400)
+    small = minimize(big, counted, max_checks=400)
     assert fails(small)
     assert size_key(small) < size_key(big)
     assert len(small.steps) < len(big.steps)
@@ -91,7 +91,7 @@ def test_minimize_is_deterministic() -> None:
     assert minimize(big, fails, 300) == minimize(big, fails, 300)
 
 
-def test_minimize_respects_the_budget() -> None:
+def test_minimize_stops_after_its_checks() -> None:
     big = a_long_failure()
     calls = 0
 
@@ -100,9 +100,9 @@ def test_minimize_respects_the_budget() -> None:
         calls += 1
         return fails(c)
 
-    assert minimize(big, counted, budget=0) == big
+    assert minimize(big, counted, max_checks=0) == big
     assert calls == 0
-    r = minimize(big, counted, budget=5)
+    r = minimize(big, counted, max_checks=5)
     assert calls <= 5
     assert fails(r)
 
@@ -114,11 +114,11 @@ def test_minimize_reaches_the_core_of_a_synthetic_failure() -> None:
     def pattern(s: Schedule) -> bool:
         return any(a == 0 and b == 1 for a, b in zip(s.steps, s.steps[1:], strict=False))
 
-    assert minimize(start, pattern, budget=1000).steps == (0, 1)
+    assert minimize(start, pattern, max_checks=1000).steps == (0, 1)
 
 
 def test_minimize_keeps_a_schedule_that_cannot_shrink() -> None:
     s = Schedule("syn", 2, 1, 1, 1, 0, (0, 1))
-    assert minimize(s, lambda c: c == s, budget=50) == s
+    assert minimize(s, lambda c: c == s, max_checks=50) == s
     with pytest.raises(ValueError):
-        minimize(s, lambda c: True, budget=-1)
+        minimize(s, lambda c: True, max_checks=-1)

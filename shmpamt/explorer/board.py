@@ -9,7 +9,7 @@ lock, page allocator, SEAMCALL) and waits for a grant; the controller
 point. The primitives are real: shared-memory atomics, the semaphore, the
 daemon's SEAMCALLs; only the interleaving is chosen.
 
-A grant may carry a *budget*: when the strategy has already decided that the
+A grant may cover several steps (a *run-on*): when the strategy has already decided that the
 same CPU takes the next steps too (every other CPU is blocked, or it said so
 in advance), the CPU takes them without parking, writing one record per step
 into its ring, and the controller replays those decisions to the strategy
@@ -29,7 +29,7 @@ decisions (``follow``), so a broken rule is caught. A stream can start an
 execution: each CPU starts the next at its first scheduling point, and the
 last one makes the first decision.
 
-A budget is a promise made for the CPUs that can run at the grant, so it
+A run-on is a promise made for the CPUs that can run at the grant, so it
 holds only while exactly those can: a CPU stops short (parks, and rings the
 controller) before a step that changes that. Only the lock does: taking it
 while another CPU waits at ``spin_lock`` (or when it is held: this CPU is
@@ -37,7 +37,7 @@ blocked), dropping it while one waits, and parking at ``spin_lock`` of a
 held lock. A CPU that finishes rings the controller too.
 
 Shared "sched board": the stream's numbers; per CPU its state, the parked
-step (op, target, operands), the command and budget of the next grant, the
+step (op, target, operands), the command and run-on of the next grant, the
 steps taken since, then the ring of their records; the stream's header and
 step log. One grant semaphore per CPU and one doorbell semaphore back to the
 controller.

@@ -93,7 +93,7 @@ class ExploreHook:
         self._numbers = board.numbers
         self._step_log = board.step_log
         self._lock_held = lock_held
-        self._budget = 0  # steps left to take without parking
+        self._run_on = 0  # steps left to take without parking
         self._ran = 0  # steps taken since the last grant
         self._r = self._ring  # the record of the step in progress
         self._streaming = False  # decisions are the CPUs' own (see "stream" above)
@@ -119,7 +119,7 @@ class ExploreHook:
                 ran = self._wait_grant()
         elif self._runs_on(opi):
             # Granted in advance: no hand-off. What the last step logged ends with it.
-            self._budget -= 1
+            self._run_on -= 1
             w[self._ring + (ran - 1) * REC + R_LOG] = self._log[self._log_total]
         else:
             self._park(opi, target, a, b)
@@ -154,7 +154,7 @@ class ExploreHook:
         w, base = self._w, self._base
         cmd = w[base + W_CMD]
         if cmd != CMD_GO:
-            self._budget = 0
+            self._run_on = 0
             self._streaming = False
             raise Aborted(cmd)
         if w[self._stream + S_ON]:
@@ -165,7 +165,7 @@ class ExploreHook:
                 self._ran = 0
             return self._ran
         self._streaming = False
-        self._budget = w[base + W_RUN_ON]
+        self._run_on = w[base + W_RUN_ON]
         return 0
 
     def _next_turn(self, mine: int) -> int:
@@ -222,12 +222,12 @@ class ExploreHook:
         return any(w[o + W_STATE] == PARKED and w[o + W_OP] == SPIN_LOCK for o in self._others)
 
     def _runs_on(self, opi: int) -> bool:
-        """Whether the step about to be taken is covered by the grant's budget.
+        """Whether the step about to be taken is covered by the grant's run-on.
 
         Only while it changes nobody's runnability but this CPU's: this is what
         the strategy's promise assumed (every CPU that could run still can).
         """
-        if self._budget <= 0:
+        if self._run_on <= 0:
             return False
         if opi == SPIN_LOCK:
             return not self._lock_held() and not self._waiters()
@@ -254,7 +254,7 @@ class ExploreHook:
 
     def wait_command(self) -> tuple[int, int]:
         """Idle between executions: park, then return (command, argument)."""
-        self._budget = 0
+        self._run_on = 0
         self._w[self._base + W_RAN] = self._ran  # what it took since the last grant
         chosen = -1
         if self._streaming:  # the next decision is ours: we are done or stopped

@@ -17,7 +17,7 @@ search starts over from it. Candidates, cheapest and most effective first:
 
 A candidate is only tried if it is strictly smaller than the best so far in the
 order (steps, context switches, preemptions, earlier switches), so the search
-always terminates; it also stops after ``budget`` calls of ``still_fails``.
+always terminates; it also stops after ``max_checks`` calls of ``still_fails``.
 Everything is deterministic: the same inputs give the same result. Candidates
 may be infeasible (a CPU named that cannot run); ``still_fails`` returns False
 for those.
@@ -38,15 +38,15 @@ def size_key(s: Schedule) -> tuple[int, int, int, int]:
     return (len(s.steps), s.context_switches(), s.preemptions(), -switch_positions)
 
 
-class _BudgetSpent(Exception):
+class _ChecksSpent(Exception):
     pass
 
 
 class _Search:
-    def __init__(self, start: Schedule, still_fails: Callable[[Schedule], bool], budget: int):
+    def __init__(self, start: Schedule, still_fails: Callable[[Schedule], bool], max_checks: int):
         self.best = start
         self.still_fails = still_fails
-        self.budget = budget
+        self.max_checks = max_checks
         self.checks = 0
         self._seen: set[tuple[int, ...]] = {start.steps}
 
@@ -58,8 +58,8 @@ class _Search:
         cand = self.best.with_steps(steps)
         if size_key(cand) >= size_key(self.best):
             return False
-        if self.checks >= self.budget:
-            raise _BudgetSpent
+        if self.checks >= self.max_checks:
+            raise _ChecksSpent
         self.checks += 1
         if self.still_fails(cand):
             self.best = cand
@@ -127,7 +127,7 @@ class _Search:
                     if any(self.attempt(c) for c in make()):
                         improved = True
                         break
-        except _BudgetSpent:
+        except _ChecksSpent:
             pass
         return self.best
 
@@ -136,13 +136,15 @@ def _flat(blocks: Blocks) -> tuple[int, ...]:
     return Schedule.steps_from_blocks(blocks)
 
 
-def minimize(schedule: Schedule, still_fails: Callable[[Schedule], bool], budget: int) -> Schedule:
-    """The smallest failing schedule found from ``schedule`` within ``budget`` checks.
+def minimize(
+    schedule: Schedule, still_fails: Callable[[Schedule], bool], max_checks: int
+) -> Schedule:
+    """The smallest failing schedule found from ``schedule`` within ``max_checks`` checks.
 
     ``schedule`` is assumed to fail (it is not re-checked) and is returned as
     is if nothing smaller fails. ``still_fails`` must be deterministic and must
     return False, not raise, for an infeasible candidate.
     """
-    if budget < 0:
-        raise ValueError("budget must be >= 0")
-    return _Search(schedule, still_fails, budget).run()
+    if max_checks < 0:
+        raise ValueError("max_checks must be >= 0")
+    return _Search(schedule, still_fails, max_checks).run()
