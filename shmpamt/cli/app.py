@@ -47,6 +47,7 @@ from shmpamt.config import (
 from shmpamt.errors import UsageError
 from shmpamt.machine.chaos import CHAOS_MODES
 from shmpamt.records.faildb import resolve_db
+from shmpamt.records.publish import reason
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.report.terminal import Report
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, HELP, STRATEGIES
@@ -339,22 +340,27 @@ def run_one(
     return got[0] if got else None
 
 
-def show_timeline(res: Any, html: Path | None) -> None:
-    """The shown execution of a result, as a terminal timeline (and HTML on request)."""
+def show_timeline(res: Any, html: Path | None) -> str:
+    """The shown execution of a result, as a terminal timeline (and HTML on request);
+    the one line saying why the HTML file could not be written, else ""."""
     from shmpamt.report.timeline import render, write_html
 
     r = res.raw
     ex = r.shown
     if ex is None:
-        return
+        return ""
     title = f"{r.variant}: {r.findings[0].schedule}" if r.findings else r.variant
     viol = list(zip(ex.violation_steps, ex.violations, strict=True))
     out_console.print(render(ex.trace, viol, cpus=r.cpus, title=title))
     if html is not None:
         replay = r.findings[0].replay_command if r.findings else ""
         shown = f"{r.explore.claim}: {r.coverage}" if r.explore is not None else r.coverage
-        write_html(html, ex.trace, viol, cpus=r.cpus, title=title, replay=replay, shown=shown)
-        out_console.print(f"timeline written to {html}")
+        try:
+            write_html(html, ex.trace, viol, cpus=r.cpus, title=title, replay=replay, shown=shown)
+        except OSError as e:
+            return f"cannot write {html}: {reason(e)}"
+        out_console.print(f"timeline written to {html}", markup=False)
+    return ""
 
 
 _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
@@ -459,9 +465,8 @@ def explore(
             )
 
         shown = run_one(report, config, interrupted, tick)
-    if shown is not None:
-        show_timeline(shown, html_path)
-    finish(report, json_path)
+    unwritten = show_timeline(shown, html_path) if shown is not None else ""
+    finish(report, json_path, unwritten)
 
 
 @main.command(epilog=EPILOG)
@@ -490,15 +495,16 @@ def replay(
     report = Report()
     with trapped_signals() as interrupted:
         shown = run_one(report, config, interrupted)
+    unwritten = ""
     if shown is not None:
-        show_timeline(shown, html_path)
+        unwritten = show_timeline(shown, html_path)
         r = shown.raw
         fv = r.shown.first_violation() if r.shown is not None else None
         if fv is None:
             out_console.print(f"replayed {r.operations}x: no violation")
         else:
             out_console.print(f"replayed {r.operations}x: {fv[0]} at step {fv[1]}")
-    finish(report, json_path)
+    finish(report, json_path, unwritten)
 
 
 # the campaign and db commands live in their own modules

@@ -9,15 +9,15 @@ The table is one line per variant, so it stays readable at 80 columns.
 from __future__ import annotations
 
 import json
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from shmpamt.records.publish import check_target, reason, write_file
 from shmpamt.records.results import VariantResult, regression_line
 from shmpamt.records.verdict import BOTH, STRESS_ONLY, Verdict, merge
 from shmpamt.records.violations import VIOLATIONS, describe
@@ -74,10 +74,9 @@ class Report:
         }
 
     def write_json(self, path: Path) -> None:
-        check_report_path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        """Write the JSON report whole or not at all (see records/publish.py): raises
+        OSError; no temp file survives it."""
+        write_file(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     # -- the terminal report ---------------------------------------------------------
 
@@ -135,8 +134,8 @@ class Report:
                     f"  [bold]{r.variant}[/bold] {r.explore.ignored_only} execution(s) showed "
                     f"only ignored kinds ({', '.join(sorted(r.ignored_seen))})"
                 )
-            for note in r.notes:
-                console.print(f"  [bold]{r.variant}[/bold] note: {note}")
+            for note in r.notes:  # notes may quote untrusted files: never markup
+                console.print(f"  [bold]{r.variant}[/bold] note: {escape(note)}")
             for inc in r.incidents:
                 console.print(f"  [bold]{r.variant}[/bold] [yellow]incident[/yellow]: {inc}")
             if r.coverage:
@@ -233,15 +232,14 @@ def _label(r: VariantResult) -> str:
 
 
 def check_report_path(path: Path) -> None:
-    """Reports go to regular files or new paths only: never replace a FIFO or a device."""
+    """Reports go to regular files or new paths only: never replace a link, a FIFO or a
+    device."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
+        check_target(str(path))
     except OSError as e:
-        raise OSError(f"{path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(f"{path} exists and is not a regular file; refusing to replace it")
+        if e.errno is None:  # check_target's own words already name the path
+            raise
+        raise OSError(f"{path}: {reason(e)}") from None
 
 
 def compact(n: int) -> str:
