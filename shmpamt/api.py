@@ -23,16 +23,16 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, overload
 
 from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
 from shmpamt.engine.stress import StressProgress, run_stress
-from shmpamt.errors import ShmpamtError, UsageError, VariantLoadError
+from shmpamt.errors import DatabaseError, ShmpamtError, UsageError, VariantLoadError
 from shmpamt.explorer.jobs import run_search
-from shmpamt.explorer.regress import Stored, fold, replay_stored
+from shmpamt.explorer.regress import Stored, fold, replay_stored, select_stored
 from shmpamt.explorer.session import ExploreProgress, run_replay
 from shmpamt.machine.janitor import clean
 from shmpamt.records.execution import Execution
@@ -231,35 +231,65 @@ def run(
         return Result(run_stress(config, on_progress, stop))
     if config.db is None:
         return Result(run_search(config, on_progress, stop))
+    return Result(_with_db(config, FailureDB(config.db), on_progress, stop))
+
+
+def _with_db(
+    config: ExploreConfig,
+    db: FailureDB,
+    on_progress: Callable[[Any], None] | None,
+    stop: Callable[[], bool],
+) -> VariantResult:
+    """A search with the failure database around it. The database is untrusted and may
+    be unreadable or read-only: what goes wrong with it is a note on the result, never
+    a reason not to search."""
+    notes: list[str] = []
     # Step 1, the regression check: the database's failures of this variant are
     # replayed before any search, so an old race that is back is reported first.
-    db = FailureDB(config.db)
-    entries = [x for x in db.entries(config.variant) if x.kind not in config.ignore]
-    stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
-    regressions, failing = check_stored(stored, should_stop=stop)
+    try:
+        stored, keys, skipped = select_stored(db, config.variant, config.ignore)
+    except DatabaseError as e:
+        raw = run_search(config, on_progress, stop)
+        return replace(raw, notes=(*raw.notes, f"failure database not used: {e}"))
+    notes += (f"failure database: {w}" for w in skipped)
+    regressions, failing = check_stored(stored, should_stop=stop, variant=config.variant)
     still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
-    for entry in entries:
-        if (entry.kind, entry.schedule) in still:
-            db.touch(entry.key)
+    writable = True
+    try:
+        for st, key in zip(stored, keys, strict=True):
+            if (st.kind, st.schedule) in still:
+                db.touch(key)
+    except DatabaseError as e:
+        writable = False
+        notes.append(f"failure database: {e}: nothing stored")
     # Step 2, the search itself.
     raw = fold(run_search(config, on_progress, stop), regressions, failing)
     # Step 3: what the search found goes into the database for the next run.
-    remember(db, raw)
-    return Result(raw)
+    if writable:
+        try:
+            remember(db, raw)
+        except DatabaseError as e:
+            notes.append(f"failure database: {e}: this run's failures are not stored")
+    return replace(raw, notes=(*raw.notes, *notes))
 
 
 def check_stored(
-    stored: list[Stored], *, should_stop: Callable[[], bool] | None = None
+    stored: list[Stored],
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    variant: str | None = None,
 ) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
     """Replay stored failing schedules once each (in the given order): every outcome,
-    and per kind the first schedule that still shows it with its execution."""
+    and per kind the first schedule that still shows it with its execution.
+    ``variant``: replay only schedules of this variant (others are reported, not run)."""
     if not stored:
         return [], {}
-    return replay_stored(stored, should_stop or (lambda: False))
+    return replay_stored(stored, should_stop or (lambda: False), variant)
 
 
 def remember(db: FailureDB, result: VariantResult) -> int:
-    """Store a result's failing findings (not ignored kinds); how many were new."""
+    """Store a result's failing findings (not ignored kinds); how many were new.
+    Raises DatabaseError when the database cannot be written."""
     return sum(
         db.add(f.kind, f.schedule, f.strategy)
         for f in result.findings

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from shmpamt.campaign.matrix import (
@@ -32,8 +33,10 @@ from shmpamt.campaign.matrix import (
 )
 from shmpamt.cli import common
 from shmpamt.cli.db import DB_OPTION
-from shmpamt.errors import UsageError
+from shmpamt.config import check_variant, source_hash
+from shmpamt.errors import DatabaseError, UsageError
 from shmpamt.records.faildb import FailureDB, resolve_db
+from shmpamt.records.publish import reason, write_file
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.report.terminal import (
     EXIT_CLEAN,
@@ -65,6 +68,8 @@ class Board:
         self.workers = 0
         self.scheduler = ""
         self.stored_new = 0
+        #: what the reader should know that is not about a variant (the database's state)
+        self.notes: list[str] = []
         self.outcomes: list[ShardOutcome] = []
 
     def add(self, ev: ShardOutcome | RegressionOutcome) -> None:
@@ -163,6 +168,8 @@ class Board:
                 console.print(f"  [bold]{v.variant}[/bold] [red]error[/red]: {line}")
             for line in v.incidents:
                 console.print(f"  [bold]{v.variant}[/bold] [yellow]incident[/yellow]: {line}")
+        for note in self.notes:  # may quote untrusted files: never markup
+            console.print(f"  note: {escape(note)}")
         console.print(
             f"{self.done} of {self.total} shards reported, on {self.workers} worker(s) "
             f"({self.scheduler})"
@@ -201,6 +208,7 @@ class Board:
             "shards_reported": self.done,
             "missing": self.missing,
             "stored_new": self.stored_new,
+            "notes": self.notes,
             "variants": [v.to_dict() for v in self.summaries.values()],
         }
 
@@ -285,9 +293,11 @@ def campaign_command(
     for spec in plan.variants:
         common.build(partial(api.check_variant, spec))
     db_path: str | None = common.build(lambda: resolve_db(db))
-    fdb = FailureDB(db_path) if db_path else None
-    stored = _stored(fdb, plan)
     board = Board(plan)
+    fdb = FailureDB(db_path) if db_path else None
+    stored = _stored(fdb, plan, board.notes)
+    if stored is None:
+        fdb = None  # unreadable: not written either
     common.out_console.print(
         f"shmpamt campaign: {len(plan.variants)} variant(s) x {len(plan.strategies)} "
         f"strateg{'y' if len(plan.strategies) == 1 else 'ies'} x {plan.seeds} seed(s) = "
@@ -296,21 +306,39 @@ def campaign_command(
         + " each, on "
         + (scheduler or f"a local cluster of {workers or os.cpu_count()} worker(s)")
     )
-    _go(plan, board, stored, scheduler, workers, retries)
+    _go(plan, board, stored or {}, scheduler, workers, retries)
     if fdb is not None:
-        board.stored_new = _remember(fdb, board.outcomes)
+        try:
+            board.stored_new = _remember(fdb, board.outcomes)
+        except DatabaseError as e:
+            board.notes.append(f"failure database: {e}: this campaign's failures are not stored")
         if board.stored_new:
             common.out_console.print(f"{board.stored_new} new failure(s) stored in {fdb.root}")
     _finish(board, json_path, common.out_console, common.fail)
 
 
-def _stored(fdb: FailureDB | None, plan: Plan) -> dict[str, list[tuple[str, str, str]]]:
+def _stored(
+    fdb: FailureDB | None, plan: Plan, notes: list[str]
+) -> dict[str, list[tuple[str, str, str]]] | None:
+    """Each variant's stored failures to replay (only schedules of that very variant);
+    each file skipped is one note. None when the database cannot be read."""
     if fdb is None:
         return {}
-    return {
-        v: [(e.kind, e.schedule, e.strategy) for e in fdb.entries(v) if e.kind not in plan.ignore]
-        for v in plan.variants
-    }
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    try:
+        for v in plan.variants:
+            spec = check_variant(v)
+            entries, skipped = fdb.replayable(spec, source_hash(spec))
+            out[v] = [
+                (e.kind, e.schedule, e.strategy) for e in entries if e.kind not in plan.ignore
+            ]
+            for w in skipped:  # a bad file is skipped for every variant: said once
+                if f"failure database: {w}" not in notes:
+                    notes.append(f"failure database: {w}")
+    except DatabaseError as e:
+        notes.append(f"failure database not used: {e}")
+        return None
+    return out
 
 
 def _go(
@@ -380,10 +408,8 @@ def _finish(
         Console(stderr=True).print(f"error: {board.error}", highlight=False, markup=False)
     if json_path is not None:
         try:
-            tmp = json_path.with_name(json_path.name + ".tmp")
-            tmp.write_text(json.dumps(board.to_dict(), indent=2) + "\n")
-            os.replace(tmp, json_path)
+            write_file(json_path, (json.dumps(board.to_dict(), indent=2) + "\n").encode())
         except OSError as e:
-            fail(f"cannot write {json_path}: {e}")
-        console.print(f"JSON report written to {json_path}")
+            fail(f"cannot write {json_path}: {reason(e)}")
+        console.print(f"JSON report written to {json_path}", markup=False)
     sys.exit(board.exit_code())

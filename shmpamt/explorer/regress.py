@@ -5,6 +5,11 @@ Replaying is deterministic and costs an execution's steps, so the stored
 failures of a variant are re-checked in milliseconds (after one process
 start-up per scenario) before any new search: a fix that did not fix, or a
 change that brought a race back, is reported first.
+
+The database is untrusted input: a search replays only the entries whose
+schedule names the variant under test itself (the same spec and, for a file,
+the same source hash), so an entry can neither blame one variant for another's
+failure nor make the rig import a file the user did not name.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from shmpamt.config import Scenario
+from shmpamt.config import Scenario, check_variant, source_hash
 from shmpamt.errors import ScheduleError, SchedulingError, UsageError
 from shmpamt.explorer.session import Session
 from shmpamt.machine.placement import core_for
 from shmpamt.records.execution import Execution
+from shmpamt.records.faildb import FailureDB
 from shmpamt.records.results import Finding, Regression, VariantResult
 from shmpamt.records.schedule_string import Schedule
 
@@ -30,19 +36,40 @@ class Stored:
     strategy: str = ""
 
 
+def select_stored(
+    db: FailureDB, variant: str, ignore: frozenset[str] = frozenset()
+) -> tuple[list[Stored], list[str], list[str]]:
+    """What a search of ``variant`` replays from ``db``: the stored schedules (not of an
+    ignored kind), their entries' keys, and one warning per file skipped.
+    Raises DatabaseError when the database cannot be read."""
+    spec = check_variant(variant)
+    entries, warnings = db.replayable(spec, source_hash(spec))
+    kept = [e for e in entries if e.kind not in ignore]
+    return [Stored(e.kind, e.schedule, e.strategy) for e in kept], [e.key for e in kept], warnings
+
+
 def replay_stored(
-    stored: Sequence[Stored], should_stop: Callable[[], bool] = lambda: False
+    stored: Sequence[Stored],
+    should_stop: Callable[[], bool] = lambda: False,
+    variant: str | None = None,
 ) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
     """Replay each stored schedule once, one Session per scenario.
 
+    ``variant``: the variant under test; a schedule of any other variant, or of
+    another version of its file, is not replayed (nothing it names is loaded).
     Returns every replay's outcome and, per kind, the first stored schedule that
     still shows it with its execution.
     """
+    spec = check_variant(variant) if variant is not None else ""
+    want = (spec, source_hash(spec))
     groups: dict[Scenario, list[tuple[Stored, Schedule]]] = {}
     out: list[Regression] = []
     for st in stored:
         try:
             s = Schedule.parse(st.schedule)
+            if spec and (s.variant, s.source) != want:
+                out.append(Regression(st.kind, st.schedule, False, f"not replayed: not {spec}"))
+                continue
             groups.setdefault(Scenario.of(s), []).append((st, s))
         except UsageError as e:  # ScheduleError too
             out.append(Regression(st.kind, st.schedule, False, f"cannot be replayed: {e}"))
