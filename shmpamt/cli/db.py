@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import click
 
+from shmpamt.config import check_variant
 from shmpamt.errors import DatabaseError, UsageError
 from shmpamt.records.faildb import (
     DB_ENV,
@@ -76,6 +77,11 @@ def _one(fdb: FailureDB, key: str) -> Entry:
     return matches[0]
 
 
+def _spec(variant: str | None) -> str | None:
+    """A variant as entries record it (a variant file by its absolute path)."""
+    return None if variant is None else check_variant(variant)
+
+
 @click.group("db")
 def db_command() -> None:
     """The failure database: every failing schedule found, replayed before each search."""
@@ -88,7 +94,7 @@ def db_command() -> None:
 def db_list(db: str | None, variant: str | None, as_json: bool) -> None:
     """One line per stored failure: key, variant, kind, strategy, last seen."""
     with _reading(_open(db)) as fdb:
-        entries = fdb.entries(variant)
+        entries = fdb.entries(_spec(variant))
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=1))
         return
@@ -120,7 +126,7 @@ def db_clear(db: str | None, key: str | None, variant: str | None, yes: bool) ->
     removed, never through a link."""
     if key is not None and variant is not None:
         raise click.UsageError("give KEY or --variant, not both")
-    fdb = _open(db)
+    fdb, spec = _open(db), _spec(variant)
     try:
         target = _one(fdb, key).key if key is not None else None
         what = (
@@ -128,11 +134,9 @@ def db_clear(db: str | None, key: str | None, variant: str | None, yes: bool) ->
         )
         if not yes and sys.stdin.isatty():
             click.confirm(f"remove {what} from {fdb.root}?", abort=True)
-        n = fdb.clear(variant, target)
+        n = fdb.clear(spec, target)
     except DatabaseError as e:
         raise click.ClickException(str(e)) from None
     # the unusable files a full clear removed are gone; the others are still skipped
-    _warn(
-        [b for b in fdb.broken if key is not None or (variant is not None and b.label != variant)]
-    )
+    _warn([b for b in fdb.broken if key is not None or (spec is not None and b.label != spec)])
     click.echo(f"removed {n} file(s) from {fdb.root}")

@@ -279,6 +279,8 @@ class FailureDB:
     def add(self, kind: str, schedule: str, strategy: str, *, seen: str | None = None) -> bool:
         """Store one failing schedule; True if it was new, False if it was already there
         (then only its ``last_seen`` moves). Raises DatabaseError when it cannot write."""
+        if kind not in VIOLATIONS:
+            raise UsageError(f"cannot store a failure of unknown kind {_short(kind)}")
         try:
             s = Schedule.parse(schedule)
         except ScheduleError as e:
