@@ -45,13 +45,12 @@ def check_target(name: str, dir_fd: int | None = None) -> None:
 def publish(data: bytes, name: str, *, dir_fd: int, replace: bool = True) -> bool:
     """Write ``data`` as file ``name`` of the folder open as ``dir_fd``.
 
-    ``replace``: rename over ``name`` (an existing regular file only). Otherwise
-    link it in only if ``name`` does not exist; False when it did (nothing written).
-    Raises OSError; the temp file never survives it.
+    ``replace``: rename over ``name`` (whatever is there is replaced, a link itself,
+    never its target). Otherwise link it in only if ``name`` does not exist; False
+    when it did (nothing written). Raises OSError; the temp file never survives it.
     """
-    if replace:
-        check_target(name, dir_fd)
     tmp, fd = _create_temp(name, dir_fd)
+    renamed = False
     try:
         try:
             view = memoryview(data)
@@ -62,6 +61,7 @@ def publish(data: bytes, name: str, *, dir_fd: int, replace: bool = True) -> boo
             os.close(fd)
         if replace:
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            renamed = True
             return True
         try:
             os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -69,14 +69,15 @@ def publish(data: bytes, name: str, *, dir_fd: int, replace: bool = True) -> boo
             return False
         return True
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
+        if not renamed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
 
 
 def write_file(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` as a whole (see the module docstring); the folder is
-    the caller's, links included, the file name never a link. Raises OSError, whose
-    message names ``path``."""
+    """Write ``data`` to ``path`` as a whole (see the module docstring), replacing only
+    a regular file; the folder is the caller's, links included. Raises OSError, whose
+    message says why without naming the temp file."""
     p = Path(path)
     parent = str(p.parent) if str(p.parent) else "."
     try:
@@ -84,6 +85,7 @@ def write_file(path: str | os.PathLike[str], data: bytes) -> None:
     except OSError as e:
         raise _plain(e, f"{parent}: ") from None
     try:
+        check_target(p.name, dir_fd)
         publish(data, p.name, dir_fd=dir_fd, replace=True)
     except OSError as e:
         raise _plain(e) from None
