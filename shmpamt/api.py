@@ -33,7 +33,7 @@ from shmpamt.engine.stress import StressProgress, run_stress
 from shmpamt.errors import ShmpamtError, UsageError, VariantLoadError
 from shmpamt.explorer.jobs import run_search
 from shmpamt.explorer.regress import Stored, fold, replay_stored
-from shmpamt.explorer.session import ExploreProgress, run_replay
+from shmpamt.explorer.search import ExploreProgress, run_replay
 from shmpamt.machine.janitor import clean
 from shmpamt.records.execution import Execution
 from shmpamt.records.faildb import FailureDB

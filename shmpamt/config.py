@@ -412,7 +412,7 @@ class StressCampaign:
 
     Free-running stress has real parallelism but cannot replay what it finds; explore
     can. Mode "both" gives every variant the two views, and the report merges them per
-    variant (:func:`shmpamt.records.verdict.merge`). Validated here, once: ``configs``
+    variant (:func:`shmpamt.records.verdict.verdicts`). Validated here, once: ``configs``
     are the runs in order, each already a validated configuration.
     """
 

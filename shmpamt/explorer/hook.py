@@ -51,6 +51,7 @@ from shmpamt.explorer.board import (
     Aborted,
     ExploreBoard,
     join64,
+    split64,
 )
 from shmpamt.machine.atomic import RefcountArray, wrap32
 from shmpamt.machine.ipc import acquire_watching
@@ -244,8 +245,7 @@ class ExploreHook:
             w[r + R_LO] = result
             w[r + R_HI] = 0
         else:
-            w[r + R_LO] = wrap32(result)
-            w[r + R_HI] = wrap32(result >> 32)
+            w[r + R_LO], w[r + R_HI] = split64(result)
 
     def close(self) -> None:
         """Release the views, so the segments can close."""

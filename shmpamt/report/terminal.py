@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shmpamt.records.results import VariantResult, regression_line
-from shmpamt.records.verdict import BOTH, STRESS_ONLY, Verdict, merge
+from shmpamt.records.verdict import BOTH, STRESS_ONLY, Verdict, verdicts
 from shmpamt.records.violations import VIOLATIONS, describe
 
 EXIT_CLEAN: Final = 0
@@ -48,7 +48,7 @@ class Report:
     merged: bool = False
 
     def verdicts(self) -> list[Verdict]:
-        return merge(self.results)
+        return verdicts(self.results)
 
     def exit_code(self) -> int:
         if self.interrupted == "SIGINT":
