@@ -399,7 +399,7 @@ class Session:
     def _start_streaming(self, seed: int, numbers: list[int]) -> None:
         """Start an execution with the decisions the CPUs' from its first step:
         each CPU starts the next one at its first scheduling point, the last
-        one decides (see parking)."""
+        one decides (see :mod:`~shmpamt.explorer.board`)."""
         self._open_stream(numbers)
         w, s = self.board.w, self.board.stream
         w[s + S_ALIVE] = (1 << self.cpus) - 1  # each sets its bit at spin_lock when it parks
