@@ -46,6 +46,7 @@ LAZY_OK = {
     # light)
     ("shmpamt.cli.campaign", "shmpamt.api"),
     ("shmpamt.cli.campaign", "shmpamt.campaign.cluster"),
+    ("shmpamt.cli.campaign", "shmpamt.cli.proofs"),
     # pytest loads every installed plugin in every run: it stays light until a fixture is used
     ("shmpamt.pytest_plugin", "shmpamt.api"),
     ("shmpamt.pytest_plugin", "shmpamt.machine.ipc"),

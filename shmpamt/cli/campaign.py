@@ -8,13 +8,14 @@ Registered by :mod:`shmpamt.cli.app`; imports only light modules at load time
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 from rich.console import Console
@@ -46,6 +47,11 @@ from shmpamt.report.terminal import (
 )
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY
 
+#: the strategy a campaign runs as one distributed proof per variant (shmpamt.cli.proofs)
+PROOF: Final = "dpor"
+#: executions per subtree task (shmpamt.campaign.proof.DEFAULT_SLICE, without loading Dask)
+DEFAULT_SLICE: Final = 400
+
 if TYPE_CHECKING:
     from shmpamt.campaign.cluster import CampaignRun, RegressionOutcome
 
@@ -66,6 +72,9 @@ class Board:
         self.scheduler = ""
         self.stored_new = 0
         self.outcomes: list[ShardOutcome] = []
+        #: the dpor proofs' results and exit status, when the plan had proofs too
+        self.proofs: list[dict[str, Any]] = []
+        self.proofs_exit = EXIT_CLEAN
 
     def add(self, ev: ShardOutcome | RegressionOutcome) -> None:
         if isinstance(ev, ShardOutcome):
@@ -82,6 +91,8 @@ class Board:
             add_regressions(v, len(ev.regressions), ev.still)
 
     def exit_code(self) -> int:
+        if self.proofs_exit in (EXIT_SIGINT, EXIT_SIGTERM, EXIT_VIOLATIONS):
+            return self.proofs_exit
         if self.interrupted == "SIGINT":
             return EXIT_SIGINT
         if self.interrupted == "SIGTERM":
@@ -90,7 +101,7 @@ class Board:
             return EXIT_VIOLATIONS
         if self.error or any(v.errors or v.incidents for v in self.summaries.values()):
             return EXIT_ERROR
-        return EXIT_CLEAN
+        return self.proofs_exit
 
     # -- renderings --------------------------------------------------------------------
 
@@ -202,6 +213,7 @@ class Board:
             "missing": self.missing,
             "stored_new": self.stored_new,
             "variants": [v.to_dict() for v in self.summaries.values()],
+            **({"proofs": self.proofs} if self.proofs else {}),
         }
 
 
@@ -245,6 +257,19 @@ class Board:
 @click.option(
     "--retries", type=int, default=2, show_default=True, help="Retries of a failing shard."
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="dpor: continue each proof from its checkpoint in the database's proofs/ folder.",
+)
+@click.option(
+    "--slice",
+    "slice_",
+    type=int,
+    default=None,
+    help="dpor: executions a subtree task runs before it hands back what it has not "
+    "finished (400).",
+)
 @DB_OPTION
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 def campaign_command(
@@ -254,12 +279,17 @@ def campaign_command(
     scheduler: str | None,
     workers: int | None,
     retries: int,
+    resume: bool,
+    slice_: int | None,
     db: str | None,
     json_path: Path | None,
     ignore: tuple[str, ...],
     **settings: Any,
 ) -> None:
-    """Run variants x strategies x seeds as shards on a Dask cluster; merge one verdict."""
+    """Run variants x strategies x seeds as shards on a Dask cluster; merge one verdict.
+
+    The dpor strategy is one distributed proof per variant: its tree cut into subtree
+    tasks, checkpointed so that --resume continues it."""
     from shmpamt import api
 
     common.check_output_path("--json", json_path)
@@ -287,7 +317,27 @@ def campaign_command(
     db_path: str | None = common.build(lambda: resolve_db(db))
     fdb = FailureDB(db_path) if db_path else None
     stored = _stored(fdb, plan)
+    proofs_exit, proofs = EXIT_CLEAN, []
+    if PROOF in plan.strategies:
+        from shmpamt.cli.proofs import prove_all
+
+        proof_board = prove_all(
+            plan,
+            scheduler=scheduler,
+            workers=workers,
+            db=db_path,
+            resume=resume,
+            slice_=slice_ or DEFAULT_SLICE,
+        )
+        proofs_exit, proofs = proof_board.exit_code(), proof_board.to_dict()
+        rest = tuple(s for s in plan.strategies if s != PROOF)
+        if not rest or proof_board.interrupted:
+            _finish_proofs(proofs, proofs_exit, json_path)
+        plan = dataclasses.replace(plan, strategies=rest)
+    elif resume or slice_ is not None:
+        common.fail("--resume and --slice are for proofs: add --strategy dpor")
     board = Board(plan)
+    board.proofs, board.proofs_exit = proofs, proofs_exit
     common.out_console.print(
         f"shmpamt campaign: {len(plan.variants)} variant(s) x {len(plan.strategies)} "
         f"strateg{'y' if len(plan.strategies) == 1 else 'ies'} x {plan.seeds} seed(s) = "
@@ -302,6 +352,21 @@ def campaign_command(
         if board.stored_new:
             common.out_console.print(f"{board.stored_new} new failure(s) stored in {fdb.root}")
     _finish(board, json_path, common.out_console, common.fail)
+
+
+def _finish_proofs(proofs: list[dict[str, Any]], code: int, json_path: Path | None) -> NoReturn:
+    """The end of a campaign of proofs only: the JSON, the exit status."""
+    if json_path is not None:
+        data = {"tool": "shmpamt", "schema": 2, "kind": "proofs", "exit_status": code}
+        try:
+            tmp = json_path.with_name(json_path.name + ".tmp")
+            tmp.write_text(json.dumps({**data, "proofs": proofs}, indent=2) + "\n")
+            os.replace(tmp, json_path)
+        except OSError as e:
+            common.fail(f"cannot write {json_path}: {e}")
+        common.out_console.print(f"JSON report written to {json_path}")
+    common.out_console.print(f"exit status {code}: {EXIT_MEANING.get(code, '')}")
+    sys.exit(code)
 
 
 def _stored(fdb: FailureDB | None, plan: Plan) -> dict[str, list[tuple[str, str, str]]]:
