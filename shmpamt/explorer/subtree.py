@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shmpamt.config import Scenario
-from shmpamt.explorer.session import Session, shrink
+from shmpamt.explorer.search import shrink
+from shmpamt.explorer.session import Session
 from shmpamt.machine.placement import core_for
 from shmpamt.records.execution import STEP_LIMIT
 from shmpamt.records.schedule_string import Schedule
@@ -118,15 +119,15 @@ def run_subtree(
                 "kinds": kinds,
             }
         findings = []
-        for kind, sched in sorted(first.items()):
-            small = sched
+        for kind, found in sorted(first.items()):
+            small = found
             if kind not in task.known:
-                small, _ = shrink(session, sched, kind)
+                small, _ = shrink(session, found, kind)
             findings.append(
                 {
                     "kind": kind,
                     "schedule": small.encode(),
-                    "found": sched.encode(),
+                    "found": found.encode(),
                     "steps": len(small.steps),
                 }
             )
