@@ -36,8 +36,10 @@ from shmpamt.explorer.regress import Stored, fold, replay_stored
 from shmpamt.explorer.session import ExploreProgress, run_replay
 from shmpamt.machine.janitor import clean
 from shmpamt.records.execution import Execution
-from shmpamt.records.faildb import FailureDB
+from shmpamt.records.faildb import Entry, FailureDB
 from shmpamt.records.results import Finding, Regression, VariantResult, regression_line
+from shmpamt.records.variant_files import locate, variant_file
+from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import Violation, describe
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.probe import needs_probe, probe
@@ -59,6 +61,7 @@ __all__ = [
     "explore",
     "replay",
     "run",
+    "stored_entries",
     "stress",
     "variant_spec",
 ]
@@ -225,16 +228,20 @@ def run(
             check_variant(config.scenario.variant)
         except VariantLoadError as e:
             raise VariantLoadError(f"the schedule's variant cannot be loaded: {e}") from None
+        # Where the file is now, so a string the replay prints resolves anywhere too.
+        remember_file(config.scenario.variant)
         return Result(run_replay(config, stop))
     check_variant(config.variant)
     if isinstance(config, StressConfig):
         return Result(run_stress(config, on_progress, stop))
+    # Schedule strings name a variant file short: record where it lives.
+    remember_file(config.variant)
     if config.db is None:
         return Result(run_search(config, on_progress, stop))
     # Step 1, the regression check: the database's failures of this variant are
     # replayed before any search, so an old race that is back is reported first.
     db = FailureDB(config.db)
-    entries = [x for x in db.entries(config.variant) if x.kind not in config.ignore]
+    entries = [x for x in stored_entries(db, config.variant) if x.kind not in config.ignore]
     stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
     regressions, failing = check_stored(stored, should_stop=stop)
     still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
@@ -246,6 +253,20 @@ def run(
     # Step 3: what the search found goes into the database for the next run.
     remember(db, raw)
     return Result(raw)
+
+
+def stored_entries(db: FailureDB, spec: str) -> list[Entry]:
+    """The database's failures of one variant: those whose schedule names it, a variant
+    file by any path that leads to it (schedule strings name files relative to where
+    they were found)."""
+    if variant_file(spec) is None:
+        return db.entries(spec)
+    return [
+        e
+        for e in db.entries()
+        if e.variant == spec
+        or (variant_file(e.variant) is not None and locate(e.variant, e.source).spec == spec)
+    ]
 
 
 def check_stored(

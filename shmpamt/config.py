@@ -10,7 +10,6 @@ light modules, so a front end can validate before loading cffi or posix_ipc.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -19,11 +18,19 @@ from functools import cached_property
 from typing import Any, Final
 
 from shmpamt import tdx
-from shmpamt.errors import ScheduleError, UsageError
+from shmpamt.errors import ScheduleError, UsageError, VariantLoadError
 from shmpamt.machine.chaos import CHAOS_MODES
 from shmpamt.machine.placement import default_jobs
 from shmpamt.module.faults import FaultPlan
 from shmpamt.records.schedule_string import Schedule
+from shmpamt.records.variant_files import (
+    Located,
+    locate,
+    not_found,
+    short_spec,
+    source_hash,
+    variant_file,
+)
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
 
@@ -102,27 +109,6 @@ def check_variant(value: object) -> str:
     if path is not None and os.path.exists(path) and not os.path.isabs(path):
         return os.path.abspath(path) + spec[len(path) :]
     return spec
-
-
-def variant_file(spec: str) -> str | None:
-    """The file part of a ``path/file.py:Class`` (or ``file.c[:prefix]``) spec, else None."""
-    where, sep, _ = spec.rpartition(":")
-    for path in (where, spec) if sep else (spec,):
-        if path.endswith((".py", ".c")) or "/" in path:
-            return path
-    return None
-
-
-def source_hash(spec: str) -> str:
-    """First 8 hex digits of the SHA-256 of a variant file ("" when it is not a file)."""
-    path = variant_file(spec)
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()[:8]
-    except OSError:
-        return ""
 
 
 def check_pages(pages_per_range: object, cpus: int) -> None:
@@ -265,8 +251,10 @@ class Scenario:
         return STEPS_PER_ROUND * self.cpus * self.rounds + 1000
 
     def schedule(self, seed: int, steps: tuple[int, ...]) -> Schedule:
+        """The schedule string of one execution: a variant file named short (relative to
+        the working directory, see :mod:`shmpamt.records.variant_files`), with its hash."""
         return Schedule(
-            variant=self.variant,
+            variant=short_spec(self.variant),
             cpus=self.cpus,
             rounds=self.rounds,
             ranges=self.ranges,
@@ -278,7 +266,17 @@ class Scenario:
 
     @classmethod
     def of(cls, s: Schedule) -> Scenario:
-        return cls(s.variant, s.cpus, s.rounds, s.ranges, s.pages, s.source)
+        """The scenario a schedule was found in, its variant file located from here
+        (VariantLoadError when it is neither here nor where it was recorded)."""
+        return cls(found(s).spec or "", s.cpus, s.rounds, s.ranges, s.pages, s.source)
+
+
+def found(s: Schedule) -> Located:
+    """Where a schedule's variant is (VariantLoadError: nowhere)."""
+    where = locate(s.variant, s.source)
+    if where.spec is None:
+        raise VariantLoadError(not_found(s.variant, s.source))
+    return where
 
 
 @dataclass(frozen=True)
@@ -373,6 +371,8 @@ class ReplayConfig:
             raise ScheduleError(f"bad schedule string: {e}") from None
         try:
             Scenario.of(parsed)
+        except VariantLoadError as e:
+            raise VariantLoadError(f"the schedule's variant cannot be loaded: {e}") from None
         except UsageError as e:
             raise UsageError(f"schedule does not fit: {e}") from None
 
@@ -385,15 +385,9 @@ class ReplayConfig:
         return Scenario.of(self.parsed)
 
     def source_changed(self) -> str:
-        """A note when the variant file differs from the one the schedule was found with."""
-        s = self.parsed
-        now = source_hash(s.variant)
-        if s.source and now and now != s.source:
-            return (
-                f"variant file {variant_file(s.variant)} changed since this schedule was "
-                f"recorded (source hash {s.source}, now {now}): the replay may not match"
-            )
-        return ""
+        """A note when the variant file was not taken as named: it came from where the
+        schedule was recorded, or its source differs from the recorded hash."""
+        return found(self.parsed).note
 
 
 #: what a stress campaign runs per variant

@@ -33,7 +33,8 @@ from shmpamt.campaign.matrix import (
 from shmpamt.cli import common
 from shmpamt.cli.db import DB_OPTION
 from shmpamt.errors import UsageError
-from shmpamt.records.faildb import FailureDB, resolve_db
+from shmpamt.records.faildb import Entry, FailureDB, resolve_db
+from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.report.terminal import (
     EXIT_CLEAN,
@@ -43,6 +44,7 @@ from shmpamt.report.terminal import (
     EXIT_SIGTERM,
     EXIT_VIOLATIONS,
     compact,
+    print_command,
 )
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY
 
@@ -151,9 +153,11 @@ class Board:
             for k in ordered_kinds(v):
                 if k.best is not None:
                     where = f" on {k.best.where}" if k.best.where else ""
-                    console.print(
+                    print_command(
+                        console,
                         f"  [bold]{v.variant}[/bold] {k.kind}: {k.best.steps} steps, "
-                        f"{k.best.shard}{where}: [cyan]shmpamt replay {k.best.schedule}[/cyan]"
+                        f"{k.best.shard}{where}: ",
+                        f"shmpamt replay {k.best.schedule}",
                     )
                 elif k.what:
                     console.print(f"  [bold]{v.variant}[/bold] {k.kind}: {k.what}")
@@ -284,9 +288,10 @@ def campaign_command(
     plan: Plan = common.build(make)
     for spec in plan.variants:
         common.build(partial(api.check_variant, spec))
+        remember_file(spec)  # the shards' schedule strings name variant files short
     db_path: str | None = common.build(lambda: resolve_db(db))
     fdb = FailureDB(db_path) if db_path else None
-    stored = _stored(fdb, plan)
+    stored = _stored(fdb, plan, api.stored_entries)
     board = Board(plan)
     common.out_console.print(
         f"shmpamt campaign: {len(plan.variants)} variant(s) x {len(plan.strategies)} "
@@ -304,11 +309,14 @@ def campaign_command(
     _finish(board, json_path, common.out_console, common.fail)
 
 
-def _stored(fdb: FailureDB | None, plan: Plan) -> dict[str, list[tuple[str, str, str]]]:
+def _stored(
+    fdb: FailureDB | None, plan: Plan, of: Callable[[FailureDB, str], list[Entry]]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """Per variant its stored failures (``of``: the database's entries of one variant)."""
     if fdb is None:
         return {}
     return {
-        v: [(e.kind, e.schedule, e.strategy) for e in fdb.entries(v) if e.kind not in plan.ignore]
+        v: [(e.kind, e.schedule, e.strategy) for e in of(fdb, v) if e.kind not in plan.ignore]
         for v in plan.variants
     }
 
