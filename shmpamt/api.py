@@ -41,6 +41,7 @@ from shmpamt.records.results import Finding, Regression, VariantResult, regressi
 from shmpamt.records.variant_files import locate, variant_file
 from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import Violation, describe
+from shmpamt.report.race import race_report
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.probe import needs_probe, probe
 from shmpamt.variants.registry import BUILTIN, C_TWINS, describe_variants, load_variant
@@ -168,10 +169,29 @@ class Result:
             lines.append(f"  shown{claim}: {r.coverage}")
         return "\n".join(lines)
 
+    def race_report(self, kind: str = "") -> str:
+        """The execution that showed ``kind`` (default: the first finding's) drawn as
+        kernel changelogs draw races, plain ASCII within 72 columns
+        (:mod:`shmpamt.report.race`); "" when no execution showed it. A replay that
+        found nothing draws its whole execution."""
+        r = self.raw
+        for f in r.findings:
+            ex = f.execution
+            if ex is not None and (f.kind == kind or not kind) and f.kind in ex.kinds:
+                return _race(ex, r.variant, f.kind, f.schedule)
+        if not kind and not r.findings and r.shown is not None:
+            return _race(r.shown, r.variant, "", "")
+        return ""
+
     def check(self) -> None:
         """Raise :class:`ViolationFound` (an AssertionError) on a violation or an incident."""
         if not self.ok:
             raise ViolationFound(self.summary())
+
+
+def _race(ex: Execution, variant: str, kind: str, schedule: str) -> str:
+    viol = list(zip(ex.violation_steps, ex.violations, strict=True))
+    return race_report(ex.trace, viol, variant=variant, kind=kind, schedule=schedule)
 
 
 def builtin_variants() -> list[tuple[str, str]]:
