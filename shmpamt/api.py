@@ -253,7 +253,13 @@ def run(
         return Result(run_replay(config, stop))
     check_variant(config.variant)
     if isinstance(config, StressConfig):
-        return Result(run_stress(config, on_progress, stop))
+        if config.db is None:
+            return Result(run_stress(config, on_progress, stop))
+        # The stored failures first, as a search does; free-running stress finds no
+        # schedule, so nothing goes back into the database.
+        db = FailureDB(config.db)
+        regressions, failing = _regression_check(db, config.variant, config.ignore, stop)
+        return Result(fold(run_stress(config, on_progress, stop), regressions, failing))
     # Schedule strings name a variant file short: record where it lives.
     remember_file(config.variant)
     if config.db is None:
@@ -261,18 +267,26 @@ def run(
     # Step 1, the regression check: the database's failures of this variant are
     # replayed before any search, so an old race that is back is reported first.
     db = FailureDB(config.db)
-    entries = [x for x in stored_entries(db, config.variant) if x.kind not in config.ignore]
+    regressions, failing = _regression_check(db, config.variant, config.ignore, stop)
+    # Step 2, the search itself.
+    raw = fold(run_search(config, on_progress, stop), regressions, failing)
+    # Step 3: what the search found goes into the database for the next run.
+    remember(db, raw)
+    return Result(raw)
+
+
+def _regression_check(
+    db: FailureDB, spec: str, ignore: frozenset[str], stop: Callable[[], bool]
+) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
+    """Replay the database's failures of one variant; those still failing are seen again."""
+    entries = [x for x in stored_entries(db, spec) if x.kind not in ignore]
     stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
     regressions, failing = check_stored(stored, should_stop=stop)
     still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
     for entry in entries:
         if (entry.kind, entry.schedule) in still:
             db.touch(entry.key)
-    # Step 2, the search itself.
-    raw = fold(run_search(config, on_progress, stop), regressions, failing)
-    # Step 3: what the search found goes into the database for the next run.
-    remember(db, raw)
-    return Result(raw)
+    return regressions, failing
 
 
 def stored_entries(db: FailureDB, spec: str) -> list[Entry]:

@@ -165,9 +165,13 @@ class StressConfig:
     #: start for the whole run. Off while faults are injected (a page a refused
     #: RECLAIM keeps stays in use across rounds).
     epoch: float = DEFAULT_EPOCH
+    #: failure database directory: its schedules of this variant are replayed before
+    #: the run (free-running stress finds no schedule, so it stores none); None = none
+    db: str | None = None
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
+        _set(self, "db", check_db(self.db))
         check_int("cpus", self.cpus, 1, MAX_STRESS_CPUS)
         check_int("ranges", self.ranges, 1, 4096)
         if self.pages_per_range is None:
@@ -417,10 +421,15 @@ class StressCampaign:
     chaos: float | None = None
     #: further StressConfig settings (cpus, ranges, duration, faults, ignore, ...)
     stress: Mapping[str, Any] = field(default_factory=dict)
+    #: failure database directory, or None: each variant's stored failures are replayed
+    #: first (by its search when it has one, else before its free-running run), and
+    #: what the search finds is stored (free-running stress has no schedule to store)
+    db: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.variants, str) or not self.variants:
             raise UsageError("variants: name at least one variant", "variant")
+        _set(self, "db", check_db(self.db))
         _set(self, "variants", tuple(check_variant(v) for v in self.variants))
         if self.mode not in CAMPAIGN_MODES:
             raise UsageError(f"mode must be one of {', '.join(CAMPAIGN_MODES)}", "mode")
@@ -447,13 +456,16 @@ class StressCampaign:
             explore: ExploreConfig | None = None
             if self.mode == "both":
                 stress = replace(c, duration=total * STRESS_SHARE)
-            if self.mode != "stress":
+            if self.mode == "stress":
+                stress = replace(c, db=self.db)  # the only part: it replays the stored ones
+            else:
                 explore = ExploreConfig(
                     c.variant,
                     budget=total * (1 - STRESS_SHARE if self.mode == "both" else 1),
                     seed=self.seed,
                     minimize=False,  # the campaign's time goes to searching; replay shrinks
                     ignore=c.ignore,
+                    db=self.db,  # replays the stored failures first, stores what it finds
                 )
             runs.append((stress if self.mode != "explore" else None, explore))
         return tuple(runs)

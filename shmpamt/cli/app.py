@@ -193,6 +193,7 @@ def variants() -> None:
 )
 @IGNORE_OPTION
 @JSON_OPTION
+@DB_OPTION
 def stress(
     variant_specs: tuple[str, ...],
     json_path: Path | None,
@@ -200,6 +201,7 @@ def stress(
     chaos: float | None,
     fault_spec: str,
     mode: str | None,
+    db: str | None,
     **settings: Any,
 ) -> None:
     """Free-running multiprocess stress over one or more variants (by default every
@@ -215,7 +217,15 @@ def stress(
     specs = list(variant_specs) or api.default_variants()
     settings["faults"] = fault_spec
     campaign: StressCampaign = build(
-        partial(StressCampaign, tuple(specs), mode=mode, seed=seed, chaos=chaos, stress=settings)
+        partial(
+            StressCampaign,
+            tuple(specs),
+            mode=mode,
+            seed=seed,
+            chaos=chaos,
+            stress=settings,
+            db=build(partial(resolve_db, db)),
+        )
     )
     configs = [s for s, _ in campaign.configs if s is not None]
     explores = [e for _, e in campaign.configs if e is not None]

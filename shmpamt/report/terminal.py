@@ -163,6 +163,9 @@ class Report:
             table.add_row(m.variant, _merged_label(m), kinds or "-", ops)
         console.print(table)
         for m in verdicts:
+            for r in m.parts:  # replayed before the search: said before its findings
+                if r.regressions is not None:
+                    console.print(f"  [bold]{m.variant}[/bold] {regression_line(r.regressions)}")
             for k in m.kinds:
                 head = f"  [bold]{m.variant}[/bold] {k.kind}: "
                 if k.replay:
@@ -205,7 +208,7 @@ class Report:
         for r in self.results:
             if self.merged and all((r.variant, k) in replayable for k in r.failing):
                 continue
-            if r.failing and r.mode == "stress":
+            if r.failing and r.mode == "stress" and set(r.failing) - {f.kind for f in r.findings}:
                 cmd = shlex.join(["shmpamt", "explore", "--variant", r.spec or r.variant])
                 print_command(console, "find a replayable schedule: ", cmd)
 
