@@ -38,7 +38,7 @@ from shmpamt.machine.janitor import clean
 from shmpamt.records.execution import Execution
 from shmpamt.records.faildb import Entry, FailureDB
 from shmpamt.records.results import Finding, Regression, VariantResult, regression_line
-from shmpamt.records.variant_files import locate, variant_file
+from shmpamt.records.variant_files import names_file, variant_file
 from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import Violation, describe
 from shmpamt.report.race import race_report
@@ -281,7 +281,7 @@ def _regression_check(
     """Replay the database's failures of one variant; those still failing are seen again."""
     entries = [x for x in stored_entries(db, spec) if x.kind not in ignore]
     stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
-    regressions, failing = check_stored(stored, should_stop=stop)
+    regressions, failing = check_stored(stored, should_stop=stop, variant=spec)
     still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
     for entry in entries:
         if (entry.kind, entry.schedule) in still:
@@ -290,27 +290,28 @@ def _regression_check(
 
 
 def stored_entries(db: FailureDB, spec: str) -> list[Entry]:
-    """The database's failures of one variant: those whose schedule names it, a variant
-    file by any path that leads to it (schedule strings name files relative to where
-    they were found)."""
+    """The database's failures of one variant: those whose schedule names it; for a
+    variant file, those found on that file, by whatever path the schedule names it
+    (schedule strings name files relative to where they were found) and whatever
+    the file holds now (a fix is checked against the failures found before it)."""
     if variant_file(spec) is None:
         return db.entries(spec)
-    return [
-        e
-        for e in db.entries()
-        if e.variant == spec
-        or (variant_file(e.variant) is not None and locate(e.variant, e.source).spec == spec)
-    ]
+    return [e for e in db.entries() if names_file(e.variant, e.source, spec)]
 
 
 def check_stored(
-    stored: list[Stored], *, should_stop: Callable[[], bool] | None = None
+    stored: list[Stored],
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    variant: str | None = None,
 ) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
     """Replay stored failing schedules once each (in the given order): every outcome,
-    and per kind the first schedule that still shows it with its execution."""
+    and per kind the first schedule that still shows it with its execution.
+    ``variant``: the variant to replay them on (a variant file's schedules may name it
+    by another path, or by an older source); None: the one each schedule names."""
     if not stored:
         return [], {}
-    return replay_stored(stored, should_stop or (lambda: False))
+    return replay_stored(stored, should_stop or (lambda: False), variant)
 
 
 def remember(db: FailureDB, result: VariantResult) -> int:

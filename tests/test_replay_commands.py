@@ -215,3 +215,32 @@ def test_stored_failures_of_a_variant_file_are_found_from_any_directory(
     other = tmp_path / "other.py"
     other.write_text(USER_VARIANT + "\n# another file\n")
     assert stored_entries(db, f"{other}:Mine") == []
+
+
+def test_a_fixed_file_is_checked_against_its_stored_failures_not_an_old_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shmpamt.api import Stored, check_stored, stored_entries
+    from shmpamt.records.faildb import FailureDB
+
+    monkeypatch.setenv("SHMPAMT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    src, copy = tmp_path / "mine.py", tmp_path / "backup" / "mine.py"
+    copy.parent.mkdir()
+    for f in (src, copy):
+        f.write_text(USER_VARIANT)
+        remember(f"{f}:Mine")
+    found = Schedule("mine.py:Mine", 2, 2, 1, 2, 1, (0,) * 30 + (1,), file_hash(str(src)))
+    db = FailureDB(tmp_path / "db")
+    db.add("remove_absent", found.encode(), "dpor")
+    # The fix: mine.py becomes the locked variant. Its old source lives on in the copy.
+    src.write_text(USER_VARIANT.replace("variants.rfc import Rfc", "variants.locked import Locked"))
+    src.write_text(src.read_text().replace("(Rfc)", "(Locked)"))
+    spec = f"{src}:Mine"
+    (entry,) = stored_entries(db, spec)  # still the file's failure, edited or not
+    assert locate(entry.variant, entry.source).spec == f"{copy}:Mine"  # a plain replay
+    regs, _ = check_stored([Stored(entry.kind, entry.schedule)], variant=spec)
+    # Invariant: the check ran on the fixed file, so the stored race is gone.
+    assert [r.still_fails for r in regs] == [False], regs
+    regs, _ = check_stored([Stored(entry.kind, entry.schedule)])
+    assert [r.still_fails for r in regs] == [True], regs  # the copy still has the bug

@@ -167,6 +167,19 @@ def locate(spec: str, source: str) -> Located:
     return Located(None)
 
 
+def names_file(recorded: str, source: str, spec: str) -> bool:
+    """Whether a schedule's variant name ``recorded`` (with its source hash) was found
+    on the variant file of ``spec`` (a spec with an absolute path), whatever the file
+    holds now: it names that path from here, or that path was recorded for its hash.
+    A stored failure of a file belongs to it even after the file was edited."""
+    path, target = variant_file(recorded), variant_file(spec)
+    if path is None or target is None:
+        return recorded == spec
+    if recorded[len(path) :] != spec[len(target) :]:  # another class of the file
+        return False
+    return os.path.abspath(path) == target or bool(source and target in recorded_paths(source))
+
+
 def not_found(spec: str, source: str) -> str:
     """One line for a variant file :func:`locate` could not find."""
     path = variant_file(spec) or spec
