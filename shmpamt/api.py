@@ -36,9 +36,12 @@ from shmpamt.explorer.regress import Stored, fold, replay_stored
 from shmpamt.explorer.search import ExploreProgress, run_replay
 from shmpamt.machine.janitor import clean
 from shmpamt.records.execution import Execution
-from shmpamt.records.faildb import FailureDB
+from shmpamt.records.faildb import Entry, FailureDB
 from shmpamt.records.results import Finding, Regression, VariantResult, regression_line
+from shmpamt.records.variant_files import names_file, variant_file
+from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import Violation, describe
+from shmpamt.report.race import race_report
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.probe import needs_probe, probe
 from shmpamt.variants.registry import BUILTIN, C_TWINS, describe_variants, load_variant
@@ -59,6 +62,7 @@ __all__ = [
     "explore",
     "replay",
     "run",
+    "stored_entries",
     "stress",
     "variant_spec",
 ]
@@ -165,10 +169,29 @@ class Result:
             lines.append(f"  shown{claim}: {r.coverage}")
         return "\n".join(lines)
 
+    def race_report(self, kind: str = "") -> str:
+        """The execution that showed ``kind`` (default: the first finding's) drawn as
+        kernel changelogs draw races, plain ASCII within 72 columns
+        (:mod:`shmpamt.report.race`); "" when no execution showed it. A replay that
+        found nothing draws its whole execution."""
+        r = self.raw
+        for f in r.findings:
+            ex = f.execution
+            if ex is not None and (f.kind == kind or not kind) and f.kind in ex.kinds:
+                return _race(ex, r.variant, f.kind, f.schedule)
+        if not kind and not r.findings and r.shown is not None:
+            return _race(r.shown, r.variant, "", "")
+        return ""
+
     def check(self) -> None:
         """Raise :class:`ViolationFound` (an AssertionError) on a violation or an incident."""
         if not self.ok:
             raise ViolationFound(self.summary())
+
+
+def _race(ex: Execution, variant: str, kind: str, schedule: str) -> str:
+    viol = list(zip(ex.violation_steps, ex.violations, strict=True))
+    return race_report(ex.trace, viol, variant=variant, kind=kind, schedule=schedule)
 
 
 def builtin_variants() -> list[tuple[str, str]]:
@@ -225,22 +248,26 @@ def run(
             check_variant(config.scenario.variant)
         except VariantLoadError as e:
             raise VariantLoadError(f"the schedule's variant cannot be loaded: {e}") from None
+        # Where the file is now, so a string the replay prints resolves anywhere too.
+        remember_file(config.scenario.variant)
         return Result(run_replay(config, stop))
     check_variant(config.variant)
     if isinstance(config, StressConfig):
-        return Result(run_stress(config, on_progress, stop))
+        if config.db is None:
+            return Result(run_stress(config, on_progress, stop))
+        # The stored failures first, as a search does; free-running stress finds no
+        # schedule, so nothing goes back into the database.
+        db = FailureDB(config.db)
+        regressions, failing = _regression_check(db, config.variant, config.ignore, stop)
+        return Result(fold(run_stress(config, on_progress, stop), regressions, failing))
+    # Schedule strings name a variant file short: record where it lives.
+    remember_file(config.variant)
     if config.db is None:
         return Result(run_search(config, on_progress, stop))
     # Step 1, the regression check: the database's failures of this variant are
     # replayed before any search, so an old race that is back is reported first.
     db = FailureDB(config.db)
-    entries = [x for x in db.entries(config.variant) if x.kind not in config.ignore]
-    stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
-    regressions, failing = check_stored(stored, should_stop=stop)
-    still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
-    for entry in entries:
-        if (entry.kind, entry.schedule) in still:
-            db.touch(entry.key)
+    regressions, failing = _regression_check(db, config.variant, config.ignore, stop)
     # Step 2, the search itself.
     raw = fold(run_search(config, on_progress, stop), regressions, failing)
     # Step 3: what the search found goes into the database for the next run.
@@ -248,14 +275,43 @@ def run(
     return Result(raw)
 
 
+def _regression_check(
+    db: FailureDB, spec: str, ignore: frozenset[str], stop: Callable[[], bool]
+) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
+    """Replay the database's failures of one variant; those still failing are seen again."""
+    entries = [x for x in stored_entries(db, spec) if x.kind not in ignore]
+    stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
+    regressions, failing = check_stored(stored, should_stop=stop, variant=spec)
+    still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
+    for entry in entries:
+        if (entry.kind, entry.schedule) in still:
+            db.touch(entry.key)
+    return regressions, failing
+
+
+def stored_entries(db: FailureDB, spec: str) -> list[Entry]:
+    """The database's failures of one variant: those whose schedule names it; for a
+    variant file, those found on that file, by whatever path the schedule names it
+    (schedule strings name files relative to where they were found) and whatever
+    the file holds now (a fix is checked against the failures found before it)."""
+    if variant_file(spec) is None:
+        return db.entries(spec)
+    return [e for e in db.entries() if names_file(e.variant, e.source, spec)]
+
+
 def check_stored(
-    stored: list[Stored], *, should_stop: Callable[[], bool] | None = None
+    stored: list[Stored],
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    variant: str | None = None,
 ) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
     """Replay stored failing schedules once each (in the given order): every outcome,
-    and per kind the first schedule that still shows it with its execution."""
+    and per kind the first schedule that still shows it with its execution.
+    ``variant``: the variant to replay them on (a variant file's schedules may name it
+    by another path, or by an older source); None: the one each schedule names."""
     if not stored:
         return [], {}
-    return replay_stored(stored, should_stop or (lambda: False))
+    return replay_stored(stored, should_stop or (lambda: False), variant)
 
 
 def remember(db: FailureDB, result: VariantResult) -> int:

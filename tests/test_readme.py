@@ -69,7 +69,7 @@ def test_readme_sample_has_the_shape_of_real_output() -> None:
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "120"},  # the sample is 120 columns wide
     )
     assert real.returncode == 1, real.stderr
     out = real.stdout.splitlines()

@@ -77,6 +77,16 @@ HTML_OPTION = click.option(
     default=None,
     help="Write the failing execution's timeline as a self-contained HTML file.",
 )
+FORMAT_OPTION = click.option(
+    "--format",
+    "form",
+    type=click.Choice(("table", "text")),
+    default="table",
+    show_default=True,
+    help="How a failing interleaving is shown: table, a step-by-step timeline; text, the "
+    "race as kernel changelogs draw it (one column per CPU, the get/put nesting, each "
+    "SEAMCALL's status; plain ASCII within 72 columns, ready for a review mail).",
+)
 SEED_OPTION = click.option(
     "--seed", type=int, default=None, help="Seed of every random choice. Default: random, printed."
 )
@@ -183,6 +193,7 @@ def variants() -> None:
 )
 @IGNORE_OPTION
 @JSON_OPTION
+@DB_OPTION
 def stress(
     variant_specs: tuple[str, ...],
     json_path: Path | None,
@@ -190,6 +201,7 @@ def stress(
     chaos: float | None,
     fault_spec: str,
     mode: str | None,
+    db: str | None,
     **settings: Any,
 ) -> None:
     """Free-running multiprocess stress over one or more variants (by default every
@@ -205,7 +217,15 @@ def stress(
     specs = list(variant_specs) or api.default_variants()
     settings["faults"] = fault_spec
     campaign: StressCampaign = build(
-        partial(StressCampaign, tuple(specs), mode=mode, seed=seed, chaos=chaos, stress=settings)
+        partial(
+            StressCampaign,
+            tuple(specs),
+            mode=mode,
+            seed=seed,
+            chaos=chaos,
+            stress=settings,
+            db=build(partial(resolve_db, db)),
+        )
     )
     configs = [s for s, _ in campaign.configs if s is not None]
     explores = [e for _, e in campaign.configs if e is not None]
@@ -339,8 +359,9 @@ def run_one(
     return got[0] if got else None
 
 
-def show_timeline(res: Any, html: Path | None) -> None:
-    """The shown execution of a result, as a terminal timeline (and HTML on request)."""
+def show_timeline(res: Any, html: Path | None, form: str = "table") -> None:
+    """The shown execution of a result, as a terminal timeline or (``form`` "text") a
+    race report per finding, and HTML on request."""
     from shmpamt.report.timeline import render, write_html
 
     r = res.raw
@@ -349,12 +370,25 @@ def show_timeline(res: Any, html: Path | None) -> None:
         return
     title = f"{r.variant}: {r.findings[0].schedule}" if r.findings else r.variant
     viol = list(zip(ex.violation_steps, ex.violations, strict=True))
-    out_console.print(render(ex.trace, viol, cpus=r.cpus, title=title))
+    if form == "text":
+        show_races(res)
+    else:
+        out_console.print(render(ex.trace, viol, cpus=r.cpus, title=title))
     if html is not None:
         replay = r.findings[0].replay_command if r.findings else ""
         shown = f"{r.explore.claim}: {r.coverage}" if r.explore is not None else r.coverage
         write_html(html, ex.trace, viol, cpus=r.cpus, title=title, replay=replay, shown=shown)
         out_console.print(f"timeline written to {html}")
+
+
+def show_races(res: Any) -> None:
+    """Each finding's interleaving as a race report (``--format text``), plain text; a
+    replay that found nothing draws its execution."""
+    kinds = [f.kind for f in res.raw.findings] or [""]
+    for kind in dict.fromkeys(kinds):
+        text = res.race_report(kind)
+        if text:
+            click.echo(text)
 
 
 _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
@@ -409,6 +443,7 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
 @IGNORE_OPTION
 @JSON_OPTION
 @HTML_OPTION
+@FORMAT_OPTION
 @DB_OPTION
 def explore(
     variant_spec: str,
@@ -418,6 +453,7 @@ def explore(
     ignore: tuple[str, ...],
     json_path: Path | None,
     html_path: Path | None,
+    form: str,
     db: str | None,
     **settings: Any,
 ) -> None:
@@ -460,7 +496,7 @@ def explore(
 
         shown = run_one(report, config, interrupted, tick)
     if shown is not None:
-        show_timeline(shown, html_path)
+        show_timeline(shown, html_path, form)
     finish(report, json_path)
 
 
@@ -474,8 +510,14 @@ def explore(
 )
 @HTML_OPTION
 @JSON_OPTION
+@FORMAT_OPTION
 def replay(
-    schedule: str, do_minimize: bool, times: int, html_path: Path | None, json_path: Path | None
+    schedule: str,
+    do_minimize: bool,
+    times: int,
+    html_path: Path | None,
+    json_path: Path | None,
+    form: str,
 ) -> None:
     """Re-run a schedule string deterministically (exit 1 if it fails)."""
     from shmpamt import api
@@ -491,7 +533,7 @@ def replay(
     with trapped_signals() as interrupted:
         shown = run_one(report, config, interrupted)
     if shown is not None:
-        show_timeline(shown, html_path)
+        show_timeline(shown, html_path, form)
         r = shown.raw
         fv = r.shown.first_violation() if r.shown is not None else None
         if fv is None:

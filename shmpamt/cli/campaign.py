@@ -34,7 +34,8 @@ from shmpamt.campaign.matrix import (
 from shmpamt.cli import common
 from shmpamt.cli.db import DB_OPTION
 from shmpamt.errors import UsageError
-from shmpamt.records.faildb import FailureDB, resolve_db
+from shmpamt.records.faildb import Entry, FailureDB, resolve_db
+from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.report.terminal import (
     EXIT_CLEAN,
@@ -44,6 +45,7 @@ from shmpamt.report.terminal import (
     EXIT_SIGTERM,
     EXIT_VIOLATIONS,
     compact,
+    print_command,
 )
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY
 
@@ -162,9 +164,11 @@ class Board:
             for k in ordered_kinds(v):
                 if k.best is not None:
                     where = f" on {k.best.where}" if k.best.where else ""
-                    console.print(
+                    print_command(
+                        console,
                         f"  [bold]{v.variant}[/bold] {k.kind}: {k.best.steps} steps, "
-                        f"{k.best.shard}{where}: [cyan]shmpamt replay {k.best.schedule}[/cyan]"
+                        f"{k.best.shard}{where}: ",
+                        f"shmpamt replay {k.best.schedule}",
                     )
                 elif k.what:
                     console.print(f"  [bold]{v.variant}[/bold] {k.kind}: {k.what}")
@@ -314,9 +318,10 @@ def campaign_command(
     plan: Plan = common.build(make)
     for spec in plan.variants:
         common.build(partial(api.check_variant, spec))
+        remember_file(spec)  # the shards' schedule strings name variant files short
     db_path: str | None = common.build(lambda: resolve_db(db))
     fdb = FailureDB(db_path) if db_path else None
-    stored = _stored(fdb, plan)
+    stored = _stored(fdb, plan, api.stored_entries)
     proofs_exit, proofs = EXIT_CLEAN, []
     if PROOF in plan.strategies:
         from shmpamt.cli.proofs import prove_all
@@ -369,11 +374,14 @@ def _finish_proofs(proofs: list[dict[str, Any]], code: int, json_path: Path | No
     sys.exit(code)
 
 
-def _stored(fdb: FailureDB | None, plan: Plan) -> dict[str, list[tuple[str, str, str]]]:
+def _stored(
+    fdb: FailureDB | None, plan: Plan, of: Callable[[FailureDB, str], list[Entry]]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """Per variant its stored failures (``of``: the database's entries of one variant)."""
     if fdb is None:
         return {}
     return {
-        v: [(e.kind, e.schedule, e.strategy) for e in fdb.entries(v) if e.kind not in plan.ignore]
+        v: [(e.kind, e.schedule, e.strategy) for e in of(fdb, v) if e.kind not in plan.ignore]
         for v in plan.variants
     }
 

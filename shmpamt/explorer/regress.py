@@ -31,19 +31,28 @@ class Stored:
 
 
 def replay_stored(
-    stored: Sequence[Stored], should_stop: Callable[[], bool] = lambda: False
+    stored: Sequence[Stored],
+    should_stop: Callable[[], bool] = lambda: False,
+    variant: str | None = None,
 ) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
     """Replay each stored schedule once, one Session per scenario.
 
-    Returns every replay's outcome and, per kind, the first stored schedule that
-    still shows it with its execution.
+    ``variant``: run them on this variant as it is now (a regression check of a
+    variant file checks the file, not a copy its old hash may find); None: on the
+    variant each schedule names. Returns every replay's outcome and, per kind, the
+    first stored schedule that still shows it with its execution.
     """
     groups: dict[Scenario, list[tuple[Stored, Schedule]]] = {}
     out: list[Regression] = []
     for st in stored:
         try:
             s = Schedule.parse(st.schedule)
-            groups.setdefault(Scenario.of(s), []).append((st, s))
+            scenario = (
+                Scenario.of(s)
+                if variant is None
+                else Scenario(variant, s.cpus, s.rounds, s.ranges, s.pages)
+            )
+            groups.setdefault(scenario, []).append((st, s))
         except UsageError as e:  # ScheduleError too
             out.append(Regression(st.kind, st.schedule, False, f"cannot be replayed: {e}"))
     failing: dict[str, tuple[Stored, Execution]] = {}

@@ -503,7 +503,7 @@ class Session:
             if o != c and w[o * WORDS + W_OP] in CONDITIONAL
         ]  # fmt: skip
         for j in range(ran):
-            opj, tgt, opnd_a, opnd_b, before, after, _, _, _ = ring[j * REC : j * REC + REC]
+            opj, tgt, opnd_a, opnd_b, before, after, _, _, _, _ = ring[j * REC : j * REC + REC]
             if j:
                 # c ran on, so it was runnable after the step before.
                 runnable_after.append(True)
@@ -563,15 +563,15 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
     trace: list[TraceEvent] = []
     for c, ring in runs:
         for r in range(0, len(ring), REC):
-            opi, target, _, _, before, after, lo, hi, _ = ring[r : r + REC]
+            opi, target, _, _, before, after, lo, hi, _, call = ring[r : r + REC]
             op = OPS[opi]
             result = join64(lo, hi)
             if opi in ATOMIC_OPS:
                 if result >= 1 << 63:
                     result -= 1 << 64
-                trace.append(TraceEvent(len(trace), c, op, target, before, after, result))
+                trace.append(TraceEvent(len(trace), c, op, target, before, after, result, "", call))
             else:
-                trace.append(TraceEvent(len(trace), c, op, target, None, None, result))
+                trace.append(TraceEvent(len(trace), c, op, target, None, None, result, "", call))
     return trace
 
 
