@@ -32,13 +32,16 @@ from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
 from shmpamt.engine.stress import StressProgress, run_stress
 from shmpamt.errors import DatabaseError, ShmpamtError, UsageError, VariantLoadError
 from shmpamt.explorer.jobs import run_search
-from shmpamt.explorer.regress import Stored, fold, replay_stored, select_stored
-from shmpamt.explorer.session import ExploreProgress, run_replay
+from shmpamt.explorer.regress import Stored, fold, replay_stored
+from shmpamt.explorer.search import ExploreProgress, run_replay
 from shmpamt.machine.janitor import clean
 from shmpamt.records.execution import Execution
-from shmpamt.records.faildb import FailureDB
+from shmpamt.records.faildb import DB_NOTE, Entry, FailureDB
 from shmpamt.records.results import Finding, Regression, VariantResult, regression_line
+from shmpamt.records.variant_files import names_file, variant_file
+from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import Violation, describe
+from shmpamt.report.race import race_report
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.probe import needs_probe, probe
 from shmpamt.variants.registry import BUILTIN, C_TWINS, describe_variants, load_variant
@@ -59,6 +62,7 @@ __all__ = [
     "explore",
     "replay",
     "run",
+    "stored_entries",
     "stress",
     "variant_spec",
 ]
@@ -165,10 +169,29 @@ class Result:
             lines.append(f"  shown{claim}: {r.coverage}")
         return "\n".join(lines)
 
+    def race_report(self, kind: str = "") -> str:
+        """The execution that showed ``kind`` (default: the first finding's) drawn as
+        kernel changelogs draw races, plain ASCII within 72 columns
+        (:mod:`shmpamt.report.race`); "" when no execution showed it. A replay that
+        found nothing draws its whole execution."""
+        r = self.raw
+        for f in r.findings:
+            ex = f.execution
+            if ex is not None and (f.kind == kind or not kind) and f.kind in ex.kinds:
+                return _race(ex, r.variant, f.kind, f.schedule)
+        if not kind and not r.findings and r.shown is not None:
+            return _race(r.shown, r.variant, "", "")
+        return ""
+
     def check(self) -> None:
         """Raise :class:`ViolationFound` (an AssertionError) on a violation or an incident."""
         if not self.ok:
             raise ViolationFound(self.summary())
+
+
+def _race(ex: Execution, variant: str, kind: str, schedule: str) -> str:
+    viol = list(zip(ex.violation_steps, ex.violations, strict=True))
+    return race_report(ex.trace, viol, variant=variant, kind=kind, schedule=schedule)
 
 
 def builtin_variants() -> list[tuple[str, str]]:
@@ -225,52 +248,86 @@ def run(
             check_variant(config.scenario.variant)
         except VariantLoadError as e:
             raise VariantLoadError(f"the schedule's variant cannot be loaded: {e}") from None
+        # Where the file is now, so a string the replay prints resolves anywhere too.
+        remember_file(config.scenario.variant)
         return Result(run_replay(config, stop))
     check_variant(config.variant)
     if isinstance(config, StressConfig):
-        return Result(run_stress(config, on_progress, stop))
+        if config.db is None:
+            return Result(run_stress(config, on_progress, stop))
+        # The stored failures first, as a search does; free-running stress finds no
+        # schedule, so nothing goes back into the database.
+        check = _regression_check(FailureDB(config.db), config.variant, config.ignore, stop)
+        return Result(check.fold(run_stress(config, on_progress, stop)))
+    # Schedule strings name a variant file short: record where it lives.
+    remember_file(config.variant)
     if config.db is None:
         return Result(run_search(config, on_progress, stop))
-    return Result(_with_db(config, FailureDB(config.db), on_progress, stop))
-
-
-def _with_db(
-    config: ExploreConfig,
-    db: FailureDB,
-    on_progress: Callable[[Any], None] | None,
-    stop: Callable[[], bool],
-) -> VariantResult:
-    """A search with the failure database around it. The database is untrusted and may
-    be unreadable or read-only: what goes wrong with it is a note on the result, never
-    a reason not to search."""
-    notes: list[str] = []
     # Step 1, the regression check: the database's failures of this variant are
     # replayed before any search, so an old race that is back is reported first.
-    try:
-        stored, keys, skipped = select_stored(db, config.variant, config.ignore)
-    except DatabaseError as e:
-        raw = run_search(config, on_progress, stop)
-        return replace(raw, notes=(*raw.notes, f"failure database not used: {e}"))
-    notes += (f"failure database: {w}" for w in skipped)
-    regressions, failing = check_stored(stored, should_stop=stop, variant=config.variant)
-    still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
-    writable = True
-    try:
-        for st, key in zip(stored, keys, strict=True):
-            if (st.kind, st.schedule) in still:
-                db.touch(key)
-    except DatabaseError as e:
-        writable = False
-        notes.append(f"failure database: {e}: nothing stored")
+    db = FailureDB(config.db)
+    check = _regression_check(db, config.variant, config.ignore, stop)
     # Step 2, the search itself.
-    raw = fold(run_search(config, on_progress, stop), regressions, failing)
+    raw = check.fold(run_search(config, on_progress, stop))
     # Step 3: what the search found goes into the database for the next run.
-    if writable:
+    if check.writable:
         try:
             remember(db, raw)
         except DatabaseError as e:
-            notes.append(f"failure database: {e}: this run's failures are not stored")
-    return replace(raw, notes=(*raw.notes, *notes))
+            why = f"{DB_NOTE}: {e}: this run's failures are not stored"
+            raw = replace(raw, notes=(*raw.notes, why))
+    return Result(raw)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A regression check's outcome. The database is untrusted and may be unreadable
+    or read-only: what goes wrong with it is a note, never a reason not to run."""
+
+    #: every stored schedule's replay; None when the database could not be read
+    regressions: list[Regression] | None
+    failing: dict[str, tuple[Stored, Execution]]
+    notes: tuple[str, ...]
+    #: False once a write failed (or the database could not be read): store nothing
+    writable: bool
+
+    def fold(self, result: VariantResult) -> VariantResult:
+        if self.regressions is not None:
+            result = fold(result, self.regressions, self.failing)
+        return replace(result, notes=(*result.notes, *self.notes))
+
+
+def _regression_check(
+    db: FailureDB, spec: str, ignore: frozenset[str], stop: Callable[[], bool]
+) -> _Check:
+    """Replay the database's failures of one variant; those still failing are seen again.
+    Each file of the database that is not a usable entry is one note."""
+    try:
+        entries = [x for x in stored_entries(db, spec) if x.kind not in ignore]
+    except DatabaseError as e:
+        return _Check(None, {}, (f"{DB_NOTE} not used: {e}",), writable=False)
+    notes = [f"{DB_NOTE}: {b.warning()}" for b in db.broken]
+    stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
+    regressions, failing = check_stored(stored, should_stop=stop, variant=spec)
+    still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
+    try:
+        for entry in entries:
+            if (entry.kind, entry.schedule) in still:
+                db.touch(entry.key)
+    except DatabaseError as e:
+        notes.append(f"{DB_NOTE}: {e}: nothing stored")
+        return _Check(regressions, failing, tuple(notes), writable=False)
+    return _Check(regressions, failing, tuple(notes), writable=True)
+
+
+def stored_entries(db: FailureDB, spec: str) -> list[Entry]:
+    """The database's failures of one variant: those whose schedule names it; for a
+    variant file, those found on that file, by whatever path the schedule names it
+    (schedule strings name files relative to where they were found) and whatever
+    the file holds now (a fix is checked against the failures found before it)."""
+    if variant_file(spec) is None:
+        return db.entries(spec)
+    return [e for e in db.entries() if names_file(e.variant, e.source, spec)]
 
 
 def check_stored(
@@ -281,7 +338,8 @@ def check_stored(
 ) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
     """Replay stored failing schedules once each (in the given order): every outcome,
     and per kind the first schedule that still shows it with its execution.
-    ``variant``: replay only schedules of this variant (others are reported, not run)."""
+    ``variant``: the variant to replay them on (a variant file's schedules may name it
+    by another path, or by an older source); None: the one each schedule names."""
     if not stored:
         return [], {}
     return replay_stored(stored, should_stop or (lambda: False), variant)

@@ -10,7 +10,6 @@ light modules, so a front end can validate before loading cffi or posix_ipc.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -19,11 +18,19 @@ from functools import cached_property
 from typing import Any, Final
 
 from shmpamt import tdx
-from shmpamt.errors import ScheduleError, UsageError
+from shmpamt.errors import ScheduleError, UsageError, VariantLoadError
 from shmpamt.machine.chaos import CHAOS_MODES
 from shmpamt.machine.placement import default_jobs
 from shmpamt.module.faults import FaultPlan
 from shmpamt.records.schedule_string import Schedule
+from shmpamt.records.variant_files import (
+    Located,
+    locate,
+    not_found,
+    short_spec,
+    source_hash,
+    variant_file,
+)
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
 
@@ -104,27 +111,6 @@ def check_variant(value: object) -> str:
     return spec
 
 
-def variant_file(spec: str) -> str | None:
-    """The file part of a ``path/file.py:Class`` (or ``file.c[:prefix]``) spec, else None."""
-    where, sep, _ = spec.rpartition(":")
-    for path in (where, spec) if sep else (spec,):
-        if path.endswith((".py", ".c")) or "/" in path:
-            return path
-    return None
-
-
-def source_hash(spec: str) -> str:
-    """First 8 hex digits of the SHA-256 of a variant file ("" when it is not a file)."""
-    path = variant_file(spec)
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()[:8]
-    except OSError:
-        return ""
-
-
 def check_pages(pages_per_range: object, cpus: int) -> None:
     check_int("pages_per_range", pages_per_range, 1, tdx.PAGES_PER_2M)
     assert isinstance(pages_per_range, int)
@@ -179,9 +165,13 @@ class StressConfig:
     #: start for the whole run. Off while faults are injected (a page a refused
     #: RECLAIM keeps stays in use across rounds).
     epoch: float = DEFAULT_EPOCH
+    #: failure database directory: its schedules of this variant are replayed before
+    #: the run (free-running stress finds no schedule, so it stores none); None = none
+    db: str | None = None
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
+        _set(self, "db", check_db(self.db))
         check_int("cpus", self.cpus, 1, MAX_STRESS_CPUS)
         check_int("ranges", self.ranges, 1, 4096)
         if self.pages_per_range is None:
@@ -265,8 +255,10 @@ class Scenario:
         return STEPS_PER_ROUND * self.cpus * self.rounds + 1000
 
     def schedule(self, seed: int, steps: tuple[int, ...]) -> Schedule:
+        """The schedule string of one execution: a variant file named short (relative to
+        the working directory, see :mod:`shmpamt.records.variant_files`), with its hash."""
         return Schedule(
-            variant=self.variant,
+            variant=short_spec(self.variant),
             cpus=self.cpus,
             rounds=self.rounds,
             ranges=self.ranges,
@@ -278,7 +270,17 @@ class Scenario:
 
     @classmethod
     def of(cls, s: Schedule) -> Scenario:
-        return cls(s.variant, s.cpus, s.rounds, s.ranges, s.pages, s.source)
+        """The scenario a schedule was found in, its variant file located from here
+        (VariantLoadError when it is neither here nor where it was recorded)."""
+        return cls(found(s).spec or "", s.cpus, s.rounds, s.ranges, s.pages, s.source)
+
+
+def found(s: Schedule) -> Located:
+    """Where a schedule's variant is (VariantLoadError: nowhere)."""
+    where = locate(s.variant, s.source)
+    if where.spec is None:
+        raise VariantLoadError(not_found(s.variant, s.source))
+    return where
 
 
 @dataclass(frozen=True)
@@ -373,6 +375,8 @@ class ReplayConfig:
             raise ScheduleError(f"bad schedule string: {e}") from None
         try:
             Scenario.of(parsed)
+        except VariantLoadError as e:
+            raise VariantLoadError(f"the schedule's variant cannot be loaded: {e}") from None
         except UsageError as e:
             raise UsageError(f"schedule does not fit: {e}") from None
 
@@ -385,15 +389,9 @@ class ReplayConfig:
         return Scenario.of(self.parsed)
 
     def source_changed(self) -> str:
-        """A note when the variant file differs from the one the schedule was found with."""
-        s = self.parsed
-        now = source_hash(s.variant)
-        if s.source and now and now != s.source:
-            return (
-                f"variant file {variant_file(s.variant)} changed since this schedule was "
-                f"recorded (source hash {s.source}, now {now}): the replay may not match"
-            )
-        return ""
+        """A note when the variant file was not taken as named: it came from where the
+        schedule was recorded, or its source differs from the recorded hash."""
+        return found(self.parsed).note
 
 
 #: what a stress campaign runs per variant
@@ -412,7 +410,7 @@ class StressCampaign:
 
     Free-running stress has real parallelism but cannot replay what it finds; explore
     can. Mode "both" gives every variant the two views, and the report merges them per
-    variant (:func:`shmpamt.records.verdict.merge`). Validated here, once: ``configs``
+    variant (:func:`shmpamt.records.verdict.verdicts`). Validated here, once: ``configs``
     are the runs in order, each already a validated configuration.
     """
 
@@ -423,10 +421,15 @@ class StressCampaign:
     chaos: float | None = None
     #: further StressConfig settings (cpus, ranges, duration, faults, ignore, ...)
     stress: Mapping[str, Any] = field(default_factory=dict)
+    #: failure database directory, or None: each variant's stored failures are replayed
+    #: first (by its search when it has one, else before its free-running run), and
+    #: what the search finds is stored (free-running stress has no schedule to store)
+    db: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.variants, str) or not self.variants:
             raise UsageError("variants: name at least one variant", "variant")
+        _set(self, "db", check_db(self.db))
         _set(self, "variants", tuple(check_variant(v) for v in self.variants))
         if self.mode not in CAMPAIGN_MODES:
             raise UsageError(f"mode must be one of {', '.join(CAMPAIGN_MODES)}", "mode")
@@ -453,13 +456,16 @@ class StressCampaign:
             explore: ExploreConfig | None = None
             if self.mode == "both":
                 stress = replace(c, duration=total * STRESS_SHARE)
-            if self.mode != "stress":
+            if self.mode == "stress":
+                stress = replace(c, db=self.db)  # the only part: it replays the stored ones
+            else:
                 explore = ExploreConfig(
                     c.variant,
                     budget=total * (1 - STRESS_SHARE if self.mode == "both" else 1),
                     seed=self.seed,
                     minimize=False,  # the campaign's time goes to searching; replay shrinks
                     ignore=c.ignore,
+                    db=self.db,  # replays the stored failures first, stores what it finds
                 )
             runs.append((stress if self.mode != "explore" else None, explore))
         return tuple(runs)

@@ -46,6 +46,7 @@ LAZY_OK = {
     # light)
     ("shmpamt.cli.campaign", "shmpamt.api"),
     ("shmpamt.cli.campaign", "shmpamt.campaign.cluster"),
+    ("shmpamt.cli.campaign", "shmpamt.cli.proofs"),
     # pytest loads every installed plugin in every run: it stays light until a fixture is used
     ("shmpamt.pytest_plugin", "shmpamt.api"),
     ("shmpamt.pytest_plugin", "shmpamt.machine.ipc"),
@@ -178,3 +179,26 @@ def test_catalogues_are_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_engine_calls_only_what_the_scheduler_protocol_declares() -> None:
+    """A strategy written against :class:`Scheduler` works in the controller: every
+    attribute the explorer reads from a scheduler is a member of the Protocol."""
+    from shmpamt.schedulers.base import Scheduler
+
+    declared = set(Scheduler.__annotations__) | {
+        n for n in vars(Scheduler) if not n.startswith("_")
+    }
+    used: set[str] = set()
+    for path in (PKG / "explorer").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value
+            if (isinstance(owner, ast.Name) and owner.id in {"scheduler", "sched"}) or (
+                isinstance(owner, ast.Attribute) and owner.attr == "scheduler"
+            ):
+                used.add(node.attr)
+    # Invariant: the Protocol covers the interface the engine uses.
+    assert used, "the scan found no scheduler calls: it no longer sees the explorer"
+    assert used <= declared, sorted(used - declared)

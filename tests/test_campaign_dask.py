@@ -22,7 +22,7 @@ from distributed import Client
 
 from shmpamt import api
 from shmpamt.campaign.cluster import local_cluster, run_campaign
-from shmpamt.campaign.matrix import Plan, ShardOutcome, merge
+from shmpamt.campaign.matrix import Plan, ShardOutcome, merge_shards
 from shmpamt.machine.ipc import parse_name, pid_alive
 
 #: one xdist worker runs every cluster test: two clusters racing for ports and cores
@@ -67,8 +67,8 @@ def test_merged_verdict_equals_the_shards_run_one_by_one() -> None:
     direct = [
         ShardOutcome(s, api.run(s.config()).to_dict(), worker="direct") for s in plan.shards()
     ]
-    via_dask = merge(run.outcomes)
-    one_by_one = merge(direct)
+    via_dask = merge_shards(run.outcomes)
+    one_by_one = merge_shards(direct)
     assert {v: s.verdict() for v, s in via_dask.items()} == {
         v: s.verdict() for v, s in one_by_one.items()
     }
@@ -105,7 +105,7 @@ def test_a_worker_killed_mid_task_is_retried_and_leaves_nothing() -> None:
     # Invariant: the killed shard ran again, and the verdict covers every shard.
     assert len(run.outcomes) == 2 and all(o.result is not None for o in run.outcomes)
     assert max(o.attempts for o in run.outcomes) >= 2
-    assert merge(run.outcomes)["locked"].retried
+    assert merge_shards(run.outcomes)["locked"].retried
     assert not _wait_gone(killed), "the killed worker's shard left IPC objects"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shmpamt.campaign.matrix import Plan, Shard, ShardOutcome, add_regressions, merge
+from shmpamt.campaign.matrix import Plan, Shard, ShardOutcome, add_regressions, merge_shards
 from shmpamt.config import ExploreConfig, StressConfig
 from shmpamt.errors import UsageError
 
@@ -78,10 +78,10 @@ def test_merge_is_order_independent_and_keeps_the_shortest_schedule() -> None:
         _outcome(shards[1], {"add_present": (1, "s1:rfc:c2.r2.g1.p2.w1:0x2", 30)}, "w1"),
         _outcome(shards[2], {"remove_absent": (2, "s1:rfc:c2.r2.g1.p2.w2:1", 50)}, "w0"),
     ]
-    first = merge(outs)["rfc"]
+    first = merge_shards(outs)["rfc"]
     for _ in range(5):
         random.shuffle(outs)
-        assert merge(outs)["rfc"].to_dict() == first.to_dict()
+        assert merge_shards(outs)["rfc"].to_dict() == first.to_dict()
     best = first.kinds["add_present"].best
     assert best is not None and (best.steps, best.shard, best.where) == (30, shards[1].id, "h:w1")
     assert first.verdict()["counts"] == {"add_present": 4, "remove_absent": 2}
@@ -90,7 +90,7 @@ def test_merge_is_order_independent_and_keeps_the_shortest_schedule() -> None:
 
 def test_retries_errors_and_regressions_are_reported() -> None:
     (shard,) = Plan(("kai",), seeds=1, executions=5).shards()
-    v = merge([ShardOutcome(shard, None, attempts=3, error="CpuCrashed: cpu 1 died")])["kai"]
+    v = merge_shards([ShardOutcome(shard, None, attempts=3, error="CpuCrashed: cpu 1 died")])["kai"]
     assert v.errors == [f"{shard.id}: CpuCrashed: cpu 1 died"]
     assert v.retried and "3 times" in v.retried[0]
     add_regressions(v, 2, [("use_without_pamt", "s1:kai:c2.r2.g1.p2.w0:1", 12, "pct")])

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from shmpamt.config import ExploreConfig, Scenario
-from shmpamt.explorer.session import Session, run_explore, shrink
+from shmpamt.explorer.search import run_explore, shrink
+from shmpamt.explorer.session import Session
 from shmpamt.records.execution import Execution
 from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers.dfs import DFS

@@ -61,7 +61,7 @@ def test_readme_fits_on_a_few_screens() -> None:
 
 
 @pytest.mark.xdist_group("readme")
-def test_readme_sample_has_the_shape_of_real_output() -> None:
+def test_readme_sample_has_the_shape_of_real_output(tmp_path: Path) -> None:
     argv, sample = _sample()
     exe = os.path.join(os.path.dirname(sys.executable), "shmpamt")
     real = subprocess.run(
@@ -69,7 +69,8 @@ def test_readme_sample_has_the_shape_of_real_output() -> None:
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "COLUMNS": "200"},
+        cwd=tmp_path,  # its failure database goes there, not into the checkout
+        env={**os.environ, "COLUMNS": "120"},  # the sample is 120 columns wide
     )
     assert real.returncode == 1, real.stderr
     out = real.stdout.splitlines()

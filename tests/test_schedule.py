@@ -82,6 +82,8 @@ def test_user_variant_paths_are_escaped_readably() -> None:
         ("", "4 ':'-separated fields"),
         ("s1:rfc:c2.r1.g1.p1.w0", "4 ':'-separated fields"),
         ("s2:rfc:c2.r1.g1.p1.w0:0", "unsupported schedule format 's2'"),
+        # a later format may add fields: its version is what is refused
+        ("s2:rfc:c2.r1.g1.p1.w0:0:f1", "unsupported schedule format 's2'"),
         ("s1::c2.r1.g1.p1.w0:0", "variant field is empty"),
         ("s1:a/b:c2.r1.g1.p1.w0:0", "contains '/'"),
         ("s1:a.zz:c2.r1.g1.p1.w0:0", "two lowercase hex digits"),

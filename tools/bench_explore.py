@@ -35,7 +35,8 @@ from rich.table import Table
 
 import shmpamt.api as api
 from shmpamt.config import ExploreConfig, Scenario
-from shmpamt.explorer.session import ExploreProgress, Session
+from shmpamt.explorer.search import ExploreProgress
+from shmpamt.explorer.session import Session
 from shmpamt.machine.ipc import (
     create_semaphore,
     make_name,

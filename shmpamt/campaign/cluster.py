@@ -114,7 +114,7 @@ def run_regressions(variant: str, stored: Sequence[tuple[str, str, str]]) -> dic
     """One task: replay a variant's stored (kind, schedule, strategy) failures."""
     host, worker = worker_identity()
     _allow_children()
-    regs, _ = api.check_stored([api.Stored(*t) for t in stored])
+    regs, _ = api.check_stored([api.Stored(*t) for t in stored], variant=variant)
     strategy = {(kind, schedule): how for kind, schedule, how in stored}
     return {
         "host": host,

@@ -289,7 +289,7 @@ class VariantSummary:
         }
 
 
-def merge(outcomes: Iterable[ShardOutcome]) -> dict[str, VariantSummary]:
+def merge_shards(outcomes: Iterable[ShardOutcome]) -> dict[str, VariantSummary]:
     """One summary per variant (in first-shard order), whatever order outcomes came in."""
     out: dict[str, VariantSummary] = {}
     for o in sorted(outcomes, key=lambda o: o.shard.index):

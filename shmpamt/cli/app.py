@@ -78,6 +78,16 @@ HTML_OPTION = click.option(
     default=None,
     help="Write the failing execution's timeline as a self-contained HTML file.",
 )
+FORMAT_OPTION = click.option(
+    "--format",
+    "form",
+    type=click.Choice(("table", "text")),
+    default="table",
+    show_default=True,
+    help="How a failing interleaving is shown: table, a step-by-step timeline; text, the "
+    "race as kernel changelogs draw it (one column per CPU, the get/put nesting, each "
+    "SEAMCALL's status; plain ASCII within 72 columns, ready for a review mail).",
+)
 SEED_OPTION = click.option(
     "--seed", type=int, default=None, help="Seed of every random choice. Default: random, printed."
 )
@@ -184,6 +194,7 @@ def variants() -> None:
 )
 @IGNORE_OPTION
 @JSON_OPTION
+@DB_OPTION
 def stress(
     variant_specs: tuple[str, ...],
     json_path: Path | None,
@@ -191,6 +202,7 @@ def stress(
     chaos: float | None,
     fault_spec: str,
     mode: str | None,
+    db: str | None,
     **settings: Any,
 ) -> None:
     """Free-running multiprocess stress over one or more variants (by default every
@@ -206,7 +218,15 @@ def stress(
     specs = list(variant_specs) or api.default_variants()
     settings["faults"] = fault_spec
     campaign: StressCampaign = build(
-        partial(StressCampaign, tuple(specs), mode=mode, seed=seed, chaos=chaos, stress=settings)
+        partial(
+            StressCampaign,
+            tuple(specs),
+            mode=mode,
+            seed=seed,
+            chaos=chaos,
+            stress=settings,
+            db=build(partial(resolve_db, db)),
+        )
     )
     configs = [s for s, _ in campaign.configs if s is not None]
     explores = [e for _, e in campaign.configs if e is not None]
@@ -340,9 +360,10 @@ def run_one(
     return got[0] if got else None
 
 
-def show_timeline(res: Any, html: Path | None) -> str:
-    """The shown execution of a result, as a terminal timeline (and HTML on request);
-    the one line saying why the HTML file could not be written, else ""."""
+def show_timeline(res: Any, html: Path | None, form: str = "table") -> str:
+    """The shown execution of a result, as a terminal timeline or (``form`` "text") a
+    race report per finding, and HTML on request; the one line saying why the HTML
+    file could not be written, else ""."""
     from shmpamt.report.timeline import render, write_html
 
     r = res.raw
@@ -351,7 +372,10 @@ def show_timeline(res: Any, html: Path | None) -> str:
         return ""
     title = f"{r.variant}: {r.findings[0].schedule}" if r.findings else r.variant
     viol = list(zip(ex.violation_steps, ex.violations, strict=True))
-    out_console.print(render(ex.trace, viol, cpus=r.cpus, title=title))
+    if form == "text":
+        show_races(res)
+    else:
+        out_console.print(render(ex.trace, viol, cpus=r.cpus, title=title))
     if html is not None:
         replay = r.findings[0].replay_command if r.findings else ""
         shown = f"{r.explore.claim}: {r.coverage}" if r.explore is not None else r.coverage
@@ -361,6 +385,16 @@ def show_timeline(res: Any, html: Path | None) -> str:
             return f"cannot write {html}: {reason(e)}"
         out_console.print(f"timeline written to {html}", markup=False)
     return ""
+
+
+def show_races(res: Any) -> None:
+    """Each finding's interleaving as a race report (``--format text``), plain text; a
+    replay that found nothing draws its execution."""
+    kinds = [f.kind for f in res.raw.findings] or [""]
+    for kind in dict.fromkeys(kinds):
+        text = res.race_report(kind)
+        if text:
+            click.echo(text)
 
 
 _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
@@ -415,6 +449,7 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
 @IGNORE_OPTION
 @JSON_OPTION
 @HTML_OPTION
+@FORMAT_OPTION
 @DB_OPTION
 def explore(
     variant_spec: str,
@@ -424,6 +459,7 @@ def explore(
     ignore: tuple[str, ...],
     json_path: Path | None,
     html_path: Path | None,
+    form: str,
     db: str | None,
     **settings: Any,
 ) -> None:
@@ -465,7 +501,7 @@ def explore(
             )
 
         shown = run_one(report, config, interrupted, tick)
-    unwritten = show_timeline(shown, html_path) if shown is not None else ""
+    unwritten = show_timeline(shown, html_path, form) if shown is not None else ""
     finish(report, json_path, unwritten)
 
 
@@ -479,8 +515,14 @@ def explore(
 )
 @HTML_OPTION
 @JSON_OPTION
+@FORMAT_OPTION
 def replay(
-    schedule: str, do_minimize: bool, times: int, html_path: Path | None, json_path: Path | None
+    schedule: str,
+    do_minimize: bool,
+    times: int,
+    html_path: Path | None,
+    json_path: Path | None,
+    form: str,
 ) -> None:
     """Re-run a schedule string deterministically (exit 1 if it fails)."""
     from shmpamt import api
@@ -497,7 +539,7 @@ def replay(
         shown = run_one(report, config, interrupted)
     unwritten = ""
     if shown is not None:
-        unwritten = show_timeline(shown, html_path)
+        unwritten = show_timeline(shown, html_path, form)
         r = shown.raw
         fv = r.shown.first_violation() if r.shown is not None else None
         if fv is None:

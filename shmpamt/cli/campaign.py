@@ -8,13 +8,14 @@ Registered by :mod:`shmpamt.cli.app`; imports only light modules at load time
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 from rich.console import Console
@@ -33,10 +34,10 @@ from shmpamt.campaign.matrix import (
 )
 from shmpamt.cli import common
 from shmpamt.cli.db import DB_OPTION
-from shmpamt.config import check_variant, source_hash
 from shmpamt.errors import DatabaseError, UsageError
-from shmpamt.records.faildb import FailureDB, resolve_db
+from shmpamt.records.faildb import DB_NOTE, Entry, FailureDB, resolve_db
 from shmpamt.records.publish import reason, write_file
+from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.report.terminal import (
     EXIT_CLEAN,
@@ -46,8 +47,14 @@ from shmpamt.report.terminal import (
     EXIT_SIGTERM,
     EXIT_VIOLATIONS,
     compact,
+    print_command,
 )
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY
+
+#: the strategy a campaign runs as one distributed proof per variant (shmpamt.cli.proofs)
+PROOF: Final = "dpor"
+#: executions per subtree task (shmpamt.campaign.proof.DEFAULT_SLICE, without loading Dask)
+DEFAULT_SLICE: Final = 400
 
 if TYPE_CHECKING:
     from shmpamt.campaign.cluster import CampaignRun, RegressionOutcome
@@ -71,6 +78,9 @@ class Board:
         #: what the reader should know that is not about a variant (the database's state)
         self.notes: list[str] = []
         self.outcomes: list[ShardOutcome] = []
+        #: the dpor proofs' results and exit status, when the plan had proofs too
+        self.proofs: list[dict[str, Any]] = []
+        self.proofs_exit = EXIT_CLEAN
 
     def add(self, ev: ShardOutcome | RegressionOutcome) -> None:
         if isinstance(ev, ShardOutcome):
@@ -87,6 +97,8 @@ class Board:
             add_regressions(v, len(ev.regressions), ev.still)
 
     def exit_code(self) -> int:
+        if self.proofs_exit in (EXIT_SIGINT, EXIT_SIGTERM, EXIT_VIOLATIONS):
+            return self.proofs_exit
         if self.interrupted == "SIGINT":
             return EXIT_SIGINT
         if self.interrupted == "SIGTERM":
@@ -95,7 +107,7 @@ class Board:
             return EXIT_VIOLATIONS
         if self.error or any(v.errors or v.incidents for v in self.summaries.values()):
             return EXIT_ERROR
-        return EXIT_CLEAN
+        return self.proofs_exit
 
     # -- renderings --------------------------------------------------------------------
 
@@ -156,9 +168,11 @@ class Board:
             for k in ordered_kinds(v):
                 if k.best is not None:
                     where = f" on {k.best.where}" if k.best.where else ""
-                    console.print(
+                    print_command(
+                        console,
                         f"  [bold]{v.variant}[/bold] {k.kind}: {k.best.steps} steps, "
-                        f"{k.best.shard}{where}: [cyan]shmpamt replay {k.best.schedule}[/cyan]"
+                        f"{k.best.shard}{where}: ",
+                        f"shmpamt replay {k.best.schedule}",
                     )
                 elif k.what:
                     console.print(f"  [bold]{v.variant}[/bold] {k.kind}: {k.what}")
@@ -210,6 +224,7 @@ class Board:
             "stored_new": self.stored_new,
             "notes": self.notes,
             "variants": [v.to_dict() for v in self.summaries.values()],
+            **({"proofs": self.proofs} if self.proofs else {}),
         }
 
 
@@ -253,6 +268,19 @@ class Board:
 @click.option(
     "--retries", type=int, default=2, show_default=True, help="Retries of a failing shard."
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="dpor: continue each proof from its checkpoint in the database's proofs/ folder.",
+)
+@click.option(
+    "--slice",
+    "slice_",
+    type=int,
+    default=None,
+    help="dpor: executions a subtree task runs before it hands back what it has not "
+    "finished (400).",
+)
 @DB_OPTION
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 def campaign_command(
@@ -262,12 +290,17 @@ def campaign_command(
     scheduler: str | None,
     workers: int | None,
     retries: int,
+    resume: bool,
+    slice_: int | None,
     db: str | None,
     json_path: Path | None,
     ignore: tuple[str, ...],
     **settings: Any,
 ) -> None:
-    """Run variants x strategies x seeds as shards on a Dask cluster; merge one verdict."""
+    """Run variants x strategies x seeds as shards on a Dask cluster; merge one verdict.
+
+    The dpor strategy is one distributed proof per variant: its tree cut into subtree
+    tasks, checkpointed so that --resume continues it."""
     from shmpamt import api
 
     common.check_output_path("--json", json_path)
@@ -292,12 +325,35 @@ def campaign_command(
     plan: Plan = common.build(make)
     for spec in plan.variants:
         common.build(partial(api.check_variant, spec))
+        remember_file(spec)  # the shards' schedule strings name variant files short
     db_path: str | None = common.build(lambda: resolve_db(db))
-    board = Board(plan)
     fdb = FailureDB(db_path) if db_path else None
-    stored = _stored(fdb, plan, board.notes)
+    notes: list[str] = []
+    stored = _stored(fdb, plan, api.stored_entries, notes)
     if stored is None:
         fdb = None  # unreadable: not written either
+    proofs_exit, proofs = EXIT_CLEAN, []
+    if PROOF in plan.strategies:
+        from shmpamt.cli.proofs import prove_all
+
+        proof_board = prove_all(
+            plan,
+            scheduler=scheduler,
+            workers=workers,
+            db=db_path,
+            resume=resume,
+            slice_=slice_ or DEFAULT_SLICE,
+        )
+        proofs_exit, proofs = proof_board.exit_code(), proof_board.to_dict()
+        rest = tuple(s for s in plan.strategies if s != PROOF)
+        if not rest or proof_board.interrupted:
+            _finish_proofs(proofs, proofs_exit, json_path)
+        plan = dataclasses.replace(plan, strategies=rest)
+    elif resume or slice_ is not None:
+        common.fail("--resume and --slice are for proofs: add --strategy dpor")
+    board = Board(plan)
+    board.proofs, board.proofs_exit = proofs, proofs_exit
+    board.notes = notes
     common.out_console.print(
         f"shmpamt campaign: {len(plan.variants)} variant(s) x {len(plan.strategies)} "
         f"strateg{'y' if len(plan.strategies) == 1 else 'ies'} x {plan.seeds} seed(s) = "
@@ -311,32 +367,49 @@ def campaign_command(
         try:
             board.stored_new = _remember(fdb, board.outcomes)
         except DatabaseError as e:
-            board.notes.append(f"failure database: {e}: this campaign's failures are not stored")
+            board.notes.append(f"{DB_NOTE}: {e}: this campaign's failures are not stored")
         if board.stored_new:
             common.out_console.print(f"{board.stored_new} new failure(s) stored in {fdb.root}")
     _finish(board, json_path, common.out_console, common.fail)
 
 
+def _finish_proofs(proofs: list[dict[str, Any]], code: int, json_path: Path | None) -> NoReturn:
+    """The end of a campaign of proofs only: the JSON, the exit status."""
+    if json_path is not None:
+        data = {"tool": "shmpamt", "schema": 2, "kind": "proofs", "exit_status": code}
+        try:
+            write_file(
+                json_path, (json.dumps({**data, "proofs": proofs}, indent=2) + "\n").encode()
+            )
+        except OSError as e:
+            common.fail(f"cannot write {json_path}: {reason(e)}")
+        common.out_console.print(f"JSON report written to {json_path}", markup=False)
+    common.out_console.print(f"exit status {code}: {EXIT_MEANING.get(code, '')}")
+    sys.exit(code)
+
+
 def _stored(
-    fdb: FailureDB | None, plan: Plan, notes: list[str]
+    fdb: FailureDB | None,
+    plan: Plan,
+    of: Callable[[FailureDB, str], list[Entry]],
+    notes: list[str],
 ) -> dict[str, list[tuple[str, str, str]]] | None:
-    """Each variant's stored failures to replay (only schedules of that very variant);
-    each file skipped is one note. None when the database cannot be read."""
+    """Per variant its stored failures (``of``: the database's entries of one variant);
+    each file that is not a usable entry is one note. None when the database cannot be
+    read."""
     if fdb is None:
         return {}
     out: dict[str, list[tuple[str, str, str]]] = {}
     try:
         for v in plan.variants:
-            spec = check_variant(v)
-            entries, skipped = fdb.replayable(spec, source_hash(spec))
             out[v] = [
-                (e.kind, e.schedule, e.strategy) for e in entries if e.kind not in plan.ignore
+                (e.kind, e.schedule, e.strategy) for e in of(fdb, v) if e.kind not in plan.ignore
             ]
-            for w in skipped:  # a bad file is skipped for every variant: said once
-                if f"failure database: {w}" not in notes:
-                    notes.append(f"failure database: {w}")
+            for b in fdb.broken:  # a bad file is skipped for every variant: said once
+                if f"{DB_NOTE}: {b.warning()}" not in notes:
+                    notes.append(f"{DB_NOTE}: {b.warning()}")
     except DatabaseError as e:
-        notes.append(f"failure database not used: {e}")
+        notes.append(f"{DB_NOTE} not used: {e}")
         return None
     return out
 

@@ -24,8 +24,18 @@ from shmpamt.records.publish import reason
 from shmpamt.report.terminal import EXIT_ERROR, EXIT_MEANING, Report, check_report_path
 
 err_console = Console(stderr=True, soft_wrap=True, emoji=False)  # one line, as written
-# A log file or pipe gets 120 columns instead of rich's 80, so reports stay tables.
-out_console = Console(width=None if sys.stdout.isatty() else 120, emoji=False)
+
+
+def _log_width() -> int:
+    """Columns for a log file or pipe: $COLUMNS when set, else 120 (not rich's 80), so
+    reports stay tables."""
+    try:
+        return max(20, int(os.environ.get("COLUMNS", "")))
+    except ValueError:
+        return 120
+
+
+out_console = Console(width=None if sys.stdout.isatty() else _log_width(), emoji=False)
 
 
 EPILOG = (

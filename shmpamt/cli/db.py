@@ -7,6 +7,7 @@ reads JSON files, so it loads none of the rig.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,6 +138,6 @@ def db_clear(db: str | None, key: str | None, variant: str | None, yes: bool) ->
         n = fdb.clear(spec, target)
     except DatabaseError as e:
         raise click.ClickException(str(e)) from None
-    # the unusable files a full clear removed are gone; the others are still skipped
-    _warn([b for b in fdb.broken if key is not None or (spec is not None and b.label != spec)])
+    # the unusable files the clear removed are gone; the others are still skipped
+    _warn([b for b in fdb.broken if os.path.lexists(b.path)])
     click.echo(f"removed {n} file(s) from {fdb.root}")

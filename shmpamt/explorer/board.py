@@ -117,7 +117,8 @@ R_AFTER: Final = 5  # ... and left
 R_LO: Final = 6  # the 64-bit result (SEAMCALL status) as two words
 R_HI: Final = 7
 R_LOG: Final = 8  # violations logged up to the start of the next step (not for the last)
-REC: Final = 9
+R_CALL: Final = 9  # the variant's get/put call the step is part of (records.execution.call_id)
+REC: Final = 10
 
 # states
 IDLE, PARKED, DONE, FAILED = 0, 1, 2, 3

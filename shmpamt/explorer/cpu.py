@@ -19,6 +19,8 @@ from shmpamt.explorer.board import (
 from shmpamt.explorer.hook import ExploreHook, workload_rng
 from shmpamt.machine.cpu_board import ITERATIONS, CpuBoard
 from shmpamt.machine.kernel import Kernel
+from shmpamt.records.execution import GET, PUT
+from shmpamt.variants.base import PamtVariant
 
 
 def cpu_explore_main(
@@ -41,6 +43,7 @@ def cpu_explore_main(
 
     def executions(board: CpuBoard, a: Attached, sb: ExploreBoard, hook: ExploreHook) -> None:
         k = Kernel(cpu, a.refcounts, a.lock, a.pool, a.port, hook=hook)
+        variant = Marked(a.variant, hook)
         while True:
             cmd, arg = hook.wait_command()
             if cmd == CMD_EXIT:
@@ -52,7 +55,7 @@ def cpu_explore_main(
             state = DONE
             try:
                 for _ in range(rounds):
-                    one_round(k, a.variant, pick_page(rng, cpu, names.cpus, workload), 0.0, a.log)
+                    one_round(k, variant, pick_page(rng, cpu, names.cpus, workload), 0.0, a.log)
                     board.inc(cpu, ITERATIONS)
             except Aborted as stop:
                 if stop.cmd == CMD_EXIT:
@@ -61,3 +64,27 @@ def cpu_explore_main(
             sb.set(cpu, W_STATE, state)
 
     run_cpu_process(names, cpu, variant_spec, workload, loop)
+
+
+class Marked(PamtVariant):
+    """A variant whose get and put tell the hook where they begin and end, so each
+    step of the trace knows the helper call it is part of (the race report nests the
+    primitives under ``tdx_pamt_get()`` / ``tdx_pamt_put()``). Adds no scheduling point."""
+
+    def __init__(self, variant: PamtVariant, hook: ExploreHook) -> None:
+        self._variant = variant
+        self._hook = hook
+
+    def tdx_pamt_get(self, k: Kernel, page: int) -> int:
+        self._hook.enter(GET)
+        try:
+            return self._variant.tdx_pamt_get(k, page)
+        finally:
+            self._hook.leave()
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        self._hook.enter(PUT)
+        try:
+            self._variant.tdx_pamt_put(k, page)
+        finally:
+            self._hook.leave()

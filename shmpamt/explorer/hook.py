@@ -19,6 +19,7 @@ from shmpamt.explorer.board import (
     PARKED,
     R_AFTER,
     R_BEFORE,
+    R_CALL,
     R_HI,
     R_LO,
     R_LOG,
@@ -51,10 +52,12 @@ from shmpamt.explorer.board import (
     Aborted,
     ExploreBoard,
     join64,
+    split64,
 )
 from shmpamt.machine.atomic import RefcountArray, wrap32
 from shmpamt.machine.ipc import acquire_watching
 from shmpamt.machine.violation_log import ViolationLog
+from shmpamt.records.execution import call_id
 from shmpamt.schedulers.base import uniform_pick
 
 
@@ -100,6 +103,8 @@ class ExploreHook:
         self._gen = -1  # the stream this CPU's ring holds records of
         self._starting = False  # started by a stream: start the next CPU when we park
         self._bit = 1 << cpu
+        self._call = 0  # the get/put call in progress (its call id), 0 outside both
+        self._calls = 0  # get/put calls this CPU began in this execution
 
     def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
         w = self._w
@@ -130,6 +135,7 @@ class ExploreHook:
         w[r + R_TARGET] = target
         w[r + R_OPND_A] = a
         w[r + R_OPND_B] = b
+        w[r + R_CALL] = self._call
         # Read now: only this CPU runs, so this is exactly the value the primitive
         # will see (at park time another CPU could still have changed it).
         # An index out of range is the primitive's to report.
@@ -244,8 +250,17 @@ class ExploreHook:
             w[r + R_LO] = result
             w[r + R_HI] = 0
         else:
-            w[r + R_LO] = wrap32(result)
-            w[r + R_HI] = wrap32(result >> 32)
+            w[r + R_LO], w[r + R_HI] = split64(result)
+
+    def enter(self, helper: int) -> None:
+        """The variant's get or put begins (``helper``: records.execution.GET or PUT):
+        the steps until :meth:`leave` carry its call id, for the race report's nesting.
+        Not a scheduling point: the schedule is the same with or without it."""
+        self._calls += 1
+        self._call = call_id(self._calls, helper)
+
+    def leave(self) -> None:
+        self._call = 0
 
     def close(self) -> None:
         """Release the views, so the segments can close."""
@@ -267,6 +282,7 @@ class ExploreHook:
         w, base = self._w, self._base
         seed = join64(w[base + W_ARG], w[base + W_ARG_HI])
         cmd = int(w[base + W_CMD])
+        self._call = self._calls = 0
         if cmd == CMD_START and w[self._stream + S_ON]:
             # Started by a stream: our first scheduling point starts the next CPU,
             # and from then on we are granted by the CPUs (GO is ours to set).

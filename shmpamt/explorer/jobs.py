@@ -1,6 +1,6 @@
 """Every core searching: ``--jobs N`` explorers, each in its own process on its own core.
 
-Each job is one explorer (:func:`~shmpamt.explorer.session.run_explore`) with
+Each job is one explorer (:func:`~shmpamt.explorer.search.run_explore`) with
 its own IPC objects, its shard of the search (DPOR splits its tree, sampling
 strategies their seeds) and its core. Results merge into one report. Any job
 that fails, a Ctrl-C, or a lost parent stops every job; each job's own
@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from shmpamt.config import ExploreConfig
 from shmpamt.errors import RunFailure
-from shmpamt.explorer.session import ExploreProgress, run_explore
+from shmpamt.explorer.search import ExploreProgress, run_explore
 from shmpamt.machine.ipc import sigint_ignored_in_children
 from shmpamt.machine.placement import core_for
 from shmpamt.records.results import BOUNDED, SAMPLED, VERIFIED, ExploreStats, Finding, VariantResult
@@ -126,7 +126,7 @@ def _run_jobs(
                 proc.join(5)
     if not results:
         raise RunFailure("; ".join(f"job {i}: {e}" for i, e in sorted(errors.items())))
-    merged = merge([results[i] for i in sorted(results)], config)
+    merged = merge_jobs([results[i] for i in sorted(results)], config)
     if errors:
         extra = tuple(f"job {i} failed: {e}" for i, e in sorted(errors.items()))
         merged = replace(merged, incidents=merged.incidents + extra)
@@ -154,7 +154,7 @@ def _sum_progress(progress: dict[int, ExploreProgress]) -> ExploreProgress:
 _STRENGTH: Final = {SAMPLED: 0, BOUNDED: 1, VERIFIED: 2}
 
 
-def merge(parts: list[VariantResult], config: ExploreConfig) -> VariantResult:
+def merge_jobs(parts: list[VariantResult], config: ExploreConfig) -> VariantResult:
     """One result from the jobs' results, in job order (so the merge is deterministic)."""
     first = parts[0]
     counts = {n: sum(p.counts.get(n, 0) for p in parts) for n in first.counts}

@@ -6,10 +6,10 @@ failures of a variant are re-checked in milliseconds (after one process
 start-up per scenario) before any new search: a fix that did not fix, or a
 change that brought a race back, is reported first.
 
-The database is untrusted input: a search replays only the entries whose
-schedule names the variant under test itself (the same spec and, for a file,
-the same source hash), so an entry can neither blame one variant for another's
-failure nor make the rig import a file the user did not name.
+The database is untrusted input: a regression check replays every stored
+schedule on the variant under test (``variant``), never on the one the
+schedule names, so an entry can neither blame that variant for another's
+failure nor make the rig load a file the user did not name.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from shmpamt.config import Scenario, check_variant, source_hash
+from shmpamt.config import Scenario
 from shmpamt.errors import ScheduleError, SchedulingError, UsageError
 from shmpamt.explorer.session import Session
 from shmpamt.machine.placement import core_for
 from shmpamt.records.execution import Execution
-from shmpamt.records.faildb import FailureDB
 from shmpamt.records.results import Finding, Regression, VariantResult
 from shmpamt.records.schedule_string import Schedule
 
@@ -36,18 +35,6 @@ class Stored:
     strategy: str = ""
 
 
-def select_stored(
-    db: FailureDB, variant: str, ignore: frozenset[str] = frozenset()
-) -> tuple[list[Stored], list[str], list[str]]:
-    """What a search of ``variant`` replays from ``db``: the stored schedules (not of an
-    ignored kind), their entries' keys, and one warning per file skipped.
-    Raises DatabaseError when the database cannot be read."""
-    spec = check_variant(variant)
-    entries, warnings = db.replayable(spec, source_hash(spec))
-    kept = [e for e in entries if e.kind not in ignore]
-    return [Stored(e.kind, e.schedule, e.strategy) for e in kept], [e.key for e in kept], warnings
-
-
 def replay_stored(
     stored: Sequence[Stored],
     should_stop: Callable[[], bool] = lambda: False,
@@ -55,22 +42,22 @@ def replay_stored(
 ) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
     """Replay each stored schedule once, one Session per scenario.
 
-    ``variant``: the variant under test; a schedule of any other variant, or of
-    another version of its file, is not replayed (nothing it names is loaded).
-    Returns every replay's outcome and, per kind, the first stored schedule that
-    still shows it with its execution.
+    ``variant``: run them on this variant as it is now (a regression check of a
+    variant file checks the file, not a copy its old hash may find); None: on the
+    variant each schedule names. Returns every replay's outcome and, per kind, the
+    first stored schedule that still shows it with its execution.
     """
-    spec = check_variant(variant) if variant is not None else ""
-    want = (spec, source_hash(spec))
     groups: dict[Scenario, list[tuple[Stored, Schedule]]] = {}
     out: list[Regression] = []
     for st in stored:
         try:
             s = Schedule.parse(st.schedule)
-            if spec and (s.variant, s.source) != want:
-                out.append(Regression(st.kind, st.schedule, False, f"not replayed: not {spec}"))
-                continue
-            groups.setdefault(Scenario.of(s), []).append((st, s))
+            scenario = (
+                Scenario.of(s)
+                if variant is None
+                else Scenario(variant, s.cpus, s.rounds, s.ranges, s.pages)
+            )
+            groups.setdefault(scenario, []).append((st, s))
         except UsageError as e:  # ScheduleError too
             out.append(Regression(st.kind, st.schedule, False, f"cannot be replayed: {e}"))
     failing: dict[str, tuple[Stored, Execution]] = {}

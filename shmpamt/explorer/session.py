@@ -5,7 +5,7 @@ keeps its CPUs alive and only resets shared state between executions;
 ``explore``, ``replay`` and minimisation are all loops of
 :meth:`Session.execute`. A CPU whose next step is ``spin_lock`` while
 pamt_lock is held is parked but not runnable. A grant covers one step, or
-more when the strategy is bound to choose the same CPU again (budgets), or
+more when the strategy is bound to choose the same CPU again (a run-on), or
 the CPUs make a random walk's decisions themselves (streams; both in
 :mod:`shmpamt.explorer.board`): the strategy is then asked for those decisions
 afterwards, exactly as it would have been one at a time.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -23,11 +23,11 @@ from typing import Final
 
 import posix_ipc
 
-from shmpamt.config import ExploreConfig, ReplayConfig, Scenario
+from shmpamt.config import Scenario
 from shmpamt.engine.processes import Fleet
 from shmpamt.engine.system import System, SystemConfig
 from shmpamt.engine.workload import Workload
-from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError, UsageError
+from shmpamt.errors import CpuCrashed, ModuleFailure, SchedulingError
 from shmpamt.explorer.board import (
     ATOMIC_OPS,
     CMD_ABORT,
@@ -69,9 +69,9 @@ from shmpamt.explorer.board import (
 )
 from shmpamt.explorer.cpu import cpu_explore_main
 from shmpamt.explorer.footprint import CONDITIONAL, Footprints
-from shmpamt.explorer.minimize import minimize
 from shmpamt.machine.ipc import new_token
-from shmpamt.machine.placement import core_for, pinned
+from shmpamt.machine.placement import pinned
+from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.records.execution import (
     COMPLETE,
     DEADLOCK,
@@ -81,25 +81,14 @@ from shmpamt.records.execution import (
     LazyTrace,
     TraceEvent,
 )
-from shmpamt.records.results import (
-    EXPLORE,
-    REPLAY,
-    REPLAYED,
-    ExploreStats,
-    Finding,
-    VariantResult,
-    first_examples,
-    zero_counts,
-)
 from shmpamt.records.schedule_string import Schedule
-from shmpamt.schedulers.base import Access, BaseScheduler, ScheduleMismatch, SleepBlocked
-from shmpamt.schedulers.registry import claim_of, make_scheduler
+from shmpamt.records.violations import Violation
+from shmpamt.schedulers.base import Access, Scheduler, SleepBlocked
 from shmpamt.schedulers.replay import Replay
 from shmpamt.variants.registry import load_variant
 
 STEP_TIMEOUT: Final = 15.0  # a parked CPU that needs longer than this is dead or hung
 BOOT_TIMEOUT: Final = 60.0
-MINIMIZE_CHECKS: Final = 300  # replays per reported kind
 
 
 class Session:
@@ -151,6 +140,8 @@ class Session:
         # is parked while the controller looks (the board's hand-off orders them).
         self._rc = self.s.refcounts.view()
         self.cpus = scenario.cpus
+        self._bases = [c * WORDS for c in range(self.cpus)]
+        self._rings = [self.board.ring(c) for c in range(self.cpus)]
         self.footprints = Footprints(scenario.cpus)
         self.executions = 0
         #: steps granted by a hand-off, and steps a CPU took past where a search stopped
@@ -217,7 +208,7 @@ class Session:
 
     # -- one execution ------------------------------------------------------------
 
-    def execute(self, scheduler: BaseScheduler) -> Execution:
+    def execute(self, scheduler: Scheduler) -> Execution:
         """One execution; whatever happens, no CPU is left parked mid-execution."""
         self.executions += 1
         try:
@@ -226,194 +217,172 @@ class Session:
             self._abort_parked()
             raise
 
-    def _run(self, scheduler: BaseScheduler) -> Execution:
+    def _run(self, scheduler: Scheduler) -> Execution:
         seed = scheduler.workload_seed
         self._reset()
-        b, log, lock = self.board, self.s.log, self.s.lock
-        w = b.w
+        run = _Run(scheduler, self.s.log)
+        w, lock = self.board.w, self.s.lock
         cpus = range(self.cpus)
-        bases = [c * WORDS for c in cpus]
-        rings = [b.ring(c) for c in cpus]
+        bases = self._bases
         wants_pending = scheduler.uses_pending
-        uniform_numbers = scheduler.uniform_numbers
         max_steps = self.max_steps
         ring_room = RING_SLOTS if self.batch else 1
-        # A random walk's decisions are the CPUs' own from the first step (a stream).
-        opening = None
-        if ring_room > 1 and not wants_pending:
-            opening = uniform_numbers(min(max_steps, STREAM_ROOM))
-        if opening:
-            self._start_streaming(seed, opening)
-        else:
+        in_state, rc = self.footprints.pending, self._rc
+        next_cpu = scheduler.next_cpu
+        if not self._open(run, seed, ring_room > 1 and not wants_pending):
             for c in cpus:
                 self._grant(c, CMD_START, seed)
-        steps: list[int] = []
-        runnable_after: list[bool] = []
-        # each grant's CPU and step records; TraceEvents are built only when read
-        runs: list[tuple[int, list[int]]] = []
-        current: int | None = None
-        seen = 0
-        violations = []
-        vsteps: list[int] = []
-        outcome = COMPLETE
-        in_state = self.footprints.pending
-        rc = self._rc
-        pending: dict[int, Access] | None = None
-        next_cpu = scheduler.next_cpu
-        lookahead = scheduler.lookahead
-        follow = scheduler.follow
-        doorbell, grants = b.doorbell, b.grants
-
-        def took(
-            got: list[tuple[int, list[int]]],
-            made: list[int],
-            decisions: list[tuple[Sequence[int], int]],
-            after: list[bool],
-            asked: int | None,
-        ) -> None:
-            """Steps taken on a promise or by the strategy's rule: ask the strategy
-            for their decisions, made at once as they would have been one
-            hand-off each (``asked``: the current CPU at the first of them)."""
-            if decisions:
-                kept = follow(decisions, asked)
-                # Invariant: a strategy's promise, or its rule, holds for its decisions.
-                if kept != len(decisions):
-                    at = len(steps) + len(made) - len(decisions) + kept
-                    raise _broken(scheduler, decisions[kept][1], at)
-                runnable_after.extend(after)
-            steps.extend(made)
-            runs.extend(got)
-
-        def logged(logs: list[int], first: int) -> None:
-            """Attribute violations to steps: each logged up to the next one's start."""
-            nonlocal seen
-            if logs[-1] != seen:
-                for j, total in enumerate(logs):
-                    if total != seen:
-                        new = log.records()[seen:total]
-                        seen += len(new)
-                        violations.extend(new)
-                        vsteps.extend([first + j] * len(new))
-
-        if opening:
-            got, made, decisions, after, logs = self._end_stream(None, bases, rings)
-            if made:
-                took(got, made, decisions, after, None)
-                logs[-1] = log.total()
-                logged(logs, 0)
-                current = steps[-1]
         while True:
             parked = [c for c in cpus if w[bases[c] + W_STATE] == PARKED]
             if not parked:
-                if current is not None:
-                    runnable_after.append(False)
+                if run.current is not None:
+                    run.runnable_after.append(False)
                 break
             # A CPU about to spin_lock a held lock cannot make progress: not runnable.
             runnable = [c for c in parked if w[bases[c] + W_OP] != SPIN_LOCK]
             if len(runnable) < len(parked) and not lock.is_held():
                 runnable = parked
             if wants_pending:
-                pending = {}
+                pending: dict[int, Access] = {}
                 for c in parked:
                     base = bases[c]
                     pending[c] = in_state(
                         w[base + W_OP], w[base + W_TARGET], c, rc,
                         w[base + W_OPND_A], w[base + W_OPND_B],
                     )  # fmt: skip
-            if current is not None:
-                runnable_after.append(current in runnable)
+                run.pending = pending
+            if run.current is not None:
+                run.runnable_after.append(run.current in runnable)
             if not runnable:
-                outcome = DEADLOCK
+                run.outcome = DEADLOCK
                 break
-            if len(steps) >= max_steps:
-                outcome = STEP_LIMIT
+            if len(run.steps) >= max_steps:
+                run.outcome = STEP_LIMIT
                 break
             try:
-                c = next_cpu(runnable, current, pending)
+                c = next_cpu(runnable, run.current, run.pending)
             except SleepBlocked:
                 # Every schedule below this point repeats an explored class: stop here.
-                outcome = SLEEP_BLOCKED
+                run.outcome = SLEEP_BLOCKED
                 break
             if c not in runnable:
                 raise SchedulingError(f"scheduler chose cpu {c}, runnable were {runnable}")
-            base = bases[c]
-            op = w[base + W_OP]
-            first = len(steps)
+            first = len(run.steps)
             room = min(ring_room, max_steps - first) - 1
             numbers = None
             if room > 0 and not wants_pending:
-                numbers = uniform_numbers(min(room, STREAM_ROOM))
+                numbers = scheduler.uniform_numbers(min(room, STREAM_ROOM))
             if numbers:
-                # The CPUs make the decisions after this one (a stream, see parking).
-                self._run_stream(c, parked, runnable, numbers)
-                got, made, decisions, after, logs = self._end_stream(c, bases, rings)
-                took(got, made, decisions, after, c)
+                logs = self._grant_stream(run, c, parked, runnable, numbers)
             else:
-                # Steps c may take after this one without a hand-off: every one the
-                # strategy is bound to give it anyway. `then` is who can run meanwhile.
-                budget = 0
-                then = runnable
-                waiters = any(o != c and w[bases[o] + W_OP] == SPIN_LOCK for o in parked)
-                if room > 0 and (op != SPIN_UNLOCK or not waiters):
-                    if op == SPIN_LOCK and waiters:  # once c holds the lock, they cannot run
-                        then = [o for o in parked if o == c or w[bases[o] + W_OP] != SPIN_LOCK]
-                    budget = room if len(then) == 1 else lookahead(then, c, room)
-                w[base + W_RUN_ON] = budget
-                w[base + W_CMD] = CMD_GO
-                self.handoffs += 1
-                self.wakeups += 1
-                grants[c].release()
-                try:
-                    doorbell.acquire(0)  # the CPU ran on this core and has parked again
-                except posix_ipc.BusyError:
-                    self._wait(c)
-                ran = w[base + W_RAN]
-                # Invariant: a CPU takes the granted step and at most `budget` more.
-                if not 1 <= ran <= budget + 1:
-                    raise SchedulingError(f"cpu {c} took {ran} steps on a budget of {budget}")
-                ring = w[rings[c] : rings[c] + ran * REC].tolist()  # its step records
-                logs = ring[R_LOG::REC]
-                if not wants_pending:
-                    # c ran on, so it was runnable after every step but the last
-                    took([(c, ring)], [c] * ran, [(then, c)] * (ran - 1), [True] * (ran - 1), c)
-                else:
-                    done = self._follow_pending(
-                        scheduler, then, c, ring, ran, pending, runnable_after, steps
-                    )
-                    pending = done.pending
-                    runs.append((c, ring[: done.steps * REC]))
-                    if done.stopped:
-                        self.discarded += ran - done.steps
-                        outcome = SLEEP_BLOCKED
-                        del logs[done.steps :]
+                logs = self._grant_run_on(run, c, parked, runnable, room)
             # The last step's violations are those logged up to now.
-            if outcome != SLEEP_BLOCKED:
-                logs[-1] = log.total()
-            logged(logs, first)
-            if outcome == SLEEP_BLOCKED:
+            if run.outcome != SLEEP_BLOCKED:
+                logs[-1] = run.log.total()
+            run.logged(logs, first)
+            if run.outcome == SLEEP_BLOCKED:
                 # The CPU ran past where the search stops: what it did there never happened.
-                seen = log.total()
+                run.seen = run.log.total()
                 break
-            current = steps[-1]
-        if outcome == COMPLETE:
+            run.current = run.steps[-1]
+        return self._close_execution(run, seed)
+
+    def _open(self, run: _Run, seed: int, may_stream: bool) -> bool:
+        """Start the execution as a stream when the strategy's first decisions are the
+        uniform rule (a random walk's are, from the first step); False: not started."""
+        if not may_stream:
+            return False
+        opening = run.scheduler.uniform_numbers(min(self.max_steps, STREAM_ROOM))
+        if not opening:
+            return False
+        self._start_streaming(seed, opening)
+        got, made, decisions, after, logs = self._end_stream(None, self._bases, self._rings)
+        if made:
+            run.took(got, made, decisions, after, None)
+            logs[-1] = run.log.total()
+            run.logged(logs, 0)
+            run.current = run.steps[-1]
+        return True
+
+    def _grant_stream(
+        self, run: _Run, c: int, parked: list[int], runnable: list[int], numbers: list[int]
+    ) -> list[int]:
+        """Grant ``c`` its step; the CPUs make the decisions after it (a stream, see
+        :mod:`~shmpamt.explorer.board`). Returns the violation total after each step."""
+        self._run_stream(c, parked, runnable, numbers)
+        got, made, decisions, after, logs = self._end_stream(c, self._bases, self._rings)
+        run.took(got, made, decisions, after, c)
+        return logs
+
+    def _grant_run_on(
+        self, run: _Run, c: int, parked: list[int], runnable: list[int], room: int
+    ) -> list[int]:
+        """Grant ``c`` its step and the steps after it that the strategy is bound to give
+        it anyway (its run-on); one hand-off. Returns the violation total after each
+        step taken; a strategy that abandons the execution midway sets SLEEP_BLOCKED."""
+        w, bases, scheduler = self.board.w, self._bases, run.scheduler
+        base = bases[c]
+        op = w[base + W_OP]
+        # `then` is who can run while c runs on.
+        run_on = 0
+        then = runnable
+        waiters = any(o != c and w[bases[o] + W_OP] == SPIN_LOCK for o in parked)
+        if room > 0 and (op != SPIN_UNLOCK or not waiters):
+            if op == SPIN_LOCK and waiters:  # once c holds the lock, they cannot run
+                then = [o for o in parked if o == c or w[bases[o] + W_OP] != SPIN_LOCK]
+            run_on = room if len(then) == 1 else scheduler.lookahead(then, c, room)
+        w[base + W_RUN_ON] = run_on
+        w[base + W_CMD] = CMD_GO
+        self.handoffs += 1
+        self.wakeups += 1
+        self.board.grants[c].release()
+        try:
+            self.board.doorbell.acquire(0)  # the CPU ran on this core and has parked again
+        except posix_ipc.BusyError:
+            self._wait(c)
+        ran = w[base + W_RAN]
+        # Invariant: a CPU takes the granted step and at most `run_on` more.
+        if not 1 <= ran <= run_on + 1:
+            raise SchedulingError(f"cpu {c} took {ran} steps on a run-on of {run_on}")
+        ring = w[self._rings[c] : self._rings[c] + ran * REC].tolist()  # its step records
+        logs: list[int] = ring[R_LOG::REC]
+        if not scheduler.uses_pending:
+            # c ran on, so it was runnable after every step but the last
+            run.took([(c, ring)], [c] * ran, [(then, c)] * (ran - 1), [True] * (ran - 1), c)
+            return logs
+        done = self._follow_pending(
+            scheduler, then, c, ring, ran, run.pending, run.runnable_after, run.steps
+        )
+        run.pending = done.pending
+        run.runs.append((c, ring[: done.steps * REC]))
+        if done.stopped:
+            self.discarded += ran - done.steps
+            run.outcome = SLEEP_BLOCKED
+            del logs[done.steps :]
+        return logs
+
+    def _close_execution(self, run: _Run, seed: int) -> Execution:
+        """Judge the end state, tell the strategy how the execution ended, and build it."""
+        if run.outcome == COMPLETE:
             self.s.check_quiescent()
-        elif outcome == DEADLOCK:
+        elif run.outcome == DEADLOCK:
             self.s.check_lock()
         self._abort_parked()
-        scheduler.end_execution(outcome, pending)
-        if log.total() != seen:  # logged after the last step (quiescence, the lock)
-            new = log.records()[seen:]
-            violations.extend(new)
-            vsteps.extend([len(steps)] * len(new))
+        run.scheduler.end_execution(run.outcome, run.pending)
+        log = run.log
+        if log.total() != run.seen:  # logged after the last step (quiescence, the lock)
+            new = log.records()[run.seen :]
+            run.violations.extend(new)
+            run.vsteps.extend([len(run.steps)] * len(new))
         return Execution(
-            steps,
-            LazyTrace(partial(_trace, runs)),
-            violations,
-            vsteps,
-            outcome,
+            run.steps,
+            LazyTrace(partial(_trace, run.runs)),
+            run.violations,
+            run.vsteps,
+            run.outcome,
             seed,
-            strategy=scheduler.finder,
-            runnable_after=runnable_after,
+            strategy=run.scheduler.finder,
+            runnable_after=run.runnable_after,
         )
 
     def _open_stream(self, numbers: list[int]) -> None:
@@ -430,7 +399,7 @@ class Session:
     def _start_streaming(self, seed: int, numbers: list[int]) -> None:
         """Start an execution with the decisions the CPUs' from its first step:
         each CPU starts the next one at its first scheduling point, the last
-        one decides (see parking)."""
+        one decides (see :mod:`~shmpamt.explorer.board`)."""
         self._open_stream(numbers)
         w, s = self.board.w, self.board.stream
         w[s + S_ALIVE] = (1 << self.cpus) - 1  # each sets its bit at spin_lock when it parks
@@ -512,7 +481,7 @@ class Session:
 
     def _follow_pending(
         self,
-        scheduler: BaseScheduler,
+        scheduler: Scheduler,
         then: list[int],
         c: int,
         ring: list[int],
@@ -534,7 +503,7 @@ class Session:
             if o != c and w[o * WORDS + W_OP] in CONDITIONAL
         ]  # fmt: skip
         for j in range(ran):
-            opj, tgt, opnd_a, opnd_b, before, after, _, _, _ = ring[j * REC : j * REC + REC]
+            opj, tgt, opnd_a, opnd_b, before, after, _, _, _, _ = ring[j * REC : j * REC + REC]
             if j:
                 # c ran on, so it was runnable after the step before.
                 runnable_after.append(True)
@@ -594,15 +563,15 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
     trace: list[TraceEvent] = []
     for c, ring in runs:
         for r in range(0, len(ring), REC):
-            opi, target, _, _, before, after, lo, hi, _ = ring[r : r + REC]
+            opi, target, _, _, before, after, lo, hi, _, call = ring[r : r + REC]
             op = OPS[opi]
             result = join64(lo, hi)
             if opi in ATOMIC_OPS:
                 if result >= 1 << 63:
                     result -= 1 << 64
-                trace.append(TraceEvent(len(trace), c, op, target, before, after, result))
+                trace.append(TraceEvent(len(trace), c, op, target, before, after, result, "", call))
             else:
-                trace.append(TraceEvent(len(trace), c, op, target, None, None, result))
+                trace.append(TraceEvent(len(trace), c, op, target, None, None, result, "", call))
     return trace
 
 
@@ -613,7 +582,65 @@ _StreamSteps = tuple[
 ]
 
 
-def _broken(scheduler: BaseScheduler, cpu: int, step: int) -> SchedulingError:
+@dataclass(slots=True)
+class _Run:
+    """One execution under way: what the controller has learnt of it so far.
+
+    Steps are known in batches (a grant's run-on, a stream); each batch's decisions
+    are handed to the strategy (:meth:`took`) and its violations are attributed to
+    the steps that logged them (:meth:`logged`).
+    """
+
+    scheduler: Scheduler
+    log: ViolationLog
+    #: the CPU of every step taken, in order
+    steps: list[int] = field(default_factory=list)
+    #: whether each step's CPU could run at the next decision
+    runnable_after: list[bool] = field(default_factory=list)
+    #: each grant's CPU and step records; TraceEvents are built only when read
+    runs: list[tuple[int, list[int]]] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    vsteps: list[int] = field(default_factory=list)
+    #: violations attributed so far
+    seen: int = 0
+    current: int | None = None
+    outcome: str = COMPLETE
+    #: the parked CPUs' next accesses, for strategies that read them
+    pending: dict[int, Access] | None = None
+
+    def took(
+        self,
+        got: list[tuple[int, list[int]]],
+        made: list[int],
+        decisions: list[tuple[Sequence[int], int]],
+        after: list[bool],
+        asked: int | None,
+    ) -> None:
+        """Steps taken on a promise or by the strategy's rule: ask the strategy for
+        their decisions, made at once as they would have been one hand-off each
+        (``asked``: the current CPU at the first of them)."""
+        if decisions:
+            kept = self.scheduler.follow(decisions, asked)
+            # Invariant: a strategy's promise, or its rule, holds for its decisions.
+            if kept != len(decisions):
+                at = len(self.steps) + len(made) - len(decisions) + kept
+                raise _broken(self.scheduler, decisions[kept][1], at)
+            self.runnable_after.extend(after)
+        self.steps.extend(made)
+        self.runs.extend(got)
+
+    def logged(self, logs: list[int], first: int) -> None:
+        """Attribute violations to steps: each logged up to the next one's start."""
+        if logs[-1] != self.seen:
+            for j, total in enumerate(logs):
+                if total != self.seen:
+                    new = self.log.records()[self.seen : total]
+                    self.seen += len(new)
+                    self.violations.extend(new)
+                    self.vsteps.extend([first + j] * len(new))
+
+
+def _broken(scheduler: Scheduler, cpu: int, step: int) -> SchedulingError:
     return SchedulingError(
         f"{scheduler.name} promised cpu {cpu} step {step}, then chose cpu {scheduler.steps[-1]}"
     )
@@ -626,233 +653,3 @@ class _Followed:
     steps: int  # steps kept (the granted one and those the strategy confirmed)
     pending: dict[int, Access] | None  # as at the last decision
     stopped: bool  # the strategy abandoned the execution (SleepBlocked) there
-
-
-# --- searching ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExploreProgress:
-    executions: int
-    distinct: int
-    #: violation kinds found so far (not ignored)
-    kinds: int
-    elapsed: float
-    budget: float
-
-
-@dataclass
-class _Kind:
-    """The first execution that showed a kind, and how many executions showed it."""
-
-    schedule: Schedule
-    execution: Execution
-    executions: int = 1
-    reported: Schedule | None = None
-    reported_execution: Execution | None = None
-
-
-@dataclass
-class _Search:
-    kinds: dict[str, _Kind] = field(default_factory=dict)
-    ignored_only: int = 0
-    incidents: list[str] = field(default_factory=list)
-
-
-def shrink(session: Session, schedule: Schedule, kind: str) -> tuple[Schedule, Execution]:
-    """The smallest schedule found that still shows ``kind``, and its execution."""
-
-    def still_fails(candidate: Schedule) -> bool:
-        try:
-            ex = session.replay(candidate)
-        except SchedulingError:
-            return False  # infeasible: a recorded CPU was not runnable
-        return kind in ex.kinds
-
-    small = minimize(schedule, still_fails, MINIMIZE_CHECKS)
-    return small, session.replay(small)
-
-
-def run_explore(
-    config: ExploreConfig,
-    on_progress: Callable[[ExploreProgress], None] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    shard: tuple[int, int] = (0, 1),
-    core: int | None = None,
-) -> VariantResult:
-    """One explorer: search until the budget, the executions, or the strategy is exhausted.
-
-    Every violation kind found is kept with the first execution that showed it;
-    with ``first`` (not the default) the search ends at the first failing one.
-    ``shard`` is this explorer's part of a ``--jobs`` search, ``core`` its core.
-    """
-    scenario = config.scenario
-    scheduler = make_scheduler(
-        config.strategy,
-        seed=config.seed,
-        depth=config.depth,
-        preemptions=config.preemptions,
-        max_executions=config.executions,
-        shard=shard,
-    )
-    found = _Search()
-    ran = 0
-    last_tick = 0.0
-    budget = config.seconds
-    with Session(scenario, core) as session:
-        # The budget is search time: starting the processes does not count against it.
-        t0 = time.monotonic()
-        while not should_stop():
-            elapsed = time.monotonic() - t0
-            if budget and elapsed >= budget:
-                break
-            if not scheduler.new_execution():
-                break
-            ex = session.execute(scheduler)
-            ran += 1
-            if scheduler.skipped_last:
-                continue  # another job owns this execution and counts what it shows
-            if ex.outcome == STEP_LIMIT:
-                found.incidents.append(
-                    f"execution {ran} hit the step limit of {session.max_steps} steps (livelock?)"
-                )
-            failing = ex.kinds - config.ignore
-            if ex.kinds and not failing:
-                found.ignored_only += 1
-            for kind in ex.kinds:
-                if kind in found.kinds:
-                    found.kinds[kind].executions += 1
-                else:
-                    sched = scenario.schedule(ex.workload_seed, tuple(ex.steps))
-                    found.kinds[kind] = _Kind(sched, ex)
-            if failing and config.first:
-                break
-            if on_progress is not None and elapsed - last_tick >= 0.2:
-                last_tick = elapsed
-                on_progress(
-                    ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
-                )
-        for kind, k in found.kinds.items():
-            if config.minimize and kind not in config.ignore:
-                k.reported, k.reported_execution = shrink(session, k.schedule, kind)
-        elapsed = time.monotonic() - t0
-        if on_progress is not None:
-            on_progress(
-                ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
-            )
-        name = session.variant_name
-    counts = zero_counts()
-    examples = {}
-    findings = []
-    for kind, k in found.kinds.items():
-        counts[kind] = k.executions
-        ex = k.reported_execution or k.execution
-        examples[kind] = next(v for v in k.execution.violations if v.name == kind)
-        reported = k.reported or k.schedule
-        findings.append(
-            Finding(
-                kind=kind,
-                schedule=reported.encode(),
-                found=k.schedule.encode(),
-                steps=len(ex.steps),
-                preemptions=ex.preemptions(),
-                strategy=k.execution.strategy,
-                executions=k.executions,
-                execution=ex,
-            )
-        )
-    ordered = sorted(findings, key=lambda f: (f.kind in config.ignore, f.kind))
-    return VariantResult(
-        variant=name,
-        mode=EXPLORE,
-        seed=config.seed,
-        cpus=scenario.cpus,
-        operations=ran,
-        elapsed_s=elapsed,
-        counts=counts,
-        examples=examples,
-        incidents=tuple(found.incidents),
-        ignored=config.ignore,
-        findings=tuple(ordered),
-        coverage=scheduler.coverage(),
-        spec=config.variant,
-        shown=next((f.execution for f in ordered if f.kind not in config.ignore), None),
-        explore=ExploreStats(
-            strategy=config.strategy,
-            executions=ran,
-            distinct_schedules=_distinct(scheduler),
-            steps_total=scheduler.total_steps,
-            claim=claim_of(scheduler),
-            ignored_only=found.ignored_only,
-        ),
-    )
-
-
-def _n(found: _Search, config: ExploreConfig) -> int:
-    return len(set(found.kinds) - config.ignore)
-
-
-def _distinct(s: BaseScheduler) -> int:
-    return s.distinct_schedules
-
-
-def run_replay(
-    config: ReplayConfig, should_stop: Callable[[], bool] = lambda: False
-) -> VariantResult:
-    """Replay a schedule ``times`` times; every replay must agree (else an incident)."""
-    schedule = config.parsed
-    incidents: list[str] = []
-    t0 = time.monotonic()
-    with Session(config.scenario, core_for(0) if config.pin else None) as s:
-        runs: list[Execution] = []
-        for _ in range(config.times):
-            if should_stop():
-                break
-            try:
-                runs.append(s.replay(schedule))
-            except ScheduleMismatch as e:
-                raise UsageError(f"schedule does not fit {schedule.variant}: {e}") from None
-        outcomes = {(r.first_violation(), r.kinds) for r in runs}
-        if len(outcomes) > 1:
-            incidents.append(f"replays disagree: {sorted(map(str, outcomes))} (nondeterminism)")
-        shown, ex = schedule, runs[-1] if runs else None
-        if ex is not None and config.minimize and ex.failed:
-            kind = ex.violations[0].name
-            shown, ex = shrink(s, schedule, kind)
-        name = s.variant_name
-    counts = zero_counts()
-    findings: list[Finding] = []
-    examples = {}
-    if ex is not None:
-        for v in ex.violations:
-            counts[v.name] += 1
-        examples = first_examples(ex.violations)
-        for kind in sorted(ex.kinds):
-            findings.append(
-                Finding(
-                    kind=kind,
-                    schedule=shown.encode(),
-                    found=schedule.encode(),
-                    steps=len(ex.steps),
-                    preemptions=ex.preemptions(),
-                    strategy="replay",
-                    execution=ex,
-                )
-            )
-    return VariantResult(
-        variant=name,
-        mode=REPLAY,
-        seed=schedule.seed,
-        cpus=schedule.cpus,
-        operations=len(runs),
-        elapsed_s=time.monotonic() - t0,
-        counts=counts,
-        examples=examples,
-        incidents=tuple(incidents),
-        findings=tuple(findings),
-        coverage=f"replayed {len(runs)}x" + (f", {len(ex.steps)} steps" if ex else ""),
-        explore=ExploreStats("replay", len(runs), 1, len(ex.steps) if ex else 0, REPLAYED),
-        spec=schedule.variant,
-        shown=ex,
-        notes=tuple(n for n in (config.source_changed(),) if n),
-    )

@@ -20,6 +20,19 @@ STEP_LIMIT: Final = "step-limit"
 SLEEP_BLOCKED: Final = "sleep-blocked"  # a reduction strategy cut it short: nothing new below
 
 
+#: the variant's helpers a step can be inside, by their index in a call id (0: none,
+#: the workload's own step, e.g. the AUG between get and put)
+HELPERS: Final = ("", "tdx_pamt_get", "tdx_pamt_put")
+GET: Final = 1
+PUT: Final = 2
+
+
+def call_id(number: int, helper: int) -> int:
+    """One helper call of a CPU: its ``number`` (counted per execution) and which helper.
+    Kept within 31 bits, as it crosses the board in one word."""
+    return ((number & 0xFFFFFFF) << 2) | helper
+
+
 @dataclass(frozen=True, slots=True)
 class TraceEvent:
     """One granted step: ``op`` by ``cpu`` on ``target`` (a range index, -1 for none)."""
@@ -32,6 +45,13 @@ class TraceEvent:
     after: int | None
     result: int
     note: str = ""
+    #: the get/put call the step is part of (:func:`call_id`), 0 outside both
+    call: int = 0
+
+    @property
+    def helper(self) -> str:
+        """``tdx_pamt_get``, ``tdx_pamt_put`` or "" (the workload's own step)."""
+        return HELPERS[self.call & 3]
 
 
 class LazyTrace(Sequence[TraceEvent]):

@@ -39,6 +39,7 @@ from typing import Any, Final
 from shmpamt.errors import DatabaseError, ScheduleError, UsageError
 from shmpamt.records.publish import publish, reason
 from shmpamt.records.schedule_string import Schedule
+from shmpamt.records.variant_files import names_file
 from shmpamt.records.violations import VIOLATIONS
 
 #: environment variable naming the database directory (``off`` disables it)
@@ -48,6 +49,8 @@ DEFAULT_DB: Final = ".shmpamt"
 #: the value of ``--db`` / ``SHMPAMT_DB`` that turns the database off
 OFF: Final = "off"
 FORMAT: Final = 1
+#: how every note about the database on a result begins
+DB_NOTE: Final = "failure database"
 #: a larger file is not read: an entry holds one schedule (a million steps fit)
 MAX_ENTRY_BYTES: Final = 16 << 20
 #: shortest key prefix ``find`` accepts
@@ -142,6 +145,13 @@ class BadEntry:
 
     def warning(self) -> str:
         return f"skipped {self.path}: {self.why}"
+
+
+def _of(recorded: str, source: str, variant: str) -> bool:
+    """Whether an entry that names ``recorded`` (with source hash ``source``) is one of
+    ``variant``: the same name, or (a variant file) found on that file, whatever path
+    the schedule names it by (see records/variant_files.py)."""
+    return recorded == variant or names_file(recorded, source, variant)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -312,10 +322,11 @@ class FailureDB:
     # -- reading -------------------------------------------------------------------
 
     def entries(self, variant: str | None = None) -> list[Entry]:
-        """Every stored failure (of ``variant`` only, when given), oldest first; the files
-        that are not usable entries go to ``broken``. Raises DatabaseError."""
+        """Every stored failure (of ``variant`` only, when given: a variant file's by its
+        absolute path), oldest first; the files that are not usable entries go to
+        ``broken``. Raises DatabaseError."""
         found, self.broken = self._scan()
-        out = [e for e, _ in found.values() if variant is None or e.variant == variant]
+        out = [e for e, _ in found.values() if variant is None or _of(e.variant, e.source, variant)]
         return sorted(out, key=lambda e: (e.first_seen, e.variant, e.kind, e.schedule))
 
     def find(self, key: str) -> list[Entry]:
@@ -332,26 +343,6 @@ class FailureDB:
         matches = self.find(key)
         return matches[0] if len(matches) == 1 else None
 
-    def replayable(self, variant: str, source: str) -> tuple[list[Entry], list[str]]:
-        """The entries a search of ``variant`` replays: those of exactly that variant and
-        source hash ("" unless it is a file). With them, one warning per file skipped:
-        every bad file, and every entry of ``variant`` found with another version of its
-        file. Entries of other variants are theirs, not skipped. Raises DatabaseError."""
-        found, self.broken = self._scan()
-        warnings = [b.warning() for b in self.broken]
-        mine: list[Entry] = []
-        for e, files in found.values():
-            if e.variant != variant:
-                continue
-            if e.source != source:
-                warnings.append(
-                    f"skipped {self.dir / files[0]}: it was found with source hash "
-                    f"{e.source or 'none'} of {variant}, which now has {source or 'none'}"
-                )
-                continue
-            mine.append(e)
-        return sorted(mine, key=lambda e: (e.first_seen, e.kind, e.schedule)), warnings
-
     def clear(self, variant: str | None = None, key: str | None = None) -> int:
         """Remove the entries (of ``variant`` only, or the one with exactly ``key``, when
         given) and the bad files (all, or those that name ``variant``); how many files
@@ -362,11 +353,12 @@ class FailureDB:
         names = [
             n
             for e, files in found.values()
-            if (variant is None or e.variant == variant) and (key is None or e.key == key)
+            if (variant is None or _of(e.variant, e.source, variant))
+            and (key is None or e.key == key)
             for n in files
         ]
         if key is None:
-            names += [b.path.name for b in bad if variant is None or b.label == variant]
+            names += [b.path.name for b in bad if variant is None or _of(b.label, "", variant)]
         n = 0
         with self._folder(create=False) as fd:
             if fd is None:

@@ -20,8 +20,10 @@ Grammar (format version 1)::
   character, as in a user variant ``tests/my.py:Mine``, is written byte by byte
   of its UTF-8 as ``.`` and two lowercase hex digits: ``tests.2fmy.2epy.3aMine``.
   ``.`` never occurs in a built-in name, so plain names stay plain and the
-  encoding is reversible. A variant file is recorded by its absolute path, so
-  the string replays from any directory of the same machine.
+  encoding is reversible. A variant file is named by its path relative to the
+  directory the schedule was found in, or its absolute path when shorter; with
+  the source hash below it replays from any directory of the same machine
+  (:mod:`shmpamt.records.variant_files` says how it is found).
 * ``params``: ``c`` CPUs, ``r`` get/use/put rounds per CPU, ``g`` 2 MiB ranges,
   ``p`` pages per range, ``w`` the workload seed of ``next_u64``, and for a
   variant file ``h``: the first 8 hex digits of the SHA-256 of its source, so a
@@ -157,6 +159,11 @@ class Schedule:
             raise ScheduleError(f"a schedule is a string, not {type(s).__name__}")
         s = s.strip()
         parts = s.split(":")
+        # The version decides the rest of the grammar: a later one may add fields.
+        if len(parts) > 1 and parts[0] != VERSION and re.fullmatch(r"s[0-9]{1,3}", parts[0]):
+            raise ScheduleError(
+                f"unsupported schedule format {parts[0]!r} (this shmpamt reads {VERSION!r})"
+            )
         if len(parts) != 4:
             raise ScheduleError(
                 f"expected 4 ':'-separated fields (version:variant:params:steps), got {len(parts)}"

@@ -111,7 +111,7 @@ class Verdict:
         }
 
 
-def merge(results: list[VariantResult]) -> list[Verdict]:
+def verdicts(results: list[VariantResult]) -> list[Verdict]:
     """Pair each variant's stress and explore results, in the order they ran."""
     order: list[str] = []
     by: dict[str, dict[str, VariantResult]] = {}

@@ -9,6 +9,7 @@ The table is one line per variant, so it stays readable at 80 columns.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -17,9 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from shmpamt.records.faildb import DB_NOTE
 from shmpamt.records.publish import check_target, reason, write_file
 from shmpamt.records.results import VariantResult, regression_line
-from shmpamt.records.verdict import BOTH, STRESS_ONLY, Verdict, merge
+from shmpamt.records.verdict import BOTH, STRESS_ONLY, Verdict, verdicts
 from shmpamt.records.violations import VIOLATIONS, describe
 
 EXIT_CLEAN: Final = 0
@@ -48,7 +50,7 @@ class Report:
     merged: bool = False
 
     def verdicts(self) -> list[Verdict]:
-        return merge(self.results)
+        return verdicts(self.results)
 
     def exit_code(self) -> int:
         if self.interrupted == "SIGINT":
@@ -117,18 +119,17 @@ class Report:
                 console.print(f"  [bold]{r.variant}[/bold] {regression_line(r.regressions)}")
                 for g in r.regressions:
                     if g.still_fails:
-                        console.print(
-                            f"  [bold]{r.variant}[/bold] still fails ({g.kind}): "
-                            f"[cyan]shmpamt replay {g.schedule}[/cyan]"
+                        print_command(
+                            console,
+                            f"  [bold]{r.variant}[/bold] still fails ({g.kind}): ",
+                            f"shmpamt replay {g.schedule}",
                         )
             for name in (n for n in VIOLATIONS if n in r.found):
                 ex = r.examples.get(name)
                 if ex is not None:
                     console.print(f"  [bold]{r.variant}[/bold] {name}: {describe(ex)}")
             for f in r.findings:
-                console.print(
-                    f"  [bold]{r.variant}[/bold] {f.kind}: [cyan]{f.replay_command}[/cyan]"
-                )
+                print_command(console, f"  [bold]{r.variant}[/bold] {f.kind}: ", f.replay_command)
             if r.ignored_seen and r.explore is not None:
                 console.print(
                     f"  [bold]{r.variant}[/bold] {r.explore.ignored_only} execution(s) showed "
@@ -161,21 +162,29 @@ class Report:
             table.add_row(m.variant, _merged_label(m), kinds or "-", ops)
         console.print(table)
         for m in verdicts:
+            for r in m.parts:  # replayed before the search: said before its findings
+                if r.regressions is not None:
+                    console.print(f"  [bold]{m.variant}[/bold] {regression_line(r.regressions)}")
+                for note in r.notes:  # the database's notes; they quote untrusted files
+                    if note.startswith(DB_NOTE):
+                        console.print(f"  [bold]{m.variant}[/bold] note: {escape(note)}")
             for k in m.kinds:
+                head = f"  [bold]{m.variant}[/bold] {k.kind}: "
                 if k.replay:
-                    how = f"[cyan]{k.replay}[/cyan]"
+                    print_command(console, head, k.replay)
                 else:
-                    how = f"stress seed {k.seed}: [yellow]{k.note}[/yellow]"
-                console.print(f"  [bold]{m.variant}[/bold] {k.kind}: {how}")
+                    console.print(f"{head}stress seed {k.seed}: [yellow]{k.note}[/yellow]")
             for r in m.parts:
                 for inc in r.incidents:
                     console.print(f"  [bold]{m.variant}[/bold] [yellow]incident[/yellow]: {inc}")
                 if r.coverage:
                     console.print(f"  [bold]{m.variant}[/bold] {r.mode} coverage: {r.coverage}")
         if any(k.replay for m in verdicts for k in m.kinds):
-            console.print(
-                "  explore schedules are reported unshrunk to keep the campaign short: "
-                "[cyan]shmpamt replay --minimize SCHEDULE[/cyan] shrinks one"
+            print_command(
+                console,
+                "  explore schedules are reported unshrunk to keep the campaign short; "
+                "this shrinks one: ",
+                "shmpamt replay --minimize SCHEDULE",
             )
 
     def _render_summary(self, console: Console) -> None:
@@ -196,14 +205,24 @@ class Report:
         code = self.exit_code()
         console.print(f"exit status {code}: {EXIT_MEANING.get(code, '')}")
         if self.rerun:
-            console.print(f"rerun this campaign: [cyan]{self.rerun}[/cyan]")
+            print_command(console, "rerun this campaign: ", self.rerun)
         replayable = {(m.variant, k.kind) for m in self.verdicts() for k in m.kinds if k.replay}
         for r in self.results:
             if self.merged and all((r.variant, k) in replayable for k in r.failing):
                 continue
-            if r.failing and r.mode == "stress":
-                cmd = f"shmpamt explore --variant {r.spec or r.variant}"
-                console.print(f"find a replayable schedule: [cyan]{cmd}[/cyan]")
+            if r.failing and r.mode == "stress" and set(r.failing) - {f.kind for f in r.findings}:
+                cmd = shlex.join(["shmpamt", "explore", "--variant", r.spec or r.variant])
+                print_command(console, "find a replayable schedule: ", cmd)
+
+
+def print_command(console: Console, head: str, command: str) -> None:
+    """A line that ends in a command to paste (``head``: rich markup before it).
+
+    Never wrapped or cut, at any width and whether or not the output is a
+    terminal: a terminal folds it on screen but copies it as one line, a file
+    or a CI log holds it on one line.
+    """
+    console.print(f"{head}[cyan]{escape(command)}[/cyan]", soft_wrap=True)
 
 
 def _merged_label(m: Verdict) -> str:

@@ -147,6 +147,52 @@ class Scheduler(Protocol):
         """One line saying what the executions so far have covered."""
         ...
 
+    # -- what the controller uses to grant several steps at once --------------------
+
+    #: whether ``next_cpu`` reads ``pending`` (the controller computes it only then)
+    uses_pending: bool
+    #: CPU choices of the current execution, in order
+    steps: list[int]
+    #: CPU choices over all executions so far
+    total_steps: int
+
+    @property
+    def finder(self) -> str:
+        """The strategy that chose the current execution (a portfolio names its member)."""
+        ...
+
+    def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int | None) -> int:
+        """Decisions already taken (on a promise or by the strategy's rule), made at
+        once; how many chose as recorded before the first that did not."""
+        ...
+
+    def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
+        """How many of the next decisions (at most ``limit``) will pick ``cpu`` again;
+        a promise the controller checks through ``next_cpu`` or ``follow``."""
+        ...
+
+    def uniform_numbers(self, limit: int) -> list[int] | None:
+        """The next numbers of a strategy whose every decision is the uniform rule, so
+        the CPUs can decide themselves; None for any other strategy."""
+        ...
+
+    # -- what the search loop reports -----------------------------------------------
+
+    @property
+    def skipped_last(self) -> bool:
+        """The execution that just ended is another job's to count (sharded DPOR only)."""
+        ...
+
+    @property
+    def claim(self) -> Claim:
+        """What the executions so far show: verified, bounded or sampled."""
+        ...
+
+    @property
+    def distinct_schedules(self) -> int:
+        """Distinct CPU sequences run so far."""
+        ...
+
 
 @functools.cache
 def below_limit(n: int) -> int:

@@ -48,6 +48,17 @@ the big one (nothing sleeps in it yet), and at 2 CPUs x 2 rounds of ``rfc``
 the job that took it ran 36,534 complete executions against the other's 5,049;
 three levels spread the big and the small subtrees over the jobs.
 
+``subtree=prefix`` explores one subtree of the same split-state tree, for a
+distributed proof (:mod:`shmpamt.campaign.proof`): the first ``len(prefix)``
+split states take only the alternative at the prefix's position, and the next
+one is a split state too, expanded fully; its alternatives are the subtree's
+*children*, explored in order (``subtree_child`` says which one the current
+path is in). A child not finished by one task becomes a task of its own with
+the prefix one longer, so the split states reach as deep as the work demands:
+more full expansion (sound, some redundancy), never a class lost or counted by
+two tasks, because the children are exactly the subtrees a deeper split would
+give. ``MAX_SUBTREE_DEPTH`` caps the prefix.
+
 Races and sleep sets use what each executed step did (``executed``): a
 conditional atomic that left its slot unchanged only read it. A sleeping CPU
 keeps its may-write footprint, so a class may occasionally run twice (sound,
@@ -73,6 +84,8 @@ from shmpamt.schedulers.races import Trace
 
 #: split states per path when the search is sharded (see the module docstring)
 SPLIT_LEVELS: Final = 3
+#: longest subtree prefix: a task at this depth explores its whole subtree, however long
+MAX_SUBTREE_DEPTH: Final = 24
 
 
 @dataclass
@@ -151,13 +164,25 @@ class DPOR(BaseScheduler):
         max_executions: int | None = None,
         workload_seed: int = 0,
         shard: tuple[int, int] = (0, 1),
+        subtree: Sequence[int] | None = None,
     ) -> None:
-        """``preemption_bound`` None: unbounded; ``shard`` (index, count) for parallel jobs."""
+        """``preemption_bound`` None: unbounded; ``shard`` (index, count) for parallel jobs;
+        ``subtree`` a prefix of split-state positions (a distributed proof's task)."""
         if preemption_bound is not None and preemption_bound < 0:
             raise ValueError("preemption bound must be >= 0")
         index, count = shard
         if count < 1 or not 0 <= index < count:
             raise ValueError(f"shard {shard} must be (index, count) with 0 <= index < count")
+        if subtree is not None:
+            if count > 1:
+                raise ValueError("a subtree is not sharded: give shard or subtree, not both")
+            if len(subtree) > MAX_SUBTREE_DEPTH or any(p < 0 for p in subtree):
+                raise ValueError(
+                    f"subtree {tuple(subtree)} must be at most {MAX_SUBTREE_DEPTH} "
+                    "positions, each >= 0"
+                )
+        #: the subtree explored (None: the whole tree, or a shard of it)
+        self.subtree = None if subtree is None else tuple(subtree)
         super().__init__(workload_seed)
         self.preemption_bound = preemption_bound
         self.max_executions = max_executions
@@ -250,9 +275,12 @@ class DPOR(BaseScheduler):
         index, count = self.shard
         awake = [c for c in now if c not in sleep]
         level, position = parent.split_path() if parent else (0, 0)
-        if count > 1 and len(awake) >= 2 and level < SPLIT_LEVELS:
+        levels = SPLIT_LEVELS if self.subtree is None else len(self.subtree) + 1
+        if (count > 1 or self.subtree is not None) and len(awake) >= 2 and level < levels:
             alts = tuple(awake)
-            if level == SPLIT_LEVELS - 1:
+            if self.subtree is not None:
+                alts_mine = self._subtree_alternatives(alts, level, i)
+            elif level == SPLIT_LEVELS - 1:
                 alts_mine = [q for p, q in enumerate(alts) if (position + p) % count == index]
             else:
                 alts_mine = list(alts)  # every job passes through: its paths go on below
@@ -280,6 +308,45 @@ class DPOR(BaseScheduler):
         node.done.append(choice)
         self._stack.append(node)
         return choice
+
+    def _subtree_alternatives(self, alts: tuple[int, ...], level: int, step: int) -> list[int]:
+        """At a split state of a subtree task: the prefix's one alternative above the
+        subtree, every alternative at its own level (its children)."""
+        assert self.subtree is not None
+        if level == len(self.subtree):
+            return list(alts)
+        want = self.subtree[level]
+        # Invariant: the tree is the same in every task (the execution is deterministic
+        # given the schedule), so a prefix names an existing alternative.
+        if want >= len(alts):
+            raise Nondeterminism(
+                f"step {step}: split state {level} has {len(alts)} alternatives {list(alts)}, "
+                f"but the subtree {self.subtree} takes position {want}"
+            )
+        return [alts[want]]
+
+    @property
+    def subtree_child(self) -> int | None:
+        """The child of the subtree (a position at its own split level) that the current
+        path is in; None while the path has not reached that level (or never does: the
+        subtree is then a single execution)."""
+        if self.subtree is None:
+            return None
+        m = len(self.subtree)
+        for node in self._stack:
+            if node.split and node.path_before[0] == m:
+                return node.alternatives.index(node.choice)
+        return None
+
+    @property
+    def subtree_children(self) -> int:
+        """How many children the subtree has (0 until its split state has been reached)."""
+        if self.subtree is None:
+            return 0
+        m = len(self.subtree)
+        return next(
+            (len(n.alternatives) for n in self._stack if n.split and n.path_before[0] == m), 0
+        )
 
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         # A replayed prefix is followed whatever the footprints are (a different state
@@ -436,6 +503,8 @@ class DPOR(BaseScheduler):
     def coverage(self) -> str:
         index, count = self.shard
         part = f" (shard {index}/{count}: this job's part only)" if count > 1 else ""
+        if self.subtree is not None:
+            part = f" (subtree {list(self.subtree)} only)"
         counts = (
             f"{self.executions} executions, {self.sleep_blocked} sleep-set blocked, "
             f"{self.deadlocks} ending in deadlock"

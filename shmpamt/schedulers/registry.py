@@ -79,5 +79,4 @@ def make_scheduler(
 
 def claim_of(scheduler: Scheduler) -> Claim:
     """What a finished strategy's executions support: "verified", "bounded" or "sampled"."""
-    claim: Claim = getattr(scheduler, "claim", "sampled")
-    return claim
+    return scheduler.claim

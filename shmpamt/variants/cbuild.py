@@ -37,6 +37,7 @@ import cffi
 
 from shmpamt.errors import VariantLoadError
 from shmpamt.machine.kernel import PRIMITIVES
+from shmpamt.records.variant_files import cache_root
 
 _PACKAGE: Final = Path(__file__).resolve().parent.parent
 INCLUDE_DIR: Final = _PACKAGE / "include"
@@ -128,11 +129,7 @@ class CSource:
 
 
 def cache_dir() -> Path:
-    explicit = os.environ.get("SHMPAMT_CACHE_DIR")
-    if explicit:
-        return Path(explicit) / "cvariants"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "shmpamt" / "cvariants"
+    return cache_root() / "cvariants"
 
 
 def _generated_source(src: CSource) -> str:

@@ -1,0 +1,244 @@
+"""``shmpamt campaign --strategy dpor``: one distributed proof per variant and scenario.
+
+Imported by :mod:`shmpamt.cli.campaign` when a plan has the dpor strategy (it
+loads Dask): each variant's proof runs as subtree tasks on one cluster
+(:mod:`shmpamt.campaign.proof`), with its frontier checkpointed under the
+failure database's directory so that ``--resume`` continues an interrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
+from rich.console import Console
+from rich.live import Live
+
+from shmpamt.campaign.cluster import local_cluster
+from shmpamt.campaign.matrix import Plan
+from shmpamt.campaign.proof import (
+    VERIFIED,
+    Frontier,
+    ProofProgress,
+    ProofSpec,
+    checkpoint_path,
+    run_proof,
+)
+from shmpamt.cli import common
+from shmpamt.errors import UsageError
+from shmpamt.report.terminal import (
+    EXIT_CLEAN,
+    EXIT_ERROR,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_VIOLATIONS,
+    compact,
+)
+
+
+@dataclass
+class ProofOutcome:
+    spec: ProofSpec
+    frontier: Frontier | None = None
+    checkpoint: Path | None = None
+    resumed: bool = False
+    workers: int = 0
+    wall: float = 0.0
+    error: str = ""
+    ignore: frozenset[str] = frozenset()
+
+    @property
+    def failing(self) -> list[str]:
+        f = self.frontier
+        return [k for k in f.kinds if k not in self.ignore] if f else []
+
+    def to_dict(self) -> dict[str, Any]:
+        f = self.frontier
+        return {
+            "proof": self.spec.to_dict(),
+            "verdict": f.verdict if f and not self.error else "incomplete",
+            "reason": self.error or (f.reason() if f else ""),
+            "complete_executions": f.total("complete") if f else 0,
+            "executions": f.total("executions") if f else 0,
+            "sleep_blocked": f.total("sleep_blocked") if f else 0,
+            "deadlocks": f.total("deadlocks") if f else 0,
+            "executions_run": f.executions_run if f else 0,
+            "tasks": len(f.log) if f else 0,
+            "retried": dict(f.failures) if f else {},
+            "kinds": f.kinds if f else {},
+            "failing": self.failing,
+            "findings": [
+                {**v, "replay": f"shmpamt replay {v['schedule']}"}
+                for _, v in sorted(f.findings.items())
+            ]
+            if f
+            else [],
+            "seconds": f.elapsed if f else 0.0,
+            "resumed": self.resumed,
+            "workers": self.workers,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+        }
+
+
+@dataclass
+class ProofBoard:
+    outcomes: list[ProofOutcome] = field(default_factory=list)
+    interrupted: str = ""
+    scheduler: str = ""
+
+    def exit_code(self) -> int:
+        if self.interrupted == "SIGINT":
+            return EXIT_SIGINT
+        if self.interrupted == "SIGTERM":
+            return EXIT_SIGTERM
+        if any(o.failing for o in self.outcomes):
+            return EXIT_VIOLATIONS
+        if any(o.error or not o.frontier or o.frontier.verdict != VERIFIED for o in self.outcomes):
+            return EXIT_ERROR
+        return EXIT_CLEAN
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [o.to_dict() for o in self.outcomes]
+
+
+def _line(p: ProofProgress) -> str:
+    est = f", ~{compact(p.estimate)} estimated" if p.estimate is not None else ""
+    left = f", ~{p.seconds_left:.0f} s left" if p.seconds_left is not None else ""
+    return (
+        f"proof {p.name}: {p.tasks_done} subtree task(s) done, {p.outstanding} outstanding "
+        f"({p.running} running), {compact(p.complete)} complete executions{est}{left}, "
+        f"{p.elapsed:.0f} s"
+    )
+
+
+@contextlib.contextmanager
+def _client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
+    with contextlib.ExitStack() as stack:
+        if scheduler is None:
+            cluster = stack.enter_context(local_cluster(workers or os.cpu_count() or 1))
+            yield stack.enter_context(Client(cluster, set_as_default=False))
+            return
+        try:
+            client = stack.enter_context(Client(scheduler, timeout=30, set_as_default=False))
+        except OSError as e:
+            raise UsageError(f"cannot reach the scheduler {scheduler}: {e}", "scheduler") from None
+        yield client
+
+
+def prove_all(
+    plan: Plan,
+    *,
+    scheduler: str | None,
+    workers: int | None,
+    db: str | None,
+    resume: bool,
+    slice_: int,
+    ranges: int = 1,
+) -> ProofBoard:
+    """Run (or resume) one proof per variant of ``plan``; render each as it ends."""
+    specs: list[ProofSpec] = [
+        common.build(partial(ProofSpec, v, plan.cpus, plan.rounds, ranges, plan.seed, slice_))
+        for v in plan.variants
+    ]
+    if resume and db is None:
+        common.fail("--resume needs the failure database's directory for its checkpoint (--db)")
+    board = ProofBoard(scheduler=scheduler or "local")
+    with common.trapped_signals() as interrupted:
+        try:
+            with _client(scheduler, workers) as client:
+                for spec in specs:
+                    if interrupted:
+                        break
+                    board.outcomes.append(_one(client, spec, db, resume, plan, interrupted))
+        except UsageError as e:
+            common.fail(common.flag_message(e))
+        board.interrupted = interrupted.signal
+    return board
+
+
+def _one(
+    client: Client, spec: ProofSpec, db: str | None, resume: bool, plan: Plan, interrupted: Any
+) -> ProofOutcome:
+    console = common.out_console
+    out = ProofOutcome(spec, ignore=plan.ignore)
+    path = out.checkpoint = checkpoint_path(db, spec) if db else None
+    frontier = Frontier(spec)
+    if path is not None and path.exists():
+        if resume:
+            frontier = common.build(partial(Frontier.load, path, spec))
+            out.resumed = True
+            console.print(
+                f"proof {spec.name}: resuming {out.checkpoint}: {len(frontier.outstanding)} "
+                f"subtree(s) outstanding, {compact(frontier.total('complete'))} complete "
+                "executions counted"
+            )
+        else:
+            console.print(
+                f"proof {spec.name}: starting afresh over {out.checkpoint} (--resume continues it)"
+            )
+    out.frontier = frontier
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+        try:
+            run = run_proof(
+                client,
+                frontier,
+                checkpoint=out.checkpoint,
+                on_progress=lambda p: live.update(_line(p)),
+                should_stop=lambda: bool(interrupted),
+            )
+            out.workers, out.wall = run.workers, run.wall
+        except UsageError:
+            raise
+        except Exception as e:
+            if os.environ.get("SHMPAMT_DEBUG"):
+                raise
+            out.error = f"{type(e).__name__}: {e}"
+    render(out, console, bool(interrupted))
+    return out
+
+
+def render(o: ProofOutcome, console: Console, interrupted: bool) -> None:
+    f = o.frontier
+    assert f is not None
+    d = o.to_dict()
+    counts = (
+        f"{d['executions']} executions, {d['sleep_blocked']} sleep-set blocked, "
+        f"{d['deadlocks']} ending in deadlock"
+    )
+    where = f"{d['tasks']} subtree task(s) on {o.workers} worker(s), {f.elapsed:.1f} s"
+    if d["verdict"] == VERIFIED:
+        console.print(
+            f"proof {o.spec.name}: [green]verified[/green]: all classes of interleavings "
+            f"explored, in {d['complete_executions']} complete executions ({counts}); {where}"
+        )
+    else:
+        console.print(
+            f"proof {o.spec.name}: [yellow]incomplete[/yellow]: {d['reason']}; "
+            f"{d['complete_executions']} complete executions counted so far ({counts}); {where}"
+        )
+    if f.executions_run > d["executions"]:
+        console.print(
+            f"  {f.executions_run} executions run in all: the rest were children in "
+            "progress when a slice ended, explored again by their own tasks"
+        )
+    for kind, n in f.kinds.items():
+        best = f.findings.get(kind)
+        tag = " (ignored)" if kind in o.ignore else ""
+        replay = f": [cyan]shmpamt replay {best['schedule']}[/cyan]" if best else ""
+        console.print(f"  [bold]{kind}[/bold]{tag}: {n} execution(s){replay}")
+    for prefix, reasons in sorted(f.failures.items()):
+        console.print(
+            f"  [yellow]retried[/yellow]: subtree [{prefix.replace('.', ', ')}] failed "
+            f"{len(reasons)} time(s): {reasons[-1]}"
+        )
+    if interrupted and o.checkpoint is not None:
+        console.print(
+            f"[yellow]interrupted: the frontier is saved in {o.checkpoint}; add --resume to "
+            "continue[/yellow]"
+        )
