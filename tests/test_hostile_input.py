@@ -217,6 +217,16 @@ def test_a_search_skips_each_bad_file_once_and_still_replays_the_good_ones(
     assert "[/nope]" in shown.getvalue() and "[bold]x.json" in shown.getvalue()
 
 
+def test_stress_with_a_database_skips_each_bad_file_once(tmp_path: Path) -> None:
+    db, outside = tmp_path / "db", tmp_path / "not-the-db.json"
+    paths = _corrupt(db, outside)
+    res = shmpamt.stress("locked", cpus=2, iterations=3, seed=1, db=str(db))
+    assert not res.verdict, res.summary()
+    for k, p in paths.items():
+        said = [n for n in res.raw.notes if str(p) in n]
+        assert len(said) == (0 if k == "good" else 1), (k, res.raw.notes)
+
+
 def test_a_campaign_skips_each_bad_file_once(tmp_path: Path) -> None:
     db, outside = tmp_path / "db", tmp_path / "not-the-db.json"
     paths = _corrupt(db, outside)
