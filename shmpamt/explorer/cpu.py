@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from shmpamt.engine.cpu import Attached, run_cpu_process
 from shmpamt.engine.system import SystemNames
-from shmpamt.engine.workload import Workload, one_round, pick_page
+from shmpamt.engine.workload import Workload, free_cache, new_cache, one_round, pick_page
 from shmpamt.explorer.board import (
     CMD_EXIT,
     CMD_START,
@@ -50,10 +50,14 @@ def cpu_explore_main(
             rng = workload_rng(arg, cpu)
             k.injected = 0
             state = DONE
+            # A fresh cache each execution: the pool reset took back any cached pages.
+            cache = new_cache(a.variant)
             try:
                 for _ in range(rounds):
-                    one_round(k, a.variant, pick_page(rng, cpu, names.cpus, workload), 0.0, a.log)
+                    hpa = pick_page(rng, cpu, names.cpus, workload)
+                    one_round(k, a.variant, hpa, 0.0, a.log, cache=cache)
                     board.inc(cpu, ITERATIONS)
+                free_cache(k, a.variant, cache)
             except Aborted as stop:
                 if stop.cmd == CMD_EXIT:
                     return
