@@ -9,6 +9,7 @@ machinery (processes, daemon, shared memory) and are kept few.
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from shmpamt.machine.lock import PamtLock
 from shmpamt.records.results import VERIFIED
 from shmpamt.records.violations import CACHE_GET_ENOMEM, GET_FAILED_TOPUP, Violation, describe
 from shmpamt.variants.base import CachedPamtVariant, PamtCache
+from shmpamt.variants.cbuild import INCLUDE_DIR
 from shmpamt.variants.registry import VariantLoadError, load_variant
 
 CACHED = ["v6", "v6.c", "v6-locked", "v6-locked.c"]
@@ -369,3 +371,31 @@ def test_pool_pages_hold_the_cache() -> None:
     c = v.new_pamt_cache()
     assert isinstance(c, PamtCache) and c.cnt == 0 and c.page_list == []
     assert page_hpa(1, 511) < POOL_BASE
+
+
+def _header_identifiers() -> set[str]:
+    """Every name kernel.h gives a variant: macros, typedefs, structs, functions."""
+    text = (INCLUDE_DIR / "shmpamt" / "kernel.h").read_text()
+    found: set[str] = set()
+    for pattern in (
+        r"^#define\s+(\w+)",
+        r"^typedef\s+[^;{]*?\b(\w+);",
+        r"^typedef struct \{[^}]*\}\s*(\w+);",
+        r"^static (?:inline |const )?[\w\s\*]*?\b(\w+)\s*[\(\[]",
+        r"^struct (\w+) \{",
+        r"^(?:u64|void|int|s32|struct page \*)\s*\*?(\w+)\(",
+    ):
+        found |= set(re.findall(pattern, text, re.M | re.S))
+    # The rig's own plumbing (shmpamt_*) and the include guard are not for variants.
+    return {n for n in found if not n.lower().startswith("shmpamt")}
+
+
+def test_variants_md_lists_every_identifier_the_header_provides() -> None:
+    names = _header_identifiers()
+    # Invariant: the extraction sees the header's v6 additions (it is not vacuous).
+    assert {"kvm_pfn_t", "scoped_guard", "tdx_pamt_cache", "tdx_find_pamt_refcount"} <= names
+    doc = (HERE.parent / "docs" / "variants.md").read_text()
+    section = doc.split("### What `<shmpamt/kernel.h>` provides")[1].split("\n### ")[0]
+    spans = re.findall(r"`([^`]+)`", section)
+    missing = sorted(n for n in names if not any(re.search(rf"\b{n}\b", s) for s in spans))
+    assert missing == []
