@@ -14,7 +14,7 @@
  * The seed's int tdx_pamt_get(struct page *) and void tdx_pamt_put(struct
  * page *), or v6's pfn API: int tdx_pamt_get(kvm_pfn_t[, struct
  * tdx_pamt_cache *]) and void tdx_pamt_put(kvm_pfn_t). The shape is read
- * from the functions' types; each is called only through its own type.
+ * from the functions' types; each is called with its own type.
  */
 #define SHMPAMT_IS(fn, type) __builtin_types_compatible_p(__typeof__(fn), type)
 #define SHMPAMT_GET_PAGE SHMPAMT_IS(SHMPAMT_GET_FN, int(struct page *))
@@ -29,13 +29,52 @@ _Static_assert(SHMPAMT_GET_PAGE || SHMPAMT_GET_PFN || SHMPAMT_GET_CACHE,
 _Static_assert(SHMPAMT_PUT_PAGE || SHMPAMT_PUT_PFN,
 	       "shmpamt: tdx_pamt_put must be void (struct page *) or void (kvm_pfn_t)");
 
+/*
+ * Stand-ins of each shape. __builtin_choose_expr() picks the variant's own
+ * function when its shape matches and a stand-in otherwise, so every call
+ * below is made with the callee's exact type; the stand-ins are never run.
+ */
+static __attribute__((unused)) int shmpamt_no_get_page(struct page *page)
+{
+	shmpamt_bug("tdx_pamt_get(struct page *) called on a helper of another shape");
+}
+
+static __attribute__((unused)) int shmpamt_no_get_pfn(kvm_pfn_t pfn)
+{
+	shmpamt_bug("tdx_pamt_get(kvm_pfn_t) called on a helper of another shape");
+}
+
+static __attribute__((unused)) int shmpamt_no_get_cache(kvm_pfn_t pfn,
+							 struct tdx_pamt_cache *cache)
+{
+	shmpamt_bug("tdx_pamt_get(kvm_pfn_t, cache) called on a helper of another shape");
+}
+
+static __attribute__((unused)) void shmpamt_no_put_page(struct page *page)
+{
+	shmpamt_bug("tdx_pamt_put(struct page *) called on a helper of another shape");
+}
+
+static __attribute__((unused)) void shmpamt_no_put_pfn(kvm_pfn_t pfn)
+{
+	shmpamt_bug("tdx_pamt_put(kvm_pfn_t) called on a helper of another shape");
+}
+
+#define SHMPAMT_AS(shape, fn, stand_in) __builtin_choose_expr(shape, fn, stand_in)
+
+/* A weak function's address: NULL when the variant does not define it. */
+static int shmpamt_defined(const void *fn)
+{
+	return fn != NULL;
+}
+
 /* What Python needs to know of the helpers (SHMPAMT_API_* bits). */
 int shmpamt_api(void)
 {
 	return (SHMPAMT_GET_PFN || SHMPAMT_GET_CACHE ? SHMPAMT_API_PFN : 0) |
 	       (SHMPAMT_GET_CACHE ? SHMPAMT_API_CACHE : 0) |
-	       (&SHMPAMT_TOPUP_FN ? SHMPAMT_API_TOPUP : 0) |
-	       (&SHMPAMT_FREE_CACHE_FN ? SHMPAMT_API_FREE_CACHE : 0);
+	       (shmpamt_defined((const void *)SHMPAMT_TOPUP_FN) ? SHMPAMT_API_TOPUP : 0) |
+	       (shmpamt_defined((const void *)SHMPAMT_FREE_CACHE_FN) ? SHMPAMT_API_FREE_CACHE : 0);
 }
 
 /* ---- entry points ------------------------------------------------------- */
@@ -82,11 +121,11 @@ static int64_t shmpamt_body_get(struct shmpamt_call_args *args)
 
 	INIT_LIST_HEAD(&guest.lru);
 	if (SHMPAMT_GET_CACHE)
-		return ((int (*)(kvm_pfn_t, struct tdx_pamt_cache *))SHMPAMT_GET_FN)(pfn,
-										 args->cache);
+		return SHMPAMT_AS(SHMPAMT_GET_CACHE, SHMPAMT_GET_FN, shmpamt_no_get_cache)(pfn,
+											 args->cache);
 	if (SHMPAMT_GET_PFN)
-		return ((int (*)(kvm_pfn_t))SHMPAMT_GET_FN)(pfn);
-	return ((int (*)(struct page *))SHMPAMT_GET_FN)(&guest);
+		return SHMPAMT_AS(SHMPAMT_GET_PFN, SHMPAMT_GET_FN, shmpamt_no_get_pfn)(pfn);
+	return SHMPAMT_AS(SHMPAMT_GET_PAGE, SHMPAMT_GET_FN, shmpamt_no_get_page)(&guest);
 }
 
 static int64_t shmpamt_body_put(struct shmpamt_call_args *args)
@@ -95,9 +134,10 @@ static int64_t shmpamt_body_put(struct shmpamt_call_args *args)
 
 	INIT_LIST_HEAD(&guest.lru);
 	if (SHMPAMT_PUT_PFN)
-		((void (*)(kvm_pfn_t))SHMPAMT_PUT_FN)(args->hpa >> PAGE_SHIFT);
+		SHMPAMT_AS(SHMPAMT_PUT_PFN, SHMPAMT_PUT_FN, shmpamt_no_put_pfn)(args->hpa >>
+										 PAGE_SHIFT);
 	else
-		((void (*)(struct page *))SHMPAMT_PUT_FN)(&guest);
+		SHMPAMT_AS(SHMPAMT_PUT_PAGE, SHMPAMT_PUT_FN, shmpamt_no_put_page)(&guest);
 	return 0;
 }
 
