@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Final
 
 from shmpamt import tdx
@@ -275,8 +276,19 @@ class Scenario:
         return cls(found(s).spec or "", s.cpus, s.rounds, s.ranges, s.pages, s.source)
 
 
+#: the C twins of the built-ins (``rfc.c``...): names, not files in the working directory
+_TWINS_DIR: Final = Path(__file__).resolve().parent / "variants" / "c"
+
+
+def builtin_twin(name: str) -> bool:
+    """Whether ``name`` is a built-in C twin, which the registry loads by name first."""
+    return "/" not in name and name.endswith(".c") and (_TWINS_DIR / name).is_file()
+
+
 def found(s: Schedule) -> Located:
     """Where a schedule's variant is (VariantLoadError: nowhere)."""
+    if builtin_twin(s.variant):
+        return Located(s.variant)
     where = locate(s.variant, s.source)
     if where.spec is None:
         raise VariantLoadError(not_found(s.variant, s.source))

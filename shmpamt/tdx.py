@@ -41,6 +41,8 @@ PAGE_SIZE: Final = 4096
 SZ_2M: Final = 2 * 1024 * 1024
 PAGES_PER_2M: Final = SZ_2M // PAGE_SIZE
 PAMT_PAGES_PER_2M: Final = 2  # 16 bytes x 512 entries = 8 KiB
+#: the v6 series' name for it
+TDX_DPAMT_ENTRY_PAGE_CNT: Final = PAMT_PAGES_PER_2M
 
 # status words
 TDX_ERROR: Final = 1 << 63

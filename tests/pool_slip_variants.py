@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from shmpamt import tdx
 from shmpamt.machine.kernel import Kernel
-from shmpamt.variants.v6 import V6
+from shmpamt.variants.base import PamtCache
+from shmpamt.variants.v6 import V6, alloc_dpamt_page
 
 
 class FreesAddedPages(V6):
@@ -18,12 +19,12 @@ class FreesAddedPages(V6):
 
     name = "frees-added-pages"
 
-    def tdx_pamt_get(self, k: Kernel, page: int) -> int:
+    def tdx_pamt_get(self, k: Kernel, page: int, cache: PamtCache | None = None) -> int:
         hpa = tdx.align_down_2m(page)
         ref = k.tdx_get_pamt_refcount(hpa)
         if k.atomic_inc_not_zero(ref):
             return 0
-        pages = [k.alloc_page(), k.alloc_page()]
+        pages = [alloc_dpamt_page(k, cache), alloc_dpamt_page(k, cache)]
         if None in pages:
             return -tdx.ENOMEM
         mine = [p for p in pages if p is not None]

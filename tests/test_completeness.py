@@ -26,7 +26,7 @@ def test_default_explore_finds_every_kind_dpor_proves(variant: str) -> None:
         assert f.kind in api.replay(f.schedule).found, f
 
 
-@pytest.mark.parametrize("variant", ["locked", "v6"])
+@pytest.mark.parametrize("variant", ["locked", "v6", "v6-locked"])
 def test_correct_variants_are_verified_clean(variant: str) -> None:
     r = api.explore(variant, strategy="dpor", rounds=1, budget=120.0, seed=1)
     assert r.clean and r.raw.explore is not None and r.raw.explore.claim == "verified"

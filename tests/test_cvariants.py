@@ -339,7 +339,7 @@ def test_replayed_schedule_gives_the_same_trace(variant: str) -> None:
     assert found.findings[0].kind in replayed.verdict
 
 
-@pytest.mark.parametrize("variant", ["rfc", "kai", "locked", "v4", "v6"])
+@pytest.mark.parametrize("variant", ["rfc", "kai", "locked", "v4", "v6", "v6-locked"])
 def test_every_twin_takes_the_same_steps_under_random_schedules(variant: str) -> None:
     """Same scheduler seed, same workload: the C twin's trace equals the Python one's."""
     traces = []

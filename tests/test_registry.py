@@ -23,6 +23,7 @@ EXPECTED_ORDER = [
     "locked",
     "v4",
     "v6",
+    "v6-locked",
     "rfc-norecheck",
     "rfc-early-publish",
     "rfc-leak-on-lost-race",

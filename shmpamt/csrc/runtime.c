@@ -180,7 +180,7 @@ static int32_t shmpamt_range_of(u64 rcx)
 	return (int32_t)(rcx / SZ_2M);
 }
 
-u64 tdh_phymem_pamt_add(u64 hpa_ps, struct list_head *pamt_pages)
+u64 shmpamt_pamt_add_list(u64 hpa_ps, struct list_head *pamt_pages)
 {
 	u64 rdx = 0, r8 = 0;
 
@@ -193,10 +193,16 @@ u64 tdh_phymem_pamt_add(u64 hpa_ps, struct list_head *pamt_pages)
 				 (int64_t)rdx, (int64_t)r8);
 }
 
-u64 tdh_phymem_pamt_remove(u64 hpa_ps, struct list_head *pamt_pages)
+/* PAMT.REMOVE; the module's two pages (rdx, r8) wait in the context. */
+static u64 shmpamt_pamt_remove(u64 hpa_ps)
 {
-	u64 err = (u64)shmpamt_call(SHMPAMT_OP_PAMT_REMOVE, shmpamt_range_of(hpa_ps),
-				    (int64_t)hpa_ps, 0, 0);
+	return (u64)shmpamt_call(SHMPAMT_OP_PAMT_REMOVE, shmpamt_range_of(hpa_ps), (int64_t)hpa_ps,
+				 0, 0);
+}
+
+u64 shmpamt_pamt_remove_list(u64 hpa_ps, struct list_head *pamt_pages)
+{
+	u64 err = shmpamt_pamt_remove(hpa_ps);
 
 	if (!err) {
 		int64_t out[2] = { shmpamt_cur->out1, shmpamt_cur->out2 };
@@ -210,6 +216,33 @@ u64 tdh_phymem_pamt_remove(u64 hpa_ps, struct list_head *pamt_pages)
 		}
 	}
 	return err;
+}
+
+/* rcx for the 2M range of @pfn, as v6's pamt_2mb_arg() builds it. */
+static u64 shmpamt_pfn_2m_arg(kvm_pfn_t pfn)
+{
+	return ALIGN_DOWN(pfn << PAGE_SHIFT, SZ_2M) | TDX_PS_2M;
+}
+
+u64 shmpamt_pamt_add_pages(kvm_pfn_t pfn, struct page **pamt_pages)
+{
+	u64 rcx = shmpamt_pfn_2m_arg(pfn);
+
+	return (u64)shmpamt_call(SHMPAMT_OP_PAMT_ADD, shmpamt_range_of(rcx), (int64_t)rcx,
+				 (int64_t)page_to_phys(pamt_pages[0]),
+				 (int64_t)page_to_phys(pamt_pages[1]));
+}
+
+u64 shmpamt_pamt_remove_pages(kvm_pfn_t pfn, struct page **pamt_pages)
+{
+	u64 err = shmpamt_pamt_remove(shmpamt_pfn_2m_arg(pfn));
+
+	if (err)
+		return err;
+	/* the pages travel in rdx and r8 */
+	pamt_pages[0] = shmpamt_pool_page((phys_addr_t)shmpamt_cur->out1);
+	pamt_pages[1] = shmpamt_pool_page((phys_addr_t)shmpamt_cur->out2);
+	return TDX_SUCCESS;
 }
 
 /* ---- the crash note ----------------------------------------------------- */

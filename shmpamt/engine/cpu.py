@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Final, NoReturn
 
 from shmpamt.engine.system import SystemNames
-from shmpamt.engine.workload import Workload, judge_failed_get, one_round, pick_page
+from shmpamt.engine.workload import (
+    Workload,
+    free_cache,
+    judge_failed_get,
+    new_cache,
+    one_round,
+    pick_page,
+)
 from shmpamt.errors import LockError
 from shmpamt.machine.atomic import RefcountArray
 from shmpamt.machine.chaos import UNIFORM, TargetedChaos, UniformChaos
@@ -41,7 +48,7 @@ from shmpamt.machine.pages import PamtPagePool
 from shmpamt.machine.seamcall import SeamcallError, SeamcallPort
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.faults import FaultPlan
-from shmpamt.variants.base import PamtVariant
+from shmpamt.variants.base import CachedPamtVariant, PamtVariant
 from shmpamt.variants.cvariant import CVariant, PairLoop, arm_crash_report
 from shmpamt.variants.registry import load_variant
 
@@ -151,6 +158,7 @@ def cpu_main(
         held: set[int] = set()  # pages kept because injection refused every RECLAIM
         if (
             isinstance(a.variant, CVariant)
+            and not isinstance(a.variant, CachedPamtVariant)
             and hook is None
             and not workload.use_page
             and hold_max == 0
@@ -176,7 +184,11 @@ def cpu_main(
             )
             return
         epoch = 0
+        cache = new_cache(a.variant)
         while not board.stopping():
+            if cache is not None and board.requested_epoch() != epoch:
+                # A fresh start judges quiescence: cached pages must be back by then.
+                free_cache(k, a.variant, cache)
             epoch = board.pause_if_asked(cpu, epoch, names.runner)
             if workload.iterations and done >= workload.iterations:
                 break
@@ -186,7 +198,7 @@ def cpu_main(
                 time.sleep(0.001)  # every page may be held: do not spin
                 continue
             hold = rng.random() * hold_max
-            if not one_round(k, a.variant, hpa, hold, a.log, workload.use_page, held):
+            if not one_round(k, a.variant, hpa, hold, a.log, workload.use_page, held, cache):
                 board.inc(cpu, GETS_FAILED)
             done += 1
             board.inc(cpu, ITERATIONS)
@@ -194,6 +206,8 @@ def cpu_main(
             board.set(cpu, WARNINGS, k.warnings)
             if targeted is not None:
                 board.set(cpu, DELAYS, targeted.delays)
+        # tdx_vcpu_free(): the CPU's cached pages go back before it stops.
+        free_cache(k, a.variant, cache)
 
     run_cpu_process(names, cpu, variant_spec, workload, loop)
 

@@ -1,5 +1,12 @@
 """What a CPU does in a round, KVM-like: pick a 4 KiB page, get, AUG, hold, RECLAIM, put.
 
+The order is KVM's: map = get, then AUG, and put if AUG failed; unmap = RECLAIM,
+then put. A variant whose get takes a PAMT page cache (v6's ``tdx_pamt_cache``)
+gets one per CPU, topped up for one get before every round as KVM tops up a
+vCPU's cache before taking the MMU lock, and freed when the CPU stops (as
+``tdx_vcpu_free`` does). Such a get must never fail for lack of memory:
+``cache_get_enomem`` says it did.
+
 Each CPU uses its own page slots within every range (slot j belongs to CPU
 j % cpus) so two CPUs never AUG the same 4 KiB page: sharing happens at the
 2 MiB level, where the refcount protocol lives.
@@ -11,14 +18,18 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from shmpamt import tdx
 from shmpamt.config import Scenario, StressConfig
 from shmpamt.machine.kernel import Kernel, page_hpa, range_of
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.faults import page_kept_by_injection
-from shmpamt.records.violations import GET_FAILED
-from shmpamt.variants.base import PamtVariant
+from shmpamt.records.violations import CACHE_GET_ENOMEM, GET_FAILED, GET_FAILED_TOPUP
+from shmpamt.variants.base import CachedPamtVariant, PamtCache, PamtVariant
+
+#: gets a round's top-up covers: one guest page is mapped per round
+TOPUP_GETS: Final = 1
 
 
 @dataclass(frozen=True)
@@ -70,15 +81,30 @@ def one_round(
     log: ViolationLog,
     use_page: bool = True,
     held: set[int] | None = None,
+    cache: PamtCache | None = None,
 ) -> bool:
-    """get, AUG, hold, RECLAIM, put. Returns False if the get failed.
+    """(top-up,) get, AUG, hold, RECLAIM, put. Returns False if the get (or top-up) failed.
 
+    ``cache``: the CPU's PAMT page cache, for a :class:`CachedPamtVariant`.
     A page whose RECLAIM injection kept refusing stays assigned: the CPU keeps it
     (and its reference) in ``held`` and skips the put, which would otherwise make
     a correct variant's PAMT.REMOVE look like ``remove_while_in_use``.
     """
     before = k.injected
-    err = variant.tdx_pamt_get(k, hpa)
+    if isinstance(variant, CachedPamtVariant) and cache is not None:
+        # KVM's fault path: fill the cache first; if that fails, no get is made.
+        err = variant.tdx_topup_pamt_cache(k, cache, TOPUP_GETS)
+        if err:
+            judge_failed_get(k, log, hpa, err, before, GET_FAILED_TOPUP)
+            return False
+        before = k.injected
+        err = variant.tdx_pamt_get(k, hpa, cache)
+        # Invariant: a get whose cache holds a pair for it never lacks memory.
+        if err == -tdx.ENOMEM:
+            log.record(CACHE_GET_ENOMEM, cpu=k.cpu, range_=range_of(hpa), a=err)
+            return False
+    else:
+        err = variant.tdx_pamt_get(k, hpa)
     if err:
         judge_failed_get(k, log, hpa, err, before)
         return False
@@ -95,11 +121,25 @@ def one_round(
     return True
 
 
-def judge_failed_get(k: Kernel, log: ViolationLog, hpa: int, err: int, injected: int) -> None:
+def judge_failed_get(
+    k: Kernel, log: ViolationLog, hpa: int, err: int, injected: int, what: int = 0
+) -> None:
     """A failed get is fine only if a fault was injected into it (``k.injected`` moved
-    past ``injected``, its value before the get); otherwise it is ``get_failed``."""
+    past ``injected``, its value before the get); otherwise it is ``get_failed``
+    (``what``: ``GET_FAILED_TOPUP`` when the cache top-up before it failed)."""
     if k.injected == injected:
-        log.record(GET_FAILED, cpu=k.cpu, range_=range_of(hpa), a=err)
+        log.record(GET_FAILED, cpu=k.cpu, range_=range_of(hpa), a=err, c=what)
+
+
+def new_cache(variant: PamtVariant) -> PamtCache | None:
+    """A CPU's PAMT page cache if the variant's get takes one (``tdx_init_pamt_cache``)."""
+    return variant.new_pamt_cache() if isinstance(variant, CachedPamtVariant) else None
+
+
+def free_cache(k: Kernel, variant: PamtVariant, cache: PamtCache | None) -> None:
+    """The CPU stops (or pauses): its cached pages go back (``tdx_free_pamt_cache``)."""
+    if isinstance(variant, CachedPamtVariant) and cache is not None:
+        variant.tdx_free_pamt_cache(k, cache)
 
 
 def _retry_busy(k: Kernel, leaf_call: Callable[[int], int], hpa: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from shmpamt.engine.cpu import Attached, run_cpu_process
 from shmpamt.engine.system import SystemNames
-from shmpamt.engine.workload import Workload, one_round, pick_page
+from shmpamt.engine.workload import Workload, free_cache, new_cache, one_round, pick_page
 from shmpamt.explorer.board import (
     CMD_EXIT,
     CMD_START,
@@ -20,7 +20,7 @@ from shmpamt.explorer.hook import ExploreHook, workload_rng
 from shmpamt.machine.cpu_board import ITERATIONS, CpuBoard
 from shmpamt.machine.kernel import Kernel
 from shmpamt.records.execution import GET, PUT
-from shmpamt.variants.base import PamtVariant
+from shmpamt.variants.base import CachedPamtVariant, PamtCache, PamtVariant
 
 
 def cpu_explore_main(
@@ -43,7 +43,7 @@ def cpu_explore_main(
 
     def executions(board: CpuBoard, a: Attached, sb: ExploreBoard, hook: ExploreHook) -> None:
         k = Kernel(cpu, a.refcounts, a.lock, a.pool, a.port, hook=hook)
-        variant = Marked(a.variant, hook)
+        variant = marked(a.variant, hook)
         while True:
             cmd, arg = hook.wait_command()
             if cmd == CMD_EXIT:
@@ -53,10 +53,14 @@ def cpu_explore_main(
             rng = workload_rng(arg, cpu)
             k.injected = 0
             state = DONE
+            # A fresh cache each execution: the pool reset took back any cached pages.
+            cache = new_cache(variant)
             try:
                 for _ in range(rounds):
-                    one_round(k, variant, pick_page(rng, cpu, names.cpus, workload), 0.0, a.log)
+                    hpa = pick_page(rng, cpu, names.cpus, workload)
+                    one_round(k, variant, hpa, 0.0, a.log, cache=cache)
                     board.inc(cpu, ITERATIONS)
+                free_cache(k, variant, cache)
             except Aborted as stop:
                 if stop.cmd == CMD_EXIT:
                     return
@@ -88,3 +92,50 @@ class Marked(PamtVariant):
             self._variant.tdx_pamt_put(k, page)
         finally:
             self._hook.leave()
+
+
+class MarkedCached(CachedPamtVariant):
+    """:class:`Marked` for a variant whose get takes a PAMT page cache (v6 as posted):
+    the cache's top-up and free are marked as the get and put they serve."""
+
+    def __init__(self, variant: CachedPamtVariant, hook: ExploreHook) -> None:
+        self._variant = variant
+        self._hook = hook
+
+    def tdx_pamt_get(self, k: Kernel, page: int, cache: PamtCache | None = None) -> int:
+        self._hook.enter(GET)
+        try:
+            return self._variant.tdx_pamt_get(k, page, cache)
+        finally:
+            self._hook.leave()
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        self._hook.enter(PUT)
+        try:
+            self._variant.tdx_pamt_put(k, page)
+        finally:
+            self._hook.leave()
+
+    def new_pamt_cache(self) -> PamtCache:
+        return self._variant.new_pamt_cache()
+
+    def tdx_topup_pamt_cache(self, k: Kernel, cache: PamtCache, npages: int) -> int:
+        self._hook.enter(GET)
+        try:
+            return self._variant.tdx_topup_pamt_cache(k, cache, npages)
+        finally:
+            self._hook.leave()
+
+    def tdx_free_pamt_cache(self, k: Kernel, cache: PamtCache) -> None:
+        self._hook.enter(PUT)
+        try:
+            self._variant.tdx_free_pamt_cache(k, cache)
+        finally:
+            self._hook.leave()
+
+
+def marked(variant: PamtVariant, hook: ExploreHook) -> PamtVariant:
+    """The variant with its helper calls marked for the trace, in the shape it has."""
+    if isinstance(variant, CachedPamtVariant):
+        return MarkedCached(variant, hook)
+    return Marked(variant, hook)

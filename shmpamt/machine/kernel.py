@@ -265,6 +265,13 @@ class Kernel:
     def tdx_get_pamt_refcount(self, hpa: int) -> int:
         return range_of(hpa)
 
+    def tdx_quirk_reset_paddr(self, paddr: int, size: int) -> None:
+        """The kernel clears a page the module may have written (MOVDIR64B). The
+        rig keeps no page contents, so there is nothing to clear and no step: it
+        only refuses a call that is not whole pages."""
+        if paddr % tdx.PAGE_SIZE or size <= 0 or size % tdx.PAGE_SIZE:
+            raise ValueError(f"tdx_quirk_reset_paddr({paddr:#x}, {size:#x}): not whole pages")
+
     def pr_err(self, msg: str) -> None:
         self.warnings += 1
         self.last_warning = msg

@@ -18,6 +18,7 @@ REMOVE_WHILE_IN_USE: Final = "remove_while_in_use"
 REMOVE_ABSENT: Final = "remove_absent"
 ADD_PRESENT: Final = "add_present"
 GET_FAILED: Final = "get_failed"
+CACHE_GET_ENOMEM: Final = "cache_get_enomem"
 QUIESCENT_MISMATCH: Final = "quiescent_mismatch"
 PAMT_PAGES_LOST: Final = "pamt_pages_lost"
 LOCK_LEAKED: Final = "lock_leaked"
@@ -31,6 +32,7 @@ VIOLATIONS: Final[tuple[str, ...]] = (
     QUIESCENT_MISMATCH,
     PAMT_PAGES_LOST,
     LOCK_LEAKED,
+    CACHE_GET_ENOMEM,
 )
 MEANING: Final = {
     USE_WITHOUT_PAMT: "a 4 KiB page was assigned or in use while its range's PAMT was absent",
@@ -38,6 +40,7 @@ MEANING: Final = {
     REMOVE_ABSENT: "PAMT.REMOVE issued for a range whose PAMT was absent",
     ADD_PRESENT: "PAMT.ADD issued for a range whose PAMT was present",
     GET_FAILED: "tdx_pamt_get returned an error although no fault was injected",
+    CACHE_GET_ENOMEM: "tdx_pamt_get returned -ENOMEM although its cache had been topped up for it",
     QUIESCENT_MISMATCH: "with every CPU idle, a refcount is off its initial value or a PAMT "
     "is present with no user",
     PAMT_PAGES_LOST: "PAMT pages leaked, double-freed, or freed while the module owns them",
@@ -53,6 +56,8 @@ LOST_NOT_OWNED: Final = 4  # handed to PAMT.ADD by a CPU that does not own it
 
 QUIESCENT_REFCOUNT: Final = 1  # c of a quiescent_mismatch: a = value, b = expected
 QUIESCENT_PAMT_PRESENT: Final = 2  # c of a quiescent_mismatch: PAMT present, nobody uses it
+
+GET_FAILED_TOPUP: Final = 1  # c of a get_failed: tdx_topup_pamt_cache failed, not the get
 
 NO_CPU: Final = -1
 NO_RANGE: Final = -1
@@ -91,7 +96,17 @@ def describe(v: Violation) -> str:
         case "add_present":
             return f"{who} issued {leaf} on {where} whose PAMT was already present"
         case "get_failed":
+            if v.c == GET_FAILED_TOPUP:
+                return (
+                    f"tdx_topup_pamt_cache before a get on {where} by {who} returned {v.a} "
+                    "with no fault injected"
+                )
             return f"tdx_pamt_get on {where} by {who} returned {v.a} with no fault injected"
+        case "cache_get_enomem":
+            return (
+                f"tdx_pamt_get on {where} by {who} returned {v.a} although its cache "
+                "had been topped up for it"
+            )
         case "quiescent_mismatch":
             if v.c == QUIESCENT_PAMT_PRESENT:
                 return f"at quiescence {where} still has its PAMT with no user"

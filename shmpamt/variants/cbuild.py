@@ -93,8 +93,16 @@ struct shmpamt_ctx {
 };
 extern "Python" int64_t shmpamt_py_op(void *, int, int64_t, int64_t, int64_t);
 extern "Python" void shmpamt_py_msg(void *, int, const char *, uint64_t);
-int64_t shmpamt_entry_get(struct shmpamt_ctx *ctx, uint64_t hpa);
+struct tdx_pamt_cache {
+    int cnt;
+    ...;
+};
+int64_t shmpamt_entry_get(struct shmpamt_ctx *ctx, uint64_t hpa, struct tdx_pamt_cache *cache);
 void shmpamt_entry_put(struct shmpamt_ctx *ctx, uint64_t hpa);
+int64_t shmpamt_entry_topup(struct shmpamt_ctx *ctx, struct tdx_pamt_cache *cache, uint64_t n);
+void shmpamt_entry_free_cache(struct shmpamt_ctx *ctx, struct tdx_pamt_cache *cache);
+void shmpamt_entry_init_cache(struct tdx_pamt_cache *cache);
+int shmpamt_api(void);
 int64_t shmpamt_entry_pairs(struct shmpamt_ctx *ctx, const uint64_t *pages, uint32_t npages,
                             uint64_t n, const volatile int32_t *stop, int32_t *iterations,
                             uint64_t *out);
@@ -104,6 +112,7 @@ const char *shmpamt_description(void);
 """
     + "".join(f"#define SHMPAMT_OP_{op.upper()} ...\n" for op in OPS)
     + "".join(f"#define SHMPAMT_MSG_{m.upper()} ...\n" for m in MESSAGES)
+    + "".join(f"#define SHMPAMT_API_{a} ...\n" for a in ("PFN", "CACHE", "TOPUP", "FREE_CACHE"))
 )
 
 _ERROR_RE: Final = re.compile(
@@ -127,6 +136,14 @@ class CSource:
     def put_fn(self) -> str:
         return f"{self.prefix}tdx_pamt_put"
 
+    @property
+    def topup_fn(self) -> str:
+        return f"{self.prefix}tdx_topup_pamt_cache"
+
+    @property
+    def free_cache_fn(self) -> str:
+        return f"{self.prefix}tdx_free_pamt_cache"
+
 
 def cache_dir() -> Path:
     return cache_root() / "cvariants"
@@ -138,6 +155,9 @@ def _generated_source(src: CSource) -> str:
 #include <shmpamt/kernel.h>
 static int64_t shmpamt_py_op(void *, int, int64_t, int64_t, int64_t);
 static void shmpamt_py_msg(void *, int, const char *, uint64_t);
+/* v6's cache functions, if the file defines them (NULL otherwise) */
+__attribute__((weak)) int {src.topup_fn}(struct tdx_pamt_cache *, unsigned long);
+__attribute__((weak)) void {src.free_cache_fn}(struct tdx_pamt_cache *);
 #include "{src.path}"
 #ifndef {p}SHMPAMT_INITIAL_REFCOUNT
 #define {p}SHMPAMT_INITIAL_REFCOUNT 0
@@ -149,6 +169,8 @@ static const int shmpamt_initial_refcount = {p}SHMPAMT_INITIAL_REFCOUNT;
 const char *shmpamt_description(void) {{ return {p}SHMPAMT_DESCRIPTION; }}
 #define SHMPAMT_GET_FN {src.get_fn}
 #define SHMPAMT_PUT_FN {src.put_fn}
+#define SHMPAMT_TOPUP_FN {src.topup_fn}
+#define SHMPAMT_FREE_CACHE_FN {src.free_cache_fn}
 #include "{CSRC_DIR / "runtime.c"}"
 #include "{CSRC_DIR / "entry.c"}"
 """
@@ -271,11 +293,12 @@ def _first_error(src: CSource, output: str) -> str:
         "_shmpamt_cv_"
     ):
         for fn in (src.get_fn, src.put_fn):
-            if f"implicit declaration of function '{fn}'" in msg:
+            if f"implicit declaration of function '{fn}'" in msg or f"'{fn}' undeclared" in msg:
                 return f"variant file {src.label} does not define {fn}()"
         return (
             f"variant file {src.label}: expected int {src.get_fn}(struct page *) and "
-            f"void {src.put_fn}(struct page *) ({msg})"
+            f"void {src.put_fn}(struct page *), or v6's int {src.get_fn}(kvm_pfn_t[, "
+            f"struct tdx_pamt_cache *]) and void {src.put_fn}(kvm_pfn_t) ({msg})"
         )
     shown = src.label if os.path.abspath(file) == str(src.path) else _short(file)
     return f"variant file {src.label} does not compile: {shown}:{line}: {msg}"

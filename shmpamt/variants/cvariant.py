@@ -27,7 +27,7 @@ from shmpamt.machine.atomic import BACKEND
 from shmpamt.machine.kernel import POOL_BASE, Kernel
 from shmpamt.machine.pages import MAX_PAGES
 from shmpamt.variants import cbuild
-from shmpamt.variants.base import PamtVariant
+from shmpamt.variants.base import CachedPamtVariant, PamtCache, PamtVariant
 
 _U64: Final = (1 << 64) - 1
 
@@ -79,6 +79,9 @@ class _Bridge:
         self.ctx = ctx
         self.entry_get = lib.shmpamt_entry_get
         self.entry_put = lib.shmpamt_entry_put
+        self.entry_topup = lib.shmpamt_entry_topup
+        self.entry_free_cache = lib.shmpamt_entry_free_cache
+        self.null = ffi.NULL
         self.table = self._table(lib)
 
     def _table(self, lib: Any) -> list[OpFn]:
@@ -283,11 +286,11 @@ class CVariant(PamtVariant):
         assert e is not None
         raise e
 
-    def tdx_pamt_get(self, k: Kernel, page: int) -> int:
+    def tdx_pamt_get(self, k: Kernel, page: int, cache: PamtCache | None = None) -> int:
         b = self._last
         if b is None or b.k is not k:
             b = self._bridge(k)
-        r: int = b.entry_get(b.ctx, page)
+        r: int = b.entry_get(b.ctx, page, b.null if cache is None else _c_cache(cache))
         if b.pending is not None:
             self._raise(b)
         return r
@@ -297,6 +300,54 @@ class CVariant(PamtVariant):
         if b is None or b.k is not k:
             b = self._bridge(k)
         b.entry_put(b.ctx, page)
+        if b.pending is not None:
+            self._raise(b)
+
+
+class CPamtCache(PamtCache):
+    """A C variant's ``struct tdx_pamt_cache``: its pages live in C (``c``), which
+    the C helpers fill and drain; ``cnt`` reads the C struct."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.page_list = []  # unused: the list is the C struct's
+        self.c = module.ffi.new("struct tdx_pamt_cache *")
+        module.lib.shmpamt_entry_init_cache(self.c)
+
+    @property
+    def cnt(self) -> int:
+        return int(self.c.cnt)
+
+    @cnt.setter
+    def cnt(self, value: int) -> None:
+        self.c.cnt = value
+
+
+def _c_cache(cache: PamtCache) -> Any:
+    # Invariant: a C get is only handed caches its own class made.
+    assert isinstance(cache, CPamtCache), "a C variant takes only its own caches"
+    return cache.c
+
+
+class CachedCVariant(CVariant, CachedPamtVariant):
+    """A C variant whose get is v6's ``tdx_pamt_get(kvm_pfn_t, struct tdx_pamt_cache *)``."""
+
+    def new_pamt_cache(self) -> PamtCache:
+        return CPamtCache(self._module)
+
+    def tdx_topup_pamt_cache(self, k: Kernel, cache: PamtCache, npages: int) -> int:
+        b = self._last
+        if b is None or b.k is not k:
+            b = self._bridge(k)
+        r: int = b.entry_topup(b.ctx, _c_cache(cache), npages)
+        if b.pending is not None:
+            self._raise(b)
+        return r
+
+    def tdx_free_pamt_cache(self, k: Kernel, cache: PamtCache) -> None:
+        b = self._last
+        if b is None or b.k is not k:
+            b = self._bridge(k)
+        b.entry_free_cache(b.ctx, _c_cache(cache))
         if b.pending is not None:
             self._raise(b)
 
@@ -353,6 +404,19 @@ def make_class(src: cbuild.CSource, name: str, description: str = "") -> type[CV
     lib = module.lib
     text = module.ffi.string(lib.shmpamt_description()).decode("utf-8", "replace")
     initial = int(lib.shmpamt_initial_refcount)
+    api = int(lib.shmpamt_api())
+    base: type[CVariant] = CVariant
+    if api & lib.SHMPAMT_API_CACHE:
+        for bit, fn in (
+            (lib.SHMPAMT_API_TOPUP, src.topup_fn),
+            (lib.SHMPAMT_API_FREE_CACHE, src.free_cache_fn),
+        ):
+            if not api & bit:
+                raise VariantLoadError(
+                    f"variant file {src.label}: {src.get_fn}() takes a struct tdx_pamt_cache "
+                    f"but the file does not define {fn}()"
+                )
+        base = CachedCVariant
     attrs: dict[str, object] = {
         "name": name,
         "description": description or text or f"C variant from {src.label}",
@@ -362,7 +426,7 @@ def make_class(src: cbuild.CSource, name: str, description: str = "") -> type[CV
         "_label": name,
         "__module__": __name__,
     }
-    cls = type(f"CVariant_{module.__name__}", (CVariant,), attrs)
+    cls = type(f"CVariant_{module.__name__}", (base,), attrs)
     return cls
 
 

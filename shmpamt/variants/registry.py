@@ -29,6 +29,7 @@ from shmpamt.variants.mutants import RfcEarlyPublish, RfcLeakOnLostRace, RfcNoRe
 from shmpamt.variants.rfc import Rfc
 from shmpamt.variants.v4 import V4
 from shmpamt.variants.v6 import V6
+from shmpamt.variants.v6_locked import V6Locked
 
 __all__ = ["BUILTIN", "C_TWINS", "VariantLoadError", "describe_variants", "load_variant"]
 
@@ -36,7 +37,17 @@ __all__ = ["BUILTIN", "C_TWINS", "VariantLoadError", "describe_variants", "load_
 #: Built-in variants in presentation order (postings first, then mutants).
 BUILTIN: Final[dict[str, type[PamtVariant]]] = {
     cls.name: cls
-    for cls in (Rfc, Kai, Locked, V4, V6, RfcNoRecheck, RfcEarlyPublish, RfcLeakOnLostRace)
+    for cls in (
+        Rfc,
+        Kai,
+        Locked,
+        V4,
+        V6,
+        V6Locked,
+        RfcNoRecheck,
+        RfcEarlyPublish,
+        RfcLeakOnLostRace,
+    )
 }
 
 #: C twins of the built-ins (shmpamt/variants/c/), compiled on first use.
@@ -46,6 +57,7 @@ C_TWINS: Final[dict[str, str]] = {
     "locked.c": "C twin of locked, compiled from shmpamt/variants/c/locked.c",
     "v4.c": "C twin of v4, compiled from shmpamt/variants/c/v4.c",
     "v6.c": "C twin of v6, compiled from shmpamt/variants/c/v6.c",
+    "v6-locked.c": "C twin of v6-locked, compiled from shmpamt/variants/c/v6-locked.c",
 }
 
 #: names only the built-ins may carry

@@ -38,11 +38,15 @@ typedef int32_t s32;
 typedef int64_t s64;
 typedef u64 phys_addr_t;
 typedef unsigned int gfp_t;
+/* A host page frame number, as KVM hands it to the v6 helpers. */
+typedef u64 kvm_pfn_t;
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define __always_unused __attribute__((unused))
 #define __maybe_unused __attribute__((unused))
+/* The module exports of the series: nothing to export here. */
+#define EXPORT_SYMBOL_FOR_KVM(sym) extern int shmpamt_exported_##sym
 
 /* ---- errno ------------------------------------------------------------ */
 
@@ -197,10 +201,17 @@ struct page {
 #define GFP_KERNEL 0x0cc0u
 #define GFP_ATOMIC 0x0820u
 #define __GFP_ZERO 0x100u
+#define __GFP_ACCOUNT 0x400000u
+#define GFP_KERNEL_ACCOUNT (GFP_KERNEL | __GFP_ACCOUNT)
 
 static inline phys_addr_t page_to_phys(const struct page *page)
 {
 	return page->shmpamt_phys;
+}
+
+static inline kvm_pfn_t page_to_pfn(const struct page *page)
+{
+	return page->shmpamt_phys >> PAGE_SHIFT;
 }
 
 struct page *shmpamt_alloc_page(gfp_t gfp);
@@ -390,6 +401,32 @@ void shmpamt_spin_unlock(spinlock_t *lock);
 #define spin_lock_init(lock) ((void)(lock))
 
 /*
+ * scoped_guard(spinlock, &lock) { ... }: the block runs with @lock held, and
+ * every way out of it (its end, break, return, goto) releases the lock, by
+ * the compiler's cleanup attribute on a variable the for statement declares.
+ */
+typedef spinlock_t *shmpamt_guard_spinlock_t;
+
+static inline shmpamt_guard_spinlock_t shmpamt_guard_spinlock_enter(spinlock_t *lock)
+{
+	spin_lock(lock);
+	return lock;
+}
+
+static inline void shmpamt_guard_spinlock_exit(shmpamt_guard_spinlock_t *held)
+{
+	if (*held)
+		spin_unlock(*held);
+}
+
+#define scoped_guard(kind, ...)                                                     \
+	for (shmpamt_guard_##kind##_t shmpamt_scope                                 \
+		     __attribute__((cleanup(shmpamt_guard_##kind##_exit))) =         \
+		     shmpamt_guard_##kind##_enter(__VA_ARGS__),                      \
+		     *shmpamt_scope_done = NULL;                                     \
+	     !shmpamt_scope_done; shmpamt_scope_done = (void *)1)
+
+/*
  * Decrement unless that would reach 0; otherwise take @lock and decrement:
  * true (lock held) exactly when this call took @v to 0. Built from the
  * hooked primitives in the same order as Kernel.atomic_dec_and_lock.
@@ -441,21 +478,35 @@ struct tdx_sys_info {
 	struct tdx_sys_info_tdmr tdmr;
 };
 
-/* The emulated module: Dynamic PAMT, 16-byte 4K PAMT entries. */
-static const struct tdx_sys_info shmpamt_sysinfo = { .tdmr = { .pamt_4k_entry_size = 16 } };
-#define tdx_sysinfo (&shmpamt_sysinfo)
+/*
+ * The emulated module: Dynamic PAMT, 16-byte 4K PAMT entries. An array of
+ * one, so that KVM's spelling (tdx_sysinfo, a pointer) and arch/x86's
+ * (&tdx_sysinfo, the address of the struct) both name it.
+ */
+static const struct tdx_sys_info tdx_sysinfo[1] = { { .tdmr = { .pamt_4k_entry_size = 16 } } };
 
-static inline bool tdx_supports_dynamic_pamt(const struct tdx_sys_info *sysinfo)
+/* tdx_sysinfo or &tdx_sysinfo as a struct pointer; any other type is an error. */
+#define shmpamt_sysinfo_ptr(s)                                                 \
+	_Generic((s),                                                          \
+		const struct tdx_sys_info(*)[1]: (const struct tdx_sys_info *)(s), \
+		default: (s))
+
+static inline bool shmpamt_supports_dynamic_pamt(const struct tdx_sys_info *sysinfo)
 {
 	(void)sysinfo;
 	return true;
 }
+#define tdx_supports_dynamic_pamt(s) shmpamt_supports_dynamic_pamt(shmpamt_sysinfo_ptr(s))
 
 /* PAMT pages one 2M range needs: 512 entries of 16 bytes = two 4K pages. */
-static inline int tdx_nr_pamt_pages(const struct tdx_sys_info *sysinfo)
+static inline int shmpamt_nr_pamt_pages(const struct tdx_sys_info *sysinfo)
 {
 	return sysinfo->tdmr.pamt_4k_entry_size * PTRS_PER_PTE / PAGE_SIZE;
 }
+#define tdx_nr_pamt_pages(s) shmpamt_nr_pamt_pages(shmpamt_sysinfo_ptr(s))
+
+/* The same count as the v6 series spells it (a constant there). */
+#define TDX_DPAMT_ENTRY_PAGE_CNT 2
 
 /* The refcount of the 2M range holding @hpa (guest memory starts at 0). */
 static inline atomic_t *tdx_get_pamt_refcount(unsigned long hpa)
@@ -463,15 +514,69 @@ static inline atomic_t *tdx_get_pamt_refcount(unsigned long hpa)
 	return (atomic_t *)shmpamt_cur->refcounts + hpa / SZ_2M;
 }
 
+/* v6's lookup by page frame number: the range is pfn >> (21 - 12). */
+static inline atomic_t *tdx_find_pamt_refcount(unsigned long pfn)
+{
+	return tdx_get_pamt_refcount(pfn << PAGE_SHIFT);
+}
+
 /*
- * PAMT.ADD of the 2M range in @hpa_ps with the first two pages of
- * @pamt_pages (rdx, r8); the list is left as it is.
+ * The kernel clears a page the module may have written. The rig keeps no
+ * page contents, so nothing is cleared and no step is taken; a call that is
+ * not whole pages is a BUG.
  */
-u64 tdh_phymem_pamt_add(u64 hpa_ps, struct list_head *pamt_pages);
+static inline void tdx_quirk_reset_paddr(unsigned long base, unsigned long size)
+{
+	BUG_ON(!IS_ALIGNED(base, PAGE_SIZE) || !size || !IS_ALIGNED(size, PAGE_SIZE));
+}
+
 /*
- * PAMT.REMOVE; on success the module's two pages (rdx, then r8) are added
- * at the tail of @pamt_pages.
+ * v6 08/11: PAMT pages allocated ahead, outside any lock, for gets made
+ * under one. The variant defines tdx_topup_pamt_cache() and
+ * tdx_free_pamt_cache() (the series has them in tdx.c); the rig calls them
+ * for a tdx_pamt_get(kvm_pfn_t, struct tdx_pamt_cache *).
  */
-u64 tdh_phymem_pamt_remove(u64 hpa_ps, struct list_head *pamt_pages);
+struct tdx_pamt_cache {
+	struct list_head page_list;
+	int cnt;
+};
+
+static inline void tdx_init_pamt_cache(struct tdx_pamt_cache *cache)
+{
+	INIT_LIST_HEAD(&cache->page_list);
+	cache->cnt = 0;
+}
+
+void tdx_free_pamt_cache(struct tdx_pamt_cache *cache);
+int tdx_topup_pamt_cache(struct tdx_pamt_cache *cache, unsigned long npages);
+
+/*
+ * The SEAMCALL wrappers, in the two shapes the postings use, told apart by
+ * the page argument:
+ *
+ * tdh_phymem_pamt_add(hpa | TDX_PS_2M, &list): PAMT.ADD of that 2M range
+ * with the first two pages of the list (rdx, r8); the list is left as it is.
+ * tdh_phymem_pamt_remove(hpa | TDX_PS_2M, &list): PAMT.REMOVE; on success
+ * the module's two pages (rdx, then r8) are added at the list's tail.
+ *
+ * tdh_phymem_pamt_add(pfn, pages) (v6, pages a struct page *[2]): PAMT.ADD
+ * of the 2M range of @pfn with pages[0], pages[1]. tdh_phymem_pamt_remove(
+ * pfn, pages): PAMT.REMOVE; on success pages[0], pages[1] are the module's.
+ *
+ * Each returns the status word.
+ */
+u64 shmpamt_pamt_add_list(u64 hpa_ps, struct list_head *pamt_pages);
+u64 shmpamt_pamt_remove_list(u64 hpa_ps, struct list_head *pamt_pages);
+u64 shmpamt_pamt_add_pages(kvm_pfn_t pfn, struct page **pamt_pages);
+u64 shmpamt_pamt_remove_pages(kvm_pfn_t pfn, struct page **pamt_pages);
+
+#define tdh_phymem_pamt_add(arg, pages)                                         \
+	_Generic((pages),                                                      \
+		struct list_head *: shmpamt_pamt_add_list,                     \
+		struct page **: shmpamt_pamt_add_pages)((arg), (pages))
+#define tdh_phymem_pamt_remove(arg, pages)                                      \
+	_Generic((pages),                                                      \
+		struct list_head *: shmpamt_pamt_remove_list,                  \
+		struct page **: shmpamt_pamt_remove_pages)((arg), (pages))
 
 #endif /* SHMPAMT_KERNEL_H */

@@ -36,6 +36,12 @@
 #define SHMPAMT_OP_PAMT_REMOVE 18
 #define SHMPAMT_NR_OPS 19
 
+/* shmpamt_api() bits: what shape the variant's helpers have. */
+#define SHMPAMT_API_PFN 1 /* get and put take a kvm_pfn_t */
+#define SHMPAMT_API_CACHE 2 /* get takes a struct tdx_pamt_cache * */
+#define SHMPAMT_API_TOPUP 4 /* tdx_topup_pamt_cache() is defined */
+#define SHMPAMT_API_FREE_CACHE 8 /* tdx_free_pamt_cache() is defined */
+
 /* Message kinds for shmpamt_py_msg(). */
 #define SHMPAMT_MSG_PR_ERR 0
 #define SHMPAMT_MSG_WARN 1

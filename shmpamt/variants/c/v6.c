@@ -1,74 +1,186 @@
 /* SPDX-License-Identifier: GPL-3.0-or-later */
 /*
- * v6.c: C twin of shmpamt/variants/v6.py, the sixth posting's helpers
- * (May 2026). get as v4 without the RANGE_NOT_FREE case; put takes the
- * 1->0 step with atomic_dec_and_lock(), so the last decrement and REMOVE
- * share one hold of pamt_lock. Refcount = users, 0 = none.
+ * v6.c: the v6 series' tdx_pamt_get()/tdx_pamt_put() (May 2026) in the
+ * shape patches 05/11 + 06/11 + 08/11 leave them in arch/x86's tdx.c: a
+ * pfn API, a page array of TDX_DPAMT_ENTRY_PAGE_CNT, a per-caller
+ * struct tdx_pamt_cache (NULL: the page allocator), the fast paths of
+ * 06/11 and atomic_dec_and_lock() on the put side. shmpamt's own
+ * transcription, the C twin of shmpamt/variants/v6.py.
+ * Refcount = users, 0 = none.
  */
 #include <shmpamt/kernel.h>
 
-#include "common.h"
-
 #define SHMPAMT_INITIAL_REFCOUNT 0
-#define SHMPAMT_DESCRIPTION "C twin of v6: put uses atomic_dec_and_lock, ADD failure = -EIO"
+#define SHMPAMT_DESCRIPTION "C twin of v6: the posted pfn + tdx_pamt_cache helpers"
 
+/* Take one page off the cache's head, or NULL once it is empty. */
+static struct page *tdx_alloc_page_pamt_cache(struct tdx_pamt_cache *cache)
+{
+	struct page *page;
+
+	page = list_first_entry_or_null(&cache->page_list, struct page, lru);
+	if (page) {
+		list_del(&page->lru);
+		cache->cnt--;
+	}
+
+	return page;
+}
+
+/* A cache page when the caller gave a cache, else a fresh allocation. */
+static struct page *alloc_dpamt_page(struct tdx_pamt_cache *cache)
+{
+	if (cache)
+		return tdx_alloc_page_pamt_cache(cache);
+
+	return alloc_page(GFP_KERNEL_ACCOUNT);
+}
+
+/* Fill the pair; on a miss hand back (to the allocator) what was taken. */
+static int alloc_pamt_array(struct page **pamt_pages, struct tdx_pamt_cache *cache)
+{
+	int i, j;
+
+	for (i = 0; i < TDX_DPAMT_ENTRY_PAGE_CNT; i++) {
+		pamt_pages[i] = alloc_dpamt_page(cache);
+		if (!pamt_pages[i])
+			goto err;
+	}
+
+	return 0;
+err:
+	for (j = 0; j < i; j++)
+		__free_page(pamt_pages[j]);
+	return -ENOMEM;
+}
+
+/* Clear and release the pair: it goes to the page allocator, never a cache. */
+static void free_pamt_array(struct page **pamt_pages)
+{
+	for (int i = 0; i < TDX_DPAMT_ENTRY_PAGE_CNT; i++) {
+		/* the module may have written them: clear either way */
+		tdx_quirk_reset_paddr(page_to_phys(pamt_pages[i]), PAGE_SIZE);
+
+		__free_page(pamt_pages[i]);
+	}
+}
+
+/* Orders the 0->1 and 1->0 steps with their SEAMCALLs. */
 static DEFINE_SPINLOCK(pamt_lock);
 
-static int tdx_pamt_get(struct page *page)
+/* Take a reference on the 2M range of @pfn, installing its PAMT on 0->1. */
+int tdx_pamt_get(kvm_pfn_t pfn, struct tdx_pamt_cache *cache)
 {
-	unsigned long hpa = ALIGN_DOWN(page_to_phys(page), SZ_2M);
-	atomic_t *pamt_refcount = tdx_get_pamt_refcount(hpa);
-	LIST_HEAD(pamt_pages);
-	int ret = 0;
-	u64 err;
+	struct page *pamt_pages[TDX_DPAMT_ENTRY_PAGE_CNT];
+	atomic_t *pamt_refcount;
+	u64 tdx_status;
+	int ret;
 
-	/* Already backed and in use. */
+	if (!tdx_supports_dynamic_pamt(&tdx_sysinfo))
+		return 0;
+
+	pamt_refcount = tdx_find_pamt_refcount(pfn);
+
+	/* Installed and in use: one more user, no lock. */
 	if (atomic_inc_not_zero(pamt_refcount))
 		return 0;
 
-	if (tdx_alloc_pamt_pages(&pamt_pages))
-		return -ENOMEM;
+	ret = alloc_pamt_array(pamt_pages, cache);
+	if (ret)
+		return ret;
 
 	spin_lock(&pamt_lock);
+
+	/*
+	 * No primitive joins "increment" and "lock" for 0->1, so another get
+	 * may have installed the PAMT since the fast path failed: look again.
+	 */
 	if (atomic_read(pamt_refcount)) {
-		/* Installed by someone else while we allocated. */
 		atomic_inc(pamt_refcount);
-	} else {
-		err = tdh_phymem_pamt_add(hpa | TDX_PS_2M, &pamt_pages);
-		if (WARN_ON_ONCE(err)) {
-			ret = -EIO;
-		} else {
-			atomic_set(pamt_refcount, 1);
-			/* The module owns the pages now. */
-			INIT_LIST_HEAD(&pamt_pages);
-		}
+		spin_unlock(&pamt_lock);
+		goto out_free;
 	}
+
+	tdx_status = tdh_phymem_pamt_add(pfn, pamt_pages);
+	if (tdx_status == TDX_SUCCESS) {
+		/* only this path, under the lock, goes from 0 to 1 */
+		atomic_set(pamt_refcount, 1);
+	} else {
+		WARN_ON_ONCE(1);
+		ret = -EIO;
+		spin_unlock(&pamt_lock);
+		goto out_free;
+	}
+
 	spin_unlock(&pamt_lock);
 
-	tdx_free_pamt_pages(&pamt_pages);
+	return 0;
+out_free:
+	free_pamt_array(pamt_pages);
 	return ret;
 }
+EXPORT_SYMBOL_FOR_KVM(tdx_pamt_get);
 
-static void tdx_pamt_put(struct page *page)
+/* Drop a reference; the last one removes the range's PAMT. */
+void tdx_pamt_put(kvm_pfn_t pfn)
 {
-	unsigned long hpa = ALIGN_DOWN(page_to_phys(page), SZ_2M);
-	atomic_t *pamt_refcount = tdx_get_pamt_refcount(hpa);
-	LIST_HEAD(pamt_pages);
-	u64 err;
+	struct page *pamt_pages[TDX_DPAMT_ENTRY_PAGE_CNT] = {};
+	atomic_t *pamt_refcount;
+	u64 tdx_status;
 
-	/* True, with pamt_lock held, only for the 1->0 step. */
+	if (!tdx_supports_dynamic_pamt(&tdx_sysinfo))
+		return;
+
+	pamt_refcount = tdx_find_pamt_refcount(pfn);
+
+	/* Others still use the range: the decrement is the whole job. */
 	if (!atomic_dec_and_lock(pamt_refcount, &pamt_lock))
 		return;
 
-	err = tdh_phymem_pamt_remove(hpa | TDX_PS_2M, &pamt_pages);
-	if (err) {
-		/* Keep the PAMT and mark the range used again. */
+	tdx_status = tdh_phymem_pamt_remove(pfn, pamt_pages);
+
+	/* A failed REMOVE leaves the array undefined: leak it, loudly. */
+	if (WARN_ON_ONCE(tdx_status != TDX_SUCCESS)) {
+		/* the count is 0 but the PAMT is still installed */
 		atomic_set(pamt_refcount, 1);
-		pr_tdx_error(TDH_PHYMEM_PAMT_REMOVE, err);
 		spin_unlock(&pamt_lock);
 		return;
 	}
+
 	spin_unlock(&pamt_lock);
 
-	tdx_free_pamt_pages(&pamt_pages);
+	free_pamt_array(pamt_pages);
 }
+EXPORT_SYMBOL_FOR_KVM(tdx_pamt_put);
+
+/* Empty the cache into the page allocator. */
+void tdx_free_pamt_cache(struct tdx_pamt_cache *cache)
+{
+	struct page *page;
+
+	while ((page = tdx_alloc_page_pamt_cache(cache)))
+		__free_page(page);
+}
+EXPORT_SYMBOL_FOR_KVM(tdx_free_pamt_cache);
+
+/* Make sure @npages gets can be served from the cache. */
+int tdx_topup_pamt_cache(struct tdx_pamt_cache *cache, unsigned long npages)
+{
+	if (WARN_ON_ONCE(!tdx_supports_dynamic_pamt(&tdx_sysinfo)))
+		return 0;
+
+	npages *= TDX_DPAMT_ENTRY_PAGE_CNT;
+
+	while (cache->cnt < npages) {
+		struct page *page = alloc_page(GFP_KERNEL_ACCOUNT);
+
+		if (!page)
+			return -ENOMEM;
+
+		list_add(&page->lru, &cache->page_list);
+		cache->cnt++;
+	}
+
+	return 0;
+}
+EXPORT_SYMBOL_FOR_KVM(tdx_topup_pamt_cache);
