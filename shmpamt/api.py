@@ -23,20 +23,20 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, overload
 
 from shmpamt.config import ExploreConfig, ReplayConfig, StressConfig
 from shmpamt.engine.stress import StressProgress, run_stress
-from shmpamt.errors import ShmpamtError, UsageError, VariantLoadError
+from shmpamt.errors import DatabaseError, ShmpamtError, UsageError, VariantLoadError
 from shmpamt.explorer.jobs import run_search
 from shmpamt.explorer.regress import Stored, fold, replay_stored
 from shmpamt.explorer.search import ExploreProgress, run_replay
 from shmpamt.machine.janitor import clean
 from shmpamt.records.execution import Execution
-from shmpamt.records.faildb import Entry, FailureDB
+from shmpamt.records.faildb import DB_NOTE, Entry, FailureDB
 from shmpamt.records.results import Finding, Regression, VariantResult, regression_line
 from shmpamt.records.variant_files import names_file, variant_file
 from shmpamt.records.variant_files import remember as remember_file
@@ -257,9 +257,8 @@ def run(
             return Result(run_stress(config, on_progress, stop))
         # The stored failures first, as a search does; free-running stress finds no
         # schedule, so nothing goes back into the database.
-        db = FailureDB(config.db)
-        regressions, failing = _regression_check(db, config.variant, config.ignore, stop)
-        return Result(fold(run_stress(config, on_progress, stop), regressions, failing))
+        check = _regression_check(FailureDB(config.db), config.variant, config.ignore, stop)
+        return Result(check.fold(run_stress(config, on_progress, stop)))
     # Schedule strings name a variant file short: record where it lives.
     remember_file(config.variant)
     if config.db is None:
@@ -267,26 +266,58 @@ def run(
     # Step 1, the regression check: the database's failures of this variant are
     # replayed before any search, so an old race that is back is reported first.
     db = FailureDB(config.db)
-    regressions, failing = _regression_check(db, config.variant, config.ignore, stop)
+    check = _regression_check(db, config.variant, config.ignore, stop)
     # Step 2, the search itself.
-    raw = fold(run_search(config, on_progress, stop), regressions, failing)
+    raw = check.fold(run_search(config, on_progress, stop))
     # Step 3: what the search found goes into the database for the next run.
-    remember(db, raw)
+    if check.writable:
+        try:
+            remember(db, raw)
+        except DatabaseError as e:
+            why = f"{DB_NOTE}: {e}: this run's failures are not stored"
+            raw = replace(raw, notes=(*raw.notes, why))
     return Result(raw)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A regression check's outcome. The database is untrusted and may be unreadable
+    or read-only: what goes wrong with it is a note, never a reason not to run."""
+
+    #: every stored schedule's replay; None when the database could not be read
+    regressions: list[Regression] | None
+    failing: dict[str, tuple[Stored, Execution]]
+    notes: tuple[str, ...]
+    #: False once a write failed (or the database could not be read): store nothing
+    writable: bool
+
+    def fold(self, result: VariantResult) -> VariantResult:
+        if self.regressions is not None:
+            result = fold(result, self.regressions, self.failing)
+        return replace(result, notes=(*result.notes, *self.notes))
 
 
 def _regression_check(
     db: FailureDB, spec: str, ignore: frozenset[str], stop: Callable[[], bool]
-) -> tuple[list[Regression], dict[str, tuple[Stored, Execution]]]:
-    """Replay the database's failures of one variant; those still failing are seen again."""
-    entries = [x for x in stored_entries(db, spec) if x.kind not in ignore]
+) -> _Check:
+    """Replay the database's failures of one variant; those still failing are seen again.
+    Each file of the database that is not a usable entry is one note."""
+    try:
+        entries = [x for x in stored_entries(db, spec) if x.kind not in ignore]
+    except DatabaseError as e:
+        return _Check(None, {}, (f"{DB_NOTE} not used: {e}",), writable=False)
+    notes = [f"{DB_NOTE}: {b.warning()}" for b in db.broken]
     stored = [Stored(x.kind, x.schedule, x.strategy) for x in entries]
     regressions, failing = check_stored(stored, should_stop=stop, variant=spec)
     still = {(r.kind, r.schedule) for r in regressions if r.still_fails}
-    for entry in entries:
-        if (entry.kind, entry.schedule) in still:
-            db.touch(entry.key)
-    return regressions, failing
+    try:
+        for entry in entries:
+            if (entry.kind, entry.schedule) in still:
+                db.touch(entry.key)
+    except DatabaseError as e:
+        notes.append(f"{DB_NOTE}: {e}: nothing stored")
+        return _Check(regressions, failing, tuple(notes), writable=False)
+    return _Check(regressions, failing, tuple(notes), writable=True)
 
 
 def stored_entries(db: FailureDB, spec: str) -> list[Entry]:
@@ -315,7 +346,8 @@ def check_stored(
 
 
 def remember(db: FailureDB, result: VariantResult) -> int:
-    """Store a result's failing findings (not ignored kinds); how many were new."""
+    """Store a result's failing findings (not ignored kinds); how many were new.
+    Raises DatabaseError when the database cannot be written."""
     return sum(
         db.add(f.kind, f.schedule, f.strategy)
         for f in result.findings

@@ -12,6 +12,7 @@ The tree (hypothesis's shape: a usage error is also a ``ValueError``)::
     |   +-- SchedulingError               a schedule did not fit the execution it drove
     +-- IpcError                          a named object is missing, foreign or malformed
     +-- LockError                         pamt_lock broke (dead holder, corruption)
+    +-- DatabaseError                     the failure database cannot be read or written
 
 Only this module defines the roots; each concept keeps its own subclasses beside
 the code that raises them. The CLI maps the tree to exit codes in one place.
@@ -66,3 +67,8 @@ class IpcError(ShmpamtError):
 
 class LockError(ShmpamtError):
     """Base class for pamt_lock failures."""
+
+
+class DatabaseError(ShmpamtError):
+    """The failure database cannot be read or written (a link where its folder should be,
+    a read-only or full filesystem); the message is one line naming the path."""

@@ -41,9 +41,11 @@ def test_malformed_schedule_and_broken_files(tmp_path: Path) -> None:
     db = FailureDB(tmp_path)
     with pytest.raises(UsageError):
         db.add("add_present", "s1:nope", "pct")
+    with pytest.raises(UsageError, match="unknown kind"):
+        db.add("no_such_kind", SCHED, "pct")
     db.dir.mkdir(parents=True)
     (db.dir / "0000.json").write_text("{not json")
-    assert db.entries() == [] and db.broken == [db.dir / "0000.json"]
+    assert db.entries() == [] and [b.path for b in db.broken] == [db.dir / "0000.json"]
 
 
 def test_resolve_db(monkeypatch: pytest.MonkeyPatch) -> None:

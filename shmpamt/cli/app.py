@@ -47,6 +47,7 @@ from shmpamt.config import (
 from shmpamt.errors import UsageError
 from shmpamt.machine.chaos import CHAOS_MODES
 from shmpamt.records.faildb import resolve_db
+from shmpamt.records.publish import reason
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.report.terminal import Report
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, HELP, STRATEGIES
@@ -359,15 +360,16 @@ def run_one(
     return got[0] if got else None
 
 
-def show_timeline(res: Any, html: Path | None, form: str = "table") -> None:
+def show_timeline(res: Any, html: Path | None, form: str = "table") -> str:
     """The shown execution of a result, as a terminal timeline or (``form`` "text") a
-    race report per finding, and HTML on request."""
+    race report per finding, and HTML on request; the one line saying why the HTML
+    file could not be written, else ""."""
     from shmpamt.report.timeline import render, write_html
 
     r = res.raw
     ex = r.shown
     if ex is None:
-        return
+        return ""
     title = f"{r.variant}: {r.findings[0].schedule}" if r.findings else r.variant
     viol = list(zip(ex.violation_steps, ex.violations, strict=True))
     if form == "text":
@@ -377,8 +379,12 @@ def show_timeline(res: Any, html: Path | None, form: str = "table") -> None:
     if html is not None:
         replay = r.findings[0].replay_command if r.findings else ""
         shown = f"{r.explore.claim}: {r.coverage}" if r.explore is not None else r.coverage
-        write_html(html, ex.trace, viol, cpus=r.cpus, title=title, replay=replay, shown=shown)
-        out_console.print(f"timeline written to {html}")
+        try:
+            write_html(html, ex.trace, viol, cpus=r.cpus, title=title, replay=replay, shown=shown)
+        except OSError as e:
+            return f"cannot write {html}: {reason(e)}"
+        out_console.print(f"timeline written to {html}", markup=False)
+    return ""
 
 
 def show_races(res: Any) -> None:
@@ -495,9 +501,8 @@ def explore(
             )
 
         shown = run_one(report, config, interrupted, tick)
-    if shown is not None:
-        show_timeline(shown, html_path, form)
-    finish(report, json_path)
+    unwritten = show_timeline(shown, html_path, form) if shown is not None else ""
+    finish(report, json_path, unwritten)
 
 
 @main.command(epilog=EPILOG)
@@ -532,15 +537,16 @@ def replay(
     report = Report()
     with trapped_signals() as interrupted:
         shown = run_one(report, config, interrupted)
+    unwritten = ""
     if shown is not None:
-        show_timeline(shown, html_path, form)
+        unwritten = show_timeline(shown, html_path, form)
         r = shown.raw
         fv = r.shown.first_violation() if r.shown is not None else None
         if fv is None:
             out_console.print(f"replayed {r.operations}x: no violation")
         else:
             out_console.print(f"replayed {r.operations}x: {fv[0]} at step {fv[1]}")
-    finish(report, json_path)
+    finish(report, json_path, unwritten)
 
 
 # the campaign and db commands live in their own modules

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import click
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from shmpamt.campaign.matrix import (
@@ -33,8 +34,9 @@ from shmpamt.campaign.matrix import (
 )
 from shmpamt.cli import common
 from shmpamt.cli.db import DB_OPTION
-from shmpamt.errors import UsageError
-from shmpamt.records.faildb import Entry, FailureDB, resolve_db
+from shmpamt.errors import DatabaseError, UsageError
+from shmpamt.records.faildb import DB_NOTE, Entry, FailureDB, resolve_db
+from shmpamt.records.publish import reason, write_file
 from shmpamt.records.variant_files import remember as remember_file
 from shmpamt.records.violations import VIOLATIONS
 from shmpamt.report.terminal import (
@@ -73,6 +75,8 @@ class Board:
         self.workers = 0
         self.scheduler = ""
         self.stored_new = 0
+        #: what the reader should know that is not about a variant (the database's state)
+        self.notes: list[str] = []
         self.outcomes: list[ShardOutcome] = []
         #: the dpor proofs' results and exit status, when the plan had proofs too
         self.proofs: list[dict[str, Any]] = []
@@ -178,6 +182,8 @@ class Board:
                 console.print(f"  [bold]{v.variant}[/bold] [red]error[/red]: {line}")
             for line in v.incidents:
                 console.print(f"  [bold]{v.variant}[/bold] [yellow]incident[/yellow]: {line}")
+        for note in self.notes:  # may quote untrusted files: never markup
+            console.print(f"  note: {escape(note)}")
         console.print(
             f"{self.done} of {self.total} shards reported, on {self.workers} worker(s) "
             f"({self.scheduler})"
@@ -216,6 +222,7 @@ class Board:
             "shards_reported": self.done,
             "missing": self.missing,
             "stored_new": self.stored_new,
+            "notes": self.notes,
             "variants": [v.to_dict() for v in self.summaries.values()],
             **({"proofs": self.proofs} if self.proofs else {}),
         }
@@ -321,7 +328,10 @@ def campaign_command(
         remember_file(spec)  # the shards' schedule strings name variant files short
     db_path: str | None = common.build(lambda: resolve_db(db))
     fdb = FailureDB(db_path) if db_path else None
-    stored = _stored(fdb, plan, api.stored_entries)
+    notes: list[str] = []
+    stored = _stored(fdb, plan, api.stored_entries, notes)
+    if stored is None:
+        fdb = None  # unreadable: not written either
     proofs_exit, proofs = EXIT_CLEAN, []
     if PROOF in plan.strategies:
         from shmpamt.cli.proofs import prove_all
@@ -343,6 +353,7 @@ def campaign_command(
         common.fail("--resume and --slice are for proofs: add --strategy dpor")
     board = Board(plan)
     board.proofs, board.proofs_exit = proofs, proofs_exit
+    board.notes = notes
     common.out_console.print(
         f"shmpamt campaign: {len(plan.variants)} variant(s) x {len(plan.strategies)} "
         f"strateg{'y' if len(plan.strategies) == 1 else 'ies'} x {plan.seeds} seed(s) = "
@@ -351,9 +362,12 @@ def campaign_command(
         + " each, on "
         + (scheduler or f"a local cluster of {workers or os.cpu_count()} worker(s)")
     )
-    _go(plan, board, stored, scheduler, workers, retries)
+    _go(plan, board, stored or {}, scheduler, workers, retries)
     if fdb is not None:
-        board.stored_new = _remember(fdb, board.outcomes)
+        try:
+            board.stored_new = _remember(fdb, board.outcomes)
+        except DatabaseError as e:
+            board.notes.append(f"{DB_NOTE}: {e}: this campaign's failures are not stored")
         if board.stored_new:
             common.out_console.print(f"{board.stored_new} new failure(s) stored in {fdb.root}")
     _finish(board, json_path, common.out_console, common.fail)
@@ -364,26 +378,40 @@ def _finish_proofs(proofs: list[dict[str, Any]], code: int, json_path: Path | No
     if json_path is not None:
         data = {"tool": "shmpamt", "schema": 2, "kind": "proofs", "exit_status": code}
         try:
-            tmp = json_path.with_name(json_path.name + ".tmp")
-            tmp.write_text(json.dumps({**data, "proofs": proofs}, indent=2) + "\n")
-            os.replace(tmp, json_path)
+            write_file(
+                json_path, (json.dumps({**data, "proofs": proofs}, indent=2) + "\n").encode()
+            )
         except OSError as e:
-            common.fail(f"cannot write {json_path}: {e}")
-        common.out_console.print(f"JSON report written to {json_path}")
+            common.fail(f"cannot write {json_path}: {reason(e)}")
+        common.out_console.print(f"JSON report written to {json_path}", markup=False)
     common.out_console.print(f"exit status {code}: {EXIT_MEANING.get(code, '')}")
     sys.exit(code)
 
 
 def _stored(
-    fdb: FailureDB | None, plan: Plan, of: Callable[[FailureDB, str], list[Entry]]
-) -> dict[str, list[tuple[str, str, str]]]:
-    """Per variant its stored failures (``of``: the database's entries of one variant)."""
+    fdb: FailureDB | None,
+    plan: Plan,
+    of: Callable[[FailureDB, str], list[Entry]],
+    notes: list[str],
+) -> dict[str, list[tuple[str, str, str]]] | None:
+    """Per variant its stored failures (``of``: the database's entries of one variant);
+    each file that is not a usable entry is one note. None when the database cannot be
+    read."""
     if fdb is None:
         return {}
-    return {
-        v: [(e.kind, e.schedule, e.strategy) for e in of(fdb, v) if e.kind not in plan.ignore]
-        for v in plan.variants
-    }
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    try:
+        for v in plan.variants:
+            out[v] = [
+                (e.kind, e.schedule, e.strategy) for e in of(fdb, v) if e.kind not in plan.ignore
+            ]
+            for b in fdb.broken:  # a bad file is skipped for every variant: said once
+                if f"{DB_NOTE}: {b.warning()}" not in notes:
+                    notes.append(f"{DB_NOTE}: {b.warning()}")
+    except DatabaseError as e:
+        notes.append(f"{DB_NOTE} not used: {e}")
+        return None
+    return out
 
 
 def _go(
@@ -453,10 +481,8 @@ def _finish(
         Console(stderr=True).print(f"error: {board.error}", highlight=False, markup=False)
     if json_path is not None:
         try:
-            tmp = json_path.with_name(json_path.name + ".tmp")
-            tmp.write_text(json.dumps(board.to_dict(), indent=2) + "\n")
-            os.replace(tmp, json_path)
+            write_file(json_path, (json.dumps(board.to_dict(), indent=2) + "\n").encode())
         except OSError as e:
-            fail(f"cannot write {json_path}: {e}")
-        console.print(f"JSON report written to {json_path}")
+            fail(f"cannot write {json_path}: {reason(e)}")
+        console.print(f"JSON report written to {json_path}", markup=False)
     sys.exit(board.exit_code())

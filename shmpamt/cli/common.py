@@ -20,6 +20,7 @@ import click
 from rich.console import Console
 
 from shmpamt.errors import ShmpamtError, UsageError
+from shmpamt.records.publish import reason
 from shmpamt.report.terminal import EXIT_ERROR, EXIT_MEANING, Report, check_report_path
 
 err_console = Console(stderr=True, soft_wrap=True, emoji=False)  # one line, as written
@@ -110,19 +111,26 @@ def check_output_path(option: str, path: Path | None) -> None:
         fail(f"{option}: {e}")
 
 
-def finish(report: Report, json_path: Path | None) -> NoReturn:
+def finish(report: Report, json_path: Path | None, unwritten: str = "") -> NoReturn:
+    """Print the report, write its JSON, exit with its status. A report file that could
+    not be written (``unwritten``: the one line an earlier write left, e.g. the HTML
+    timeline's) ends the command with that line and exit 2, after what could be shown."""
     error, report.error = report.error, ""
     report.render(out_console)
     report.error = error
     if error:
         err_console.print(f"error: {error}", highlight=False, markup=False)
+    failed = [unwritten] if unwritten else []
     if json_path is not None:
         try:
             report.write_json(json_path)
         except OSError as e:
-            fail(f"cannot write {json_path}: {e}")
-        out_console.print(f"JSON report written to {json_path}")
-    sys.exit(report.exit_code())
+            failed.append(f"cannot write {json_path}: {reason(e)}")
+        else:
+            out_console.print(f"JSON report written to {json_path}", markup=False)
+    for line in failed:
+        err_console.print(f"error: {line}", highlight=False, markup=False)
+    sys.exit(EXIT_ERROR if failed else report.exit_code())
 
 
 def guarded(report: Report, fn: Callable[[], None]) -> None:

@@ -5,6 +5,11 @@ Replaying is deterministic and costs an execution's steps, so the stored
 failures of a variant are re-checked in milliseconds (after one process
 start-up per scenario) before any new search: a fix that did not fix, or a
 change that brought a race back, is reported first.
+
+The database is untrusted input: a regression check replays every stored
+schedule on the variant under test (``variant``), never on the one the
+schedule names, so an entry can neither blame that variant for another's
+failure nor make the rig load a file the user did not name.
 """
 
 from __future__ import annotations

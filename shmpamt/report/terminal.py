@@ -9,9 +9,7 @@ The table is one line per variant, so it stays readable at 80 columns.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from shmpamt.records.faildb import DB_NOTE
+from shmpamt.records.publish import check_target, reason, write_file
 from shmpamt.records.results import VariantResult, regression_line
 from shmpamt.records.verdict import BOTH, STRESS_ONLY, Verdict, verdicts
 from shmpamt.records.violations import VIOLATIONS, describe
@@ -76,10 +76,9 @@ class Report:
         }
 
     def write_json(self, path: Path) -> None:
-        check_report_path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        """Write the JSON report whole or not at all (see records/publish.py): raises
+        OSError; no temp file survives it."""
+        write_file(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     # -- the terminal report ---------------------------------------------------------
 
@@ -136,8 +135,8 @@ class Report:
                     f"  [bold]{r.variant}[/bold] {r.explore.ignored_only} execution(s) showed "
                     f"only ignored kinds ({', '.join(sorted(r.ignored_seen))})"
                 )
-            for note in r.notes:
-                console.print(f"  [bold]{r.variant}[/bold] note: {note}")
+            for note in r.notes:  # notes may quote untrusted files: never markup
+                console.print(f"  [bold]{r.variant}[/bold] note: {escape(note)}")
             for inc in r.incidents:
                 console.print(f"  [bold]{r.variant}[/bold] [yellow]incident[/yellow]: {inc}")
             if r.coverage:
@@ -166,6 +165,9 @@ class Report:
             for r in m.parts:  # replayed before the search: said before its findings
                 if r.regressions is not None:
                     console.print(f"  [bold]{m.variant}[/bold] {regression_line(r.regressions)}")
+                for note in r.notes:  # the database's notes; they quote untrusted files
+                    if note.startswith(DB_NOTE):
+                        console.print(f"  [bold]{m.variant}[/bold] note: {escape(note)}")
             for k in m.kinds:
                 head = f"  [bold]{m.variant}[/bold] {k.kind}: "
                 if k.replay:
@@ -249,15 +251,14 @@ def _label(r: VariantResult) -> str:
 
 
 def check_report_path(path: Path) -> None:
-    """Reports go to regular files or new paths only: never replace a FIFO or a device."""
+    """Reports go to regular files or new paths only: never replace a link, a FIFO or a
+    device."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
+        check_target(str(path))
     except OSError as e:
-        raise OSError(f"{path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(f"{path} exists and is not a regular file; refusing to replace it")
+        if e.errno is None:  # check_target's own words already name the path
+            raise
+        raise OSError(f"{path}: {reason(e)}") from None
 
 
 def compact(n: int) -> str:

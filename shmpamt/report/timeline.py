@@ -23,6 +23,7 @@ from rich.text import Text
 
 from shmpamt import tdx
 from shmpamt.records.execution import TraceEvent
+from shmpamt.records.publish import write_file
 from shmpamt.records.violations import Violation, describe
 
 # Ops that return a truth value / a number, as the kernel's atomic_t API does.
@@ -290,6 +291,7 @@ def write_html(
     replay: str = "",
     shown: str = "",
 ) -> None:
-    """Write :func:`to_html` to ``path`` (UTF-8)."""
+    """Write :func:`to_html` to ``path`` (UTF-8), whole or not at all (see
+    records/publish.py): raises OSError; no temp file survives it."""
     text = to_html(events, violations, cpus=cpus, title=title, replay=replay, shown=shown)
-    Path(path).write_text(text, encoding="utf-8")
+    write_file(path, text.encode("utf-8"))

@@ -22,7 +22,7 @@ from typing import Final
 from shmpamt.errors import VariantLoadError
 from shmpamt.machine.atomic import INT_MAX, INT_MIN
 from shmpamt.variants.base import PamtVariant
-from shmpamt.variants.cvariant import make_class, name_of, source_of
+from shmpamt.variants.cvariant import CVariant, make_class, name_of, source_of
 from shmpamt.variants.kai import Kai
 from shmpamt.variants.locked import Locked
 from shmpamt.variants.mutants import RfcEarlyPublish, RfcLeakOnLostRace, RfcNoRecheck
@@ -60,6 +60,9 @@ C_TWINS: Final[dict[str, str]] = {
     "v6-locked.c": "C twin of v6-locked, compiled from shmpamt/variants/c/v6-locked.c",
 }
 
+#: names only the built-ins may carry
+_TAKEN: Final = frozenset(BUILTIN) | frozenset(C_TWINS)
+
 # Modules loaded from files live under this prefix in sys.modules.
 _FILE_MODULE_PREFIX: Final = "shmpamt_user_variant_"
 
@@ -76,7 +79,7 @@ def load_variant(spec: str) -> type[PamtVariant]:
         return BUILTIN[spec]
     c_source = source_of(spec, C_TWINS)
     if c_source is not None:
-        return _check(make_class(c_source, name_of(c_source)), spec)
+        return _check(make_class(c_source, name_of(c_source)), spec, builtin=spec in C_TWINS)
     if ":" not in spec:
         if spec.endswith(".py"):
             raise VariantLoadError(f"variant {spec!r}: name the class too, as {spec}:ClassName")
@@ -176,8 +179,12 @@ def _lookup(module: ModuleType, attr: str, label: str) -> object:
     raise VariantLoadError(f"variant {label} has no attribute {attr!r}{hint}")
 
 
-def _check(obj: object, label: str) -> type[PamtVariant]:
-    """Reject anything the runner could not use, before any process is spawned."""
+def _check(obj: object, label: str, *, builtin: bool = False) -> type[PamtVariant]:
+    """Reject anything the runner could not use, before any process is spawned.
+
+    ``builtin``: ``obj`` is one of the C twins, which may carry their own names (a
+    built-in Python class may too, however its spec names it).
+    """
     if not isinstance(obj, type) or not issubclass(obj, PamtVariant):
         raise VariantLoadError(
             f"variant {label} is {_kind(obj)}, not a subclass of shmpamt.variants.base.PamtVariant"
@@ -187,6 +194,14 @@ def _check(obj: object, label: str) -> type[PamtVariant]:
     if not isinstance(obj.name, str) or not obj.name.strip():
         raise VariantLoadError(
             f"variant {label} has no name (set the class attribute name = '...')"
+        )
+    # Invariant: a variant's name says which protocol ran (report rows, the database's
+    # keys); a user variant that took a built-in's name would pass for it.
+    if not builtin and obj.name.strip() in _TAKEN and BUILTIN.get(obj.name) is not obj:
+        what = "file name" if issubclass(obj, CVariant) else "name"
+        raise VariantLoadError(
+            f"variant {label} calls itself {obj.name.strip()!r}, the name of a built-in "
+            f"variant: give it a {what} of its own"
         )
     rc = obj.initial_refcount
     if isinstance(rc, bool) or not isinstance(rc, int) or not INT_MIN <= rc <= INT_MAX:
