@@ -107,7 +107,7 @@ def run_stress(
     starts = 0
     gave_up = False
     next_epoch = t0 + config.epoch
-    with Fleet.start(layout, cpu_main, args, faults) as fleet:
+    with Fleet.start(layout, cpu_main, args, faults, should_stop=should_stop) as fleet:
         s = fleet.system
         try:
             while True:

@@ -22,7 +22,7 @@ from typing import Any, Final
 from shmpamt.config import ExploreConfig
 from shmpamt.errors import RunFailure
 from shmpamt.explorer.search import ExploreProgress, run_explore
-from shmpamt.machine.ipc import sigint_ignored_in_children
+from shmpamt.machine.children import ignore_sigint, sigint_held
 from shmpamt.machine.placement import core_for
 from shmpamt.records.results import BOUNDED, SAMPLED, VERIFIED, ExploreStats, Finding, VariantResult
 
@@ -52,6 +52,7 @@ def _job(
     parent: int,
 ) -> None:
     """One job's life (a spawned process): search its shard, send the result home."""
+    ignore_sigint()  # Ctrl-C reaches the whole process group; the parent stops the jobs
     index = shard[0]
 
     def tick(p: ExploreProgress) -> None:
@@ -82,7 +83,7 @@ def _run_jobs(
     errors: dict[int, str] = {}
     progress: dict[int, ExploreProgress] = {}
     try:
-        with sigint_ignored_in_children():
+        with sigint_held():
             for i in range(jobs):
                 core = core_for(i) if config.pin else None
                 one = replace(config, jobs=1, executions=_share(config.executions, i, jobs))
@@ -125,12 +126,23 @@ def _run_jobs(
                 proc.kill()
                 proc.join(5)
     if not results:
-        raise RunFailure("; ".join(f"job {i}: {e}" for i, e in sorted(errors.items())))
+        raise RunFailure(_errors_line(errors))
     merged = merge_jobs([results[i] for i in sorted(results)], config)
     if errors:
         extra = tuple(f"job {i} failed: {e}" for i, e in sorted(errors.items()))
         merged = replace(merged, incidents=merged.incidents + extra)
     return merged
+
+
+def _errors_line(errors: dict[int, str]) -> str:
+    """Every job's error on one line; jobs that failed alike (say, no room in /dev/shm)
+    are named together, so the line says it once."""
+    alike: dict[str, list[int]] = {}
+    for i, e in sorted(errors.items()):
+        alike.setdefault(e, []).append(i)
+    return "; ".join(
+        f"job{'s' if len(js) > 1 else ''} {', '.join(map(str, js))}: {e}" for e, js in alike.items()
+    )
 
 
 def _share(total: int | None, index: int, jobs: int) -> int | None:
