@@ -145,6 +145,8 @@ def run_explore(
                 ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
             )
         name = session.variant_name
+    # Closing the session stopped whatever the CPUs started and left running.
+    found.incidents.extend(session.fleet.incidents)
     counts = zero_counts()
     examples = {}
     findings = []

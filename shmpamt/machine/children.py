@@ -167,6 +167,8 @@ def describe(pid: int) -> str:
             cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
     except OSError:
         cmd = ""
+    if "multiprocessing.spawn" in cmd:
+        return f"pid {pid} (a forked copy of a CPU process)"  # fork without exec
     if len(cmd) > _CMDLINE_CHARS:
         cmd = cmd[: _CMDLINE_CHARS - 3] + "..."
     return f"pid {pid}" + (f" ({cmd})" if cmd else "")
