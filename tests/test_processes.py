@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 HOSTILE = HERE / "hostile_variants.py"
 
 
-@pytest.mark.parametrize("how", [{"iterations": 20}, {"duration": 2.0}])
+@pytest.mark.parametrize("how", [{"iterations": 20}, {"duration": 6.0}])
 def test_a_cpu_that_exits_0_on_its_own_is_an_incident(how: dict[str, float]) -> None:
     r = shmpamt.stress(f"{HOSTILE}:GetExitsZero", cpus=2, ranges=1, seed=1, **how)  # type: ignore[arg-type]
     assert not r.ok and not r.clean
@@ -30,7 +30,7 @@ def test_a_cpu_that_exits_0_on_its_own_is_an_incident(how: dict[str, float]) -> 
 def test_the_cli_never_calls_a_cpu_that_exited_0_clean() -> None:
     cmd = [sys.executable, "-m", "shmpamt", "stress", "--variant", f"{HOSTILE}:GetExitsZero"]
     r = subprocess.run(
-        [*cmd, "--duration", "2", "--cpus", "2", "--seed", "1"],
+        [*cmd, "--duration", "6", "--cpus", "2", "--seed", "1"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -53,7 +53,7 @@ def test_a_c_variant_that_calls_exit_0_is_an_incident(
     source = source.replace(head, head + "\tstatic int gets;\n\tif (++gets == 5)\n\t\texit(0);\n")
     f = tmp_path / "exits.c"
     f.write_text("#include <stdlib.h>\n" + source)
-    r = shmpamt.stress(str(f), cpus=2, ranges=1, duration=2.0, seed=1)
+    r = shmpamt.stress(str(f), cpus=2, ranges=1, duration=6.0, seed=1)
     assert not r.ok
     assert any("exited on its own with status 0" in i for i in r.incidents), r.incidents
 
@@ -145,3 +145,28 @@ def test_sigint_is_held_while_spawning_and_ignored_by_the_child() -> None:
         assert child.wait(60) == 0
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+_FIRST_SPAWN = """
+import multiprocessing as mp, os, signal, sys
+from shmpamt.machine.children import sigint_held
+
+def entry():
+    os._exit(0 if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set()) else 3)
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=entry)
+    with sigint_held():
+        p.start()  # this process's first spawn: multiprocessing starts its tracker now
+    p.join()
+    sys.exit(p.exitcode)
+"""
+
+
+def test_the_first_spawn_still_starts_with_sigint_blocked(tmp_path: Path) -> None:
+    """multiprocessing's resource tracker, started at a process's first spawn, unblocks
+    SIGINT behind the caller's back; a daemon spawned right then died of a Ctrl-C."""
+    script = tmp_path / "first_spawn.py"
+    script.write_text(_FIRST_SPAWN)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr)

@@ -161,6 +161,7 @@ def run_stress(
         notes: tuple[str, ...] = (
             (f"{starts} fresh starts (every {config.epoch:g} s)",) if starts else ()
         )
+        notes += tuple(fleet.notes)
         if gave_up:
             notes += (
                 f"fresh starts stopped after {starts}: a CPU did not pause between rounds "

@@ -82,6 +82,7 @@ def _run_jobs(
     results: dict[int, VariantResult] = {}
     errors: dict[int, str] = {}
     progress: dict[int, ExploreProgress] = {}
+    interrupted = False
     try:
         with sigint_held():
             for i in range(jobs):
@@ -96,6 +97,7 @@ def _run_jobs(
                 procs.append(job)
         while len(results) + len(errors) < jobs:
             if should_stop():
+                interrupted = True
                 stop.set()
             try:
                 kind, index, payload = out.get(timeout=POLL)
@@ -125,7 +127,11 @@ def _run_jobs(
             if proc.exitcode is None:
                 proc.kill()
                 proc.join(5)
-    if not results:
+    # A job that failed stops the others, which may then return having run nothing: with
+    # no execution anywhere (and no Ctrl-C) the run failed, e.g. no room in /dev/shm.
+    if not results or (
+        errors and not interrupted and not any(r.operations for r in results.values())
+    ):
         raise RunFailure(_errors_line(errors))
     merged = merge_jobs([results[i] for i in sorted(results)], config)
     if errors:

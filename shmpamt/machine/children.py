@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from multiprocessing import resource_tracker
 from typing import Final
 
 from shmpamt.machine import reaper
@@ -47,6 +48,9 @@ def sigint_held() -> Iterator[None]:
     entry point ignores SIGINT; a Ctrl-C this thread gets meanwhile stays
     pending and reaches the runner's handler as soon as the block ends.
     """
+    # multiprocessing starts its resource tracker at the first spawn and then *unblocks*
+    # SIGINT whatever the mask was: start it first, so the block below stays in force.
+    resource_tracker.ensure_running()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
