@@ -44,6 +44,7 @@ def run_in_small_shm(size: str, *args: str) -> tuple[int, str, str, int]:
         ("16k", ["stress", "--variant", "locked", "--duration", "2"]),
         ("24k", ["stress", "--variant", "locked", "--duration", "2", "--seed", "1"]),
         ("400k", ["stress", "--variant", "v6", "--duration", "2", "--cpus", "4"]),
+        ("16k", ["explore", "--variant", "v6", "--budget", "2", "--jobs", "2", "--db", "off"]),
         ("64k", ["explore", "--variant", "locked", "--budget", "2", "--jobs", "2", "--db", "off"]),
         ("400k", ["explore", "--variant", "v6", "--budget", "2", "--jobs", "2", "--db", "off"]),
     ],

@@ -23,6 +23,7 @@ from shmpamt.config import ExploreConfig
 from shmpamt.errors import RunFailure
 from shmpamt.explorer.search import ExploreProgress, run_explore
 from shmpamt.machine.children import ignore_sigint, sigint_held
+from shmpamt.machine.ipc import no_room
 from shmpamt.machine.placement import core_for
 from shmpamt.records.results import BOUNDED, SAMPLED, VERIFIED, ExploreStats, Finding, VariantResult
 
@@ -76,8 +77,11 @@ def _run_jobs(
     should_stop: Callable[[], bool],
 ) -> VariantResult:
     ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    out: Any = ctx.Queue()
+    try:  # multiprocessing keeps their locks as named semaphores in /dev/shm
+        stop = ctx.Event()
+        out: Any = ctx.Queue()
+    except OSError as e:
+        raise no_room("the jobs' stop event and result queue", e) or e from None
     procs: list[BaseProcess] = []
     results: dict[int, VariantResult] = {}
     errors: dict[int, str] = {}

@@ -23,6 +23,7 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import posix_ipc
 
@@ -135,14 +136,26 @@ def unlink_name(name: str) -> bool:
 # --- shared-memory segments ------------------------------------------------
 
 
+_FREE_SOME = "free some space there or mount a larger tmpfs"
+
+
 def _no_room(name: str, what: str, e: OSError) -> str:
     """One line, the same in every process of a run (no pid or token in it)."""
     role = parse_name(name)
     of = f" ({role.role})" if role is not None else ""
-    return (
-        f"no room in {SHM_DIR} for {what}{of}: {e.strerror}; "
-        "free some space there or mount a larger tmpfs"
-    )
+    return f"no room in {SHM_DIR} for {what}{of}: {e.strerror}; " + _FREE_SOME
+
+
+#: errno values that mean "/dev/shm is full" (a tmpfs out of space, or of memory)
+NO_ROOM: Final = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EDQUOT})
+
+
+def no_room(what: str, e: OSError) -> IpcError | None:
+    """The one-line error for ``what`` (an object someone else, e.g. multiprocessing,
+    creates in /dev/shm) failing for lack of room; None if ``e`` is another error."""
+    if e.errno not in NO_ROOM:
+        return None
+    return IpcError(f"no room in {SHM_DIR} for {what}: {e.strerror}; " + _FREE_SOME)
 
 
 def _reserve(fd: int, name: str, size: int) -> None:
@@ -152,7 +165,7 @@ def _reserve(fd: int, name: str, size: int) -> None:
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
+        if e.errno in NO_ROOM:
             raise IpcError(_no_room(name, f"a {size}-byte shared memory segment", e)) from None
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise IpcError(f"cannot reserve shared memory {name}: {e.strerror}") from None
@@ -284,7 +297,7 @@ def create_semaphore(name: str, value: int) -> posix_ipc.Semaphore:
     except posix_ipc.ExistentialError as e:
         raise IpcError(f"semaphore {name} already exists") from e
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
+        if e.errno in NO_ROOM:
             raise IpcError(_no_room(name, "a semaphore", e)) from None
         raise
     _register(name, lambda: posix_ipc.unlink_semaphore(name))
