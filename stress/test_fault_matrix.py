@@ -66,3 +66,85 @@ def test_fault(trial: Trial) -> None:
     assert not o.hung and not o.problems, f"{trial}: {o.problems}"
     assert not o.leaked, f"{trial}: left in /dev/shm {o.leaked}"
     assert not o.orphans, f"{trial}: processes left {o.orphans}"
+
+
+# --- issue 30: exhaustion and campaign Ctrl-C at many points (long versions) -------------
+
+from test_small_shm import run_in_small_shm  # noqa: E402
+
+#: /dev/shm sizes from "nothing fits" to "the first objects fit, a later one does not"
+SHM_SIZES = ("8k", "16k", "24k", "64k", "128k", "256k", "400k", "600k")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("size", SHM_SIZES)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("stress", "--variant", "locked", "--duration", "2", "--cpus", "4"),
+        ("explore", "--variant", "v6", "--budget", "2", "--jobs", "2", "--db", "off"),
+    ],
+    ids=["stress", "explore-jobs"],
+)
+def test_small_dev_shm(size: str, args: tuple[str, ...]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private /dev/shm")
+    rc, out, err, left = run_in_small_shm(size, *args)
+    assert left == 0
+    if rc == 0:  # it fitted: then the run must simply have worked
+        assert "no incident" in out and not err.strip(), (out, err)
+        return
+    assert rc == 2, (rc, out, err)  # never 135 (SIGBUS)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no room in /dev/shm" in lines[0], err
+    assert "Traceback" not in out + err and "without a result" not in out + err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("at", [round(0.3 + 0.7 * i, 1) for i in range(12)])
+def test_campaign_ctrl_c_at(at: float) -> None:
+    """A Ctrl-C ``at`` seconds into a campaign at the shard bound, whatever it is doing:
+    importing, starting the cluster, submitting, running shards."""
+    import signal
+    import subprocess
+    import time
+
+    from fault_matrix import descendants, objects_of
+
+    from shmpamt.campaign.matrix import MAX_SHARDS
+    from shmpamt.machine.ipc import pid_alive
+
+    cmd = [sys.executable, "-m", "shmpamt", "campaign", "--variant", "locked"]
+    cmd += ["--strategy", "stress", "--seeds", str(MAX_SHARDS), "--budget", "2"]
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2", "--db", "off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen: set[int] = set()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < at and proc.poll() is None:
+        seen |= descendants(proc.pid)
+        time.sleep(0.02)
+    seen |= descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    t1 = time.monotonic()
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    took = time.monotonic() - t1
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stdout + stderr and "Exception ignored" not in stderr, stderr
+    assert took < 30, took
+    deadline = time.monotonic() + 15
+    while [p for p in seen if pid_alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in seen if pid_alive(p)]
+    assert not [o for p in seen for o in objects_of(p)]

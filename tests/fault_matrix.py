@@ -37,6 +37,7 @@ KINDS: Final = (
     "stop_cpu",
     "sigint_runner",
     "sigterm_runner",
+    "sigint_startup",
 )
 #: exit statuses the README documents, per fault (0 when the fault landed after the run's work)
 EXPECTED: Final[dict[str, frozenset[int]]] = {
@@ -47,7 +48,14 @@ EXPECTED: Final[dict[str, frozenset[int]]] = {
     "stop_cpu": frozenset({0, 2}),
     "sigint_runner": frozenset({130, 0}),
     "sigterm_runner": frozenset({143, 0}),
+    # a Ctrl-C while the runner still starts its daemon, jobs or CPUs is never lost
+    "sigint_startup": frozenset({130}),
 }
+#: CPUs (stress) and jobs (explore) of a start-up trial: spawning them takes a while
+STARTUP_CPUS: Final = 24
+STARTUP_JOBS: Final = 2
+#: seconds a start-up Ctrl-C may take to end the run (on a loaded 2-core machine)
+STARTUP_STOP: Final = 15.0
 GRACE: Final = 20.0  # seconds after the runner exits for its children and objects to go
 
 
@@ -78,6 +86,7 @@ class Outcome:
     leaked: list[str] = field(default_factory=list)
     orphans: list[int] = field(default_factory=list)
     hung: bool = False
+    signalled: float = 0.0  # time.monotonic() of a start-up Ctrl-C
 
     @property
     def ok(self) -> bool:
@@ -150,11 +159,24 @@ def cpus_of(runner: int, daemon: int) -> list[int]:
 
 def command(t: Trial, json_path: str) -> list[str]:
     common = ["--variant", t.variant, "--seed", str(t.seed), "--json", json_path]
+    startup = t.kind == "sigint_startup"
     if t.mode == "stress":
-        return [*cli(), "stress", *common, "--cpus", "3", "--duration", f"{t.length:g}"]
+        cpus = STARTUP_CPUS if startup else 3
+        return [*cli(), "stress", *common, "--cpus", str(cpus), "--duration", f"{t.length:g}"]
     # One explorer: the fault lands on the processes this harness can name (the daemon and
     # CPUs of the runner itself); faults in --jobs runs are tests/test_jobs.py's subject.
-    return [*cli(), "explore", *common, "--budget", f"{t.length:g}", "--no-minimize", "--jobs", "1"]
+    # A start-up Ctrl-C goes to the whole group, so there the jobs are spawned too.
+    jobs = STARTUP_JOBS if startup else 1
+    return [
+        *cli(),
+        "explore",
+        *common,
+        "--budget",
+        f"{t.length:g}",
+        "--no-minimize",
+        "--jobs",
+        str(jobs),
+    ]
 
 
 def _wait_running(proc: subprocess.Popen[str], deadline: float) -> int:
@@ -229,15 +251,10 @@ def _run_trial(t: Trial, out_f: IO[str], err_f: IO[str]) -> Outcome:
     )
     seen: set[int] = set()
     try:
-        daemon = _wait_running(proc, time.monotonic() + 60)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < t.at and proc.poll() is None:
-            seen |= descendants(proc.pid)
-            time.sleep(0.05)
-        seen |= descendants(proc.pid)
-        if daemon and proc.poll() is None:
-            out.victim = _inject(t, proc, daemon, rng)
-            out.hit = out.victim != 0
+        if t.kind == "sigint_startup":
+            _ctrl_c_at(t, proc, seen, out)
+        else:
+            _fault_mid_run(t, proc, seen, out, rng)
         limit = t.length + t.stop_for + 60.0
         try:
             proc.wait(timeout=limit)
@@ -248,6 +265,9 @@ def _run_trial(t: Trial, out_f: IO[str], err_f: IO[str]) -> Outcome:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         out.rc = proc.returncode
+        took = time.monotonic() - out.signalled
+        if out.signalled and took > STARTUP_STOP:
+            out.problems.append(f"a Ctrl-C during start-up took {took:.1f} s to stop the run")
         out_f.seek(0)
         err_f.seek(0)
         stdout, stderr = out_f.read(), err_f.read()
@@ -278,6 +298,42 @@ def _run_trial(t: Trial, out_f: IO[str], err_f: IO[str]) -> Outcome:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(json_path)
     return out
+
+
+def _ctrl_c_at(t: Trial, proc: subprocess.Popen[str], seen: set[int], out: Outcome) -> None:
+    """A terminal's Ctrl-C (the whole group) ``t.at`` seconds after the command started,
+    whatever it is doing then: importing, creating objects, spawning."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < t.at and proc.poll() is None:
+        seen |= descendants(proc.pid)
+        time.sleep(0.01)
+    seen |= descendants(proc.pid)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+            out.signalled = time.monotonic()
+            out.victim = proc.pid
+            out.hit = True
+    # the children it starts while stopping are the run's too
+    end = time.monotonic() + 5
+    while proc.poll() is None and time.monotonic() < end:
+        seen |= descendants(proc.pid)
+        time.sleep(0.05)
+
+
+def _fault_mid_run(
+    t: Trial, proc: subprocess.Popen[str], seen: set[int], out: Outcome, rng: random.Random
+) -> None:
+    """Once the run's daemon and CPUs are up, wait ``t.at`` seconds and inject the fault."""
+    daemon = _wait_running(proc, time.monotonic() + 60)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < t.at and proc.poll() is None:
+        seen |= descendants(proc.pid)
+        time.sleep(0.05)
+    seen |= descendants(proc.pid)
+    if daemon and proc.poll() is None:
+        out.victim = _inject(t, proc, daemon, rng)
+        out.hit = out.victim != 0
 
 
 def _judge(out: Outcome, stdout: str, stderr: str, json_path: str) -> None:
@@ -345,6 +401,8 @@ def trials(kinds: tuple[str, ...], per_kind: int, seed: int, short: bool) -> lis
             if kind.startswith("stop_"):
                 stop = rng.uniform(1.0, 3.0) if short else rng.uniform(4.0, 15.0)
             at = rng.uniform(0.2, length * 0.7)
+            if kind == "sigint_startup":  # from the command's first instruction
+                at = rng.uniform(0.3, 3.0)
             out.append(Trial(mode, variant, kind, rng.randrange(1000), at, stop, length))
     return out
 

@@ -22,7 +22,7 @@ from distributed import Client
 
 from shmpamt import api
 from shmpamt.campaign.cluster import local_cluster, run_campaign
-from shmpamt.campaign.matrix import Plan, ShardOutcome, merge_shards
+from shmpamt.campaign.matrix import MAX_SHARDS, Plan, ShardOutcome, merge_shards
 from shmpamt.machine.ipc import parse_name, pid_alive
 
 #: one xdist worker runs every cluster test: two clusters racing for ports and cores
@@ -227,3 +227,76 @@ def test_campaign_against_a_scheduler_started_by_hand(dask_processes: str, tmp_p
     (v,) = report["variants"]
     assert v["verdict"] and all(k["best"]["where"] for k in v["kinds"].values())
     assert report["stored_new"] >= 1  # the client stored what the workers found
+
+
+def _campaign(*args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "shmpamt", "campaign", "--variant", "locked", *args]
+    return subprocess.Popen(
+        [*cmd, "--workers", "2", "--db", "off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _ctrl_c_and_judge(proc: subprocess.Popen[str], seen: set[int]) -> tuple[str, str, float]:
+    """Ctrl-C the campaign's group; its output and how long the stop took, after checking
+    that it exited 130 with no noise and left no process and no IPC object."""
+    seen |= _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    took = time.monotonic() - t0
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stdout + stderr and "Exception ignored" not in stderr, stderr
+    deadline = time.monotonic() + 10
+    while [p for p in seen if pid_alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in seen if pid_alive(p)]
+    assert not _shm_of(seen)
+    return stdout, stderr, took
+
+
+def test_ctrl_c_while_the_cluster_starts_is_not_lost() -> None:
+    """SIGINT used to be ignored while the local cluster started its workers: the Ctrl-C
+    was thrown away and the campaign ran to its end."""
+    proc = _campaign("--strategy", "random", "--seeds", "4", "--budget", "30")
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while not any("spawn_main" in _cmdline(p) for p in seen):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no worker was started"
+        time.sleep(0.01)
+        seen |= _descendants(proc.pid)
+    stdout, _, took = _ctrl_c_and_judge(proc, seen)
+    assert "interrupted by SIGINT" in stdout
+    assert took < 30, took
+
+
+def test_ctrl_c_stops_the_largest_campaign_as_fast_as_a_small_one() -> None:
+    """A matrix at the bound: the client keeps only a few tasks in flight, so the stop
+    neither waits for nor cancels the rest one by one (it used to hang)."""
+    proc = _campaign("--strategy", "stress", "--seeds", str(MAX_SHARDS), "--budget", "2")
+    seen: set[int] = set()
+    deadline = time.monotonic() + 90
+    while len({parse_name(n).pid for n in _shm_of(seen)}) < 2:  # type: ignore[union-attr]
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no shard started"
+        seen |= _descendants(proc.pid)
+        time.sleep(0.1)
+    stdout, _, took = _ctrl_c_and_judge(proc, seen)
+    assert f"of {MAX_SHARDS} shards reported" in stdout and "did not run" in stdout
+    assert took < 30, took
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

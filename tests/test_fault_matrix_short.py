@@ -23,6 +23,9 @@ TRIALS = [
     Trial("stress", "rfc", "kill_cpu", 8, 1.5),
     # issue 17 item 5: explore CPUs notice a SIGKILLed runner (the hook waits with acquire_watching)
     Trial("explore", "v6", "kill_runner", 9, 1.0),
+    # issue 30 item 1: a Ctrl-C while the runner spawns its CPUs, or its jobs, is not lost
+    Trial("stress", "locked", "sigint_startup", 10, 1.2),
+    Trial("explore", "v6", "sigint_startup", 11, 1.0),
 ]
 
 

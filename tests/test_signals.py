@@ -79,3 +79,72 @@ def test_signal_stops_everything_with_a_partial_report(
 def _session_members(sid: int) -> list[str]:
     r = subprocess.run(["pgrep", "-a", "-s", str(sid)], capture_output=True, text=True)
     return r.stdout.split("\n")[:-1]
+
+
+def _spawned_children(pid: int) -> int:
+    """How many of ``pid``'s children are multiprocessing spawns (daemon, CPUs, jobs)."""
+    n = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_bytes()
+            if int(stat.rsplit(b")", 1)[1].split()[1]) != pid:
+                continue
+            if b"spawn_main" in Path(f"/proc/{d}/cmdline").read_bytes():
+                n += 1
+        except (OSError, ValueError):
+            continue
+    return n
+
+
+def _ctrl_c_once(command: list[str], spawned: int) -> tuple[int, str, str, float]:
+    """Run ``command``; Ctrl-C it (its whole group) as soon as it has ``spawned`` spawned
+    children, i.e. while it is still starting the others; (status, out, err, seconds the
+    stop took)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmpamt", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while _spawned_children(proc.pid) < spawned:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run did not start its children"
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the run went on after a Ctrl-C during its start-up") from None
+        took = time.monotonic() - t0
+        # Invariant: every IPC object of the run is gone, and so is every child.
+        assert _objects_of(proc.pid) == []
+        deadline = time.monotonic() + 10
+        while (left := _session_members(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert left == [], left
+        return proc.returncode, out, err, took
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("where", "cpus", "spawned"),
+    [("while the daemon starts", 2, 1), ("while the CPUs are spawned", 32, 3)],
+)
+def test_ctrl_c_during_start_up_is_never_lost(where: str, cpus: int, spawned: int) -> None:
+    """SIGINT used to be ignored in the runner while it spawned, and so thrown away; and a
+    wait for the daemon that a signal interrupted ended in 'internal error: SignalError'."""
+    command = ["stress", "--variant", "locked", "--cpus", str(cpus), "--duration", "60"]
+    code, out, err, took = _ctrl_c_once([*command, "--seed", "1"], spawned)
+    assert code == 130, (where, code, out, err)
+    assert "interrupted by SIGINT" in out
+    assert "internal error" not in out + err and "Traceback" not in out + err, (out, err)
+    assert took < 20, took  # CPUs still starting up are not waited for

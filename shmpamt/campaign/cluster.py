@@ -22,8 +22,8 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import signal
 import socket
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -34,8 +34,10 @@ import dask
 from distributed import Client, Event, Future, LocalCluster, as_completed, get_worker
 
 from shmpamt import api
+from shmpamt.campaign.address import check_resolves, check_scheduler, check_tls
 from shmpamt.campaign.matrix import Plan, Shard, ShardOutcome
 from shmpamt.errors import RunFailure, ShmpamtError, UsageError
+from shmpamt.machine.children import sigint_held
 from shmpamt.machine.ipc import new_token
 
 #: the worker resource a shard takes: a worker that offers 1 runs one system at a time
@@ -44,6 +46,13 @@ RESOURCE: Final = "shmpamt"
 STOP_GRACE: Final = 30.0
 #: seconds between two looks at the stop event from inside a task
 _POLL: Final = 0.25
+#: seconds one attempt to reach a scheduler may take (a Ctrl-C is looked at between them)
+_CONNECT_SLICE: Final = 1.0
+#: tasks kept submitted: per worker, and at least (a queue, never the whole matrix)
+_IN_FLIGHT_PER_WORKER: Final = 2
+_MIN_IN_FLIGHT: Final = 4
+#: seconds between two looks at how many workers the cluster has
+_WORKERS_LOOK: Final = 5.0
 
 
 # --- the worker side ---------------------------------------------------------------------
@@ -86,6 +95,29 @@ class _StopFlag:
         return self.fired
 
 
+def _quiet_client_teardown() -> None:
+    """Keep a worker's stderr free of one known shutdown message, let all else through.
+
+    The stop event is read through the worker's own Dask client. When the cluster
+    shuts down mid-task (a Ctrl-C), that client may be collected after the worker's
+    event loop has closed; its destructor then fails ("IOLoop is closed", or a
+    timeout), which Python prints as ``Exception ignored in: Client.__del__``. The
+    worker is going away and nothing is lost, so that one message is dropped.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "shmpamt", False):
+        return
+
+    def hook(u: Any) -> None:
+        where = getattr(u.object, "__qualname__", "")
+        if where == "Client.__del__" and isinstance(u.exc_value, RuntimeError | TimeoutError):
+            return
+        previous(u)
+
+    hook.shmpamt = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def run_shard(shard: Shard, stop_event: str = "") -> dict[str, Any]:
     """One task: run one shard through :func:`shmpamt.api.run`.
 
@@ -95,6 +127,7 @@ def run_shard(shard: Shard, stop_event: str = "") -> dict[str, Any]:
     """
     host, worker = worker_identity()
     out: dict[str, Any] = {"host": host, "worker": worker, "result": None, "error": ""}
+    _quiet_client_teardown()
     stop = _StopFlag(stop_event)
     if stop():
         return {**out, "stopped": True, "error": "not started: the campaign was stopped"}
@@ -166,22 +199,21 @@ Event_ = ShardOutcome | RegressionOutcome
 @contextlib.contextmanager
 def local_cluster(workers: int) -> Iterator[LocalCluster]:
     """An embedded cluster on 127.0.0.1: ``workers`` processes, one thread and one
-    shmpamt system each. Worker processes start with SIGINT ignored (as the rig's CPU
-    and daemon processes do): a terminal's Ctrl-C is the client's to handle."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with dask.config.set({"distributed.worker.daemon": False}):
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                resources={RESOURCE: 1},
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
-    finally:
-        signal.signal(signal.SIGINT, old)
+    shmpamt system each. The cluster's threads, and so the worker processes they
+    start (also later, to replace a lost one), have SIGINT blocked: a terminal's
+    Ctrl-C is the client's to handle, and one that comes meanwhile is not lost."""
+    with sigint_held(), dask.config.set({"distributed.worker.daemon": False}):
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            resources={RESOURCE: 1},
+            host="127.0.0.1",
+            dashboard_address=None,
+            # A worker's own log lines (a heartbeat that found the scheduler gone while
+            # the cluster shuts down) are noise here: task errors come back as results.
+            silence_logs=logging.CRITICAL,
+        )
     try:
         yield cluster
     finally:
@@ -224,22 +256,56 @@ def run_campaign(
     connect_timeout: float = 30.0,
 ) -> CampaignRun:
     """Run every shard of ``plan`` (after each variant's regression check, if ``stored``
-    has schedules for it) and return the outcomes as they were when it ended."""
+    has schedules for it) and return the outcomes as they were when it ended.
+
+    A malformed ``scheduler`` address is a UsageError before anything starts; one
+    that does not answer is one after ``connect_timeout`` seconds (or at once
+    when ``should_stop``).
+    """
+    address = None
+    if scheduler is not None:
+        address = check_scheduler(scheduler)
+        check_tls(address, lambda key: dask.config.get(key, None))
     with contextlib.ExitStack() as stack:
-        if scheduler is None:
+        if address is None:
             n = workers or os.cpu_count() or 1
             cluster = stack.enter_context(local_cluster(n))
             client = stack.enter_context(Client(cluster, set_as_default=False))
         else:
-            try:
-                client = stack.enter_context(
-                    Client(scheduler, timeout=connect_timeout, set_as_default=False)
-                )
-            except OSError as e:
-                msg = f"cannot reach the scheduler {scheduler}: {e}"
-                raise UsageError(msg, "scheduler") from None
-        return _drive(client, plan, stored or {}, on_event, should_stop, retries, scheduler)
+            check_resolves(address)
+            got = _connect(address, connect_timeout, should_stop)
+            if got is None:  # stopped while connecting: nothing ran
+                missing = [plan.shard_id(i) for i in range(plan.size)]
+                return CampaignRun(interrupted=True, missing=missing, scheduler=address)
+            client = stack.enter_context(got)
+        return _drive(client, plan, stored or {}, on_event, should_stop, retries, address)
     raise AssertionError("unreachable")  # pragma: no cover  (mypy: ExitStack may swallow)
+
+
+def _connect(address: str, timeout: float, should_stop: Callable[[], bool]) -> Client | None:
+    """A client of the scheduler at ``address``; None once ``should_stop``. It tries in
+    slices of a second, so a Ctrl-C while a scheduler does not answer stops at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return Client(
+                address, timeout=max(0.5, min(_CONNECT_SLICE, left)), set_as_default=False
+            )
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+            raise UsageError(f"cannot connect to {address}: {e}", "scheduler") from None
+        except OSError as e:
+            if should_stop():
+                return None
+            if time.monotonic() >= deadline:
+                raise UsageError(
+                    f"cannot reach the scheduler {address} within {timeout:g} s: {e}",
+                    "scheduler",
+                ) from None
+        except Exception as e:  # a TLS or protocol error: trying again will not help
+            raise UsageError(
+                f"cannot connect to {address}: {type(e).__name__}: {e}", "scheduler"
+            ) from None
 
 
 def _drive(
@@ -251,6 +317,13 @@ def _drive(
     retries: int,
     scheduler: str | None,
 ) -> CampaignRun:
+    """Submit as workers free up (a few tasks per worker in flight, never the whole
+    matrix), collect as tasks finish, stop at ``should_stop``.
+
+    Keeping the queue short is what makes a stop fast whatever the matrix's size:
+    only the tasks in flight are cancelled or waited for, and shards never
+    submitted are simply reported as not run.
+    """
     run = CampaignRun(scheduler=scheduler or "local")
     run.workers = len(client.scheduler_info(n_workers=-1)["workers"])
     opts = _task_options(client)
@@ -258,46 +331,58 @@ def _drive(
     stop_name = f"shmpamt-stop-{token}"
     stop_event = Event(stop_name, client=client)
     pending: dict[Future[Any], Shard | str] = {}
-    # The regression checks go first (higher priority): they are the cheap, certain part.
-    for variant, items in stored.items():
-        if items and variant in plan.variants:
-            fut = client.submit(
-                run_regressions,
-                variant,
-                list(items),
-                key=f"shmpamt-regress-{token}-{plan.variants.index(variant)}",
-                priority=10,
-                retries=retries,
-                pure=False,
-                **opts,
-            )
-            pending[fut] = variant
-    for shard in plan.shards():
-        fut = client.submit(
-            run_shard,
-            shard,
-            stop_name,
-            key=f"shmpamt-shard-{token}-{shard.index}",
-            retries=retries,
-            pure=False,
-            **opts,
-        )
-        pending[fut] = shard
-    done = as_completed(list(pending), loop=client.loop)
+    done = as_completed(loop=client.loop)
+    todo = plan.iter_shards()
+    submitted = 0
+    in_flight = _in_flight(run.workers)
+    next_look = time.monotonic() + _WORKERS_LOOK
     try:
-        while not done.is_empty():
+        # The regression checks go first (higher priority): they are the cheap, certain part.
+        for variant, items in stored.items():
+            if items and variant in plan.variants:
+                fut = client.submit(
+                    run_regressions,
+                    variant,
+                    list(items),
+                    key=f"shmpamt-regress-{token}-{plan.variants.index(variant)}",
+                    priority=10,
+                    retries=retries,
+                    pure=False,
+                    **opts,
+                )
+                pending[fut] = variant
+                done.add(fut)
+        while True:
             if should_stop():
                 run.interrupted = True
                 _stop(client, stop_event, pending, done, run, on_event)
+                break
+            if time.monotonic() >= next_look:  # workers may join (or leave) a cluster
+                run.workers = max(run.workers, len(client.scheduler_info()["workers"]))
+                in_flight = _in_flight(run.workers)
+                next_look = time.monotonic() + _WORKERS_LOOK
+            while len(pending) < in_flight and (shard := next(todo, None)) is not None:
+                fut = client.submit(
+                    run_shard,
+                    shard,
+                    stop_name,
+                    key=f"shmpamt-shard-{token}-{shard.index}",
+                    retries=retries,
+                    pure=False,
+                    **opts,
+                )
+                pending[fut] = shard
+                done.add(fut)
+                submitted += 1
+            if not pending:
                 break
             for fut in done.next_batch(block=False):
                 what = pending.pop(fut, None)
                 if what is None:
                     continue  # as_completed may hand a retried task back twice: count it once
                 ev = _collect(client, fut, what)
-                if ev is None:
-                    continue
-                _record(run, ev, on_event)
+                if ev is not None:
+                    _record(run, ev, on_event)
             time.sleep(0.05)
     finally:
         leftover = [f for f in pending if not f.done()]
@@ -305,7 +390,14 @@ def _drive(
             client.cancel(leftover, force=True)
         with contextlib.suppress(Exception):
             stop_event.clear()
+    # never submitted (the run was stopped)
+    run.missing.extend(plan.shard_id(i) for i in range(submitted, plan.size))
     return run
+
+
+def _in_flight(workers: int) -> int:
+    """Tasks to keep submitted: each worker busy and one more queued for it."""
+    return max(_MIN_IN_FLIGHT, _IN_FLIGHT_PER_WORKER * workers)
 
 
 def _record(run: CampaignRun, ev: Event_, on_event: Callable[[Event_], None] | None) -> None:
@@ -326,28 +418,40 @@ def _stop(
     on_event: Callable[[Event_], None] | None,
 ) -> None:
     """Ctrl-C: running shards are told to stop and waited for (their runs remove their
-    own IPC objects); shards not yet started are cancelled."""
+    own IPC objects, and what they found so far is reported); the few submitted shards
+    not yet started are cancelled."""
     stop_event.set()
     running = {k for keys in client.processing().values() for k in keys}
     waiting = [f for f in pending if f.key not in running and not f.done()]
-    client.cancel(waiting, force=True)
+    if waiting:
+        client.cancel(waiting, force=True)
     deadline = time.monotonic() + STOP_GRACE
-    while time.monotonic() < deadline:
-        live = [f for f in pending if not f.done()]
-        for fut in done.next_batch(block=False):
-            if fut in pending:
-                ev = _collect(client, fut, pending.pop(fut))
-                if ev is not None:
-                    _record(run, ev, on_event)
-        if not live:
-            break
+    while any(not f.done() for f in pending) and time.monotonic() < deadline:
+        _collect_batch(client, pending, done, run, on_event)
         time.sleep(0.05)
-    for f, what in pending.items():
+    _collect_batch(client, pending, done, run, on_event)
+    for what in pending.values():
         if isinstance(what, Shard):
             run.missing.append(what.id)
-        if not f.done():
-            client.cancel([f], force=True)
+    late = [f for f in pending if not f.done()]
+    if late:
+        client.cancel(late, force=True)
     pending.clear()
+
+
+def _collect_batch(
+    client: Client,
+    pending: dict[Future[Any], Shard | str],
+    done: as_completed,
+    run: CampaignRun,
+    on_event: Callable[[Event_], None] | None,
+) -> None:
+    for fut in done.next_batch(block=False):
+        what = pending.pop(fut, None)
+        if what is not None:
+            ev = _collect(client, fut, what)
+            if ev is not None:
+                _record(run, ev, on_event)
 
 
 def _collect(client: Client, fut: Future[Any], what: Shard | str) -> Event_ | None:

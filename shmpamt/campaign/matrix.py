@@ -13,8 +13,9 @@ does not depend on which worker finished first.
 
 from __future__ import annotations
 
+import stat
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +39,11 @@ STRESS: Final = "stress"
 SHARD_KINDS: Final = (*STRATEGIES, STRESS)
 #: seconds per shard when neither a budget nor executions are given
 DEFAULT_SHARD_BUDGET: Final = 5.0
+#: the most shards one campaign may have: checked before anything starts, so an
+#: oversized matrix (say 8 variants x 7 strategies x 100,000 seeds) is refused at once
+MAX_SHARDS: Final = 100_000
+#: a matrix file is a few lines; anything far larger is a wrong path
+MAX_MATRIX_BYTES: Final = 1 << 20
 #: keys a campaign TOML file may have
 TOML_KEYS: Final = frozenset(
     {"variants", "strategies", "seed", "seeds", "budget", "executions", "cpus", "rounds", "ignore"}
@@ -125,28 +131,66 @@ class Plan:
         else:
             set_(self, "budget", check_float("budget", self.budget, 0, 86400, True))
         set_(self, "ignore", check_ignore(self.ignore))
+        if self.size > MAX_SHARDS:
+            raise UsageError(
+                f"the matrix has {len(self.variants)} variant(s) x {len(self.strategies)} "
+                f"strateg{'y' if len(self.strategies) == 1 else 'ies'} x {self.seeds} seed(s) "
+                f"= {self.size:,} shards; a campaign may have at most {MAX_SHARDS:,}",
+                "seeds",
+            )
         for s in self.strategies:  # every shard's own checks, once, before any task runs
             Shard(0, self.variants[0], s, self.seed, *self._shape()).config()
 
     def _shape(self) -> tuple[float | None, int | None, int, int, frozenset[str]]:
         return (self.budget, self.executions, self.cpus, self.rounds, self.ignore)
 
+    @property
+    def size(self) -> int:
+        """How many shards the matrix has (without making them)."""
+        return len(self.variants) * len(self.strategies) * self.seeds
+
+    def shard_id(self, index: int) -> str:
+        """Shard ``index``'s :attr:`Shard.id`, without making the shard (cheap for the
+        thousands a stopped campaign never started)."""
+        per_variant = len(self.strategies) * self.seeds
+        v, rest = divmod(index, per_variant)
+        s, k = divmod(rest, self.seeds)
+        return f"{self.variants[v]}/{self.strategies[s]}/seed{self.seed + k}"
+
     def shards(self) -> list[Shard]:
         """Variant-major, then strategy, then seed: shard i is the same for every run."""
-        out: list[Shard] = []
+        return list(self.iter_shards())
+
+    def iter_shards(self) -> Iterator[Shard]:
+        """:meth:`shards` one at a time, for a client that submits as workers free up."""
+        i = 0
         for v in self.variants:
             for s in self.strategies:
                 for k in range(self.seeds):
-                    out.append(Shard(len(out), v, s, self.seed + k, *self._shape()))
-        return out
+                    yield Shard(i, v, s, self.seed + k, *self._shape())
+                    i += 1
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> Plan:
         """A plan from a small TOML file (keys: TOML_KEYS); ``overrides`` win."""
         try:
-            data = tomllib.loads(path.read_text())
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise UsageError(f"{path} is not a regular file", "matrix")
+            if st.st_size > MAX_MATRIX_BYTES:
+                raise UsageError(
+                    f"{path} has {st.st_size:,} bytes; a matrix file has at most "
+                    f"{MAX_MATRIX_BYTES:,}",
+                    "matrix",
+                )
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
         except OSError as e:
             raise UsageError(f"cannot read {path}: {e.strerror}", "matrix") from None
+        except UnicodeDecodeError as e:
+            raise UsageError(
+                f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); a matrix is a TOML file",
+                "matrix",
+            ) from None
         except tomllib.TOMLDecodeError as e:
             raise UsageError(f"{path} is not valid TOML: {e}", "matrix") from None
         unknown = sorted(set(data) - TOML_KEYS)

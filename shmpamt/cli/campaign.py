@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from shmpamt.campaign.address import check_resolves, check_scheduler, check_tls
 from shmpamt.campaign.matrix import (
     SHARD_KINDS,
     Plan,
@@ -65,7 +66,7 @@ class Board:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.total = len(plan.shards())
+        self.total = plan.size
         self.per_variant = len(plan.strategies) * plan.seeds
         self.summaries = {v: VariantSummary(v) for v in plan.variants}
         self.done = 0
@@ -148,6 +149,8 @@ class Board:
                 if v.failing
                 else "[yellow]errors[/yellow]"
                 if v.errors or v.incidents
+                else "[yellow]incomplete[/yellow]"  # not every shard ran: never "clean"
+                if v.shards < self.per_variant
                 else "[green]clean[/green]"
             )
             t.add_row(
@@ -304,6 +307,12 @@ def campaign_command(
     from shmpamt import api
 
     common.check_output_path("--json", json_path)
+    if scheduler is not None:  # before anything else: a typo costs one line, at once
+        scheduler = common.build(partial(check_scheduler, scheduler))
+        import dask.config
+
+        common.build(partial(check_tls, scheduler, lambda key: dask.config.get(key, None)))
+        common.build(partial(check_resolves, scheduler))
     if workers is not None and workers < 1:
         common.fail(f"--workers must be at least 1, not {workers}")
     if retries < 0:
@@ -424,6 +433,7 @@ def _go(
 ) -> None:
     from shmpamt.campaign.cluster import run_campaign
 
+    usage = ""
     with (
         common.trapped_signals() as interrupted,
         Live(
@@ -452,12 +462,14 @@ def _go(
         try:
             go()
         except UsageError as e:
-            board.error = common.flag_message(e)
+            usage = common.flag_message(e)  # nothing ran (the cluster refused): no report
         except Exception as e:
             if os.environ.get("SHMPAMT_DEBUG"):
                 raise
             board.error = f"{type(e).__name__}: {e}"
         board.interrupted = interrupted.signal
+    if usage:
+        common.fail(usage)
 
 
 def _remember(fdb: FailureDB, outcomes: list[ShardOutcome]) -> int:
@@ -478,7 +490,7 @@ def _finish(
 ) -> NoReturn:
     board.render(console)
     if board.error:
-        Console(stderr=True).print(f"error: {board.error}", highlight=False, markup=False)
+        common.err_console.print(f"error: {board.error}", highlight=False, markup=False)
     if json_path is not None:
         try:
             write_file(json_path, (json.dumps(board.to_dict(), indent=2) + "\n").encode())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from shmpamt.engine.workload import (
 from shmpamt.errors import LockError
 from shmpamt.machine.atomic import RefcountArray
 from shmpamt.machine.chaos import UNIFORM, TargetedChaos, UniformChaos
+from shmpamt.machine.children import ignore_sigint
 from shmpamt.machine.cpu_board import (
     DELAYS,
     GETS_FAILED,
@@ -84,7 +84,7 @@ def run_cpu_process(
 ) -> NoReturn:
     """The life every CPU process shares: attach, run ``body``, say how it ended, exit."""
     # Ctrl-C goes to the whole process group; the runner decides when CPUs stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_sigint()
     board = CpuBoard.attach(names.board, names.cpus)
     # A C variant that faults cannot raise: its signal handler writes the last words.
     arm_crash_report(board.message_slot(cpu), cpu)

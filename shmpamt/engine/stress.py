@@ -107,7 +107,7 @@ def run_stress(
     starts = 0
     gave_up = False
     next_epoch = t0 + config.epoch
-    with Fleet.start(layout, cpu_main, args, faults) as fleet:
+    with Fleet.start(layout, cpu_main, args, faults, should_stop=should_stop) as fleet:
         s = fleet.system
         try:
             while True:
@@ -161,6 +161,7 @@ def run_stress(
         notes: tuple[str, ...] = (
             (f"{starts} fresh starts (every {config.epoch:g} s)",) if starts else ()
         )
+        notes += tuple(fleet.notes)
         if gave_up:
             notes += (
                 f"fresh starts stopped after {starts}: a CPU did not pause between rounds "

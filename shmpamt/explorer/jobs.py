@@ -22,7 +22,8 @@ from typing import Any, Final
 from shmpamt.config import ExploreConfig
 from shmpamt.errors import RunFailure
 from shmpamt.explorer.search import ExploreProgress, run_explore
-from shmpamt.machine.ipc import sigint_ignored_in_children
+from shmpamt.machine.children import ignore_sigint, sigint_held
+from shmpamt.machine.ipc import no_room
 from shmpamt.machine.placement import core_for
 from shmpamt.records.results import BOUNDED, SAMPLED, VERIFIED, ExploreStats, Finding, VariantResult
 
@@ -52,6 +53,7 @@ def _job(
     parent: int,
 ) -> None:
     """One job's life (a spawned process): search its shard, send the result home."""
+    ignore_sigint()  # Ctrl-C reaches the whole process group; the parent stops the jobs
     index = shard[0]
 
     def tick(p: ExploreProgress) -> None:
@@ -75,14 +77,18 @@ def _run_jobs(
     should_stop: Callable[[], bool],
 ) -> VariantResult:
     ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    out: Any = ctx.Queue()
+    try:  # multiprocessing keeps their locks as named semaphores in /dev/shm
+        stop = ctx.Event()
+        out: Any = ctx.Queue()
+    except OSError as e:
+        raise no_room("the jobs' stop event and result queue", e) or e from None
     procs: list[BaseProcess] = []
     results: dict[int, VariantResult] = {}
     errors: dict[int, str] = {}
     progress: dict[int, ExploreProgress] = {}
+    interrupted = False
     try:
-        with sigint_ignored_in_children():
+        with sigint_held():
             for i in range(jobs):
                 core = core_for(i) if config.pin else None
                 one = replace(config, jobs=1, executions=_share(config.executions, i, jobs))
@@ -95,6 +101,7 @@ def _run_jobs(
                 procs.append(job)
         while len(results) + len(errors) < jobs:
             if should_stop():
+                interrupted = True
                 stop.set()
             try:
                 kind, index, payload = out.get(timeout=POLL)
@@ -124,13 +131,28 @@ def _run_jobs(
             if proc.exitcode is None:
                 proc.kill()
                 proc.join(5)
-    if not results:
-        raise RunFailure("; ".join(f"job {i}: {e}" for i, e in sorted(errors.items())))
+    # A job that failed stops the others, which may then return having run nothing: with
+    # no execution anywhere (and no Ctrl-C) the run failed, e.g. no room in /dev/shm.
+    if not results or (
+        errors and not interrupted and not any(r.operations for r in results.values())
+    ):
+        raise RunFailure(_errors_line(errors))
     merged = merge_jobs([results[i] for i in sorted(results)], config)
     if errors:
         extra = tuple(f"job {i} failed: {e}" for i, e in sorted(errors.items()))
         merged = replace(merged, incidents=merged.incidents + extra)
     return merged
+
+
+def _errors_line(errors: dict[int, str]) -> str:
+    """Every job's error on one line; jobs that failed alike (say, no room in /dev/shm)
+    are named together, so the line says it once."""
+    alike: dict[str, list[int]] = {}
+    for i, e in sorted(errors.items()):
+        alike.setdefault(e, []).append(i)
+    return "; ".join(
+        f"job{'s' if len(js) > 1 else ''} {', '.join(map(str, js))}: {e}" for e, js in alike.items()
+    )
 
 
 def _share(total: int | None, index: int, jobs: int) -> int | None:

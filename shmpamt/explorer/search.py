@@ -15,7 +15,7 @@ from typing import Final
 from shmpamt.config import ExploreConfig, ReplayConfig
 from shmpamt.errors import SchedulingError, UsageError
 from shmpamt.explorer.minimize import minimize
-from shmpamt.explorer.session import Session
+from shmpamt.explorer.session import Session, StartAborted
 from shmpamt.machine.placement import core_for
 from shmpamt.records.execution import STEP_LIMIT, Execution
 from shmpamt.records.results import (
@@ -31,6 +31,7 @@ from shmpamt.records.results import (
 from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers.base import ScheduleMismatch, Scheduler
 from shmpamt.schedulers.registry import claim_of, make_scheduler
+from shmpamt.variants.registry import load_variant
 
 MINIMIZE_CHECKS: Final = 300  # replays per reported kind
 
@@ -100,51 +101,20 @@ def run_explore(
         shard=shard,
     )
     found = _Search()
-    ran = 0
-    last_tick = 0.0
-    budget = config.seconds
-    with Session(scenario, core) as session:
-        # The budget is search time: starting the processes does not count against it.
-        t0 = time.monotonic()
-        while not should_stop():
-            elapsed = time.monotonic() - t0
-            if budget and elapsed >= budget:
-                break
-            if not scheduler.new_execution():
-                break
-            ex = session.execute(scheduler)
-            ran += 1
-            if scheduler.skipped_last:
-                continue  # another job owns this execution and counts what it shows
-            if ex.outcome == STEP_LIMIT:
-                found.incidents.append(
-                    f"execution {ran} hit the step limit of {session.max_steps} steps (livelock?)"
-                )
-            failing = ex.kinds - config.ignore
-            if ex.kinds and not failing:
-                found.ignored_only += 1
-            for kind in ex.kinds:
-                if kind in found.kinds:
-                    found.kinds[kind].executions += 1
-                else:
-                    sched = scenario.schedule(ex.workload_seed, tuple(ex.steps))
-                    found.kinds[kind] = _Kind(sched, ex)
-            if failing and config.first:
-                break
-            if on_progress is not None and elapsed - last_tick >= 0.2:
-                last_tick = elapsed
-                on_progress(
-                    ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
-                )
-        for kind, k in found.kinds.items():
-            if config.minimize and kind not in config.ignore:
-                k.reported, k.reported_execution = shrink(session, k.schedule, kind)
-        elapsed = time.monotonic() - t0
-        if on_progress is not None:
-            on_progress(
-                ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
-            )
-        name = session.variant_name
+    try:
+        session = Session(scenario, core, should_stop=should_stop)
+    except StartAborted:  # a Ctrl-C while its processes started: nothing ran
+        name, ran, elapsed = load_variant(config.variant).name or config.variant, 0, 0.0
+    else:
+        with session:
+            ran, elapsed = _search(session, config, scheduler, found, on_progress, should_stop)
+            name = session.variant_name
+        # Closing the session stopped whatever the CPUs started and left running.
+        found.incidents.extend(session.fleet.incidents)
+    if ran == 0 and should_stop():
+        # Stopped before its first execution (a Ctrl-C during start-up): no evidence of
+        # clean. (Without a stop, zero executions is a shard with nothing to do.)
+        found.incidents.append("stopped before any execution ran: nothing was tested")
     counts = zero_counts()
     examples = {}
     findings = []
@@ -190,6 +160,60 @@ def run_explore(
             ignored_only=found.ignored_only,
         ),
     )
+
+
+def _search(
+    session: Session,
+    config: ExploreConfig,
+    scheduler: Scheduler,
+    found: _Search,
+    on_progress: Callable[[ExploreProgress], None] | None,
+    should_stop: Callable[[], bool],
+) -> tuple[int, float]:
+    """The search loop on a started session; (executions run, seconds searched)."""
+    scenario = config.scenario
+    budget = config.seconds
+    ran = 0
+    last_tick = 0.0
+    # The budget is search time: starting the processes does not count against it.
+    t0 = time.monotonic()
+    while not should_stop():
+        elapsed = time.monotonic() - t0
+        if budget and elapsed >= budget:
+            break
+        if not scheduler.new_execution():
+            break
+        ex = session.execute(scheduler)
+        ran += 1
+        if scheduler.skipped_last:
+            continue  # another job owns this execution and counts what it shows
+        if ex.outcome == STEP_LIMIT:
+            found.incidents.append(
+                f"execution {ran} hit the step limit of {session.max_steps} steps (livelock?)"
+            )
+        failing = ex.kinds - config.ignore
+        if ex.kinds and not failing:
+            found.ignored_only += 1
+        for kind in ex.kinds:
+            if kind in found.kinds:
+                found.kinds[kind].executions += 1
+            else:
+                sched = scenario.schedule(ex.workload_seed, tuple(ex.steps))
+                found.kinds[kind] = _Kind(sched, ex)
+        if failing and config.first:
+            break
+        if on_progress is not None and elapsed - last_tick >= 0.2:
+            last_tick = elapsed
+            on_progress(
+                ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
+            )
+    for kind, k in found.kinds.items():
+        if config.minimize and kind not in config.ignore:
+            k.reported, k.reported_execution = shrink(session, k.schedule, kind)
+    elapsed = time.monotonic() - t0
+    if on_progress is not None:
+        on_progress(ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget))
+    return ran, elapsed
 
 
 def _n(found: _Search, config: ExploreConfig) -> int:

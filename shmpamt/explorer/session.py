@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -89,6 +89,12 @@ from shmpamt.variants.registry import load_variant
 
 STEP_TIMEOUT: Final = 15.0  # a parked CPU that needs longer than this is dead or hung
 BOOT_TIMEOUT: Final = 60.0
+#: what the boot wait looks at between slices (None: nothing, every other wait)
+StopCheck = Callable[[], bool] | None
+
+
+class StartAborted(Exception):
+    """The session was told to stop before its CPUs were up; it left nothing behind."""
 
 
 class Session:
@@ -99,17 +105,27 @@ class Session:
     False: every step is a hand-off (for comparison; the executions are the same).
     """
 
-    def __init__(self, scenario: Scenario, core: int | None = None, batch: bool = True) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        core: int | None = None,
+        batch: bool = True,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """``should_stop`` (a Ctrl-C) is looked at while the processes start: once it
+        holds, the start is given up (:class:`StartAborted`) with nothing left behind."""
         self.batch = batch
         self._pin = pinned(core)
         self._pin.__enter__()
         try:
-            self._start(scenario)
+            self._start(scenario, should_stop)
         except BaseException:
             self._pin.__exit__(None, None, None)
             raise
 
-    def _start(self, scenario: Scenario) -> None:
+    def _start(self, scenario: Scenario, should_stop: Callable[[], bool]) -> None:
+        if should_stop():
+            raise StartAborted("stopped before the processes were started")
         variant = load_variant(scenario.variant)
         self.scenario = scenario
         self.variant_name = variant.name or scenario.variant
@@ -130,7 +146,12 @@ class Session:
 
         try:
             self.fleet = Fleet.start(
-                layout, cpu_explore_main, args, token=token, extra_names=self.board.all_names()
+                layout,
+                cpu_explore_main,
+                args,
+                token=token,
+                extra_names=self.board.all_names(),
+                should_stop=should_stop,
             )
         except BaseException:
             self.board.close()
@@ -150,15 +171,19 @@ class Session:
         self.wakeups = 0
         self.discarded = 0
         try:
+            if len(self.fleet.procs) < self.cpus:
+                raise StartAborted("stopped while the CPUs were being started")
             for _ in range(self.cpus):  # every CPU parks in its idle loop once attached
-                self._wait(None, BOOT_TIMEOUT)
+                self._wait(None, BOOT_TIMEOUT, should_stop)
         except BaseException:
             self.close()
             raise
 
     # -- plumbing -------------------------------------------------------------------
 
-    def _wait(self, cpu: int | None, timeout: float = STEP_TIMEOUT) -> None:
+    def _wait(
+        self, cpu: int | None, timeout: float = STEP_TIMEOUT, should_stop: StopCheck = None
+    ) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -166,6 +191,8 @@ class Session:
                 return
             except (posix_ipc.BusyError, posix_ipc.SignalError):
                 pass  # SignalError: the runner's Ctrl-C/SIGTERM flag was set; keep going
+            if should_stop is not None and should_stop():
+                raise StartAborted("stopped while the CPUs were starting up")
             failure = self.fleet.cpu_failure()
             if failure is not None:
                 raise CpuCrashed(failure)
@@ -535,8 +562,8 @@ class Session:
     # -- lifecycle --------------------------------------------------------------------
 
     def close(self) -> None:
-        for c in range(self.cpus):
-            if self.fleet.procs[c].exitcode is None:
+        for c, p in enumerate(self.fleet.procs):  # (fewer than cpus if the start was cut short)
+            if p.exitcode is None:
                 self.board.set(c, W_CMD, CMD_EXIT)
                 self.board.grants[c].release()
         deadline = time.monotonic() + 5

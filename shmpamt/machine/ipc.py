@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import mmap
 import os
 import re
@@ -20,8 +21,9 @@ import secrets
 import stat
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import posix_ipc
 
@@ -29,6 +31,7 @@ from shmpamt.errors import IpcError, RunFailure
 from shmpamt.machine import reaper
 
 PREFIX = "shmpamt"
+SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory and named semaphores
 MODE = 0o600
 MAGIC = 0x544D4150  # "PAMT" little-endian
 VERSION = 1
@@ -133,6 +136,42 @@ def unlink_name(name: str) -> bool:
 # --- shared-memory segments ------------------------------------------------
 
 
+_FREE_SOME = "free some space there or mount a larger tmpfs"
+
+
+def _no_room(name: str, what: str, e: OSError) -> str:
+    """One line, the same in every process of a run (no pid or token in it)."""
+    role = parse_name(name)
+    of = f" ({role.role})" if role is not None else ""
+    return f"no room in {SHM_DIR} for {what}{of}: {e.strerror}; " + _FREE_SOME
+
+
+#: errno values that mean "/dev/shm is full" (a tmpfs out of space, or of memory)
+NO_ROOM: Final = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EDQUOT})
+
+
+def no_room(what: str, e: OSError) -> IpcError | None:
+    """The one-line error for ``what`` (an object someone else, e.g. multiprocessing,
+    creates in /dev/shm) failing for lack of room; None if ``e`` is another error."""
+    if e.errno not in NO_ROOM:
+        return None
+    return IpcError(f"no room in {SHM_DIR} for {what}: {e.strerror}; " + _FREE_SOME)
+
+
+def _reserve(fd: int, name: str, size: int) -> None:
+    """Give the segment its memory now: a tmpfs (``/dev/shm``) without room for it
+    then fails here, with one line, instead of killing with SIGBUS whichever process
+    first touches a page the filesystem cannot supply."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in NO_ROOM:
+            raise IpcError(_no_room(name, f"a {size}-byte shared memory segment", e)) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise IpcError(f"cannot reserve shared memory {name}: {e.strerror}") from None
+        # a filesystem without fallocate: the memory comes when first touched, as before
+
+
 class Segment:
     """A named shared-memory segment with a small self-describing header.
 
@@ -164,7 +203,13 @@ class Segment:
         _register(name, lambda: posix_ipc.unlink_shared_memory(name))
         try:
             os.fchmod(shm.fd, MODE)  # umask cannot widen it, but be explicit
+            _reserve(shm.fd, name, total)
             mm = mmap.mmap(shm.fd, total)
+        except BaseException:
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory(name)
+            _forget(name)
+            raise
         finally:
             shm.close_fd()
         HEADER.pack_into(mm, 0, MAGIC, VERSION, kind, payload_size, os.getpid(), pid_namespace())
@@ -251,12 +296,16 @@ def create_semaphore(name: str, value: int) -> posix_ipc.Semaphore:
         sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=MODE, initial_value=value)
     except posix_ipc.ExistentialError as e:
         raise IpcError(f"semaphore {name} already exists") from e
+    except OSError as e:
+        if e.errno in NO_ROOM:
+            raise IpcError(_no_room(name, "a semaphore", e)) from None
+        raise
     _register(name, lambda: posix_ipc.unlink_semaphore(name))
     return sem
 
 
 def open_semaphore(name: str) -> posix_ipc.Semaphore:
-    path = "/dev/shm/sem." + name.lstrip("/")
+    path = f"{SHM_DIR}/sem." + name.lstrip("/")
     try:
         st = os.stat(path)
     except FileNotFoundError as e:
@@ -328,24 +377,3 @@ def acquire_watching(sem: posix_ipc.Semaphore, parent_pid: int, poll: float = 0.
             pass
         if parent_gone(parent_pid):
             raise ParentGone(f"pid {os.getpid()}: parent {parent_pid} is gone")
-
-
-@contextlib.contextmanager
-def sigint_ignored_in_children() -> Iterator[None]:
-    """Start children with SIGINT ignored from their very first instruction.
-
-    Ctrl-C goes to the whole foreground process group; children must leave the
-    decision to stop to the runner, which then stops them in order. An ignored
-    disposition survives exec (spawn), so even a child still importing
-    modules cannot die of KeyboardInterrupt.
-    """
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)

@@ -118,8 +118,8 @@ class PamtLock:
             try:
                 self._sem.acquire(wait)
                 return
-            except posix_ipc.BusyError:
-                pass
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                pass  # SignalError: a handled signal interrupted the wait; look and wait again
             pid = self._owner.read(OWNER_PID)
             if pid and not pid_alive(pid):
                 raise LockHolderDied(pid, self._owner.read(OWNER_CPU))

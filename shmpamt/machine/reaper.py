@@ -70,6 +70,12 @@ def _start_reaper(known: list[str]) -> tuple[int, int, int] | None:
     return os.getpid(), pid, w
 
 
+def pid() -> int:
+    """This process's reaper's pid, 0 if it has none (it is a child, not a stray)."""
+    r = _reaper
+    return r[1] if r is not None and r[0] == os.getpid() else 0
+
+
 def _tell(fd: int, name: str) -> None:
     data = os.fsencode(name.lstrip("/")) + b"\n"
     # Invariant: a line is shorter than PIPE_BUF, so it arrives whole or not at all.

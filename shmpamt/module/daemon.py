@@ -19,7 +19,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import random
-import signal
 import threading
 import time
 import traceback
@@ -30,13 +29,13 @@ import posix_ipc
 
 from shmpamt import tdx
 from shmpamt.errors import ModuleFailure
+from shmpamt.machine.children import ignore_sigint, sigint_held
 from shmpamt.machine.ipc import (
     create_semaphore,
     make_name,
     open_semaphore,
     parent_gone,
     remove_semaphore,
-    sigint_ignored_in_children,
     unlink_name,
 )
 from shmpamt.machine.pages import PamtPagePool
@@ -250,7 +249,7 @@ def daemon_main(
 ) -> None:
     """Entry point of the daemon process (spawned)."""
     # Ctrl-C reaches the whole process group; the runner decides when the module stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_sigint()
     try:
         server = _Server(names, pool_name, log_name, faults)
     except Exception as e:
@@ -345,7 +344,7 @@ class TdxModule:
                 name=f"tdx-module-{token}",
                 daemon=True,
             )
-            with sigint_ignored_in_children():
+            with sigint_held():
                 proc.start()
             m._proc = proc
             m._pid = proc.pid or 0
@@ -364,8 +363,8 @@ class TdxModule:
             try:
                 ready.acquire(_READY_SLICE)
                 return
-            except posix_ipc.BusyError:
-                pass
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                pass  # SignalError: the runner's Ctrl-C/SIGTERM flag was set; it acts later
             if not self._proc.is_alive():
                 why = self._mailbox.message or f"exit code {self._proc.exitcode}"
                 raise ModuleStartError(f"the TDX module daemon failed to start: {why}")
