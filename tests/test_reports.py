@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,9 @@ def test_a_replay_string_works_from_any_directory_and_notes_a_changed_file(
 ) -> None:
     src = tmp_path / "mine.py"
     shutil.copy(VARIANTS, src)
+    # A source of its own: copies left by earlier runs (kept by pytest) must not match it
+    # in the recorded-paths index, or the replay would rightly take one of those instead.
+    src.write_text(src.read_text() + f"\n# run {uuid.uuid4().hex}\n")
     cwd = os.getcwd()
     try:
         os.chdir(tmp_path)
