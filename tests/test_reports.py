@@ -125,8 +125,11 @@ def _render(c: Report, width: int) -> str:
 
 
 def test_a_replay_string_works_from_any_directory_and_notes_a_changed_file(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # This machine's index of variant files is this test's own (the CLIs inherit it):
+    # an old copy of the file elsewhere would otherwise be replayed, with a note.
+    monkeypatch.setenv("SHMPAMT_CACHE_DIR", str(tmp_path / "cache"))
     src = tmp_path / "mine.py"
     shutil.copy(VARIANTS, src)
     # A source of its own: copies left by earlier runs (kept by pytest) must not match it

@@ -18,7 +18,8 @@ whose source differs from the recorded hash without saying so:
 3. else a file whose source changed since (here first, then the index's):
    it runs, with a note that the replay may not match;
 4. else nothing: the caller says the file is neither here nor where it was
-   recorded.
+   recorded (a name without a hash that is no file here, such as the C twin
+   ``rfc.c``, is left to the variant loader).
 
 Standard library only: the CLI and the failure database use it without
 loading the rig.
@@ -164,7 +165,8 @@ def locate(spec: str, source: str) -> Located:
             f"variant file {changed[0]} changed since this schedule was recorded "
             f"(source hash {source}, now {now}): the replay may not match",
         )
-    return Located(None)
+    # No hash, no file: not a file after all (a C twin such as rfc.c), the loader's call.
+    return Located(None) if source else Located(spec)
 
 
 def names_file(recorded: str, source: str, spec: str) -> bool:

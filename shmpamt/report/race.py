@@ -232,6 +232,32 @@ def race_report(
         if step <= end:
             marks.setdefault(step, []).append(v)
     ranges = len({e.target for e in shown if e.op.startswith("atomic")}) > 1
+    calls = _cut(events, end, marks)
+    start = min((c.first for c in calls if c.expanded), default=0)
+    cpus = sorted({c.cpu for c in calls})
+
+    out = _wrap_across(_head(variant, featured, schedule))
+    state = _state(events, start, ranges)
+    if state:
+        out += _wrap_across((f"At step {start}: " if start else "At the start: ") + state)
+    out.append("")
+    out += _columns(_drawing(calls, shown, start, marks, ranges), cpus)
+    out.append("")
+    if featured is not None:
+        step, v = featured
+        where = "after the last step" if step >= len(events) else f"step {step}"
+        out += _wrap_across(f"{v.name} ({where}): {describe(v)}")
+    if ranges:
+        out += _wrap_across("rc[r]: the PAMT refcount of 2 MiB range r")
+    if schedule:
+        out.append(f"Replay: shmpamt replay {schedule}")
+    return "\n".join(_ascii(line).rstrip() for line in out) + "\n"
+
+
+def _cut(events: Sequence[TraceEvent], end: int, marks: dict[int, list[Violation]]) -> list[_Call]:
+    """The calls begun by step ``end``, cut there, each told whether it is drawn in full
+    (see the module docstring for the rule)."""
+    shown = [e for e in events if e.step <= end]
     calls = []
     for c in _calls(events):
         if c.first > end:
@@ -252,17 +278,24 @@ def race_report(
             c.expanded = any(
                 b.cpu != c.cpu and b.first < c.first and c.last < b.until for b in racing
             )
-    start = min((c.first for c in calls if c.expanded), default=0)
-    earlier = [c for c in calls if c.last < start]
-    drawn = [c for c in calls if c.last >= start]
-    cpus = sorted({c.cpu for c in calls})
+    return calls
 
+
+def _drawing(
+    calls: list[_Call],
+    shown: Sequence[TraceEvent],
+    start: int,
+    marks: dict[int, list[Violation]],
+    ranges: bool,
+) -> list[_Line]:
+    """The lines of the CPUs' columns, in time order: the earlier calls counted, then
+    each drawn call's header and nested primitives, or its one line."""
     lines: list[_Line] = []
-    for cpu in cpus:
-        mine = [c.short() for c in earlier if c.cpu == cpu]
+    for cpu in sorted({c.cpu for c in calls}):
+        mine = [c.short() for c in calls if c.cpu == cpu and c.last < start]
         if mine:
             lines.append(_Line(cpu, 0, f"[earlier: {', '.join(mine)}]"))
-    by_step = {c.first: c for c in drawn}
+    drawn = [c for c in calls if c.last >= start]
     owner = {e.step: c for c in drawn for e in c.events}
     for e in (e for e in shown if e.step >= start):
         c = owner[e.step]
@@ -272,40 +305,28 @@ def race_report(
             continue
         depth = 0
         if c.helper:
-            if by_step.get(e.step) is c:
+            if e.step == c.first:
                 lines.append(_Line(c.cpu, 0, f"{c.helper}()"))
             depth = 1
         lines.append(_Line(c.cpu, depth, _primitive(e, ranges)))
         for v in marks.get(e.step, []):
             lines.append(_Line(c.cpu, depth, f"^^^ {v.name}"))
+    return lines
 
+
+def _head(variant: str, featured: tuple[int, Violation] | None, schedule: str) -> str:
+    """The first line: the variant, the kind drawn, the scenario of the schedule."""
     head = f"{variant}: {featured[1].name}" if featured is not None else f"{variant}: no violation"
-    if schedule:
-        try:
-            s = Schedule.parse(schedule)
-        except ValueError:
-            pass
-        else:
-            head += (
-                f" ({s.cpus} CPUs x {s.rounds} round{'s' if s.rounds > 1 else ''},"
-                f" {s.ranges} range{'s' if s.ranges > 1 else ''})"
-            )
-    out = _wrap_across(head)
-    state = _state(events, start, ranges)
-    if state:
-        out += _wrap_across((f"At step {start}: " if start else "At the start: ") + state)
-    out.append("")
-    out += _columns(lines, cpus)
-    out.append("")
-    if featured is not None:
-        step, v = featured
-        where = "after the last step" if step >= len(events) else f"step {step}"
-        out += _wrap_across(f"{v.name} ({where}): {describe(v)}")
-    if ranges:
-        out += _wrap_across("rc[r]: the PAMT refcount of 2 MiB range r")
-    if schedule:
-        out.append(f"Replay: shmpamt replay {schedule}")
-    return "\n".join(_ascii(line).rstrip() for line in out) + "\n"
+    try:
+        s = Schedule.parse(schedule) if schedule else None
+    except ValueError:
+        s = None
+    if s is not None:
+        head += (
+            f" ({s.cpus} CPUs x {s.rounds} round{'s' if s.rounds > 1 else ''},"
+            f" {s.ranges} range{'s' if s.ranges > 1 else ''})"
+        )
+    return head
 
 
 def _wrap_across(text: str) -> list[str]:
