@@ -14,7 +14,7 @@ import pytest
 
 import shmpamt.api as api
 from shmpamt.errors import RunFailure
-from shmpamt.machine.ipc import parse_name, worker_suffix
+from shmpamt.machine.ipc import parse_name, pid_alive, worker_suffix
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,6 +27,10 @@ def _all_objects() -> set[str]:
     """Every shmpamt object of this xdist worker (jobs are other processes: other pids)."""
     mine = worker_suffix()
     return {n for n in os.listdir("/dev/shm") if (p := parse_name(n)) and (p.worker or "") == mine}
+
+
+def _orphaned(names: set[str]) -> set[str]:
+    return {n for n in names if (p := parse_name(n)) and not pid_alive(p.pid)}
 
 
 @pytest.mark.parametrize("variant", ["v6", "rfc-norecheck"])
@@ -55,8 +59,13 @@ def test_a_crashing_cpu_in_any_job_stops_every_job_cleanly() -> None:
     else:
         assert r.incidents and not r.ok, r.to_dict()
     assert time.monotonic() - t0 < 60
-    # Invariant: nothing the jobs created is left behind.
-    assert _all_objects() - before == set()
+    # Invariant: nothing the jobs created is left behind. (/dev/shm is the machine's: a
+    # live creator's objects belong to some other run, e.g. another checkout's tests;
+    # a leak is an object whose creator is gone, and the reapers get 5 s for those.)
+    deadline = time.monotonic() + 5
+    while (left := _orphaned(_all_objects() - before)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == set()
 
 
 def test_ctrl_c_stops_all_jobs_with_one_report(tmp_path: Path) -> None:

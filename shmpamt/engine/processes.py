@@ -69,6 +69,8 @@ class Fleet:
         self.incidents: list[str] = []
         #: what the report should say that is not an incident
         self.notes: list[str] = []
+        #: CPUs that were still starting up when the run stopped (killed by join)
+        self.unstarted: set[int] = set()
         self.descendants: children.Descendants | None = None
 
     @classmethod
@@ -123,6 +125,9 @@ class Fleet:
         return p.exitcode == EXIT_OK and self.system.board.get(c, STATE) == STATE_DONE
 
     def _failed(self, c: int) -> bool:
+        # A CPU stopped before it started touched nothing: quiescence stays knowable.
+        if c in self.unstarted:
+            return False
         return self.procs[c].exitcode is not None and not self.ended_normally(c)
 
     def _describe(self, c: int) -> str:
@@ -188,11 +193,20 @@ class Fleet:
         ]
         for c in unstarted:
             self.procs[c].kill()
+        self.unstarted.update(unstarted)
         for c, p in enumerate(self.procs):
             if p.pid is None:
                 continue
             if c in unstarted:
                 p.join(5)
+                if s.board.get(c, STATE) != 0:
+                    # It began its loop just as it was killed (the stop and its start
+                    # crossed): it may have been mid-round, so it counts as killed.
+                    unstarted.remove(c)
+                    self.unstarted.discard(c)
+                    self.incidents.append(f"cpu {c} was stopped just as it started its rounds")
+                    if s.lock.holder()[0] == p.pid:
+                        s.lock.force_release()  # the rig killed it: not the variant's leak
                 continue
             # A CPU blocked behind a dead lock holder notices it itself (LockHolderDied);
             # record the dead holder first so the lock is free for the others to finish.
