@@ -37,3 +37,18 @@ def shm_clean() -> Iterator[None]:
     leaked = _ours() - before
     # Invariant: every segment and semaphore a test creates is gone when it ends.
     assert not leaked, f"IPC objects leaked into /dev/shm: {sorted(leaked)}"
+
+
+@pytest.fixture(scope="session")
+def shared_c_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One compile cache for the session, shared by its xdist workers (flock makes the
+    sharing safe), so each C variant compiles once; the user's own cache is untouched."""
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    old = os.environ.get("SHMPAMT_CACHE_DIR")
+    os.environ["SHMPAMT_CACHE_DIR"] = str(shared / "shmpamt-cache")
+    yield
+    if old is None:
+        del os.environ["SHMPAMT_CACHE_DIR"]
+    else:
+        os.environ["SHMPAMT_CACHE_DIR"] = old

@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,18 +37,8 @@ from shmpamt.variants.registry import C_TWINS, VariantLoadError, load_variant
 TWINS = [name.removesuffix(".c") for name in C_TWINS]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    # Shared by the xdist workers of one session: each twin compiles once.
-    root = tmp_path_factory.getbasetemp()
-    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
-    old = os.environ.get("SHMPAMT_CACHE_DIR")
-    os.environ["SHMPAMT_CACHE_DIR"] = str(shared / "shmpamt-cache")
-    yield
-    if old is None:
-        del os.environ["SHMPAMT_CACHE_DIR"]
-    else:
-        os.environ["SHMPAMT_CACHE_DIR"] = old
+#: every C build of the session in one compile cache (see conftest.shared_c_cache)
+pytestmark = pytest.mark.usefixtures("shared_c_cache")
 
 
 def _write(tmp_path: Path, name: str, body: str) -> Path:

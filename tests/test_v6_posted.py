@@ -8,7 +8,6 @@ machinery (processes, daemon, shared memory) and are kept few.
 
 from __future__ import annotations
 
-import os
 import re
 import textwrap
 from collections.abc import Iterator
@@ -32,18 +31,8 @@ CACHED = ["v6", "v6.c", "v6-locked", "v6-locked.c"]
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    # The same shared compile cache as test_cvariants (flock makes sharing safe).
-    root = tmp_path_factory.getbasetemp()
-    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
-    old = os.environ.get("SHMPAMT_CACHE_DIR")
-    os.environ["SHMPAMT_CACHE_DIR"] = str(shared / "shmpamt-cache")
-    yield
-    if old is None:
-        del os.environ["SHMPAMT_CACHE_DIR"]
-    else:
-        os.environ["SHMPAMT_CACHE_DIR"] = old
+#: every C build of the session in one compile cache (see conftest.shared_c_cache)
+pytestmark = pytest.mark.usefixtures("shared_c_cache")
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@ command, every primitive through the explore hook, until told to exit."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from shmpamt.engine.cpu import Attached, run_cpu_process
 from shmpamt.engine.system import SystemNames
 from shmpamt.engine.workload import Workload, free_cache, new_cache, one_round, pick_page
@@ -70,6 +73,16 @@ def cpu_explore_main(
     run_cpu_process(names, cpu, variant_spec, workload, loop)
 
 
+@contextmanager
+def _helper(hook: ExploreHook, helper: int) -> Iterator[None]:
+    """The steps taken inside belong to one call of ``helper`` (GET or PUT)."""
+    hook.enter(helper)
+    try:
+        yield
+    finally:
+        hook.leave()
+
+
 class Marked(PamtVariant):
     """A variant whose get and put tell the hook where they begin and end, so each
     step of the trace knows the helper call it is part of (the race report nests the
@@ -80,58 +93,36 @@ class Marked(PamtVariant):
         self._hook = hook
 
     def tdx_pamt_get(self, k: Kernel, page: int) -> int:
-        self._hook.enter(GET)
-        try:
+        with _helper(self._hook, GET):
             return self._variant.tdx_pamt_get(k, page)
-        finally:
-            self._hook.leave()
 
     def tdx_pamt_put(self, k: Kernel, page: int) -> None:
-        self._hook.enter(PUT)
-        try:
+        with _helper(self._hook, PUT):
             self._variant.tdx_pamt_put(k, page)
-        finally:
-            self._hook.leave()
 
 
-class MarkedCached(CachedPamtVariant):
+class MarkedCached(Marked, CachedPamtVariant):
     """:class:`Marked` for a variant whose get takes a PAMT page cache (v6 as posted):
     the cache's top-up and free are marked as the get and put they serve."""
 
     def __init__(self, variant: CachedPamtVariant, hook: ExploreHook) -> None:
-        self._variant = variant
-        self._hook = hook
+        super().__init__(variant, hook)
+        self._cached = variant
 
     def tdx_pamt_get(self, k: Kernel, page: int, cache: PamtCache | None = None) -> int:
-        self._hook.enter(GET)
-        try:
-            return self._variant.tdx_pamt_get(k, page, cache)
-        finally:
-            self._hook.leave()
-
-    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
-        self._hook.enter(PUT)
-        try:
-            self._variant.tdx_pamt_put(k, page)
-        finally:
-            self._hook.leave()
+        with _helper(self._hook, GET):
+            return self._cached.tdx_pamt_get(k, page, cache)
 
     def new_pamt_cache(self) -> PamtCache:
-        return self._variant.new_pamt_cache()
+        return self._cached.new_pamt_cache()
 
     def tdx_topup_pamt_cache(self, k: Kernel, cache: PamtCache, npages: int) -> int:
-        self._hook.enter(GET)
-        try:
-            return self._variant.tdx_topup_pamt_cache(k, cache, npages)
-        finally:
-            self._hook.leave()
+        with _helper(self._hook, GET):
+            return self._cached.tdx_topup_pamt_cache(k, cache, npages)
 
     def tdx_free_pamt_cache(self, k: Kernel, cache: PamtCache) -> None:
-        self._hook.enter(PUT)
-        try:
-            self._variant.tdx_free_pamt_cache(k, cache)
-        finally:
-            self._hook.leave()
+        with _helper(self._hook, PUT):
+            self._cached.tdx_free_pamt_cache(k, cache)
 
 
 def marked(variant: PamtVariant, hook: ExploreHook) -> PamtVariant:
