@@ -16,6 +16,7 @@ from shmpamt import tdx
 from shmpamt.machine.ipc import new_token, parse_name, pid_alive
 from shmpamt.machine.pages import PamtPagePool
 from shmpamt.machine.seamcall import (
+    REQ_INJECT_BUSY,
     Mailbox,
     ModuleDied,
     ModuleHung,
@@ -54,6 +55,20 @@ def test_registers_travel_both_ways() -> None:
         assert port.call(tdx.SHMPAMT_STATUS, 1) == (tdx.TDX_SUCCESS, 0, 1, 0)
         assert port.call(tdx.TDH_PHYMEM_PAMT_REMOVE, tdx.SZ_2M | tdx.TDX_PS_2M) == (0, 0, a, b)
         assert port.daemon_pid == m.pid
+
+
+def test_a_requested_busy_is_answered_without_executing_the_call() -> None:
+    # A search's fault choice reaches the module as a request flag, with no fault plan.
+    with running_module() as (m, pool), SeamcallPort.attach(m.names, 0) as port:
+        a, b = pool.alloc(0), pool.alloc(0)
+        assert a is not None and b is not None
+        add = (tdx.TDH_PHYMEM_PAMT_ADD, tdx.SZ_2M | tdx.TDX_PS_2M, a, b)
+        assert port.call(*add, flags=REQ_INJECT_BUSY)[0] == tdx.TDX_OPERAND_BUSY
+        assert port.last_injected and port.injected_busy == 1
+        assert port.call(tdx.SHMPAMT_STATUS, 1) == (tdx.TDX_SUCCESS, 0, 0, 0)
+        assert port.call(*add)[0] == tdx.TDX_SUCCESS
+        assert port.last_injected == 0
+        assert m.statistics().injected_of("busy") == 1
 
 
 def test_control_port_is_the_extra_mailbox() -> None:

@@ -59,9 +59,12 @@ MSG_BYTES: Final = 192
 SLOTS_OFFSET: Final = 256
 SLOT_BYTES: Final = 128  # request and response on separate cache lines
 RESPONSE_OFFSET: Final = 64
-# seq, leaf, rcx, rdx, r8
-REQUEST: Final = struct.Struct("<QQQQQ")
-TICKET_OFFSET: Final = 40  # int32 after the request, same cache line
+# seq, leaf, rcx, rdx, r8, request flags (REQ_*)
+REQUEST: Final = struct.Struct("<QQQQQQ")
+TICKET_OFFSET: Final = 48  # int32 after the request, same cache line
+#: request flag: the caller's scheduler chose to inject TDX_OPERAND_BUSY into this call
+#: (explore's fault choices); the module answers BUSY without executing it
+REQ_INJECT_BUSY: Final = 1
 # seq, status, rcx, rdx, r8, injected flags
 RESPONSE: Final = struct.Struct("<QQQQQQ")
 #: bit of the response's flags word: the module refused the call (it was abandoned)
@@ -172,15 +175,17 @@ class Mailbox:
 
     # tickets (see the module docstring) ------------------------------------------------
 
-    def post(self, slot: int, seq: int, leaf: int, rcx: int, rdx: int, r8: int) -> None:
+    def post(
+        self, slot: int, seq: int, leaf: int, rcx: int, rdx: int, r8: int, flags: int = 0
+    ) -> None:
         """Write a request: ticket first, so a daemon that sees ``seq`` can claim it."""
         self.words.set(self._tickets[slot], posted(seq))
         off = self.request_offset(slot)
         try:
-            REQUEST.pack_into(self.buf, off, seq, leaf, rcx, rdx, r8)
+            REQUEST.pack_into(self.buf, off, seq, leaf, rcx, rdx, r8, flags)
         except struct.error:  # a negative or oversized register: wrap it like the hardware
             m = MASK64
-            REQUEST.pack_into(self.buf, off, seq, leaf & m, rcx & m, rdx & m, r8 & m)
+            REQUEST.pack_into(self.buf, off, seq, leaf & m, rcx & m, rdx & m, r8 & m, flags & m)
 
     def claim(self, slot: int, seq: int) -> int:
         """The daemon takes request ``seq``; returns the ticket it found (posted(seq): taken)."""
@@ -286,12 +291,15 @@ class SeamcallPort:
             mailbox.close()
             raise
 
-    def call(self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> tuple[int, int, int, int]:
+    def call(
+        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0, flags: int = 0
+    ) -> tuple[int, int, int, int]:
+        """One SEAMCALL; ``flags`` are REQ_* request flags (0: the call as the CPU made it)."""
         if self._broken is not None:
             raise self._broken
         seq = (self._seq + 1) & MASK64
         self._seq = seq
-        self._mailbox.post(self.cpu, seq, leaf, rcx, rdx, r8)
+        self._mailbox.post(self.cpu, seq, leaf, rcx, rdx, r8, flags)
         self._req.release()
         while True:
             try:

@@ -41,6 +41,7 @@ from shmpamt.machine.ipc import (
 from shmpamt.machine.pages import PamtPagePool
 from shmpamt.machine.seamcall import (
     REFUSED,
+    REQ_INJECT_BUSY,
     REQUEST,
     RESPONSE,
     Mailbox,
@@ -72,6 +73,7 @@ _STATE_CHANGING: Final = frozenset(
 # What ``handle`` returns instead of registers when there is nothing to answer.
 _WITHDRAWN: Final = (-1, 0, 0, 0, 0)  # its caller gave up before the daemon claimed it
 _NOT_POSTED: Final = (-2, 0, 0, 0, 0)  # a surplus post raced a caller still writing it
+_FORCED_BUSY: Final = Decision(busy=True)
 _NO_LOCK: Final = contextlib.nullcontext()  # a call on no range (reusable: it holds nothing)
 
 
@@ -123,7 +125,7 @@ class _Server:
         nop = tdx.SHMPAMT_NOP
         while True:
             acquire()
-            seq, leaf, rcx, rdx, r8 = unpack(buf, req_off)
+            seq, leaf, rcx, rdx, r8, rflags = unpack(buf, req_off)
             if seq == last:
                 # No new request behind this post: the runner's stop signal.
                 if mailbox.stopping:
@@ -141,7 +143,7 @@ class _Server:
                 # else: a surplus post raced a caller still writing its request
                 continue
             try:
-                out = handle(slot, seq, rng, leaf, rcx, rdx, r8)
+                out = handle(slot, seq, rng, leaf, rcx, rdx, r8, rflags)
             except Exception as e:  # an emulator bug: answer, say what, keep serving
                 mailbox.set_message(f"internal error in {tdx.leaf_name(leaf)}: {e!r}")
                 traceback.print_exc()
@@ -167,13 +169,25 @@ class _Server:
         return None
 
     def handle(
-        self, cpu: int, seq: int, rng: random.Random, leaf: int, rcx: int, rdx: int, r8: int
+        self,
+        cpu: int,
+        seq: int,
+        rng: random.Random,
+        leaf: int,
+        rcx: int,
+        rdx: int,
+        r8: int,
+        rflags: int = 0,
     ) -> tuple[int, int, int, int, int]:
         """One call; returns what to answer, or _WITHDRAWN / _NOT_POSTED (answer nothing)."""
         state = self.state
-        if not self.faults.leaves:  # nothing planned: the call as it is
+        if rflags & REQ_INJECT_BUSY and leaf in _STATE_CHANGING:
+            # the caller's scheduler chose this fault: no draw, the plan is not consulted
+            d = _FORCED_BUSY
+        elif not self.faults.leaves:  # nothing planned: the call as it is
             return self._apply(cpu, seq, leaf, rcx, rdx, r8, NO_FAULT)
-        d = self.faults.decide(rng, leaf)
+        else:
+            d = self.faults.decide(rng, leaf)
         if d.busy:
             r = target_range(state, leaf, rcx)
             with self.locks[r] if r is not None else _NO_LOCK:
