@@ -1,11 +1,9 @@
 """TDX architectural constants the PAMT helpers see: leaves, status codes, sizes.
 
-Values follow the kernel's ``arch/x86/virt/vmx/tdx/tdx.h`` and the TDX module
-ABI where those name them (leaves, ``TDX_SUCCESS``, ``TDX_OPERAND_BUSY``,
-``TDX_HPA_RANGE_NOT_FREE``, ``TDX_OPERAND_INVALID``). The refusal codes the seed
-does not name (REMOVE of an absent PAMT, REMOVE while pages are assigned, AUG
-without a PAMT, ...) are this emulator's own picks: distinct classes with the
-error bit set, not values taken from the TDX module; see docs/design.md.
+Leaves follow the kernel's ``arch/x86/virt/vmx/tdx/tdx.h``; every status code is
+the TDX module's own name and value (intel/tdx-module,
+``include/auto_gen_2_0/tdx_error_codes_defs.h``), the ones its Dynamic PAMT
+handlers answer with (docs/semantics.md, "The TDX module").
 """
 
 from __future__ import annotations
@@ -49,28 +47,39 @@ TDX_ERROR: Final = 1 << 63
 TDX_SEAMCALL_STATUS_MASK: Final = 0xFFFFFFFF00000000
 TDX_SUCCESS: Final = 0
 TDX_OPERAND_INVALID: Final = 0xC000010000000000
+TDX_OPERAND_ADDR_RANGE_ERROR: Final = 0xC000010100000000
 TDX_OPERAND_BUSY: Final = 0x8000020000000000
+TDX_PAGE_METADATA_INCORRECT: Final = 0xC000030000000000
+TDX_PAGE_NOT_FREE: Final = 0xC000030300000000
 TDX_HPA_RANGE_NOT_FREE: Final = 0xC000030400000000
+TDX_NO_PAMT_PAGE_PAIR: Final = 0xC000030500000000
+TDX_PAMT_PAGE_NOT_EMPTY: Final = 0xC000030600000000
+TDX_MISSING_PAMT_PAGE_PAIR: Final = 0x8000030800000000
 TDX_SW_ERROR: Final = TDX_ERROR | (0xFF << 40)
-# Refusals of the Dynamic PAMT checks (documented choices, kept distinct):
-TDX_PAMT_NOT_PRESENT: Final = 0xC000030500000000  # REMOVE of an absent PAMT
-TDX_PAGE_IN_USE: Final = 0xC000030600000000  # REMOVE while 4K pages are assigned
-TDX_PAMT_MISSING: Final = 0xC000030700000000  # AUG/RECLAIM of a page whose range has no PAMT
-TDX_PAGE_NOT_ASSIGNED: Final = 0xC000030800000000  # RECLAIM of a page that is not assigned
-TDX_PAGE_ALREADY_ASSIGNED: Final = 0xC000030900000000  # AUG of a page already assigned
+#: not a module status: what a SEAMCALL's begin step answers when the call took every
+#: lock its handler takes (its end step then answers the real status); no error bit
+SHMPAMT_LOCKS_HELD: Final = 0x00000FFF00000000
 
 STATUS_NAMES: Final = {
     TDX_SUCCESS: "TDX_SUCCESS",
     TDX_OPERAND_INVALID: "TDX_OPERAND_INVALID",
+    TDX_OPERAND_ADDR_RANGE_ERROR: "TDX_OPERAND_ADDR_RANGE_ERROR",
     TDX_OPERAND_BUSY: "TDX_OPERAND_BUSY",
+    TDX_PAGE_METADATA_INCORRECT: "TDX_PAGE_METADATA_INCORRECT",
+    TDX_PAGE_NOT_FREE: "TDX_PAGE_NOT_FREE",
     TDX_HPA_RANGE_NOT_FREE: "TDX_HPA_RANGE_NOT_FREE",
+    TDX_NO_PAMT_PAGE_PAIR: "TDX_NO_PAMT_PAGE_PAIR",
+    TDX_PAMT_PAGE_NOT_EMPTY: "TDX_PAMT_PAGE_NOT_EMPTY",
+    TDX_MISSING_PAMT_PAGE_PAIR: "TDX_MISSING_PAMT_PAGE_PAIR",
     TDX_SW_ERROR: "TDX_SW_ERROR",
-    TDX_PAMT_NOT_PRESENT: "TDX_PAMT_NOT_PRESENT",
-    TDX_PAGE_IN_USE: "TDX_PAGE_IN_USE",
-    TDX_PAMT_MISSING: "TDX_PAMT_MISSING",
-    TDX_PAGE_NOT_ASSIGNED: "TDX_PAGE_NOT_ASSIGNED",
-    TDX_PAGE_ALREADY_ASSIGNED: "TDX_PAGE_ALREADY_ASSIGNED",
+    SHMPAMT_LOCKS_HELD: "locks held",
 }
+
+# Operand ids the module puts in a status's low 32 bits (which operand it refused).
+OPERAND_ID_RCX: Final = 1
+OPERAND_ID_RDX: Final = 2
+OPERAND_ID_R8: Final = 8
+_DETAIL_MASK: Final = 0xFFFFFFFF
 
 # errno values the helpers return (negated)
 EIO: Final = 5
@@ -87,6 +96,21 @@ def is_error(err: int) -> bool:
 
 def status_name(err: int) -> str:
     return STATUS_NAMES.get(status_class(err), f"{err:#018x}")
+
+
+def busy_cause(err: int) -> str:
+    """Why a status is TDX_OPERAND_BUSY: "contention" (the module's own answer names the
+    operand whose PAMT entry another call holds), "injected" (a fault plan or the
+    search chose it: the bare class, no operand), or "" for any other status."""
+    if status_class(err) != TDX_OPERAND_BUSY:
+        return ""
+    return "contention" if err & _DETAIL_MASK else "injected"
+
+
+def describe_status(err: int) -> str:
+    """The status's name, with the cause of a BUSY: what reports print."""
+    cause = busy_cause(err)
+    return f"{status_name(err)} ({cause})" if cause else status_name(err)
 
 
 def align_down_2m(hpa: int) -> int:

@@ -113,7 +113,7 @@ def test_add_of_pages_the_caller_does_not_own_is_refused_and_undone(rig: Rig) ->
     b = rig.pool.alloc(0)
     assert a is not None and b is not None
     status = rig.call(1, tdx.TDH_PHYMEM_PAMT_ADD, r2m(0), a, b)
-    assert status == tdx.TDX_OPERAND_INVALID
+    assert status == tdx.TDX_PAGE_NOT_FREE
     v = rig.only_record()
     assert (v.name, v.cpu, v.range, v.a, v.b) == (PAMT_PAGES_LOST, 1, 0, b, LOST_NOT_OWNED)
     assert rig.pool.owner(a) == 2 and rig.pool.owner(b) == 1  # first take rolled back
@@ -134,7 +134,7 @@ def test_remove_returns_the_pages_to_the_caller(rig: Rig) -> None:
 
 def test_remove_of_an_absent_range_is_refused_and_recorded(rig: Rig) -> None:
     status, _, rdx, r8 = rig.ports[0].call(tdx.TDH_PHYMEM_PAMT_REMOVE, r2m(1))
-    assert (status, rdx, r8) == (tdx.TDX_PAMT_NOT_PRESENT, 0, 0)
+    assert (status, rdx, r8) == (tdx.TDX_NO_PAMT_PAGE_PAIR, 0, 0)
     v = rig.only_record()
     assert (v.name, v.cpu, v.range, v.leaf) == (REMOVE_ABSENT, 0, 1, tdx.TDH_PHYMEM_PAMT_REMOVE)
 
@@ -143,7 +143,7 @@ def test_remove_while_pages_are_assigned_is_refused_and_recorded(rig: Rig) -> No
     rig.add(0, 1)
     for j in (0, 3):
         assert rig.call(0, tdx.TDH_MEM_PAGE_AUG, page_hpa(1, j)) == tdx.TDX_SUCCESS
-    assert rig.call(1, tdx.TDH_PHYMEM_PAMT_REMOVE, r2m(1)) == tdx.TDX_PAGE_IN_USE
+    assert rig.call(1, tdx.TDH_PHYMEM_PAMT_REMOVE, r2m(1)) == tdx.TDX_PAMT_PAGE_NOT_EMPTY
     v = rig.only_record()
     assert (v.name, v.cpu, v.range, v.leaf, v.a) == (
         REMOVE_WHILE_IN_USE,
@@ -170,7 +170,7 @@ def test_aug_and_reclaim_track_assignment(rig: Rig) -> None:
 
 def test_aug_without_pamt_is_refused_and_recorded(rig: Rig) -> None:
     hpa = page_hpa(2, 3)
-    assert rig.call(1, tdx.TDH_MEM_PAGE_AUG, hpa) == tdx.TDX_PAMT_MISSING
+    assert rig.call(1, tdx.TDH_MEM_PAGE_AUG, hpa) == tdx.TDX_MISSING_PAMT_PAGE_PAIR
     v = rig.only_record()
     assert (v.name, v.cpu, v.range, v.leaf, v.a) == (
         USE_WITHOUT_PAMT,
@@ -184,7 +184,7 @@ def test_aug_without_pamt_is_refused_and_recorded(rig: Rig) -> None:
 
 def test_reclaim_without_pamt_is_refused_and_recorded(rig: Rig) -> None:
     hpa = page_hpa(0, 2)
-    assert rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, hpa) == tdx.TDX_PAMT_MISSING
+    assert rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, hpa) == tdx.TDX_PAGE_METADATA_INCORRECT
     v = rig.only_record()
     assert (v.name, v.cpu, v.range, v.leaf, v.a) == (
         USE_WITHOUT_PAMT,
@@ -198,14 +198,14 @@ def test_reclaim_without_pamt_is_refused_and_recorded(rig: Rig) -> None:
 def test_double_aug_is_refused_without_a_violation(rig: Rig) -> None:
     rig.add(0, 0)
     assert rig.call(0, tdx.TDH_MEM_PAGE_AUG, page_hpa(0, 0)) == tdx.TDX_SUCCESS
-    assert rig.call(1, tdx.TDH_MEM_PAGE_AUG, page_hpa(0, 0)) == tdx.TDX_PAGE_ALREADY_ASSIGNED
+    assert rig.call(1, tdx.TDH_MEM_PAGE_AUG, page_hpa(0, 0)) == tdx.TDX_PAGE_METADATA_INCORRECT
     assert rig.module.state.assigned_count(0) == 1
     assert rig.log.total() == 0  # a worker bug, not a protocol bug
 
 
 def test_reclaim_of_an_unassigned_page_is_refused_without_a_violation(rig: Rig) -> None:
     rig.add(0, 0)
-    assert rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, page_hpa(0, 1)) == tdx.TDX_PAGE_NOT_ASSIGNED
+    assert rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, page_hpa(0, 1)) == tdx.TDX_PAGE_METADATA_INCORRECT
     assert rig.module.state.assigned_count(0) == 0
     assert rig.log.total() == 0
 
@@ -238,12 +238,16 @@ MALFORMED = [
 @pytest.mark.parametrize(
     ("leaf", "rcx", "rdx", "r8"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
 )
-def test_malformed_operands_are_invalid_and_change_nothing(
+def test_malformed_operands_are_refused_and_change_nothing(
     rig: Rig, leaf: int, rcx: int, rdx: int, r8: int
 ) -> None:
     a, b = rig.pair(0)
     assert {a, b} == {POOL0, POOL1}
-    assert rig.call(0, leaf, rcx, rdx, r8) == tdx.TDX_OPERAND_INVALID
+    # the module's order: operands first, then the pair's bitmap test-and-set, which a
+    # page given twice or a page that is not a free page fails (PAGE_NOT_FREE, rolled back)
+    bitmap = leaf == tdx.TDH_PHYMEM_PAMT_ADD and (rdx == r8 or not rig.pool.contains(r8))
+    want = tdx.TDX_PAGE_NOT_FREE if bitmap and rcx == r2m(0) else tdx.TDX_OPERAND_INVALID
+    assert rig.call(0, leaf, rcx, rdx, r8) == want
     st = rig.module.state
     assert st.present_ranges() == [] and all(st.assigned_count(r) == 0 for r in range(NRANGES))
     assert rig.pool.owner(a) == rig.pool.owner(b) == 1
@@ -314,7 +318,7 @@ def test_injected_busy_is_flagged_counted_and_not_a_violation() -> None:
         assert rig.pool.owner(a) == rig.pool.owner(b) == 1
         assert rig.log.total() == 0
         # Leaves without faults are never flagged.
-        assert rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, page_hpa(0, 0)) == tdx.TDX_PAMT_MISSING
+        assert rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, page_hpa(0, 0)) == tdx.TDX_PAGE_METADATA_INCORRECT
         assert rig.ports[0].last_injected == 0 and rig.ports[0].injected == 1
 
 

@@ -80,7 +80,7 @@ def test_rfc_two_puts_both_remove() -> None:
     )
     # ...then CPU 0 goes on with its own REMOVE, which finds the PAMT gone.
     remove = _where(cells, 0, "tdh_phymem_pamt_remove()", put1)
-    assert cells[remove + 1][2] == "== TDX_PAMT_NOT_PRESENT"
+    assert cells[remove + 1][2] == "== TDX_NO_PAMT_PAGE_PAIR"
     assert cells[remove + 2][2] == "^^^ remove_absent"
     assert "remove_absent (step 70): cpu 0 issued TDH.PHYMEM.PAMT.REMOVE" in " ".join(report)
 
@@ -102,7 +102,7 @@ def test_kai_lost_reference() -> None:
     assert cells[get + 2][2] == "== true"
     # ...and uses a page of the range whose PAMT is gone.
     aug = _where(cells, 0, "tdh_mem_page_aug()", get)
-    assert cells[aug][1] == 0 and cells[aug + 1][2] == "== TDX_PAMT_MISSING"
+    assert cells[aug][1] == 0 and cells[aug + 1][2] == "== TDX_MISSING_PAMT_PAGE_PAIR"
     assert cells[aug + 2][2] == "^^^ use_without_pamt"
     assert "atomic_set(-1)" not in "\n".join(report)  # the drawing ends at the violation
 

@@ -41,7 +41,7 @@ EVENTS = [
     ev(3, 2, "spin_lock", target=-1),
     ev(4, 2, "atomic_read", before=1, after=1, result=1),
     ev(5, 2, "atomic_dec_and_test", before=1, after=0, result=1),
-    ev(6, 2, "TDH.PHYMEM.PAMT.REMOVE", result=tdx.TDX_PAGE_IN_USE),
+    ev(6, 2, "TDH.PHYMEM.PAMT.REMOVE", result=tdx.TDX_PAMT_PAGE_NOT_EMPTY),
     ev(7, 2, "spin_unlock", target=-1),
     ev(8, 1, "alloc_page", target=-1, result=0),
     ev(9, 1, "free_page", target=-1, result=0x10000002000),
@@ -59,7 +59,7 @@ def test_cells_read_like_the_kernel_code() -> None:
     assert texts[2] == "TDH.MEM.PAGE.AUG range 0 → TDX_SUCCESS"
     assert texts[3] == "spin_lock(&pamt_lock)"
     assert texts[4] == "atomic_read(refcount[0]) = 1"
-    assert texts[6] == "TDH.PHYMEM.PAMT.REMOVE range 0 → TDX_PAGE_IN_USE"
+    assert texts[6] == "TDH.PHYMEM.PAMT.REMOVE range 0 → TDX_PAMT_PAGE_NOT_EMPTY"
     assert texts[8] == "alloc_page() = NULL"
     assert texts[9] == "__free_page(0x10000002000)"
     assert describe_event(EVENTS[6]).kind == "seam-err"
@@ -85,7 +85,7 @@ def test_terminal_view_shows_every_cpu_and_the_violation() -> None:
     for c in range(3):
         assert f"cpu {c}" in out
     assert "atomic_dec_and_test(refcount[0]) 1→0 = true" in out
-    assert "TDX_PAGE_IN_USE" in out
+    assert "TDX_PAMT_PAGE_NOT_EMPTY" in out
     assert "VIOLATION remove_while_in_use" in out
     assert describe(BAD) in out
     assert "(tdx_pamt_get)" in out

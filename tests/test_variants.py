@@ -75,21 +75,21 @@ class FakeModule:
             return (tdx.TDX_SUCCESS, 0, 0, 0)
         if leaf == REMOVE:
             if r not in self.pamt:
-                return (tdx.TDX_PAMT_NOT_PRESENT, 0, 0, 0)
+                return (tdx.TDX_NO_PAMT_PAGE_PAIR, 0, 0, 0)
             if in_range:
-                return (tdx.TDX_PAGE_IN_USE, 0, 0, 0)
+                return (tdx.TDX_PAMT_PAGE_NOT_EMPTY, 0, 0, 0)
             p0, p1 = self.pamt.pop(r)
             return (tdx.TDX_SUCCESS, 0, p0, p1)
         if leaf == tdx.TDH_MEM_PAGE_AUG:
             if r not in self.pamt:
-                return (tdx.TDX_PAMT_MISSING, 0, 0, 0)
+                return (tdx.TDX_MISSING_PAMT_PAGE_PAIR, 0, 0, 0)
             if hpa in self.assigned:
-                return (tdx.TDX_PAGE_ALREADY_ASSIGNED, 0, 0, 0)
+                return (tdx.TDX_PAGE_METADATA_INCORRECT, 0, 0, 0)
             self.assigned.add(hpa)
             return (tdx.TDX_SUCCESS, 0, 0, 0)
         if leaf == tdx.TDH_PHYMEM_PAGE_RECLAIM:
             if hpa not in self.assigned:
-                return (tdx.TDX_PAGE_NOT_ASSIGNED, 0, 0, 0)
+                return (tdx.TDX_PAGE_METADATA_INCORRECT, 0, 0, 0)
             self.assigned.discard(hpa)
             return (tdx.TDX_SUCCESS, 0, 0, 0)
         return (tdx.TDX_OPERAND_INVALID, 0, 0, 0)
@@ -428,7 +428,7 @@ def test_put_overtaken_by_a_whole_get_put_pair(make_rig: Callable[[str], Rig], n
     assert ka_script.pending == 0
     removes = rig.module.statuses(REMOVE)
     if name in RFC_FAMILY or name == "v4":
-        assert removes == [0, tdx.TDX_PAMT_NOT_PRESENT]
+        assert removes == [0, tdx.TDX_NO_PAMT_PAGE_PAIR]
         assert ka.warnings == 1
         assert rig.rc(1) == (1 if name == "v4" else 0)
     else:
@@ -460,11 +460,11 @@ def test_put_overtaken_by_a_get_in_use(make_rig: Callable[[str], Rig], name: str
         assert removes == []
         assert rig.rc(1) == 0 and 1 in rig.module.pamt
     elif name == "rfc-norecheck":
-        assert removes == [tdx.TDX_PAGE_IN_USE, 0]
+        assert removes == [tdx.TDX_PAMT_PAGE_NOT_EMPTY, 0]
         rig.assert_clean()
     else:
         assert removes == [0]
-        assert tdx.TDX_PAGE_IN_USE not in rig.error_statuses()
+        assert tdx.TDX_PAMT_PAGE_NOT_EMPTY not in rig.error_statuses()
         rig.assert_clean()
 
 
@@ -501,7 +501,7 @@ def test_early_publish_lets_a_fast_get_use_an_absent_pamt(make_rig: Callable[[st
 
     script.at("TDH.PHYMEM.PAMT.ADD", 1, cpu_b)
     assert rig.get(rig.kernel(0, script), page_hpa(0, 0)) == 0
-    assert augs == [tdx.TDX_PAMT_MISSING]
+    assert augs == [tdx.TDX_MISSING_PAMT_PAGE_PAIR]
 
 
 def test_early_publish_leaves_the_one_published_on_add_error(

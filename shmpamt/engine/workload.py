@@ -142,11 +142,20 @@ def free_cache(k: Kernel, variant: PamtVariant, cache: PamtCache | None) -> None
         variant.tdx_free_pamt_cache(k, cache)
 
 
+#: contention BUSYs an AUG/RECLAIM retries before the CPU gives the call up (the
+#: entry's holder must run to release it; in explore a longer spin is only more steps)
+CONTENDED_RETRIES: Final = 2
+
+
 def _retry_busy(k: Kernel, leaf_call: Callable[[int], int], hpa: int) -> int:
-    """KVM retries AUG/RECLAIM while the module says BUSY (only injected here)."""
+    """KVM retries AUG/RECLAIM while the module says BUSY: injected BUSYs up to 1000
+    times, BUSYs from another CPU's call holding the entry ``CONTENDED_RETRIES`` times."""
     err = tdx.TDX_SUCCESS
+    contended = k.contended
     for _ in range(1000):
         err = int(leaf_call(hpa))
         if tdx.status_class(err) != tdx.TDX_OPERAND_BUSY:
+            return err
+        if k.contended - contended > CONTENDED_RETRIES:
             return err
     return err

@@ -60,7 +60,7 @@ from shmpamt.machine.ipc import (
     open_semaphore,
     remove_semaphore,
 )
-from shmpamt.machine.kernel import PRIMITIVES
+from shmpamt.machine.kernel import END_SUFFIX, PRIMITIVES
 
 # Every op a point can carry, in a fixed order: the index is what crosses the board.
 OPS: Final[tuple[str, ...]] = (
@@ -68,6 +68,11 @@ OPS: Final[tuple[str, ...]] = (
     *(tdx.leaf_name(leaf) for leaf in (
         tdx.TDH_MEM_PAGE_AUG, tdx.TDH_PHYMEM_PAGE_RECLAIM, tdx.TDH_PHYMEM_PAMT_ADD,
         tdx.TDH_PHYMEM_PAMT_REMOVE, tdx.SHMPAMT_NOP, tdx.SHMPAMT_STATUS,
+    )),
+    # a two-step SEAMCALL's second point (appended: the indices above do not move)
+    *(tdx.leaf_name(leaf) + END_SUFFIX for leaf in (
+        tdx.TDH_MEM_PAGE_AUG, tdx.TDH_PHYMEM_PAGE_RECLAIM, tdx.TDH_PHYMEM_PAMT_ADD,
+        tdx.TDH_PHYMEM_PAMT_REMOVE,
     )),
 )  # fmt: skip
 OP_INDEX: Final = {op: i for i, op in enumerate(OPS)}

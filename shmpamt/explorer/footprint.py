@@ -32,6 +32,30 @@ not, so every choice below errs towards dependence:
 - the 4 KiB pages CPU c uses in range r (no other CPU touches them): AUG and
   RECLAIM by c write them, REMOVE of r reads every CPU's;
 - the private no-op and status leaves touch the whole module, conservatively.
+
+With two-step SEAMCALLs (the module holds its PAMT entry try-locks between
+the steps, docs/design.md) a PAMT SEAMCALL is two points, ``<leaf>`` (begin) and
+``<leaf>.end``, and the range's 2 MiB entry lock is one more object:
+
+- begin of ADD or REMOVE tries the entry exclusive: writes the lock (a try that
+  fails writes nothing, so this over-approximates);
+- begin of AUG or RECLAIM takes it shared: reads the lock and the range's PAMT
+  (which decides how far the walk goes). When the range has no PAMT the walk
+  ends at the 2 MiB leaf and promotes it to exclusive, which this footprint
+  does not say. That only orders two such begins on a PAMT-less range, and
+  whichever goes first holds the entry exclusive until its end answers
+  TDX_MISSING_PAMT_PAGE_PAIR / TDX_PAGE_METADATA_INCORRECT with
+  ``use_without_pamt`` (no ADD can get in: it writes the lock), so both orders
+  reach the same kind set. Counting the lock as written made every pair of
+  AUGs on a range dependent: ``locked`` at 2 CPUs x 2 rounds went from 174
+  complete executions to more than 11,000;
+- end does what the one-step call does (above) and releases: ADD/REMOVE write
+  the lock, AUG/RECLAIM read it (a shared release commutes with a shared take
+  and is ordered against an exclusive try, which writes);
+- the 1 GiB entry (always shared: no call here takes it exclusive) and the
+  entries of pool pages (ranges without a module PAMT, only ever walked shared)
+  commute with every step, and 4 KiB entries are CPU-private (each CPU its own
+  pages), so none of them is an object.
 """
 
 from __future__ import annotations
@@ -42,6 +66,8 @@ from typing import Final
 from shmpamt import tdx
 from shmpamt.explorer.board import OPS
 from shmpamt.machine.atomic import wrap32
+from shmpamt.machine.kernel import END_SUFFIX
+from shmpamt.machine.seamcall import two_phase_default
 from shmpamt.schedulers.base import Access
 
 LOCK: Final = 0
@@ -50,6 +76,7 @@ _POOL: Final = 4 << 24
 _RC: Final = 1 << 24
 _PAMT: Final = 2 << 24
 _PAGES: Final = 3 << 24
+_ENTRY_LOCK: Final = 5 << 24
 _CPU_BITS: Final = 8  # at most 256 CPUs per range in the page ids
 
 _ADD: Final = tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_ADD)
@@ -57,6 +84,7 @@ _REMOVE: Final = tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_REMOVE)
 _USE: Final = frozenset(
     {tdx.leaf_name(tdx.TDH_MEM_PAGE_AUG), tdx.leaf_name(tdx.TDH_PHYMEM_PAGE_RECLAIM)}
 )
+_EXCLUSIVE_BEGIN: Final = frozenset({_ADD, _REMOVE})
 
 
 def _pages(r: int, cpu: int) -> int:
@@ -93,8 +121,10 @@ def _would_write(op: str, v: int, a: int, b: int) -> bool:
 class Footprints:
     """Footprint of (op index, target, cpu), computed once per distinct step."""
 
-    def __init__(self, cpus: int) -> None:
+    def __init__(self, cpus: int, two_phase: bool | None = None) -> None:
+        """``two_phase``: whether PAMT SEAMCALLs are begin + end (None: the default)."""
         self._cpus = cpus
+        self._two_phase = two_phase_default() if two_phase is None else two_phase
         self._pool = tuple(_POOL + c for c in range(cpus))
         self._cache: dict[tuple[int, int, int], Access] = {}
         self._reads: dict[int, Access] = {}
@@ -143,6 +173,21 @@ class Footprints:
         return a
 
     def _compute(self, op: str, target: int, cpu: int) -> Access:
+        if op.endswith(END_SUFFIX):
+            leaf = op[: -len(END_SUFFIX)]
+            one = self._one_step(leaf, target, cpu)
+            lock = (_ENTRY_LOCK + target,)
+            if leaf in _EXCLUSIVE_BEGIN:
+                return Access(one.reads, one.writes | frozenset(lock))
+            return Access(one.reads | frozenset(lock), one.writes)
+        if self._two_phase and (op in _EXCLUSIVE_BEGIN or op in _USE):
+            lock = (_ENTRY_LOCK + target,)
+            if op in _EXCLUSIVE_BEGIN:
+                return Access.of(writes=lock)
+            return Access.of(reads=(_PAMT + target, *lock))
+        return self._one_step(op, target, cpu)
+
+    def _one_step(self, op: str, target: int, cpu: int) -> Access:
         if op == "atomic_read":
             return self._read(target)
         if op.startswith("atomic"):

@@ -36,6 +36,21 @@ PRIMITIVES: Final[tuple[str, ...]] = (
 GUEST_BASE: Final = 0
 POOL_BASE: Final = 1 << 40
 
+#: the SEAMCALLs a module holding PAMT locks makes two scheduling points
+PHASED_LEAVES: Final = frozenset(
+    {
+        tdx.TDH_PHYMEM_PAMT_ADD,
+        tdx.TDH_PHYMEM_PAMT_REMOVE,
+        tdx.TDH_MEM_PAGE_AUG,
+        tdx.TDH_PHYMEM_PAGE_RECLAIM,
+    }
+)
+#: the op name of a two-step SEAMCALL's second point is the leaf's name plus this
+END_SUFFIX: Final = ".end"
+#: request flags of a two-step SEAMCALL's begin and end (the wire: machine/seamcall.py)
+REQ_BEGIN: Final = 2
+REQ_END: Final = 4
+
 
 class Hook(Protocol):
     """Called around every primitive. ``before`` may block (explore) or sleep (chaos)."""
@@ -57,7 +72,7 @@ class PagePool(Protocol):
 
 class SeamcallPort(Protocol):
     def call(
-        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0
+        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0, flags: int = 0
     ) -> tuple[int, int, int, int]: ...
 
 
@@ -88,8 +103,11 @@ class Kernel:
         self.warnings = 0
         self.last_warning = ""
         self._warned: set[tuple[str, int]] = set()
-        #: injected faults this CPU has seen (alloc failures + busy statuses)
+        #: injected faults this CPU has seen (alloc failures + injected busy statuses)
         self.injected = 0
+        #: TDX_OPERAND_BUSY answers caused by another CPU's SEAMCALL holding an entry
+        self.contended = 0
+        self._two_phase = bool(getattr(port, "two_phase", False))
 
     # -- the choke point --------------------------------------------------
 
@@ -231,15 +249,35 @@ class Kernel:
     def seamcall(
         self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0
     ) -> tuple[int, int, int, int]:
+        """One SEAMCALL; a PAMT one is two points, ``<leaf>`` then ``<leaf>.end``, when
+        the module holds its locks across two requests (the port's ``two_phase``):
+        between them other CPUs run and their calls can meet the held entries."""
         target = range_of(rcx)
         name = tdx.leaf_name(leaf)
         self._before(name, target)
-        out = self._port.call(leaf, rcx, rdx, r8)
-        if out[0] and tdx.status_class(out[0]) == tdx.TDX_OPERAND_BUSY:
-            # Only injection produces BUSY in this emulator (see docs/design.md).
-            self.injected += 1
+        if not self._two_phase or leaf not in PHASED_LEAVES:
+            out = self._port.call(leaf, rcx, rdx, r8)
+            self._count_busy(out[0])
+            self._after(name, target, out[0])
+            return out
+        out = self._port.call(leaf, rcx, rdx, r8, REQ_BEGIN)
+        self._count_busy(out[0])
         self._after(name, target, out[0])
+        if out[0] != tdx.SHMPAMT_LOCKS_HELD:
+            return out  # refused at begin: BUSY (contended or injected) or an operand error
+        end = name + END_SUFFIX
+        self._before(end, target)
+        out = self._port.call(leaf, rcx, rdx, r8, REQ_END)
+        self._after(end, target, out[0])
         return out
+
+    def _count_busy(self, status: int) -> None:
+        """A BUSY answer is injected or contention (the status says which)."""
+        cause = tdx.busy_cause(status)
+        if cause == "injected":
+            self.injected += 1
+        elif cause == "contention":
+            self.contended += 1
 
     def tdh_phymem_pamt_add(self, hpa_ps: int, pamt_pages: list[int]) -> int:
         """PAMT.ADD with the two-page list; returns the status word."""

@@ -33,6 +33,7 @@ CPU killed mid-operation, and any later call would only produce false alarms.
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ import posix_ipc
 
 from shmpamt import tdx
 from shmpamt.errors import IpcError, ModuleFailure
+from shmpamt.machine import kernel
 from shmpamt.machine.atomic import RefcountArray
 from shmpamt.machine.ipc import Segment, open_semaphore, pid_alive
 
@@ -65,6 +67,14 @@ TICKET_OFFSET: Final = 48  # int32 after the request, same cache line
 #: request flag: the caller's scheduler chose to inject TDX_OPERAND_BUSY into this call
 #: (explore's fault choices); the module answers BUSY without executing it
 REQ_INJECT_BUSY: Final = 1
+#: request flags of a two-step SEAMCALL: the begin step (operand checks and the
+#: handler's try-locks; answered with tdx.SHMPAMT_LOCKS_HELD or the refusal) and the
+#: end step (state checks, state change, every lock released; the final status)
+REQ_BEGIN: Final = kernel.REQ_BEGIN
+REQ_END: Final = kernel.REQ_END
+#: environment switch: "1" makes every SEAMCALL one step (the module takes and drops
+#: its locks inside one request), the baseline that tools/bench_explore.py compares
+SEAMCALL_STEPS_ENV: Final = "SHMPAMT_SEAMCALL_STEPS"
 # seq, status, rcx, rdx, r8, injected flags
 RESPONSE: Final = struct.Struct("<QQQQQQ")
 #: bit of the response's flags word: the module refused the call (it was abandoned)
@@ -90,7 +100,11 @@ def withdrawn(seq: int) -> int:
 
 @dataclass(frozen=True)
 class ModuleNames:
-    """Every IPC name of one TDX module; picklable, handed to spawned CPUs."""
+    """Every IPC name of one TDX module; picklable, handed to spawned CPUs.
+
+    ``two_phase``: CPUs make each PAMT SEAMCALL two requests (begin, end), so
+    the module holds its entry locks between them (docs/design.md).
+    """
 
     token: str
     ncpus: int
@@ -100,6 +114,7 @@ class ModuleNames:
     state: str
     requests: tuple[str, ...]  # ncpus + 1: one per CPU, then the control port
     responses: tuple[str, ...]
+    two_phase: bool = True
 
     @property
     def control(self) -> int:
@@ -108,6 +123,11 @@ class ModuleNames:
 
     def all_names(self) -> tuple[str, ...]:
         return (self.mailbox, self.state, *self.requests, *self.responses)
+
+
+def two_phase_default() -> bool:
+    """Whether SEAMCALLs are two steps unless told otherwise (``SHMPAMT_SEAMCALL_STEPS``)."""
+    return os.environ.get(SEAMCALL_STEPS_ENV, "2").strip() != "1"
 
 
 class SeamcallError(ModuleFailure):
@@ -268,6 +288,8 @@ class SeamcallPort:
         self.injected_busy = 0
         #: injected-fault bits of the last response (module.faults.INJECTED_*)
         self.last_injected = 0
+        #: the module holds its locks across two requests per PAMT SEAMCALL
+        self.two_phase = False
         if self._pid <= 0:
             raise ModuleDied("the TDX module daemon has not started")
 
@@ -284,7 +306,9 @@ class SeamcallPort:
         try:
             sems.append(open_semaphore(names.requests[cpu]))
             sems.append(open_semaphore(names.responses[cpu]))
-            return cls(mailbox, sems[0], sems[1], cpu, timeout)
+            port = cls(mailbox, sems[0], sems[1], cpu, timeout)
+            port.two_phase = names.two_phase
+            return port
         except BaseException:
             for s in sems:
                 s.close()

@@ -1,12 +1,16 @@
 """The TDX module daemon: a separate process that answers SEAMCALLs and guards the run's IPC names.
 
 One serving thread per mailbox blocks on that CPU's request semaphore, so a
-round trip is a bare semaphore ping-pong plus the handling. Each call that
-touches a range holds that range's ``threading.Lock`` for its whole duration,
-which makes it atomic per 2 MiB range as on hardware; calls on one range wait
-for each other and the module never answers BUSY on its own (only injection
-does). Violations a call reveals are logged while the range lock is held, so
-the log's timestamps follow the order of the state changes.
+round trip is a bare semaphore ping-pong plus the handling. A PAMT SEAMCALL
+takes the TDX module's PAMT entry try-locks (``module.state.PamtLocks``) as
+its handler does; a lock another call holds is TDX_OPERAND_BUSY at once. With
+two-step calls (``REQ_BEGIN`` then ``REQ_END``, the default) the locks stay
+held between the CPU's two requests, so calls of different CPUs overlap and
+contention is real; a one-step request takes and drops them in one go. The
+state change itself runs under the range's ``threading.Lock`` (a short
+mutex between the daemon's threads, never a wait the module would make), and
+violations are logged under it, so the log's timestamps follow the order of
+the state changes.
 
 The daemon is also the run's guardian: if its parent dies (a SIGKILLed runner
 cannot clean up), it unlinks every name it knows and exits, so nothing is left
@@ -41,6 +45,8 @@ from shmpamt.machine.ipc import (
 from shmpamt.machine.pages import PamtPagePool
 from shmpamt.machine.seamcall import (
     REFUSED,
+    REQ_BEGIN,
+    REQ_END,
     REQ_INJECT_BUSY,
     REQUEST,
     RESPONSE,
@@ -48,14 +54,19 @@ from shmpamt.machine.seamcall import (
     ModuleNames,
     SeamcallPort,
     posted,
+    two_phase_default,
     withdrawn,
 )
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.faults import INJECTED_BUSY, INJECTED_KINDS, NO_FAULT, Decision, FaultPlan
 from shmpamt.module.state import (
+    Held,
     ModuleState,
     ModuleStatistics,
-    apply_seamcall,
+    Outcome,
+    PamtLocks,
+    begin_seamcall,
+    end_seamcall,
     note_injected_busy,
     target_range,
 )
@@ -99,6 +110,10 @@ class _Server:
         self.requests = [open_semaphore(n) for n in names.requests]
         self.responses = [open_semaphore(n) for n in names.responses]
         self.locks = [threading.Lock() for _ in range(self.state.nranges)]
+        self.entries = PamtLocks()
+        #: per mailbox: the call between its begin and end requests
+        self.held: list[Held | None] = [None] * len(self.requests)
+        self.epoch = self.state.epoch
         self.stopped = threading.Event()
 
     def serve(self, slot: int, last: int) -> None:
@@ -181,11 +196,13 @@ class _Server:
     ) -> tuple[int, int, int, int, int]:
         """One call; returns what to answer, or _WITHDRAWN / _NOT_POSTED (answer nothing)."""
         state = self.state
+        if rflags & REQ_END:
+            return self._end(cpu, seq, leaf)
         if rflags & REQ_INJECT_BUSY and leaf in _STATE_CHANGING:
             # the caller's scheduler chose this fault: no draw, the plan is not consulted
             d = _FORCED_BUSY
         elif not self.faults.leaves:  # nothing planned: the call as it is
-            return self._apply(cpu, seq, leaf, rcx, rdx, r8, NO_FAULT)
+            return self._apply(cpu, seq, leaf, rcx, rdx, r8, NO_FAULT, rflags)
         else:
             d = self.faults.decide(rng, leaf)
         if d.busy:
@@ -200,12 +217,44 @@ class _Server:
             return tdx.TDX_OPERAND_BUSY, 0, 0, 0, d.flags
         if d.delay_before:
             time.sleep(d.delay_before)
-        return self._apply(cpu, seq, leaf, rcx, rdx, r8, d)
+        return self._apply(cpu, seq, leaf, rcx, rdx, r8, d, rflags)
+
+    def _finish(self, cpu: int, leaf: int, held: Held) -> Outcome:
+        """The end step of ``held``: state checks and change under the range mutex."""
+        state = self.state
+        r = target_range(state, leaf, held.rcx)
+        with self.locks[r] if r is not None else _NO_LOCK:
+            out = end_seamcall(state, self.entries, self.pool, cpu, held)
+            for f in out.findings:
+                self.log.record(f.name, cpu=cpu, range_=f.range, leaf=leaf, a=f.a, b=f.b)
+        return out
+
+    def _end(self, cpu: int, seq: int, leaf: int) -> tuple[int, int, int, int, int]:
+        """REQ_END: finish the call this mailbox began; counted as one call, here."""
+        refused = self._claim(cpu, seq, leaf)
+        if refused is not None:
+            return refused
+        held = self.held[cpu]
+        self.held[cpu] = None
+        # Invariant: an end request follows its own call's begin that took the locks.
+        if held is None or held.leaf != leaf:
+            raise RuntimeError(f"cpu {cpu}: end of {tdx.leaf_name(leaf)} without its begin")
+        out = self._finish(cpu, leaf, held)
+        self.state.count_call(leaf)
+        return out.status, out.rcx, out.rdx, out.r8, 0
 
     def _apply(
-        self, cpu: int, seq: int, leaf: int, rcx: int, rdx: int, r8: int, d: Decision
+        self,
+        cpu: int,
+        seq: int,
+        leaf: int,
+        rcx: int,
+        rdx: int,
+        r8: int,
+        d: Decision,
+        rflags: int = 0,
     ) -> tuple[int, int, int, int, int]:
-        """Claim and run a call that was not refused as BUSY, with ``d``'s other faults."""
+        """Claim and run (or, with REQ_BEGIN, begin) a call not refused as injected BUSY."""
         state = self.state
         flags = d.flags
         if leaf == tdx.SHMPAMT_RESET:
@@ -215,18 +264,29 @@ class _Server:
                 refused = self._claim(cpu, seq, leaf)
                 if refused is not None:
                     return refused
-                out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
+                out = self._finish(cpu, leaf, Held(leaf, rcx, rdx, r8))
         else:
-            r = target_range(state, leaf, rcx)
-            with self.locks[r] if r is not None else _NO_LOCK:
-                # Claimed under the range lock: a call the daemon took is ordered
-                # before every later call on its range, whatever stops the daemon.
-                refused = self._claim(cpu, seq, leaf)
-                if refused is not None:
-                    return refused
-                out = apply_seamcall(state, self.pool, cpu, leaf, rcx, rdx, r8)
-                for f in out.findings:
-                    self.log.record(f.name, cpu=cpu, range_=f.range, leaf=leaf, a=f.a, b=f.b)
+            refused = self._claim(cpu, seq, leaf)
+            if refused is not None:
+                return refused
+            if state.epoch != self.epoch:
+                # A reset cut off calls between their steps (explore ends executions
+                # early): their locks go with the state they guarded.
+                self.epoch = state.epoch
+                self.entries.clear()
+                self.held = [None] * len(self.held)
+            stale = self.held[cpu]
+            if stale is not None:  # a CPU stopped between its steps: its call ends unfinished
+                self.held[cpu] = None
+                stale.release(self.entries)
+            got = begin_seamcall(state, self.entries, self.pool, leaf, rcx, rdx, r8)
+            if isinstance(got, Outcome):
+                out = got  # refused at begin: contention BUSY or an operand error
+            elif rflags & REQ_BEGIN and leaf in _STATE_CHANGING:
+                self.held[cpu] = got
+                return tdx.SHMPAMT_LOCKS_HELD, 0, 0, 0, flags
+            else:
+                out = self._finish(cpu, leaf, got)
         # Counted once executed, so statistics never include withdrawn calls.
         state.count_call(leaf)
         if d is NO_FAULT:  # the common case: nothing injected, nothing to wait for
@@ -327,8 +387,12 @@ class TdxModule:
         token: str,
         ready_timeout: float = 30.0,
         extra_names: tuple[str, ...] = (),
+        two_phase: bool | None = None,
     ) -> TdxModule:
-        """Create the IPC objects, spawn the daemon and wait until it serves."""
+        """Create the IPC objects, spawn the daemon and wait until it serves.
+
+        ``two_phase``: CPUs make PAMT SEAMCALLs two steps (None: the environment's
+        ``SHMPAMT_SEAMCALL_STEPS``, two unless it says 1)."""
         if ncpus < 1:
             raise ValueError("ncpus must be at least 1")
         names = ModuleNames(
@@ -340,6 +404,7 @@ class TdxModule:
             state=make_name("modstate", token),
             requests=tuple(make_name(f"seamreq{i}", token) for i in range(ncpus + 1)),
             responses=tuple(make_name(f"seamresp{i}", token) for i in range(ncpus + 1)),
+            two_phase=two_phase_default() if two_phase is None else two_phase,
         )
         state = ModuleState.create(nranges, pages_per_range, token)
         try:

@@ -1,26 +1,31 @@
-"""The TDX module's Dynamic PAMT state and the SEAMCALL transitions that change it.
+"""The TDX module's Dynamic PAMT state and the SEAMCALL handlers that change it.
 
 State lives in shared memory so the runner can read it at quiescence, but only
-the daemon writes it (under its per-range locks). ``apply_seamcall`` is the
-whole behaviour of the module as one function of (state, pool, call): it
-changes the state, returns the registers the module would return, and lists
-the violations the call reveals, so it is tested without any process.
+the daemon writes it. Each handler follows the TDX module's own
+(intel/tdx-module, ``src/vmm_dispatcher/api_calls/tdh_phymem_pamt_add.c``,
+``tdh_phymem_pamt_remove.c``, ``tdh_mem_page_aug.c``,
+``tdh_phymem_page_reclaim.c``; the walk is ``pamt_walk`` in
+``src/common/memory_handlers/pamt_manager.c``) and is split where the real one
+holds its locks: :func:`begin_seamcall` checks the operands and takes the PAMT
+entry try-locks in the handler's order (any refusal, a held lock being
+TDX_OPERAND_BUSY at once, releases what it took and ends the call there);
+:func:`end_seamcall` makes the handler's state checks, changes the state and
+releases every lock. ``apply_seamcall`` is both at once. All of them are
+functions of (state, locks, pool, call), tested without any process.
 
-Status codes chosen for the refusals (tdx.py): REMOVE of an absent PAMT ->
-TDX_PAMT_NOT_PRESENT; REMOVE while 4 KiB pages are assigned -> TDX_PAGE_IN_USE;
-AUG or RECLAIM in a range without PAMT -> TDX_PAMT_MISSING; RECLAIM of an
-unassigned page -> TDX_PAGE_NOT_ASSIGNED; AUG of an assigned page ->
-TDX_PAGE_ALREADY_ASSIGNED. The last two are worker bugs (the CPU loop gives
-every CPU its own 4 KiB slots), not get/put protocol bugs, so they are refused
-but not recorded as violations. Malformed operands -> TDX_OPERAND_INVALID,
-also for an unknown leaf, and for a PAMT.ADD whose page pair is not a pair of
-distinct pool pages owned by the caller (the pool records the latter as
-``pamt_pages_lost``).
+The statuses are the module's (tdx.py); the ones that reveal a protocol slip
+carry a finding (``add_present``, ``remove_absent``, ``remove_while_in_use``,
+``use_without_pamt``). AUG of an assigned page and RECLAIM of an unassigned one
+(TDX_PAGE_METADATA_INCORRECT) are worker bugs (the CPU loop gives every CPU its
+own 4 KiB slots), not get/put protocol bugs, so they are refused but not
+recorded. A PAMT.ADD pair page the caller does not own fails the bitmap
+test-and-set (TDX_PAGE_NOT_FREE; the pool records ``pamt_pages_lost``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from shmpamt import tdx
@@ -53,7 +58,8 @@ OTHER_LEAF_SLOT: Final = 7
 INJECTED_SLOT: Final[dict[str, int]] = {"busy": 8, "delay_before": 9, "delay_after": 10}
 _COUNTERS: Final = 16
 
-_HDR_WORDS: Final = 8  # nranges, pages_per_range, spare
+_HDR_WORDS: Final = 8  # nranges, pages_per_range, reset epoch, spare
+_EPOCH: Final = 2
 # Per-page flag bits: assigned, and "its last RECLAIM was refused by an injected BUSY".
 ASSIGNED: Final = 1
 RECLAIM_REFUSED: Final = 2
@@ -124,7 +130,7 @@ class ModuleState:
         hdr = segment.payload[: _HDR_WORDS * 4].cast("i")
         self.nranges = int(hdr[0])
         self.pages_per_range = int(hdr[1])
-        hdr.release()
+        self._hdr = hdr
         if (
             not 1 <= self.nranges <= MAX_RANGES
             or not 1 <= self.pages_per_range <= tdx.PAGES_PER_2M
@@ -247,8 +253,14 @@ class ModuleState:
     def _mark_remove_refused(self, r: int) -> None:
         self._flags[r * self.pages_per_range] |= REMOVE_REFUSED  # until the next reset
 
+    @property
+    def epoch(self) -> int:
+        """Bumped by every reset: the daemon drops the entry locks of calls a reset cut off."""
+        return int(self._hdr[_EPOCH])
+
     def reset(self) -> None:
         """Every PAMT absent, no page assigned (statistics are kept)."""
+        self._hdr[_EPOCH] = (self._hdr[_EPOCH] + 1) & 0x7FFFFFFF
         for r in range(self.nranges):
             self._set_absent(r)
             self._assigned[r] = 0
@@ -270,7 +282,7 @@ class ModuleState:
         return ModuleStatistics(calls, injected, sum(v for _, v in injected))
 
     def close(self) -> None:
-        for mv in (self._present, self._assigned, self._pamt, self._flags):
+        for mv in (self._hdr, self._present, self._assigned, self._pamt, self._flags):
             mv.release()
         self._counters.close()
         self.segment.close()
@@ -339,59 +351,306 @@ def note_injected_busy(state: ModuleState, leaf: int, rcx: int) -> None:
             state._mark_remove_refused(r)
 
 
-def apply_seamcall(
-    state: ModuleState, pool: PageOwnership, cpu: int, leaf: int, rcx: int, rdx: int, r8: int
-) -> Outcome:
-    """One SEAMCALL by ``cpu``; the caller holds the lock of ``target_range(...)``."""
+# --- the PAMT entries' locks ---------------------------------------------------------------
+
+LEVEL_4K: Final = 0
+LEVEL_2M: Final = 1
+LEVEL_1G: Final = 2
+_LEVEL_SHIFT: Final = 56
+_EXCLUSIVE: Final = -1
+
+
+def entry(level: int, hpa: int) -> int:
+    """The PAMT entry covering ``hpa`` at ``level`` (one key per 4K/2M/1G frame)."""
+    return (level << _LEVEL_SHIFT) | (hpa >> (12 + 9 * level))
+
+
+def entry_name(key: int) -> str:
+    level = key >> _LEVEL_SHIFT
+    frame = key & ((1 << _LEVEL_SHIFT) - 1)
+    return f"{('4K', '2M', '1G')[level]} entry {frame:#x}"
+
+
+class PamtLocks:
+    """The shared/exclusive try-lock of every PAMT entry (the daemon's threads share it).
+
+    As in the module, a lock never waits: taking one that another call holds in
+    a conflicting mode fails at once, and the handler answers TDX_OPERAND_BUSY.
+    A count per entry: >0 shared holders, -1 exclusive, absent free.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held: dict[int, int] = {}
+
+    def try_shared(self, key: int) -> bool:
+        with self._mutex:
+            n = self._held.get(key, 0)
+            if n < 0:
+                return False
+            self._held[key] = n + 1
+            return True
+
+    def try_exclusive(self, key: int) -> bool:
+        with self._mutex:
+            if key in self._held:
+                return False
+            self._held[key] = _EXCLUSIVE
+            return True
+
+    def try_promote(self, key: int) -> bool:
+        """A shared holder becomes the exclusive one, if it is the only holder."""
+        with self._mutex:
+            # Invariant: only a shared holder promotes.
+            assert self._held.get(key, 0) > 0, entry_name(key)
+            if self._held[key] != 1:
+                return False
+            self._held[key] = _EXCLUSIVE
+            return True
+
+    def release(self, key: int, exclusive: bool) -> None:
+        with self._mutex:
+            n = self._held.get(key, 0)
+            # Invariant: a call releases exactly the locks it took, in the mode it took them.
+            assert (n == _EXCLUSIVE) if exclusive else (n > 0), (entry_name(key), n)
+            if exclusive or n == 1:
+                del self._held[key]
+            else:
+                self._held[key] = n - 1
+
+    def clear(self) -> None:
+        """Drop every lock (the rig was reset: no call is between its steps any more)."""
+        with self._mutex:
+            self._held.clear()
+
+    def held(self) -> dict[int, int]:
+        """Entry -> holders (-1: exclusive); empty whenever no call is between its steps."""
+        with self._mutex:
+            return dict(self._held)
+
+
+@dataclass
+class Held:
+    """A call between its begin and end steps: its operands and the locks it holds."""
+
+    leaf: int
+    rcx: int
+    rdx: int
+    r8: int
+    taken: list[tuple[int, bool]] = field(default_factory=list)
+
+    def release(self, locks: PamtLocks) -> None:
+        while self.taken:
+            key, exclusive = self.taken.pop()
+            locks.release(key, exclusive)
+
+
+def _range_of_hpa(state: ModuleState, hpa: int) -> int | None:
+    """Module range of a guest address (None: memory whose PAMT the module never adds)."""
+    off = hpa - GUEST_BASE
+    r = off // tdx.SZ_2M
+    return r if off >= 0 and r < state.nranges else None
+
+
+def _has_pamt(state: ModuleState, hpa: int) -> bool:
+    r = _range_of_hpa(state, hpa)
+    return r is not None and state.pamt_present(r)
+
+
+def _walk(
+    state: ModuleState, locks: PamtLocks, held: Held, hpa: int, target: int, exclusive: bool
+) -> bool:
+    """The module's PAMT walk down to ``target`` (or the leaf above it); False = BUSY.
+
+    1G shared; 2M shared, promoted to exclusive if the walk ends there with an
+    exclusive leaf lock (the target is 2M, or the range has no PAMT pages to
+    walk into); else the 4K entry in the leaf mode. On BUSY the walk's own
+    locks are released, the caller's earlier ones are not.
+    """
+    mark = len(held.taken)
+    steps: list[tuple[int, str]] = [
+        (entry(LEVEL_1G, hpa), "shared"),
+        (entry(LEVEL_2M, hpa), "shared"),
+    ]
+    leaf_2m = target == LEVEL_2M or not _has_pamt(state, hpa)
+    if leaf_2m and exclusive:
+        steps.append((entry(LEVEL_2M, hpa), "promote"))
+    elif not leaf_2m:
+        steps.append((entry(LEVEL_4K, hpa), "exclusive" if exclusive else "shared"))
+    for key, how in steps:
+        if how == "shared":
+            ok = locks.try_shared(key)
+        elif how == "exclusive":
+            ok = locks.try_exclusive(key)
+        else:
+            ok = locks.try_promote(key)
+        if not ok:
+            while len(held.taken) > mark:
+                k, x = held.taken.pop()
+                locks.release(k, x)
+            return False
+        if how == "promote":
+            held.taken[-1] = (key, True)
+        else:
+            held.taken.append((key, how == "exclusive"))
+    return True
+
+
+#: contention: the module names the operand whose entry another call holds
+BUSY_RCX: Final = Outcome(tdx.TDX_OPERAND_BUSY | tdx.OPERAND_ID_RCX)
+_BUSY_PAIR: Final = (
+    Outcome(tdx.TDX_OPERAND_BUSY | tdx.OPERAND_ID_RDX),
+    Outcome(tdx.TDX_OPERAND_BUSY | tdx.OPERAND_ID_R8),
+)
+ADDR_RANGE_ERROR: Final = Outcome(tdx.TDX_OPERAND_ADDR_RANGE_ERROR)
+METADATA_INCORRECT: Final = Outcome(tdx.TDX_PAGE_METADATA_INCORRECT)
+_PHASED: Final = frozenset(
+    {
+        tdx.TDH_PHYMEM_PAMT_ADD,
+        tdx.TDH_PHYMEM_PAMT_REMOVE,
+        tdx.TDH_MEM_PAGE_AUG,
+        tdx.TDH_PHYMEM_PAGE_RECLAIM,
+    }
+)
+
+
+def begin_seamcall(
+    state: ModuleState,
+    locks: PamtLocks,
+    pool: PageOwnership,
+    leaf: int,
+    rcx: int,
+    rdx: int,
+    r8: int,
+) -> Outcome | Held:
+    """Operand checks and try-locks, in the handler's order: a refusal, or the held call."""
+    held = Held(leaf, rcx, rdx, r8)
+    if leaf not in _PHASED:
+        return held  # the rig's own leaves take no PAMT lock
     if leaf == tdx.TDH_PHYMEM_PAMT_ADD:
-        return _pamt_add(state, pool, cpu, rcx, rdx, r8)
-    if leaf == tdx.TDH_PHYMEM_PAMT_REMOVE:
-        return _pamt_remove(state, pool, cpu, rcx)
-    if leaf == tdx.TDH_MEM_PAGE_AUG:
-        return _page_aug(state, rcx)
-    if leaf == tdx.TDH_PHYMEM_PAGE_RECLAIM:
-        return _page_reclaim(state, rcx)
-    if leaf == tdx.SHMPAMT_NOP:
-        return SUCCESS
-    if leaf == tdx.SHMPAMT_STATUS:
-        if not 0 <= rcx < state.nranges:
+        r = decode_2m(state, rcx)
+        if r is None:
             return INVALID
-        return Outcome(tdx.TDX_SUCCESS, 0, int(state.pamt_present(rcx)), state.assigned_count(rcx))
-    if leaf == tdx.SHMPAMT_RESET:
-        state.reset()  # the caller holds every range lock
-        return SUCCESS
-    return INVALID
+        for hpa in (rdx, r8):
+            if hpa % tdx.PAGE_SIZE:
+                return INVALID
+            if not pool.contains(hpa) and _range_of_hpa(state, hpa) is None:
+                return ADDR_RANGE_ERROR  # outside every TDMR
+        target = rcx & ~(tdx.SZ_2M - 1)
+        if not _walk(state, locks, held, target, LEVEL_2M, exclusive=True):
+            return BUSY_RCX
+        for busy, hpa in zip(_BUSY_PAIR, (rdx, r8), strict=True):
+            # a pair page in another 2 MiB range: its own walk, 4K shared
+            if tdx.align_down_2m(hpa) != target and not _walk(
+                state, locks, held, hpa, LEVEL_4K, exclusive=False
+            ):
+                held.release(locks)
+                return busy
+        return held
+    if leaf == tdx.TDH_PHYMEM_PAMT_REMOVE:
+        if decode_2m(state, rcx) is None:
+            return INVALID
+        if not _walk(state, locks, held, rcx & ~(tdx.SZ_2M - 1), LEVEL_2M, exclusive=True):
+            return BUSY_RCX
+        return held
+    # AUG, RECLAIM: the page's 4K entry exclusive
+    if decode_4k(state, rcx) is None:
+        return INVALID
+    if not _walk(state, locks, held, rcx & ~(tdx.PAGE_SIZE - 1), LEVEL_4K, exclusive=True):
+        return BUSY_RCX
+    return held
+
+
+def end_seamcall(
+    state: ModuleState, locks: PamtLocks, pool: PageOwnership, cpu: int, held: Held
+) -> Outcome:
+    """The handler's state checks and change, then every lock released (on every exit)."""
+    try:
+        leaf, rcx, rdx, r8 = held.leaf, held.rcx, held.rdx, held.r8
+        if leaf == tdx.TDH_PHYMEM_PAMT_ADD:
+            return _pamt_add(state, pool, cpu, rcx, rdx, r8)
+        if leaf == tdx.TDH_PHYMEM_PAMT_REMOVE:
+            return _pamt_remove(state, pool, cpu, rcx)
+        if leaf == tdx.TDH_MEM_PAGE_AUG:
+            return _page_aug(state, rcx)
+        if leaf == tdx.TDH_PHYMEM_PAGE_RECLAIM:
+            return _page_reclaim(state, rcx)
+        if leaf == tdx.SHMPAMT_NOP:
+            return SUCCESS
+        if leaf == tdx.SHMPAMT_STATUS:
+            if not 0 <= rcx < state.nranges:
+                return INVALID
+            present, n = int(state.pamt_present(rcx)), state.assigned_count(rcx)
+            return Outcome(tdx.TDX_SUCCESS, 0, present, n)
+        if leaf == tdx.SHMPAMT_RESET:
+            state.reset()  # the caller holds every range lock
+            return SUCCESS
+        return INVALID
+    finally:
+        held.release(locks)
+
+
+def apply_seamcall(
+    state: ModuleState,
+    pool: PageOwnership,
+    cpu: int,
+    leaf: int,
+    rcx: int,
+    rdx: int,
+    r8: int,
+    locks: PamtLocks | None = None,
+) -> Outcome:
+    """One SEAMCALL by ``cpu`` as one step: begin and end with nothing in between."""
+    lk = PamtLocks() if locks is None else locks
+    got = begin_seamcall(state, lk, pool, leaf, rcx, rdx, r8)
+    if isinstance(got, Outcome):
+        return got
+    return end_seamcall(state, lk, pool, cpu, got)
+
+
+def _pair_page_in_use(state: ModuleState, hpa: int) -> bool:
+    """The pair page's PAMT entry is not free: a 4 KiB page assigned to a TD."""
+    r = _range_of_hpa(state, hpa)
+    if r is None or not state.pamt_present(r):
+        return False  # the walk stopped at a free 2M leaf
+    j = (hpa - GUEST_BASE) % tdx.SZ_2M // tdx.PAGE_SIZE
+    return j < state.pages_per_range and state.page_assigned(r, j)
 
 
 def _pamt_add(
     state: ModuleState, pool: PageOwnership, cpu: int, rcx: int, rdx: int, r8: int
 ) -> Outcome:
     r = decode_2m(state, rcx)
-    if r is None or rdx == r8 or not pool.contains(rdx) or not pool.contains(r8):
-        return INVALID
+    assert r is not None  # begin checked the operand
     if state.pamt_present(r):
         # Invariant: PAMT.ADD is issued only for a range whose PAMT is absent.
         return Outcome(tdx.TDX_HPA_RANGE_NOT_FREE, findings=(Finding(ADD_PRESENT, r, a=rcx),))
-    if not pool.module_take(cpu, rdx, r):
-        return INVALID
-    if not pool.module_take(cpu, r8, r):
-        pool.module_give(cpu, rdx)  # undo: the ADD did not happen
-        return INVALID
+    target = rcx & ~(tdx.SZ_2M - 1)
+    for hpa in (rdx, r8):
+        if tdx.align_down_2m(hpa) != target and _pair_page_in_use(state, hpa):
+            return Outcome(tdx.TDX_PAGE_NOT_FREE)
+    # The PAMT page bitmap's test-and-set: here the pool's owner word (module = set).
+    if not pool.contains(rdx) or not pool.module_take(cpu, rdx, r):
+        return Outcome(tdx.TDX_PAGE_NOT_FREE)
+    if rdx == r8 or not pool.contains(r8) or not pool.module_take(cpu, r8, r):
+        pool.module_give(cpu, rdx)  # the first bit rolled back
+        return Outcome(tdx.TDX_PAGE_NOT_FREE)
     state._set_present(r, rdx, r8)
     return SUCCESS
 
 
 def _pamt_remove(state: ModuleState, pool: PageOwnership, cpu: int, rcx: int) -> Outcome:
     r = decode_2m(state, rcx)
-    if r is None:
-        return INVALID
+    assert r is not None
     if not state.pamt_present(r):
         # Invariant: PAMT.REMOVE is issued only for a range whose PAMT is present.
-        return Outcome(tdx.TDX_PAMT_NOT_PRESENT, findings=(Finding(REMOVE_ABSENT, r, a=rcx),))
+        return Outcome(tdx.TDX_NO_PAMT_PAGE_PAIR, findings=(Finding(REMOVE_ABSENT, r, a=rcx),))
     n = state.assigned_count(r)
     if n:
         # Invariant: PAMT.REMOVE is issued only when no 4 KiB page of the range is assigned.
-        return Outcome(tdx.TDX_PAGE_IN_USE, findings=(Finding(REMOVE_WHILE_IN_USE, r, a=n),))
+        return Outcome(
+            tdx.TDX_PAMT_PAGE_NOT_EMPTY, findings=(Finding(REMOVE_WHILE_IN_USE, r, a=n),)
+        )
     p0, p1 = state.pamt_pages(r)
     state._set_absent(r)
     pool.module_give(cpu, p0)
@@ -401,27 +660,29 @@ def _pamt_remove(state: ModuleState, pool: PageOwnership, cpu: int, rcx: int) ->
 
 def _page_aug(state: ModuleState, rcx: int) -> Outcome:
     rj = decode_4k(state, rcx)
-    if rj is None:
-        return INVALID
+    assert rj is not None
     r, j = rj
     if not state.pamt_present(r):
         # Invariant: a 4 KiB page is assigned only while its range's PAMT is present.
-        return Outcome(tdx.TDX_PAMT_MISSING, findings=(Finding(USE_WITHOUT_PAMT, r, a=rcx),))
+        return Outcome(
+            tdx.TDX_MISSING_PAMT_PAGE_PAIR, findings=(Finding(USE_WITHOUT_PAMT, r, a=rcx),)
+        )
     if state.page_assigned(r, j):
-        return Outcome(tdx.TDX_PAGE_ALREADY_ASSIGNED)  # a worker bug, not a protocol bug
+        return METADATA_INCORRECT  # a worker bug, not a protocol bug
     state._assign(r, j, True)
     return SUCCESS
 
 
 def _page_reclaim(state: ModuleState, rcx: int) -> Outcome:
     rj = decode_4k(state, rcx)
-    if rj is None:
-        return INVALID
+    assert rj is not None
     r, j = rj
     if not state.pamt_present(r):
         # Invariant: a 4 KiB page is used only while its range's PAMT is present.
-        return Outcome(tdx.TDX_PAMT_MISSING, findings=(Finding(USE_WITHOUT_PAMT, r, a=rcx),))
+        return Outcome(
+            tdx.TDX_PAGE_METADATA_INCORRECT, findings=(Finding(USE_WITHOUT_PAMT, r, a=rcx),)
+        )
     if not state.page_assigned(r, j):
-        return Outcome(tdx.TDX_PAGE_NOT_ASSIGNED)  # a worker bug, not a protocol bug
+        return METADATA_INCORRECT  # a worker bug, not a protocol bug
     state._assign(r, j, False)
     return SUCCESS

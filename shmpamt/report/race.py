@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from shmpamt import tdx
+from shmpamt.machine.kernel import END_SUFFIX
 from shmpamt.records.execution import TraceEvent
 from shmpamt.records.schedule_string import Schedule
 from shmpamt.records.violations import Violation, describe
@@ -63,6 +64,19 @@ _VALUE_OPS: Final = frozenset(
 )
 _VOID_OPS: Final = frozenset({"atomic_inc", "atomic_dec"})
 _SEAMCALLS: Final = frozenset(tdx.LEAF_NAMES.values())
+_END: Final = END_SUFFIX  # a two-step SEAMCALL's second point
+
+
+def _leaf(op: str) -> str:
+    """The SEAMCALL a point belongs to: ``X`` for the begin ``X`` and the end ``X.end``."""
+    return op[: -len(_END)] if op.endswith(_END) else op
+
+
+def _completes(e: TraceEvent) -> bool:
+    """The point that answered the call's status (a begin that took its locks does not)."""
+    return _leaf(e.op) in _SEAMCALLS and e.result != tdx.SHMPAMT_LOCKS_HELD
+
+
 #: how a collapsed call names the SEAMCALLs it made
 _SHORT: Final = {
     "TDH.PHYMEM.PAMT.ADD": "ADD",
@@ -138,9 +152,11 @@ def _primitive(e: TraceEvent, ranges: bool) -> str:
         return text
     if op in ("spin_lock", "spin_unlock"):
         return f"{op}(&pamt_lock)"
-    if op in _SEAMCALLS:
+    if _leaf(op) in _SEAMCALLS:
         arg = f"range {e.target}" if ranges and e.target >= 0 else ""
-        return f"{_seamcall(op)}({arg}) == {tdx.status_name(e.result)}"
+        if e.result == tdx.SHMPAMT_LOCKS_HELD:
+            return f"{_seamcall(op)}({arg}) // begins: its PAMT entry locks held"
+        return f"{_seamcall(_leaf(op))}({arg}) == {tdx.describe_status(e.result)}"
     if op == "alloc_page":
         return "alloc_page()" if e.result else "alloc_page() == NULL"
     if op == "free_page":
@@ -159,10 +175,10 @@ def _summary(c: _Call, ranges: bool) -> str:
         if first.before != last.after:
             done.append(f"{first.before} -> {last.after}")
     for e in c.events:
-        if e.op in _SEAMCALLS:
-            name = _SHORT.get(e.op, e.op)
+        if _completes(e):
+            name = _SHORT.get(_leaf(e.op), _leaf(e.op))
             done.append(
-                name if e.result == tdx.TDX_SUCCESS else f"{name} {tdx.status_name(e.result)}"
+                name if e.result == tdx.TDX_SUCCESS else f"{name} {tdx.describe_status(e.result)}"
             )
     arg = f"rc[{atomics[0].target}]" if ranges and atomics else ""
     return f"{c.helper}({arg})" + (f" // {', '.join(done)}" if done else "")
@@ -196,9 +212,9 @@ def _state(events: Sequence[TraceEvent], start: int, ranges: bool) -> str:
             value[e.target] = e.before
     present: dict[int, bool] = {}
     for e in events[:start]:
-        if e.result == tdx.TDX_SUCCESS and e.op == "TDH.PHYMEM.PAMT.ADD":
+        if e.result == tdx.TDX_SUCCESS and _leaf(e.op) == "TDH.PHYMEM.PAMT.ADD":
             present[e.target] = True
-        elif e.result == tdx.TDX_SUCCESS and e.op == "TDH.PHYMEM.PAMT.REMOVE":
+        elif e.result == tdx.TDX_SUCCESS and _leaf(e.op) == "TDH.PHYMEM.PAMT.REMOVE":
             present[e.target] = False
     parts = []
     for r in sorted(value):

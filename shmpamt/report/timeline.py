@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shmpamt import tdx
+from shmpamt.machine.kernel import END_SUFFIX
 from shmpamt.records.execution import TraceEvent
 from shmpamt.records.publish import write_file
 from shmpamt.records.violations import Violation, describe
@@ -40,6 +41,7 @@ _VALUE_OPS: Final = frozenset(
     {"atomic_inc_return", "atomic_dec_return", "atomic_dec_if_positive", "atomic_cmpxchg"}
 )
 _SEAMCALLS: Final = frozenset(tdx.LEAF_NAMES.values())
+_END: Final = END_SUFFIX  # a two-step SEAMCALL's second point
 
 # Cell kinds, shared by the terminal styles and the HTML classes.
 ATOMIC: Final = "atomic"
@@ -102,10 +104,12 @@ def describe_event(e: TraceEvent) -> Cell:
         return Cell(text, ATOMIC, e.note)
     if op in ("spin_lock", "spin_unlock"):
         return Cell(f"{op}(&pamt_lock)", LOCK, e.note)
-    if op in _SEAMCALLS:
+    if op in _SEAMCALLS or (op.endswith(_END) and op[: -len(_END)] in _SEAMCALLS):
+        # a two-step call: the begin says "locks held", the end its status; a BUSY
+        # says whether another CPU's call held the entry or a fault was injected
         where = f" range {e.target}" if e.target >= 0 else ""
         kind = SEAMCALL_ERR if tdx.is_error(e.result) else SEAMCALL_OK
-        return Cell(f"{op}{where} → {tdx.status_name(e.result)}", kind, e.note)
+        return Cell(f"{op}{where} → {tdx.describe_status(e.result)}", kind, e.note)
     if op == "alloc_page":
         got = f"{e.result:#x}" if e.result else "NULL"
         return Cell(f"alloc_page() = {got}", OTHER, e.note)
