@@ -52,3 +52,12 @@ def shared_c_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         del os.environ["SHMPAMT_CACHE_DIR"]
     else:
         os.environ["SHMPAMT_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def one_step_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module as one step per SEAMCALL (``SHMPAMT_SEAMCALL_STEPS=1``): for tests whose
+    replay strings or step counts were recorded against it. A schedule names steps, and a
+    two-step SEAMCALL has one more point, so such a string means another execution there.
+    Subprocesses inherit the setting."""
+    monkeypatch.setenv("SHMPAMT_SEAMCALL_STEPS", "1")

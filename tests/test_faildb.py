@@ -17,6 +17,9 @@ import shmpamt
 from shmpamt.errors import UsageError
 from shmpamt.records.faildb import DB_ENV, FailureDB, entry_key, resolve_db
 
+# The schedules here were recorded against the one-step module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_step_module")
+
 SCHED = "s1:rfc-norecheck:c2.r2.g1.p2.w6:0x8.1x4.0x8.1.0.1"
 
 

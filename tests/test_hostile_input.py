@@ -33,6 +33,9 @@ from shmpamt.records.schedule_string import encode_variant
 from shmpamt.report.terminal import Report
 from shmpamt.variants.registry import VariantLoadError, load_variant
 
+# The schedules here were recorded against the one-step module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_step_module")
+
 #: a schedule of kai that shows use_without_pamt (checked below, not assumed)
 KAI_BAD = "s1:kai:c2.r2.g1.p2.w1:0x30.1"
 #: a schedule of rfc-norecheck that shows add_present

@@ -205,7 +205,9 @@ def test_double_aug_is_refused_without_a_violation(rig: Rig) -> None:
 
 def test_reclaim_of_an_unassigned_page_is_refused_without_a_violation(rig: Rig) -> None:
     rig.add(0, 0)
-    assert rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, page_hpa(0, 1)) == tdx.TDX_PAGE_METADATA_INCORRECT
+    assert (
+        rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, page_hpa(0, 1)) == tdx.TDX_PAGE_METADATA_INCORRECT
+    )
     assert rig.module.state.assigned_count(0) == 0
     assert rig.log.total() == 0
 
@@ -318,7 +320,10 @@ def test_injected_busy_is_flagged_counted_and_not_a_violation() -> None:
         assert rig.pool.owner(a) == rig.pool.owner(b) == 1
         assert rig.log.total() == 0
         # Leaves without faults are never flagged.
-        assert rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, page_hpa(0, 0)) == tdx.TDX_PAGE_METADATA_INCORRECT
+        assert (
+            rig.call(0, tdx.TDH_PHYMEM_PAGE_RECLAIM, page_hpa(0, 0))
+            == tdx.TDX_PAGE_METADATA_INCORRECT
+        )
         assert rig.ports[0].last_injected == 0 and rig.ports[0].injected == 1
 
 

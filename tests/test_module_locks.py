@@ -13,18 +13,26 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pytest
 
 from shmpamt import tdx
+from shmpamt.engine.workload import put_and_judge
 from shmpamt.machine.ipc import new_token
-from shmpamt.machine.kernel import page_hpa
+from shmpamt.machine.kernel import Kernel, page_hpa
 from shmpamt.machine.pages import PamtPagePool
 from shmpamt.machine.seamcall import REQ_BEGIN, REQ_END, REQ_INJECT_BUSY, SeamcallPort
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.daemon import TdxModule
 from shmpamt.module.faults import FaultPlan
-from shmpamt.records.violations import ADD_PRESENT, USE_WITHOUT_PAMT
+from shmpamt.records.violations import (
+    ADD_PRESENT,
+    PUT_FAILED,
+    REMOVE_ABSENT,
+    USE_WITHOUT_PAMT,
+    describe,
+)
 
 ADD, REMOVE = tdx.TDH_PHYMEM_PAMT_ADD, tdx.TDH_PHYMEM_PAMT_REMOVE
 AUG, RECLAIM = tdx.TDH_MEM_PAGE_AUG, tdx.TDH_PHYMEM_PAGE_RECLAIM
@@ -240,3 +248,43 @@ def test_kai_explore_shows_a_busy_from_contention_without_faults() -> None:
             break
     assert any("TDX_OPERAND_BUSY (contention)" in s for s in shown), [f.kind for f in r.findings]
     assert not any("(injected)" in s for s in shown)
+
+
+# --- the series' requirement: the free path never fails ------------------------------------
+
+
+class _RemovingPut:
+    """A put that is just its PAMT.REMOVE, whatever the module answers (a planted misuse
+    of the variant interface: no refcount, so nothing but the REMOVE is judged)."""
+
+    def tdx_pamt_put(self, k: Kernel, page: int) -> None:
+        k.tdh_phymem_pamt_remove(tdx.align_down_2m(page) | tdx.TDX_PS_2M, [])
+
+
+def _kernel(rig: Rig, cpu: int) -> Kernel:
+    rig.ports[cpu].two_phase = True
+    return Kernel(cpu, cast(Any, None), cast(Any, None), rig.pool, rig.ports[cpu])
+
+
+def test_a_put_whose_remove_meets_another_cpus_call_is_put_failed(rig: Rig) -> None:
+    rig.add(0, 0)
+    assert rig.begin(1, AUG, page_hpa(0, 1)) == HELD  # cpu 1 holds the 2M entry shared
+    k = _kernel(rig, 0)
+    put_and_judge(k, cast(Any, _RemovingPut()), page_hpa(0, 0), rig.log)
+    assert rig.kinds() == [PUT_FAILED] and k.contended == 1
+    v = rig.log.records()[0]
+    assert tdx.busy_cause(v.a & (1 << 64) - 1) == "contention" and "(contention)" in describe(v)
+
+
+def test_a_put_whose_remove_succeeds_or_was_refused_by_a_fault_is_fine(rig: Rig) -> None:
+    rig.add(0, 0)
+    k = _kernel(rig, 0)
+    put_and_judge(k, cast(Any, _RemovingPut()), page_hpa(0, 0), rig.log)
+    assert rig.kinds() == [] and not rig.module.state.pamt_present(0)
+    # an injected BUSY is the fault plan's doing, not the free path's
+    assert k.removes_failed == 0
+    k._judge_remove(REMOVE, tdx.TDX_OPERAND_BUSY)
+    assert k.removes_failed == 0
+    # a REMOVE of an absent PAMT is the module's own finding (remove_absent), not again put_failed
+    put_and_judge(k, cast(Any, _RemovingPut()), page_hpa(0, 0), rig.log)
+    assert rig.kinds() == [REMOVE_ABSENT]

@@ -6,9 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from shmpamt.records.execution import GET, PUT, TraceEvent, call_id
 from shmpamt.records.violations import Violation
 from shmpamt.report.race import WIDTH, race_report
+
+# The schedules here were recorded against the one-step module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_step_module")
 
 #: the seed's RFC: two puts each see their own 1 -> 0 and both issue PAMT.REMOVE
 RFC = "s1:rfc:c2.r2.g1.p2.w1:0x30.1"

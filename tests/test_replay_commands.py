@@ -23,6 +23,9 @@ from shmpamt.records.variant_files import file_hash, locate, remember, short_spe
 USER_VARIANT = '''
 from shmpamt.variants.rfc import Rfc
 
+# The schedules here were recorded against the one-step module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_step_module")
+
 
 class Mine(Rfc):
     """The RFC as posted, as a user's own file."""

@@ -15,6 +15,9 @@ from shmpamt.config import StressCampaign
 from shmpamt.errors import UsageError
 from shmpamt.records.faildb import FailureDB
 
+# The schedules here were recorded against the one-step module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_step_module")
+
 #: rfc's two puts both issuing REMOVE (minimised), as explore would have stored it
 RFC = "s1:rfc:c2.r2.g1.p2.w1:0x30.1"
 

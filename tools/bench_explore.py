@@ -14,10 +14,14 @@ baselines measured in the same run.
    scenario (2 CPUs x 2 rounds, 2 jobs, up to --proof-cap seconds), and the
    default search (no strategy flags) for the same scenario: seconds until it
    had seen its last kind (median over seeds) and whether every seed saw the
-   same set.
+   same set;
+5. two-step SEAMCALLs: throughput on `locked` (random walk, 1 pinned explorer) with
+   the module holding its locks across two requests per PAMT SEAMCALL (the default)
+   against one-step calls (``SHMPAMT_SEAMCALL_STEPS=1``), alternated --repeat times
+   in the same run: steps/s, executions/s and the ratios.
 
     python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--proof-cap 600]
-                                  [--skip 3,4]
+                                  [--skip 3,4] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from shmpamt.machine.ipc import (
     open_semaphore,
     remove_semaphore,
 )
+from shmpamt.machine.seamcall import SEAMCALL_STEPS_ENV
 from shmpamt.schedulers.random_walk import RandomWalk
 
 BUGGY = ["rfc", "kai", "v4", "rfc-norecheck", "rfc-early-publish", "rfc-leak-on-lost-race"]
@@ -147,7 +152,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=5, help="default searches per buggy variant")
     ap.add_argument("--proof-cap", type=float, default=600.0, help="seconds per DPOR proof (4)")
     ap.add_argument("--variants", nargs="*", default=BUGGY)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-4)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (2-5)")
+    ap.add_argument("--repeat", type=int, default=3, help="A/B pairs in part 5")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     console = Console(width=250)  # tables in a log stay whole
@@ -221,6 +227,26 @@ def main() -> int:
                 f"{max(times):.1f}",
             )
             console.print(f"  done: {variant}")
+        console.print(t)
+
+    if "5" not in skip:
+        t = Table(title=f"5. two-step SEAMCALLs: locked, random walk, 1 pinned explorer, "
+                  f"{args.seconds:g} s each, {args.repeat} A/B pairs")  # fmt: skip
+        for c in ("SEAMCALL", "executions/s", "steps/s", "steps/s vs one-step"):
+            t.add_column(c, justify="right")
+        got: dict[str, list[tuple[float, float]]] = {"1": [], "2": []}
+        try:
+            for _ in range(args.repeat):
+                for steps in ("1", "2"):
+                    os.environ[SEAMCALL_STEPS_ENV] = steps
+                    got[steps].append(throughput(args.seconds, 1, True))
+        finally:
+            os.environ.pop(SEAMCALL_STEPS_ENV, None)
+        base = statistics.median(st for _, st in got["1"])
+        for steps, label in (("1", "one step"), ("2", "two steps (begin, end)")):
+            ex_s = statistics.median(ex for ex, _ in got[steps])
+            st_s = statistics.median(st for _, st in got[steps])
+            t.add_row(label, f"{ex_s:,.0f}", f"{st_s:,.0f}", f"{st_s / base:.2f}x")
         console.print(t)
     return 0
 

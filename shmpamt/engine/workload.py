@@ -25,7 +25,12 @@ from shmpamt.config import Scenario, StressConfig
 from shmpamt.machine.kernel import Kernel, page_hpa, range_of
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.faults import page_kept_by_injection
-from shmpamt.records.violations import CACHE_GET_ENOMEM, GET_FAILED, GET_FAILED_TOPUP
+from shmpamt.records.violations import (
+    CACHE_GET_ENOMEM,
+    GET_FAILED,
+    GET_FAILED_TOPUP,
+    PUT_FAILED,
+)
 from shmpamt.variants.base import CachedPamtVariant, PamtCache, PamtVariant
 
 #: gets a round's top-up covers: one guest page is mapped per round
@@ -117,8 +122,20 @@ def one_round(
             if held is not None:
                 held.add(hpa)
             return True
-    variant.tdx_pamt_put(k, hpa)
+    put_and_judge(k, variant, hpa, log)
     return True
+
+
+def put_and_judge(k: Kernel, variant: PamtVariant, hpa: int, log: ViolationLog) -> None:
+    """The put, and its requirement: the free path never fails. A PAMT.REMOVE in it
+    that failed with no fault injected (a BUSY from another CPU's call holding the
+    entry, say) is ``put_failed``, whatever the variant made of it."""
+    before = k.removes_failed
+    variant.tdx_pamt_put(k, hpa)
+    if k.removes_failed > before:
+        status = k.last_remove_failure  # a u64 in the record's signed 64-bit word
+        a = status - (1 << 64) if status >= 1 << 63 else status
+        log.record(PUT_FAILED, cpu=k.cpu, range_=range_of(hpa), a=a)
 
 
 def judge_failed_get(

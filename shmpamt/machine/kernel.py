@@ -45,6 +45,9 @@ PHASED_LEAVES: Final = frozenset(
         tdx.TDH_PHYMEM_PAGE_RECLAIM,
     }
 )
+#: REMOVE refusals the module itself records as the protocol's slip (remove_absent,
+#: remove_while_in_use): not counted again as a failed put
+_MODULE_FINDINGS: Final = frozenset({tdx.TDX_NO_PAMT_PAGE_PAIR, tdx.TDX_PAMT_PAGE_NOT_EMPTY})
 #: the op name of a two-step SEAMCALL's second point is the leaf's name plus this
 END_SUFFIX: Final = ".end"
 #: request flags of a two-step SEAMCALL's begin and end (the wire: machine/seamcall.py)
@@ -107,6 +110,10 @@ class Kernel:
         self.injected = 0
         #: TDX_OPERAND_BUSY answers caused by another CPU's SEAMCALL holding an entry
         self.contended = 0
+        #: PAMT.REMOVEs that failed with no injected fault and no protocol finding of the
+        #: module's (it reports a REMOVE of an absent or used PAMT itself), and the last status
+        self.removes_failed = 0
+        self.last_remove_failure = 0
         self._two_phase = bool(getattr(port, "two_phase", False))
 
     # -- the choke point --------------------------------------------------
@@ -259,17 +266,31 @@ class Kernel:
             out = self._port.call(leaf, rcx, rdx, r8)
             self._count_busy(out[0])
             self._after(name, target, out[0])
+            self._judge_remove(leaf, out[0])
             return out
         out = self._port.call(leaf, rcx, rdx, r8, REQ_BEGIN)
         self._count_busy(out[0])
         self._after(name, target, out[0])
         if out[0] != tdx.SHMPAMT_LOCKS_HELD:
-            return out  # refused at begin: BUSY (contended or injected) or an operand error
+            # refused at begin: BUSY (contended or injected) or an operand error
+            self._judge_remove(leaf, out[0])
+            return out
         end = name + END_SUFFIX
         self._before(end, target)
         out = self._port.call(leaf, rcx, rdx, r8, REQ_END)
         self._after(end, target, out[0])
+        self._judge_remove(leaf, out[0])
         return out
+
+    def _judge_remove(self, leaf: int, status: int) -> None:
+        if (
+            leaf == tdx.TDH_PHYMEM_PAMT_REMOVE
+            and tdx.is_error(status)
+            and tdx.busy_cause(status) != "injected"
+            and tdx.status_class(status) not in _MODULE_FINDINGS
+        ):
+            self.removes_failed += 1
+            self.last_remove_failure = status
 
     def _count_busy(self, status: int) -> None:
         """A BUSY answer is injected or contention (the status says which)."""

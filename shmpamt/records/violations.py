@@ -22,6 +22,7 @@ CACHE_GET_ENOMEM: Final = "cache_get_enomem"
 QUIESCENT_MISMATCH: Final = "quiescent_mismatch"
 PAMT_PAGES_LOST: Final = "pamt_pages_lost"
 LOCK_LEAKED: Final = "lock_leaked"
+PUT_FAILED: Final = "put_failed"
 
 VIOLATIONS: Final[tuple[str, ...]] = (
     USE_WITHOUT_PAMT,
@@ -33,6 +34,7 @@ VIOLATIONS: Final[tuple[str, ...]] = (
     PAMT_PAGES_LOST,
     LOCK_LEAKED,
     CACHE_GET_ENOMEM,
+    PUT_FAILED,
 )
 MEANING: Final = {
     USE_WITHOUT_PAMT: "a 4 KiB page was assigned or in use while its range's PAMT was absent",
@@ -45,6 +47,8 @@ MEANING: Final = {
     "is present with no user",
     PAMT_PAGES_LOST: "PAMT pages leaked, double-freed, or freed while the module owns them",
     LOCK_LEAKED: "pamt_lock still held at the end, or held by a dead CPU",
+    PUT_FAILED: "a PAMT.REMOVE on the put path failed although no fault was injected "
+    "(the free path must never fail)",
 }
 CODE: Final = {name: i for i, name in enumerate(VIOLATIONS)}
 
@@ -102,6 +106,11 @@ def describe(v: Violation) -> str:
                     "with no fault injected"
                 )
             return f"tdx_pamt_get on {where} by {who} returned {v.a} with no fault injected"
+        case "put_failed":
+            return (
+                f"tdx_pamt_put on {where} by {who}: its PAMT.REMOVE answered "
+                f"{tdx.describe_status(v.a & 0xFFFFFFFFFFFFFFFF)} with no fault injected"
+            )
         case "cache_get_enomem":
             return (
                 f"tdx_pamt_get on {where} by {who} returned {v.a} although its cache "
