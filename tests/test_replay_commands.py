@@ -20,11 +20,11 @@ import pytest
 from shmpamt.records.schedule_string import Schedule
 from shmpamt.records.variant_files import file_hash, locate, remember, short_spec
 
-USER_VARIANT = '''
-from shmpamt.variants.rfc import Rfc
-
 # The schedules here were recorded against the one-step module (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_step_module")
+
+USER_VARIANT = '''
+from shmpamt.variants.rfc import Rfc
 
 
 class Mine(Rfc):

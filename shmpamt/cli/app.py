@@ -46,6 +46,7 @@ from shmpamt.config import (
 )
 from shmpamt.errors import UsageError
 from shmpamt.machine.chaos import CHAOS_MODES
+from shmpamt.machine.kernel import module_semantics
 from shmpamt.records.faildb import resolve_db
 from shmpamt.records.publish import reason
 from shmpamt.records.violations import VIOLATIONS
@@ -244,6 +245,7 @@ def stress(
         )
         + (f"explore {explores[0].budget:g} s per variant, " if explores else "")
         + f"seed {seed}"
+        + f"; {module_semantics()}"
     )
     report = Report(rerun=_rerun(seed), merged=mode == "both")
     with trapped_signals() as interrupted, _bar() as bar:
@@ -486,7 +488,7 @@ def explore(
         + (f" d={config.depth}" if config.strategy == "pct" else "")
         + (f" preemptions<={config.preemptions}" if config.strategy == "dfs" else "")
         + f", {config.cpus} CPUs x {config.rounds} rounds, {config.ranges} range(s), seed {seed}"
-        + f", {config.jobs} job(s)"
+        + f", {config.jobs} job(s); {module_semantics()}"
     )
     report = Report(rerun=_rerun(seed))
     with trapped_signals() as interrupted, _bar() as bar:
@@ -543,9 +545,11 @@ def replay(
         r = shown.raw
         fv = r.shown.first_violation() if r.shown is not None else None
         if fv is None:
-            out_console.print(f"replayed {r.operations}x: no violation")
+            out_console.print(f"replayed {r.operations}x: no violation ({module_semantics()})")
         else:
-            out_console.print(f"replayed {r.operations}x: {fv[0]} at step {fv[1]}")
+            out_console.print(
+                f"replayed {r.operations}x: {fv[0]} at step {fv[1]} ({module_semantics()})"
+            )
     finish(report, json_path, unwritten)
 
 

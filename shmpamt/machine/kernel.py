@@ -12,6 +12,7 @@ returns); pages by their physical address.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
@@ -53,6 +54,21 @@ END_SUFFIX: Final = ".end"
 #: request flags of a two-step SEAMCALL's begin and end (the wire: machine/seamcall.py)
 REQ_BEGIN: Final = 2
 REQ_END: Final = 4
+#: environment switch: "1" makes every SEAMCALL one step (the module takes and drops
+#: its locks inside one request), the baseline that tools/bench_explore.py compares
+SEAMCALL_STEPS_ENV: Final = "SHMPAMT_SEAMCALL_STEPS"
+
+
+def two_phase_default() -> bool:
+    """Whether SEAMCALLs are two steps unless told otherwise (``SHMPAMT_SEAMCALL_STEPS``)."""
+    return os.environ.get(SEAMCALL_STEPS_ENV, "2").strip() != "1"
+
+
+def module_semantics(two_phase: bool | None = None) -> str:
+    """The module semantics a run is judged against, in the words every report prints."""
+    tp = two_phase_default() if two_phase is None else two_phase
+    steps = "two-step SEAMCALLs" if tp else "one-step SEAMCALLs"
+    return f"TDX module: real status codes, PAMT entry try-locks, {steps}"
 
 
 class Hook(Protocol):

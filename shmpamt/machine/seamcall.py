@@ -33,7 +33,6 @@ CPU killed mid-operation, and any later call would only produce false alarms.
 from __future__ import annotations
 
 import contextlib
-import os
 import struct
 import time
 from dataclasses import dataclass
@@ -72,9 +71,9 @@ REQ_INJECT_BUSY: Final = 1
 #: end step (state checks, state change, every lock released; the final status)
 REQ_BEGIN: Final = kernel.REQ_BEGIN
 REQ_END: Final = kernel.REQ_END
-#: environment switch: "1" makes every SEAMCALL one step (the module takes and drops
-#: its locks inside one request), the baseline that tools/bench_explore.py compares
-SEAMCALL_STEPS_ENV: Final = "SHMPAMT_SEAMCALL_STEPS"
+SEAMCALL_STEPS_ENV: Final = kernel.SEAMCALL_STEPS_ENV
+two_phase_default = kernel.two_phase_default
+module_semantics = kernel.module_semantics
 # seq, status, rcx, rdx, r8, injected flags
 RESPONSE: Final = struct.Struct("<QQQQQQ")
 #: bit of the response's flags word: the module refused the call (it was abandoned)
@@ -123,11 +122,6 @@ class ModuleNames:
 
     def all_names(self) -> tuple[str, ...]:
         return (self.mailbox, self.state, *self.requests, *self.responses)
-
-
-def two_phase_default() -> bool:
-    """Whether SEAMCALLs are two steps unless told otherwise (``SHMPAMT_SEAMCALL_STEPS``)."""
-    return os.environ.get(SEAMCALL_STEPS_ENV, "2").strip() != "1"
 
 
 class SeamcallError(ModuleFailure):
