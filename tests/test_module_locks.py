@@ -288,3 +288,19 @@ def test_a_put_whose_remove_succeeds_or_was_refused_by_a_fault_is_fine(rig: Rig)
     # a REMOVE of an absent PAMT is the module's own finding (remove_absent), not again put_failed
     put_and_judge(k, cast(Any, _RemovingPut()), page_hpa(0, 0), rig.log)
     assert rig.kinds() == [REMOVE_ABSENT]
+
+
+def test_the_c_header_gives_every_status_the_value_tdx_py_gives_it() -> None:
+    import re
+    from pathlib import Path
+
+    import shmpamt
+
+    header = Path(shmpamt.__file__).parent / "include" / "shmpamt" / "kernel.h"
+    defined = {
+        m[1]: int(m[2], 16)
+        for m in re.finditer(r"^#define (TDX_\w+) (0x[0-9A-F]+)ULL$", header.read_text(), re.M)
+    }
+    for value, name in tdx.STATUS_NAMES.items():
+        if name.startswith("TDX_") and name not in ("TDX_SUCCESS", "TDX_SW_ERROR"):
+            assert defined.get(name) == value, name
