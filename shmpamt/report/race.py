@@ -308,7 +308,12 @@ def _drawing(
     each drawn call's header and nested primitives, or its one line."""
     lines: list[_Line] = []
     for cpu in sorted({c.cpu for c in calls}):
-        mine = [c.short() for c in calls if c.cpu == cpu and c.last < start]
+        # a two-step SEAMCALL's end counts with its begin
+        mine = [
+            c.short()
+            for c in calls
+            if c.cpu == cpu and c.last < start and not c.events[0].op.endswith(_END)
+        ]
         if mine:
             lines.append(_Line(cpu, 0, f"[earlier: {', '.join(mine)}]"))
     drawn = [c for c in calls if c.last >= start]
