@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from shmpamt.explorer.board import OPS
 from shmpamt.explorer.footprint import CONDITIONAL, Footprints
 from shmpamt.machine.atomic import INT_MAX, INT_MIN, RefcountArray
+from shmpamt.schedulers.base import Access
 
 CONDITIONAL_OPS = sorted(OPS[i] for i in CONDITIONAL)
 EDGES = st.sampled_from([0, 1, -1, 2, -2, INT_MAX, INT_MIN]) | st.integers(INT_MIN, INT_MAX)
@@ -51,3 +52,28 @@ def test_only_conditional_atomics_are_judged_in_their_state() -> None:
         "atomic_dec_unless_positive", "atomic_dec_if_positive", "atomic_cmpxchg",
     }  # fmt: skip
     assert fp.pending(inc, 0, 0, [], 0, 0) == fp.of(inc, 0, 0)  # never reads a slot
+
+
+def test_two_step_seamcalls_depend_where_their_pamt_entry_locks_meet() -> None:
+    """Begin and end of ADD/REMOVE take and drop the 2 MiB entry exclusive, AUG/RECLAIM
+    shared: only pairs with an exclusive side are ordered (a try-lock's answer depends
+    on who holds the entry)."""
+    from shmpamt.schedulers.base import dependent
+
+    fp = Footprints(2, two_phase=True)
+
+    def at(op: str, cpu: int, r: int = 0) -> Access:
+        return fp.of(OPS.index(op), r, cpu)
+
+    add, remove = "TDH.PHYMEM.PAMT.ADD", "TDH.PHYMEM.PAMT.REMOVE"
+    aug, reclaim = "TDH.MEM.PAGE.AUG", "TDH.PHYMEM.PAGE.RECLAIM"
+    assert dependent(at(add, 0), at(add, 1))
+    assert dependent(at(add, 0), at(aug, 1))
+    assert dependent(at(add + ".end", 0), at(aug, 1))
+    assert dependent(at(aug + ".end", 0), at(remove, 1))
+    assert not dependent(at(aug, 0), at(reclaim, 1))
+    assert not dependent(at(aug + ".end", 0), at(aug, 1))
+    assert not dependent(at(add, 0, 0), at(add, 1, 1))  # other ranges' entries
+    # one-step calls keep their footprints: ADD writes the PAMT, AUG reads it
+    one = Footprints(2, two_phase=False)
+    assert one.of(OPS.index(add), 0, 0) != fp.of(OPS.index(add), 0, 0)
