@@ -36,6 +36,7 @@ from shmpamt.campaign.matrix import (
 from shmpamt.cli import common
 from shmpamt.cli.db import DB_OPTION
 from shmpamt.errors import DatabaseError, UsageError
+from shmpamt.machine.kernel import module_semantics
 from shmpamt.records.faildb import DB_NOTE, Entry, FailureDB, resolve_db
 from shmpamt.records.publish import reason, write_file
 from shmpamt.records.variant_files import remember as remember_file
@@ -370,6 +371,7 @@ def campaign_command(
         + (f"budget {plan.budget:g} s" if plan.budget else f"{plan.executions} executions")
         + " each, on "
         + (scheduler or f"a local cluster of {workers or os.cpu_count()} worker(s)")
+        + f"; {module_semantics()}"
     )
     _go(plan, board, stored or {}, scheduler, workers, retries)
     if fdb is not None:
