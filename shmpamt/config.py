@@ -255,7 +255,9 @@ class Scenario:
         """Steps after which an execution is called a livelock, sized from the scenario."""
         return STEPS_PER_ROUND * self.cpus * self.rounds + 1000
 
-    def schedule(self, seed: int, steps: tuple[int, ...]) -> Schedule:
+    def schedule(
+        self, seed: int, steps: tuple[int, ...], faults: tuple[tuple[int, int, int], ...] = ()
+    ) -> Schedule:
         """The schedule string of one execution: a variant file named short (relative to
         the working directory, see :mod:`shmpamt.records.variant_files`), with its hash."""
         return Schedule(
@@ -267,6 +269,7 @@ class Scenario:
             seed=seed,
             steps=steps,
             source=self.source,
+            faults=faults,
         )
 
     @classmethod

@@ -198,7 +198,7 @@ def _search(
             if kind in found.kinds:
                 found.kinds[kind].executions += 1
             else:
-                sched = scenario.schedule(ex.workload_seed, tuple(ex.steps))
+                sched = scenario.schedule(ex.workload_seed, tuple(ex.steps), ex.faults)
                 found.kinds[kind] = _Kind(sched, ex)
         if failing and config.first:
             break

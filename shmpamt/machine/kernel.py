@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from shmpamt.machine.atomic import RefcountArray
     from shmpamt.machine.lock import PamtLock
 
+#: request flag: answer TDX_OPERAND_BUSY without executing (= machine.seamcall.REQ_INJECT_BUSY)
+REQ_INJECT_BUSY: Final = 1
+
 #: every primitive a variant calls that is not a SEAMCALL, in one fixed order: the op
 #: tables of the scheduling board, the chaos coverage and the C bridge all start with it
 PRIMITIVES: Final[tuple[str, ...]] = (
@@ -40,8 +43,10 @@ POOL_BASE: Final = 1 << 40
 class Hook(Protocol):
     """Called around every primitive. ``before`` may block (explore) or sleep (chaos)."""
 
-    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
-        """``a``, ``b``: the operands of ``atomic_add_unless`` and ``atomic_cmpxchg``."""
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> int | None:
+        """``a``, ``b``: the operands of ``atomic_add_unless`` and ``atomic_cmpxchg``.
+        A true result injects a fault into the step (explore's fault choices): the
+        SEAMCALL is asked to answer BUSY, the allocator returns NULL."""
         ...
 
     def after(self, op: str, target: int, result: int) -> None:
@@ -57,7 +62,7 @@ class PagePool(Protocol):
 
 class SeamcallPort(Protocol):
     def call(
-        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0
+        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0, flags: int = 0
     ) -> tuple[int, int, int, int]: ...
 
 
@@ -82,7 +87,7 @@ class Kernel:
         self._hook = hook
         # The choke point every primitive calls on both sides; bound once, as it
         # runs at every step (explore: the hook's own methods, one frame less).
-        self._before: Callable[..., None] = _unhooked if hook is None else hook.before
+        self._before: Callable[..., int | None] = _unhooked if hook is None else hook.before
         self._after: Callable[[str, int, int], None] = _unhooked if hook is None else hook.after
         self._alloc_fails = alloc_fails
         self.warnings = 0
@@ -211,8 +216,8 @@ class Kernel:
 
     def alloc_page(self) -> int | None:
         """A 4 KiB page's physical address, or None as alloc_page() returns NULL."""
-        self._before("alloc_page", -1)
-        if self._alloc_fails is not None and self._alloc_fails():
+        chosen = self._before("alloc_page", -1)
+        if chosen or (self._alloc_fails is not None and self._alloc_fails()):
             self.injected += 1
             hpa = None
         else:
@@ -233,8 +238,11 @@ class Kernel:
     ) -> tuple[int, int, int, int]:
         target = range_of(rcx)
         name = tdx.leaf_name(leaf)
-        self._before(name, target)
-        out = self._port.call(leaf, rcx, rdx, r8)
+        chosen = self._before(name, target)
+        if chosen:  # the search chose to inject BUSY into this call
+            out = self._port.call(leaf, rcx, rdx, r8, REQ_INJECT_BUSY)
+        else:
+            out = self._port.call(leaf, rcx, rdx, r8)
         if out[0] and tdx.status_class(out[0]) == tdx.TDX_OPERAND_BUSY:
             # Only injection produces BUSY in this emulator (see docs/design.md).
             self.injected += 1
