@@ -99,6 +99,9 @@ def run_explore(
         preemptions=config.preemptions,
         max_executions=config.executions,
         shard=shard,
+        faults=config.fault_probabilities,
+        max_faults=config.max_faults,
+        fault_share=config.fault_share,
     )
     found = _Search()
     try:
