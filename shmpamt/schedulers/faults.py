@@ -56,8 +56,6 @@ FAULT_OPS: Final[dict[str, int]] = {
 }
 #: most injected faults per execution a search may ask for (each one multiplies the work)
 MAX_FAULTS: Final = 8
-#: fault points per CPU a sampler draws for before it has seen how many there are
-DRAW_POINTS: Final = 64
 #: the default sampling: every kind, each point with this probability
 DEFAULT_PROBABILITY: Final = 0.05
 #: share of a sampler's executions that may get faults by default
@@ -320,6 +318,7 @@ class FaultDraw(_Wrapper):
         self.share = share
         self._rng = SplitMix64(seed ^ 0xFA017)
         self._points: dict[int, int] = {}  # most fault points seen per CPU
+        self._kinds_at: dict[tuple[int, int], int] = {}  # kinds seen at each (cpu, point)
         self._cpus = 0
         self.plan_board: BoardPlan = {}
         self.faulted = 0  # executions that had a plan
@@ -331,6 +330,9 @@ class FaultDraw(_Wrapper):
         for cpu, kinds in points.items():
             self._cpus = max(self._cpus, cpu + 1)
             self._points[cpu] = max(self._points.get(cpu, 0), len(kinds))
+            for point, kind in enumerate(kinds):
+                key = (cpu, point)
+                self._kinds_at[key] = self._kinds_at.get(key, 0) | 1 << kind
 
     def _start(self) -> bool:
         if not self.inner.new_execution():
@@ -341,18 +343,22 @@ class FaultDraw(_Wrapper):
         return True
 
     def _draw(self) -> None:
-        """One number per (cpu, point): injected when below the point's kind's probability,
-        whatever kind it turns out to be. Only the first ``max_faults`` may fire."""
-        cpus = self._cpus or 1
+        """One number per (cpu, point): injected when below the point's kind's probability
+        (a point has one kind). At most ``max_faults`` are kept (those with the smallest
+        numbers). The points are those executions so far reached: the first execution
+        runs without faults and shows them."""
         left = self.max_faults
         top = max(self._p.values())
         drawn: list[tuple[float, int, int, int]] = []
-        for cpu in range(cpus):
-            for point in range(self._points.get(cpu, DRAW_POINTS)):
+        for cpu in range(self._cpus):
+            for point in range(self._points.get(cpu, 0)):
                 r = self._rng.next_u64() / 2.0**64
                 if r < top:
                     mask = sum(1 << k for k, p in self._p.items() if r < p)
-                    drawn.append((r, cpu, point, mask))
+                    # A candidate only where such a kind was seen: one that cannot fire
+                    # must not take the place of one that can.
+                    if mask & self._kinds_at.get((cpu, point), 0):
+                        drawn.append((r, cpu, point, mask))
         # At most max_faults candidates, chosen at random among those drawn.
         for _, cpu, point, mask in sorted(drawn)[:left]:
             self.plan_board.setdefault(cpu, []).append((point, mask))
