@@ -331,7 +331,8 @@ class ExploreConfig:
     #: the search and the search's failures are stored in it; None = no database
     db: str | None = None
     #: faults the search may inject, in stress's grammar (module/faults.py) without
-    #: delays; "default": every kind (see explore_faults), "none": no fault
+    #: delays; "default": every kind in the portfolio, none in a named strategy
+    #: (see explore_faults and fault_probabilities), "none": no fault
     faults: str = "default"
     #: most injected faults per execution
     max_faults: int = 1
@@ -378,8 +379,12 @@ class ExploreConfig:
 
     @property
     def fault_probabilities(self) -> dict[str, float]:
-        """Kind -> probability per fault point; empty: the happy-path search."""
-        return explore_faults(self.faults) if self.max_faults else {}
+        """Kind -> probability per fault point; empty: the happy-path search. The
+        default injects only in the default strategy (the portfolio): a strategy
+        named on its own searches what it did before --faults existed."""
+        if not self.max_faults or (self.faults == "default" and self.strategy != "portfolio"):
+            return {}
+        return explore_faults(self.faults)
 
     @property
     def fault_share(self) -> float:

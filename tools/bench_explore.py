@@ -14,10 +14,13 @@ baselines measured in the same run.
    scenario (2 CPUs x 2 rounds, 2 jobs, up to --proof-cap seconds), and the
    default search (no strategy flags) for the same scenario: seconds until it
    had seen its last kind (median over seeds) and whether every seed saw the
-   same set.
+   same set;
+5. faults: DPOR (1 job) on `locked` and `v6` at 2 CPUs x 2 rounds with no fault,
+   then with every plan of <= 1 and <= 2 injected faults of every kind: executions,
+   seconds and the claim per scope, in the same run (capped at --fault-cap s).
 
     python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--proof-cap 600]
-                                  [--skip 3,4]
+                                  [--fault-cap 600] [--skip 3,4]
 """
 
 from __future__ import annotations
@@ -147,7 +150,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=5, help="default searches per buggy variant")
     ap.add_argument("--proof-cap", type=float, default=600.0, help="seconds per DPOR proof (4)")
     ap.add_argument("--variants", nargs="*", default=BUGGY)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-4)")
+    ap.add_argument("--fault-cap", type=float, default=600.0, help="seconds per fault search (5)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-5)")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     console = Console(width=250)  # tables in a log stay whole
@@ -222,7 +226,35 @@ def main() -> int:
             )
             console.print(f"  done: {variant}")
         console.print(t)
+
+    if "5" not in skip:
+        t = Table(title=f"5. faults: DPOR, 1 job, 2 CPUs x 2 rounds (cap {args.fault_cap:g} s)")
+        for c in ("variant", "no fault", "<= 1 fault", "<= 2 faults", "x1 / x0 executions"):
+            t.add_column(c)
+        for variant in ("locked", "v6"):
+            cells, counts = [], []
+            for k in (0, 1, 2):
+                cell, n = fault_search(variant, k, args.fault_cap)
+                cells.append(cell)
+                counts.append(n)
+                console.print(f"  done: {variant} <= {k} faults: {cell}")
+            t.add_row(variant, *cells, f"{counts[1] / counts[0]:.1f}x")
+        console.print(t)
     return 0
+
+
+def fault_search(variant: str, k: int, cap: float) -> tuple[str, int]:
+    """(cell text, executions) of DPOR with every plan of <= k faults of every kind."""
+    t0 = time.monotonic()
+    r = api.explore(
+        variant, strategy="dpor", budget=cap, jobs=1, minimize=False, seed=1,
+        faults="*.busy=0.5,alloc.fail=0.5" if k else "none", max_faults=k,
+    )  # fmt: skip
+    e = r.raw.explore
+    assert e is not None
+    took = time.monotonic() - t0
+    verdict = "clean" if r.clean else ",".join(sorted(r.found))
+    return f"{e.executions:,} ex, {took:.1f} s, {e.claim}, {verdict}", e.executions
 
 
 if __name__ == "__main__":
