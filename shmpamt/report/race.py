@@ -138,11 +138,13 @@ def _primitive(e: TraceEvent, ranges: bool) -> str:
         return text
     if op in ("spin_lock", "spin_unlock"):
         return f"{op}(&pamt_lock)"
+    # A status the search injected says so: the race needed that fault.
+    injected = f" /* {e.note} */" if e.note else ""
     if op in _SEAMCALLS:
         arg = f"range {e.target}" if ranges and e.target >= 0 else ""
-        return f"{_seamcall(op)}({arg}) == {tdx.status_name(e.result)}"
+        return f"{_seamcall(op)}({arg}) == {tdx.status_name(e.result)}{injected}"
     if op == "alloc_page":
-        return "alloc_page()" if e.result else "alloc_page() == NULL"
+        return "alloc_page()" if e.result else f"alloc_page() == NULL{injected}"
     if op == "free_page":
         return "__free_page()"
     return f"{op}()"
@@ -161,9 +163,8 @@ def _summary(c: _Call, ranges: bool) -> str:
     for e in c.events:
         if e.op in _SEAMCALLS:
             name = _SHORT.get(e.op, e.op)
-            done.append(
-                name if e.result == tdx.TDX_SUCCESS else f"{name} {tdx.status_name(e.result)}"
-            )
+            status = "" if e.result == tdx.TDX_SUCCESS else f" {tdx.status_name(e.result)}"
+            done.append(f"{name}{status}" + (f" ({e.note})" if e.note else ""))
     arg = f"rc[{atomics[0].target}]" if ranges and atomics else ""
     return f"{c.helper}({arg})" + (f" // {', '.join(done)}" if done else "")
 
