@@ -211,3 +211,40 @@ def test_replay_injects_the_schedule_s_faults() -> None:
     ((state, n),) = run_toy(replay)
     # cpu 0: a = 1; ADD ok: m = 1, x = 2; cpu 1: REMOVE refused: m = -4; x += 100
     assert (state, n) == ((102, -4, 102), 1)
+
+
+# -- the rig: 2 CPUs x 1 round, real processes ------------------------------------------
+
+POINTS = 10  # fault points per CPU the blind search covers (2 x 1 reaches fewer)
+
+
+def _kinds_of_search(session: object, sched: BaseScheduler) -> set[str]:
+    from shmpamt.explorer.session import Session
+
+    assert isinstance(session, Session)
+    kinds: set[str] = set()
+    while sched.new_execution():
+        kinds |= session.execute(sched).kinds
+    return kinds
+
+
+@pytest.mark.parametrize("cls", ["RemoveFailureWarnsOnly", "AddFailureLeaksPages"])
+def test_on_the_rig_the_fault_tree_finds_every_kind_blind_plans_find(cls: str) -> None:
+    """Brute force over outcomes: every (cpu, point < POINTS, kind) injection, seen or
+    not, each under a full DPOR search; the fault tree, which only tries what it saw
+    reached, must find the same kinds (and some, or the test shows nothing)."""
+    from shmpamt.config import Scenario
+    from shmpamt.explorer.session import Session
+    from shmpamt.schedulers.faults import Injection
+
+    scenario = Scenario(f"tests/error_path_variants.py:{cls}", 2, 1, 1)
+    with Session(scenario) as s:
+        found = _kinds_of_search(s, FaultTree(DPOR, KINDS, 1))
+        blind: set[str] = set()
+        for cpu in range(2):
+            for point in range(POINTS):
+                for kind in range(len(KINDS)):
+                    one = FaultTree(DPOR, KINDS, 0)
+                    one.plan = (Injection(cpu, point, kind),)  # searched, never grown
+                    blind |= _kinds_of_search(s, one)
+    assert blind and found == blind
