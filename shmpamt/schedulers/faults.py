@@ -214,6 +214,7 @@ class FaultTree(_Wrapper):
         #: executions under each plan size
         self.runs_by_size: dict[int, int] = {}
         self._claims: list[Claim] = []
+        self._no_fault_coverage = ""
         self.exhausted = False
 
     @property
@@ -244,6 +245,8 @@ class FaultTree(_Wrapper):
             return False
         while not self.inner.new_execution():
             size = len(self.plan)
+            if not size:
+                self._no_fault_coverage = self.inner.coverage()
             self.plans_done[size] = self.plans_done.get(size, 0) + 1
             self._claims.append(self.inner.claim)
             if not self._queue:
@@ -286,13 +289,20 @@ class FaultTree(_Wrapper):
         inner = self.inner.coverage()
         if not self.max_faults:
             return inner
-        done = sum(self.plans_done.values())
-        left = len(self._queue) + (0 if self.exhausted else 1)
-        state = "all explored" if self.exhausted else f"{left} plans not finished"
-        return (
-            f"{inner}; faults {scope(self.max_faults, self.kinds)}: {done} plans searched "
-            f"to the end, {state} ({', '.join(f'{c} {n}' for c, n in self.claim_scopes)})"
-        )
+        if self._no_fault_coverage:
+            inner = (
+                f"no-fault tree: {self._no_fault_coverage}; {self.executions} executions "
+                "in all, the plans' included"
+            )
+        done = sum(self.plans_done.values()) - (1 if self.no_fault_done else 0)
+        if self.exhausted:
+            state = f"all {done} plans searched to the end"
+        elif not self.no_fault_done:
+            state = f"the no-fault tree not finished, {len(self._queue)} plans found so far"
+        else:
+            state = f"{done} plans searched to the end, {len(self._queue) + 1} not finished"
+        claims = ", ".join(f"{c} {n}" for c, n in self.claim_scopes)
+        return f"{inner}; faults {scope(self.max_faults, self.kinds)}: {state} ({claims})"
 
 
 class FaultDraw(_Wrapper):
