@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +249,35 @@ def test_on_the_rig_the_fault_tree_finds_every_kind_blind_plans_find(cls: str) -
                     one.plan = (Injection(cpu, point, kind),)  # searched, never grown
                     blind |= _kinds_of_search(s, one)
     assert blind and found == blind
+
+
+NO_FAULT_POINTS = '''
+from shmpamt.variants.base import PamtVariant
+
+
+class NoFaultPoints(PamtVariant):
+    """A get that never allocates nor calls PAMT.ADD; a put that never REMOVEs."""
+
+    name = "no-fault-points"
+    initial_refcount = 0
+
+    def tdx_pamt_get(self, k, page):
+        return 0
+
+    def tdx_pamt_put(self, k, page):
+        return None
+'''
+
+
+def test_faults_no_execution_could_inject_are_an_incident_not_a_clean_search(
+    tmp_path: Path,
+) -> None:
+    from shmpamt import api
+
+    (tmp_path / "nofp.py").write_text(NO_FAULT_POINTS)
+    spec = f"{tmp_path / 'nofp.py'}:NoFaultPoints"
+    r = api.explore(spec, faults="add.busy=0.5", jobs=1, executions=20, db="off")
+    assert any("no execution reached a fault point" in i for i in r.raw.incidents)
+    # AUG and RECLAIM are fault points of every round: aug.busy is reached
+    r = api.explore(spec, faults="aug.busy=0.5", jobs=1, executions=20, db="off")
+    assert not any("no execution reached" in i for i in r.raw.incidents)

@@ -114,6 +114,14 @@ def run_explore(
             name = session.variant_name
         # Closing the session stopped whatever the CPUs started and left running.
         found.incidents.extend(session.fleet.incidents)
+    # Faults asked for by name that no execution could inject: say so, not "clean".
+    # (A job without the fault search, a sharded DPOR's second, has no `reached`.)
+    asked = config.faults not in ("default", "none") and config.fault_probabilities
+    if ran and asked and not getattr(scheduler, "reached", True):
+        found.incidents.append(
+            f"--faults {config.faults}: no execution reached a fault point of those "
+            "kinds, so none was injected"
+        )
     if ran == 0 and should_stop():
         # Stopped before its first execution (a Ctrl-C during start-up): no evidence of
         # clean. (Without a stop, zero executions is a shard with nothing to do.)

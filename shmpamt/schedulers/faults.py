@@ -216,6 +216,8 @@ class FaultTree(_Wrapper):
         self._claims: list[Claim] = []
         self._no_fault_coverage = ""
         self.exhausted = False
+        #: some execution passed a fault point of a kind this search injects
+        self.reached = False
 
     @property
     def fault_plan(self) -> Plan:
@@ -227,6 +229,8 @@ class FaultTree(_Wrapper):
     def saw_faults(self, points: Mapping[int, Sequence[int]]) -> None:
         """The fault points (kind per point, in order) each CPU reached in the execution
         that just ended: queue the plans one injection larger."""
+        if not self.reached:
+            self.reached = any(k in self._allowed for kinds in points.values() for k in kinds)
         if len(self.plan) >= self.max_faults:
             return
         taken = {(i.cpu, i.point) for i in self.plan}
@@ -332,11 +336,15 @@ class FaultDraw(_Wrapper):
         self._cpus = 0
         self.plan_board: BoardPlan = {}
         self.faulted = 0  # executions that had a plan
+        #: some execution passed a fault point of a kind this search injects
+        self.reached = False
 
     def board_faults(self) -> BoardPlan:
         return self.plan_board
 
     def saw_faults(self, points: Mapping[int, Sequence[int]]) -> None:
+        if not self.reached:
+            self.reached = any(k in self._p for kinds in points.values() for k in kinds)
         for cpu, kinds in points.items():
             self._cpus = max(self._cpus, cpu + 1)
             self._points[cpu] = max(self._points.get(cpu, 0), len(kinds))

@@ -115,6 +115,11 @@ class Portfolio(BaseScheduler):
         if self._member is not None:
             self._member.saw_faults(points)
 
+    @property
+    def reached(self) -> bool:
+        """Some member's execution passed a fault point of a kind it injects."""
+        return any(getattr(m, "reached", False) for _, m in self._members)
+
     def member(self, name: str) -> BaseScheduler:
         """One member, e.g. to read its own coverage."""
         return dict(self._members)[name]
