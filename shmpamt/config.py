@@ -22,8 +22,8 @@ from shmpamt import tdx
 from shmpamt.errors import ScheduleError, UsageError, VariantLoadError
 from shmpamt.machine.chaos import CHAOS_MODES
 from shmpamt.machine.placement import default_jobs
-from shmpamt.module.faults import FaultPlan
-from shmpamt.records.schedule_string import Schedule
+from shmpamt.module.faults import LEAF_KEYS, FaultPlan
+from shmpamt.records.schedule_string import FAULT_KINDS, Schedule
 from shmpamt.records.variant_files import (
     Located,
     locate,
@@ -33,6 +33,7 @@ from shmpamt.records.variant_files import (
     variant_file,
 )
 from shmpamt.records.violations import VIOLATIONS
+from shmpamt.schedulers.faults import DEFAULT_PROBABILITY, DEFAULT_SHARE, MAX_FAULTS
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
 
 #: seconds of free-running stress per variant: the eight built-ins make about a minute
@@ -255,7 +256,9 @@ class Scenario:
         """Steps after which an execution is called a livelock, sized from the scenario."""
         return STEPS_PER_ROUND * self.cpus * self.rounds + 1000
 
-    def schedule(self, seed: int, steps: tuple[int, ...]) -> Schedule:
+    def schedule(
+        self, seed: int, steps: tuple[int, ...], faults: tuple[tuple[int, int, int], ...] = ()
+    ) -> Schedule:
         """The schedule string of one execution: a variant file named short (relative to
         the working directory, see :mod:`shmpamt.records.variant_files`), with its hash."""
         return Schedule(
@@ -267,6 +270,7 @@ class Scenario:
             seed=seed,
             steps=steps,
             source=self.source,
+            faults=faults,
         )
 
     @classmethod
@@ -326,9 +330,19 @@ class ExploreConfig:
     #: failure database directory: its schedules of this variant are replayed before
     #: the search and the search's failures are stored in it; None = no database
     db: str | None = None
+    #: faults the search may inject, in stress's grammar (module/faults.py) without
+    #: delays; "default": every kind in the portfolio, none in a named strategy
+    #: (see explore_faults and fault_probabilities), "none": no fault
+    faults: str = "default"
+    #: most injected faults per execution
+    max_faults: int = 1
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
+        if not isinstance(self.faults, str):
+            raise TypeError(f"faults must be a string, not {type(self.faults).__name__}")
+        explore_faults(self.faults)
+        check_int("max_faults", self.max_faults, 0, MAX_FAULTS)
         check_bool("first", self.first)
         check_bool("pin", self.pin)
         if self.jobs is None:
@@ -362,6 +376,50 @@ class ExploreConfig:
     def seconds(self) -> float:
         """Time budget in seconds (0: none, the executions bound the search)."""
         return self.budget or 0.0
+
+    @property
+    def fault_probabilities(self) -> dict[str, float]:
+        """Kind -> probability per fault point; empty: the happy-path search. The
+        default injects only in the default strategy (the portfolio): a strategy
+        named on its own searches what it did before --faults existed."""
+        if not self.max_faults or (self.faults == "default" and self.strategy != "portfolio"):
+            return {}
+        return explore_faults(self.faults)
+
+    @property
+    def fault_share(self) -> float:
+        """Share of a sampler's executions that may get faults: all when asked for,
+        DEFAULT_SHARE by default (the rest keep searching the happy path)."""
+        return DEFAULT_SHARE if self.faults == "default" else 1.0
+
+
+def explore_faults(spec: str) -> dict[str, float]:
+    """The fault kinds a search may inject, with their probabilities per fault point.
+
+    ``spec`` is stress's grammar (``add.busy=0.2,alloc.fail=0.1``, ``*.busy=P``);
+    ``default``: every kind at DEFAULT_PROBABILITY; ``none``: nothing. A delay is not
+    a choice of the search (explore's steps take no time): UsageError.
+    """
+    if spec.strip() == "default":
+        return dict.fromkeys(FAULT_KINDS, DEFAULT_PROBABILITY)
+    try:
+        plan = FaultPlan.parse(spec, 0)
+    except ValueError as e:
+        raise UsageError(f"faults: {e}", "faults") from None
+    out: dict[str, float] = {}
+    names = {v: k for k, v in LEAF_KEYS.items()}
+    for leaf, f in plan.leaves:
+        if f.delay_p or f.delay_after_p:
+            raise UsageError(
+                f"faults: {names[leaf]}.delay: explore injects outcomes, not delays "
+                "(its steps take no time); use it with stress",
+                "faults",
+            )
+        if f.busy:
+            out[f"{names[leaf]}.busy"] = f.busy
+    if plan.alloc_fail:
+        out["alloc.fail"] = plan.alloc_fail
+    return out
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ OPT_EXECUTIONS: Final = "--shmpamt-executions"
 OPT_ITERATIONS: Final = "--shmpamt-iterations"
 OPT_STRATEGY: Final = "--shmpamt-strategy"
 OPT_DB: Final = "--shmpamt-db"
+OPT_FAULTS: Final = "--shmpamt-faults"
+OPT_MAX_FAULTS: Final = "--shmpamt-max-faults"
 
 #: defaults (no ini keys: a run is described by its command line alone)
 DEFAULT_SEED: Final = 0
@@ -54,6 +56,8 @@ _DEST_EXECUTIONS: Final = "shmpamt_executions"
 _DEST_ITERATIONS: Final = "shmpamt_iterations"
 _DEST_STRATEGY: Final = "shmpamt_strategy"
 _DEST_DB: Final = "shmpamt_db"
+_DEST_FAULTS: Final = "shmpamt_faults"
+_DEST_MAX_FAULTS: Final = "shmpamt_max_faults"
 
 
 def _positive_int(text: str) -> int:
@@ -105,6 +109,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"ones stored (default ${DB_ENV}, else {DEFAULT_DB} in the working directory; "
         f"'{OFF}' for none)",
     )
+    group.addoption(
+        OPT_FAULTS,
+        dest=_DEST_FAULTS,
+        default="default",
+        metavar="SPEC",
+        help="faults explore injects as choices, as explore --faults (default: every kind "
+        "in the portfolio; 'none' for the happy path only)",
+    )
+    group.addoption(
+        OPT_MAX_FAULTS,
+        dest=_DEST_MAX_FAULTS,
+        type=int,
+        default=1,
+        metavar="K",
+        help="most injected faults per explore execution (default 1)",
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -131,6 +151,9 @@ class ShmpamtSettings:
     testrun_uid: str
     #: the failure database directory (None: off); shared by all xdist workers
     db: str | None = None
+    #: explore's --faults and --max-faults
+    faults: str = "default"
+    max_faults: int = 1
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +171,8 @@ def shmpamt_settings(request: pytest.FixtureRequest) -> ShmpamtSettings:
         worker_id=worker_id,
         testrun_uid=uid,
         db=resolve_db(config.getoption(_DEST_DB)),
+        faults=str(config.getoption(_DEST_FAULTS)),
+        max_faults=int(config.getoption(_DEST_MAX_FAULTS)),
     )
 
 
@@ -171,6 +196,8 @@ class ShmpamtRig:
             "executions": self.settings.executions,
             "seed": self.settings.seed,
             "db": self.settings.db,
+            "faults": self.settings.faults,
+            "max_faults": self.settings.max_faults,
         }
         kwargs.update(overrides)
         return explore(variant, **kwargs)

@@ -95,3 +95,16 @@ def test_retries_errors_and_regressions_are_reported() -> None:
     assert v.retried and "3 times" in v.retried[0]
     add_regressions(v, 2, [("use_without_pamt", "s1:kai:c2.r2.g1.p2.w0:1", 12, "pct")])
     assert v.regressions == (2, 1) and v.failing == ["use_without_pamt"]
+
+
+def test_explore_shards_carry_the_plan_s_faults_and_bad_ones_are_refused() -> None:
+    plan = Plan(("v6",), ("random",), faults="remove.busy=0.5", max_faults=2, seeds=1)
+    (shard,) = plan.shards()
+    config = shard.config()
+    assert isinstance(config, ExploreConfig)
+    assert (config.faults, config.max_faults) == ("remove.busy=0.5", 2)
+    assert config.fault_probabilities == {"remove.busy": 0.5}
+    with pytest.raises(UsageError, match="outside"):
+        Plan(("v6",), ("random",), faults="add.busy=3")
+    with pytest.raises(UsageError, match="max_faults"):
+        Plan(("v6",), ("random",), max_faults=9)

@@ -162,6 +162,18 @@ BAD: list[tuple[list[str], str]] = [
     (["explore", "--variant", "rfc", "--ignore", "no_such_violation"], "--ignore"),
     (["explore", "--variant", "rfc", "--json", "{nodir}"], "does not exist"),
     (["explore", "--variant", "rfc", "--html", "{nodir}"], "does not exist"),
+    # explore: faults as choices
+    (["explore", "--variant", "rfc", "--faults", "add.slow=0.1"], "unknown kind"),
+    (["explore", "--variant", "rfc", "--faults", "nosuchleaf.busy=0.1"], "unknown leaf"),
+    (["explore", "--variant", "rfc", "--faults", "add.busy=1.5"], "outside"),
+    (["explore", "--variant", "rfc", "--faults", "alloc.fail=-0.1"], "outside"),
+    (["explore", "--variant", "rfc", "--faults", "add.busy=nan"], "finite"),
+    (["explore", "--variant", "rfc", "--faults", "aug.delay=0.1:0.01"], "not delays"),
+    (["explore", "--variant", "rfc", "--max-faults", "-1"], "--max-faults"),
+    (["explore", "--variant", "rfc", "--max-faults", "9"], "--max-faults"),
+    (["explore", "--variant", "rfc", "--max-faults", "1000000"], "--max-faults"),
+    (["replay", "s2:rfc:c2.r2.g1.p2.w1:0x3:0p1x"], "bad schedule"),
+    (["replay", "s2:rfc:c2.r2.g1.p2.w1:0x3:5p1a"], "bad schedule"),
     # replay
     (["replay"], "SCHEDULE"),
     (["replay", ""], "bad schedule"),

@@ -81,9 +81,12 @@ def test_user_variant_paths_are_escaped_readably() -> None:
     [
         ("", "4 ':'-separated fields"),
         ("s1:rfc:c2.r1.g1.p1.w0", "4 ':'-separated fields"),
-        ("s2:rfc:c2.r1.g1.p1.w0:0", "unsupported schedule format 's2'"),
+        ("s3:rfc:c2.r1.g1.p1.w0:0", "unsupported schedule format 's3'"),
+        ("s2:rfc:c2.r1.g1.p1.w0:0", "expected 5"),
         # a later format may add fields: its version is what is refused
-        ("s2:rfc:c2.r1.g1.p1.w0:0:f1", "unsupported schedule format 's2'"),
+        ("s2:rfc:c2.r1.g1.p1.w0:0:f1", "is not <cpu>p<point><kind>"),
+        ("s2:rfc:c2.r1.g1.p1.w0:0:2p0a", "names cpu 2"),
+        ("s3:rfc:c2.r1.g1.p1.w0:0:f1:x", "unsupported schedule format 's3'"),
         ("s1::c2.r1.g1.p1.w0:0", "variant field is empty"),
         ("s1:a/b:c2.r1.g1.p1.w0:0", "contains '/'"),
         ("s1:a.zz:c2.r1.g1.p1.w0:0", "two lowercase hex digits"),
@@ -172,3 +175,14 @@ def test_mutated_valid_strings_are_a_schedule_or_a_schedule_error(
     else:
         # Whatever parses is canonical and round-trips.
         assert Schedule.parse(parsed.encode()) == parsed
+
+
+def test_a_schedule_with_faults_round_trips_as_s2_and_one_without_stays_s1() -> None:
+    s = Schedule("v6", 2, 2, 1, 2, 7, (0, 0, 1), faults=((1, 3, 1), (0, 0, 4)))
+    text = s.encode()
+    assert text == "s2:v6:c2.r2.g1.p2.w7:0x2.1:0p0m.1p3r"
+    back = Schedule.parse(text)
+    assert back == s and back.fault_names() == ("alloc.fail", "remove.busy")
+    plain = s.with_faults(())
+    assert plain.encode() == "s1:v6:c2.r2.g1.p2.w7:0x2.1"
+    assert Schedule.parse(plain.encode()).faults == ()

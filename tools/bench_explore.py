@@ -18,10 +18,13 @@ baselines measured in the same run.
 5. two-step SEAMCALLs: throughput on `locked` (random walk, 1 pinned explorer) with
    the module holding its locks across two requests per PAMT SEAMCALL (the default)
    against one-step calls (``SHMPAMT_SEAMCALL_STEPS=1``), alternated --repeat times
-   in the same run: steps/s, executions/s and the ratios.
+   in the same run: steps/s, executions/s and the ratios;
+6. faults: DPOR (1 job) on `locked` and `v6` at 2 CPUs x 2 rounds with no fault,
+   then with every plan of <= 1 and <= 2 injected faults of every kind: executions,
+   seconds and the claim per scope, in the same run (capped at --fault-cap s).
 
     python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--proof-cap 600]
-                                  [--skip 3,4] [--repeat 3]
+                                  [--fault-cap 600] [--skip 3,4] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -152,7 +155,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=5, help="default searches per buggy variant")
     ap.add_argument("--proof-cap", type=float, default=600.0, help="seconds per DPOR proof (4)")
     ap.add_argument("--variants", nargs="*", default=BUGGY)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (2-5)")
+    ap.add_argument("--fault-cap", type=float, default=600.0, help="seconds per fault search (6)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-6)")
     ap.add_argument("--repeat", type=int, default=3, help="A/B pairs in part 5")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
@@ -248,7 +252,35 @@ def main() -> int:
             st_s = statistics.median(st for _, st in got[steps])
             t.add_row(label, f"{ex_s:,.0f}", f"{st_s:,.0f}", f"{st_s / base:.2f}x")
         console.print(t)
+
+    if "6" not in skip:
+        t = Table(title=f"6. faults: DPOR, 1 job, 2 CPUs x 2 rounds (cap {args.fault_cap:g} s)")
+        for c in ("variant", "no fault", "<= 1 fault", "<= 2 faults", "x1 / x0 executions"):
+            t.add_column(c)
+        for variant in ("locked", "v6"):
+            cells, counts = [], []
+            for k in (0, 1, 2):
+                cell, n = fault_search(variant, k, args.fault_cap)
+                cells.append(cell)
+                counts.append(n)
+                console.print(f"  done: {variant} <= {k} faults: {cell}")
+            t.add_row(variant, *cells, f"{counts[1] / counts[0]:.1f}x")
+        console.print(t)
     return 0
+
+
+def fault_search(variant: str, k: int, cap: float) -> tuple[str, int]:
+    """(cell text, executions) of DPOR with every plan of <= k faults of every kind."""
+    t0 = time.monotonic()
+    r = api.explore(
+        variant, strategy="dpor", budget=cap, jobs=1, minimize=False, seed=1,
+        faults="*.busy=0.5,alloc.fail=0.5" if k else "none", max_faults=k,
+    )  # fmt: skip
+    e = r.raw.explore
+    assert e is not None
+    took = time.monotonic() - t0
+    verdict = "clean" if r.clean else ",".join(sorted(r.found))
+    return f"{e.executions:,} ex, {took:.1f} s, {e.claim}, {verdict}", e.executions
 
 
 if __name__ == "__main__":

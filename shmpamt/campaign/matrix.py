@@ -46,8 +46,9 @@ MAX_SHARDS: Final = 100_000
 MAX_MATRIX_BYTES: Final = 1 << 20
 #: keys a campaign TOML file may have
 TOML_KEYS: Final = frozenset(
-    {"variants", "strategies", "seed", "seeds", "budget", "executions", "cpus", "rounds", "ignore"}
-)
+    {"variants", "strategies", "seed", "seeds", "budget", "executions", "cpus", "rounds", "ignore",
+     "faults", "max_faults"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class Shard:
     cpus: int = 2
     rounds: int = 2
     ignore: frozenset[str] = frozenset()
+    #: explore's --faults and --max-faults (a stress shard keeps its own faults)
+    faults: str = "default"
+    max_faults: int = 1
 
     @property
     def id(self) -> str:
@@ -88,6 +92,8 @@ class Shard:
             budget=self.budget,
             executions=self.executions,
             ignore=self.ignore,
+            faults=self.faults,
+            max_faults=self.max_faults,
         )
 
 
@@ -106,6 +112,9 @@ class Plan:
     cpus: int = 2
     rounds: int = 2
     ignore: frozenset[str] = field(default_factory=frozenset)
+    #: faults of the explore shards (ExploreConfig.faults, max_faults)
+    faults: str = "default"
+    max_faults: int = 1
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # resolving defaults of a frozen dataclass
@@ -141,8 +150,11 @@ class Plan:
         for s in self.strategies:  # every shard's own checks, once, before any task runs
             Shard(0, self.variants[0], s, self.seed, *self._shape()).config()
 
-    def _shape(self) -> tuple[float | None, int | None, int, int, frozenset[str]]:
-        return (self.budget, self.executions, self.cpus, self.rounds, self.ignore)
+    def _shape(self) -> tuple[float | None, int | None, int, int, frozenset[str], str, int]:
+        return (
+            self.budget, self.executions, self.cpus, self.rounds, self.ignore,
+            self.faults, self.max_faults,
+        )  # fmt: skip
 
     @property
     def size(self) -> int:

@@ -436,6 +436,22 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
     help=f"Seconds to search (default {DEFAULT_EXPLORE_BUDGET:g} unless --executions is given).",
 )
 @click.option("--executions", type=int, default=None, help="Stop after this many executions.")
+@click.option(
+    "--faults",
+    default="default",
+    show_default=True,
+    metavar="SPEC",
+    help="Faults the search injects as choices, in stress's grammar without delays "
+    "(add.busy=0.2,remove.busy=0.2,aug.busy=P,reclaim.busy=P,*.busy=P,alloc.fail=P): dfs "
+    "and dpor explore every one, samplers draw them with P; 'none': the happy path only.",
+)
+@click.option(
+    "--max-faults",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Most injected faults per execution (0..8).",
+)
 @SEED_OPTION
 @click.option("--no-minimize", is_flag=True, help="Do not shrink the failing schedules.")
 @click.option("--first", is_flag=True, help="Stop at the first failing execution.")
@@ -488,7 +504,9 @@ def explore(
         + (f" d={config.depth}" if config.strategy == "pct" else "")
         + (f" preemptions<={config.preemptions}" if config.strategy == "dfs" else "")
         + f", {config.cpus} CPUs x {config.rounds} rounds, {config.ranges} range(s), seed {seed}"
-        + f", {config.jobs} job(s); {module_semantics()}"
+        + f", {config.jobs} job(s)"
+        + f", faults {config.faults} (<= {config.max_faults})"
+        + f"; {module_semantics()}"
     )
     report = Report(rerun=_rerun(seed))
     with trapped_signals() as interrupted, _bar() as bar:

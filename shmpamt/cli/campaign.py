@@ -256,6 +256,15 @@ class Board:
 @click.option("--rounds", type=int, default=None, help="Rounds per CPU in explore shards (2).")
 @click.option("--ignore", multiple=True, type=click.Choice(VIOLATIONS), help="As for explore.")
 @click.option(
+    "--faults",
+    default=None,
+    metavar="SPEC",
+    help="Faults of the explore shards, as for explore (default: the portfolio's).",
+)
+@click.option(
+    "--max-faults", type=int, default=None, help="Most injected faults per execution (1)."
+)
+@click.option(
     "--matrix",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,

@@ -61,6 +61,7 @@ from shmpamt.machine.ipc import (
     remove_semaphore,
 )
 from shmpamt.machine.kernel import END_SUFFIX, PRIMITIVES
+from shmpamt.schedulers.faults import FAULT_OPS, MAX_FAULTS
 
 # Every op a point can carry, in a fixed order: the index is what crosses the board.
 OPS: Final[tuple[str, ...]] = (
@@ -82,6 +83,8 @@ I32_MIN: Final = -(2**31)
 I32_MAX: Final = 2**31 - 1
 #: ops on a refcount slot (their target is the slot)
 ATOMIC_OPS: Final = frozenset(i for i, op in enumerate(OPS) if op.startswith("atomic"))
+#: fault points (schedulers.faults.FAULT_OPS) by op index -> the kind injected there
+FAULT_KIND: Final = {OP_INDEX[op]: kind for op, kind in FAULT_OPS.items()}
 
 # per-CPU words
 W_STATE: Final = 0
@@ -94,7 +97,12 @@ W_ARG: Final = 6  # workload seed for CMD_START (low, high 32 bits)
 W_ARG_HI: Final = 7
 W_RUN_ON: Final = 8  # controller -> CPU: steps it may take after the granted one, unparked
 W_RAN: Final = 9  # CPU -> controller: steps taken since the grant (their records: the ring)
-WORDS: Final = 10
+# controller -> CPU, read at CMD_START: the execution's injected faults for this CPU
+# (schedulers.faults): how many, then per injection its fault point and kinds mask
+W_FAULT_N: Final = 10
+W_FAULTS: Final = 11
+FAULT_SLOTS: Final = 8  # = schedulers.faults.MAX_FAULTS
+WORDS: Final = W_FAULTS + 2 * FAULT_SLOTS
 
 # The stream, one per board after the rings: while S_ON is set the CPUs make the
 # decisions (see above) with its numbers (64-bit, ahead of the words: the board's
@@ -123,7 +131,8 @@ R_LO: Final = 6  # the 64-bit result (SEAMCALL status) as two words
 R_HI: Final = 7
 R_LOG: Final = 8  # violations logged up to the start of the next step (not for the last)
 R_CALL: Final = 9  # the variant's get/put call the step is part of (records.execution.call_id)
-REC: Final = 10
+R_FAULT: Final = 10  # the fault injected into the step: its kind's index + 1, or 0
+REC: Final = 11
 
 # states
 IDLE, PARKED, DONE, FAILED = 0, 1, 2, 3
@@ -134,6 +143,9 @@ _PER_CPU: Final = WORDS + RING_SLOTS * REC
 #: numbers a stream carries at most: its steps fit every CPU's ring
 STREAM_ROOM: Final = RING_SLOTS - 1
 _NUMBERS_BYTES: Final = STREAM_ROOM * 8 + 8  # and the words stay 8-byte aligned
+
+
+assert FAULT_SLOTS == MAX_FAULTS, "a plan of MAX_FAULTS injections must fit one CPU's words"
 
 
 def _board_words(cpus: int) -> int:

@@ -13,6 +13,7 @@ from shmpamt.explorer.board import (
     CMD_GO,
     CMD_START,
     CPU_SETS,
+    FAULT_KIND,
     I32_MAX,
     I32_MIN,
     OP_INDEX,
@@ -20,6 +21,7 @@ from shmpamt.explorer.board import (
     R_AFTER,
     R_BEFORE,
     R_CALL,
+    R_FAULT,
     R_HI,
     R_LO,
     R_LOG,
@@ -41,6 +43,8 @@ from shmpamt.explorer.board import (
     W_ARG,
     W_ARG_HI,
     W_CMD,
+    W_FAULT_N,
+    W_FAULTS,
     W_OP,
     W_OPND_A,
     W_OPND_B,
@@ -105,8 +109,12 @@ class ExploreHook:
         self._bit = 1 << cpu
         self._call = 0  # the get/put call in progress (its call id), 0 outside both
         self._calls = 0  # get/put calls this CPU began in this execution
+        self._points = 0  # fault points this CPU passed in this execution
+        self._inject: dict[int, int] = {}  # this execution's injections: point -> kinds mask
 
-    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> int:
+        """Wait for the step's grant; returns 1 when a fault is to be injected into it
+        (the SEAMCALL answers BUSY, the allocator NULL), else 0."""
         w = self._w
         opi = OP_INDEX[op]
         ran = self._ran
@@ -136,12 +144,25 @@ class ExploreHook:
         w[r + R_OPND_A] = a
         w[r + R_OPND_B] = b
         w[r + R_CALL] = self._call
+        injected = 0
+        kind = FAULT_KIND.get(opi)
+        if kind is not None:
+            point = self._points
+            self._points = point + 1
+            if self._inject.get(point, 0) >> kind & 1:
+                injected = 1
+                w[r + R_FAULT] = kind + 1
+            else:
+                w[r + R_FAULT] = 0
+        else:
+            w[r + R_FAULT] = 0
         # Read now: only this CPU runs, so this is exactly the value the primitive
         # will see (at park time another CPU could still have changed it).
         # An index out of range is the primitive's to report.
         self._slot = slot = target if opi in ATOMIC_OPS and 0 <= target < self._nrc else -1
         w[r + R_BEFORE] = self._rc[slot] if slot >= 0 else 0
         self._ran = ran + 1
+        return injected
 
     def _park(self, opi: int, target: int, a: int, b: int) -> None:
         """Say where this CPU is: the step it takes next when granted, and how many
@@ -283,6 +304,11 @@ class ExploreHook:
         seed = join64(w[base + W_ARG], w[base + W_ARG_HI])
         cmd = int(w[base + W_CMD])
         self._call = self._calls = 0
+        if cmd == CMD_START:
+            self._points = 0
+            n = w[base + W_FAULT_N]
+            f = base + W_FAULTS
+            self._inject = {w[f + 2 * i]: w[f + 2 * i + 1] for i in range(n)}
         if cmd == CMD_START and w[self._stream + S_ON]:
             # Started by a stream: our first scheduling point starts the next CPU,
             # and from then on we are granted by the CPUs (GO is ours to set).

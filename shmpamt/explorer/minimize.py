@@ -2,10 +2,13 @@
 
 A recorded failure is hundreds of steps of mostly irrelevant interleaving. This
 is delta debugging (Zeller and Hildebrandt, TSE 2002) over the schedule's
-run-length blocks: each candidate is a smaller schedule, checked by replaying
-it (``still_fails``); the first that still fails becomes the new best and the
-search starts over from it. Candidates, cheapest and most effective first:
+run-length blocks and its injected faults: each candidate is a smaller
+schedule, checked by replaying it (``still_fails``); the first that still
+fails becomes the new best and the search starts over from it. Candidates,
+cheapest and most effective first:
 
+0. drop one injected fault (fewer faults is smaller than any number of steps:
+   a failure that needs no fault is a happy-path bug);
 1. truncate the tail (the violation ends the execution; past the recorded
    steps, replay continues without preemption, so a shorter prefix is still
    one well-defined execution);
@@ -16,7 +19,7 @@ search starts over from it. Candidates, cheapest and most effective first:
 5. move a block boundary later (the next block's first steps go to this one).
 
 A candidate is only tried if it is strictly smaller than the best so far in the
-order (steps, context switches, preemptions, earlier switches), so the search
+order (faults, steps, context switches, preemptions, earlier switches), so the search
 always terminates; it also stops after ``max_checks`` calls of ``still_fails``.
 Everything is deterministic: the same inputs give the same result. Candidates
 may be infeasible (a CPU named that cannot run); ``still_fails`` returns False
@@ -32,10 +35,11 @@ from shmpamt.records.schedule_string import Schedule
 Blocks = list[tuple[int, int]]
 
 
-def size_key(s: Schedule) -> tuple[int, int, int, int]:
-    """The order minimisation descends: fewer steps, switches, preemptions; later switches."""
+def size_key(s: Schedule) -> tuple[int, int, int, int, int]:
+    """The order minimisation descends: fewer faults, steps, switches, preemptions;
+    later switches."""
     switch_positions = sum(i for i in range(1, len(s.steps)) if s.steps[i] != s.steps[i - 1])
-    return (len(s.steps), s.context_switches(), s.preemptions(), -switch_positions)
+    return (len(s.faults), len(s.steps), s.context_switches(), s.preemptions(), -switch_positions)
 
 
 class _ChecksSpent(Exception):
@@ -48,14 +52,15 @@ class _Search:
         self.still_fails = still_fails
         self.max_checks = max_checks
         self.checks = 0
-        self._seen: set[tuple[int, ...]] = {start.steps}
+        self._seen: set[Schedule] = {start}
 
-    def attempt(self, steps: tuple[int, ...]) -> bool:
-        """Check one candidate; True (and adopt it) if it is smaller and still fails."""
-        if steps in self._seen:
+    def attempt(self, steps: tuple[int, ...] | Schedule) -> bool:
+        """Check one candidate (steps of the best, or a whole schedule); True (and adopt
+        it) if it is smaller and still fails."""
+        cand = steps if isinstance(steps, Schedule) else self.best.with_steps(steps)
+        if cand in self._seen:
             return False
-        self._seen.add(steps)
-        cand = self.best.with_steps(steps)
+        self._seen.add(cand)
         if size_key(cand) >= size_key(self.best):
             return False
         if self.checks >= self.max_checks:
@@ -67,6 +72,11 @@ class _Search:
         return False
 
     # -- candidate generators; each yields step tuples for the current best -----
+
+    def fault_drops(self) -> Iterator[Schedule]:
+        faults = self.best.faults
+        for i in range(len(faults)):
+            yield self.best.with_faults(faults[:i] + faults[i + 1 :])
 
     def truncations(self) -> Iterator[tuple[int, ...]]:
         steps = self.best.steps
@@ -111,7 +121,8 @@ class _Search:
                 k //= 2
 
     def run(self) -> Schedule:
-        passes = (
+        passes: tuple[Callable[[], Iterator[tuple[int, ...] | Schedule]], ...] = (
+            self.fault_drops,
             self.truncations,
             self.block_drops,
             self.block_shortenings,

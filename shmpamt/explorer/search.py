@@ -99,6 +99,9 @@ def run_explore(
         preemptions=config.preemptions,
         max_executions=config.executions,
         shard=shard,
+        faults=config.fault_probabilities,
+        max_faults=config.max_faults,
+        fault_share=config.fault_share,
     )
     found = _Search()
     try:
@@ -111,6 +114,14 @@ def run_explore(
             name = session.variant_name
         # Closing the session stopped whatever the CPUs started and left running.
         found.incidents.extend(session.fleet.incidents)
+    # Faults asked for by name that no execution could inject: say so, not "clean".
+    # (A job without the fault search, a sharded DPOR's second, has no `reached`.)
+    asked = config.faults not in ("default", "none") and config.fault_probabilities
+    if ran and asked and not getattr(scheduler, "reached", True):
+        found.incidents.append(
+            f"--faults {config.faults}: no execution reached a fault point of those "
+            "kinds, so none was injected"
+        )
     if ran == 0 and should_stop():
         # Stopped before its first execution (a Ctrl-C during start-up): no evidence of
         # clean. (Without a stop, zero executions is a shard with nothing to do.)
@@ -198,7 +209,7 @@ def _search(
             if kind in found.kinds:
                 found.kinds[kind].executions += 1
             else:
-                sched = scenario.schedule(ex.workload_seed, tuple(ex.steps))
+                sched = scenario.schedule(ex.workload_seed, tuple(ex.steps), ex.faults)
                 found.kinds[kind] = _Kind(sched, ex)
         if failing and config.first:
             break

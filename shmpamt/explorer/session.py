@@ -35,9 +35,13 @@ from shmpamt.explorer.board import (
     CMD_GO,
     CMD_START,
     CPU_SETS,
+    FAULT_KIND,
+    FAULT_SLOTS,
     IDLE,
     OPS,
     PARKED,
+    R_FAULT,
+    R_LO,
     R_LOG,
     REC,
     RING_SLOTS,
@@ -55,6 +59,8 @@ from shmpamt.explorer.board import (
     W_ARG,
     W_ARG_HI,
     W_CMD,
+    W_FAULT_N,
+    W_FAULTS,
     W_OP,
     W_OPND_A,
     W_OPND_B,
@@ -81,7 +87,7 @@ from shmpamt.records.execution import (
     LazyTrace,
     TraceEvent,
 )
-from shmpamt.records.schedule_string import Schedule
+from shmpamt.records.schedule_string import FAULT_KINDS, INJECTED_NOTE, Schedule
 from shmpamt.records.violations import Violation
 from shmpamt.schedulers.base import Access, Scheduler, SleepBlocked
 from shmpamt.schedulers.replay import Replay
@@ -247,6 +253,7 @@ class Session:
     def _run(self, scheduler: Scheduler) -> Execution:
         seed = scheduler.workload_seed
         self._reset()
+        injecting = self._plan_faults(scheduler.board_faults())
         run = _Run(scheduler, self.s.log)
         w, lock = self.board.w, self.s.lock
         cpus = range(self.cpus)
@@ -312,7 +319,22 @@ class Session:
                 run.seen = run.log.total()
                 break
             run.current = run.steps[-1]
-        return self._close_execution(run, seed)
+        return self._close_execution(run, seed, injecting)
+
+    def _plan_faults(self, plan: dict[int, list[tuple[int, int]]]) -> bool:
+        """Tell each CPU the faults to inject in the execution about to start (the
+        board's W_FAULTS, read at CMD_START); whether there are any."""
+        b = self.board
+        for c in range(self.cpus):
+            mine = plan.get(c, ())
+            # Invariant: a plan fits the board (schedulers.faults.MAX_FAULTS per CPU).
+            if len(mine) > FAULT_SLOTS:
+                raise SchedulingError(f"cpu {c}: {len(mine)} injections, room for {FAULT_SLOTS}")
+            b.set(c, W_FAULT_N, len(mine))
+            for i, (point, mask) in enumerate(mine):
+                b.set(c, W_FAULTS + 2 * i, point)
+                b.set(c, W_FAULTS + 2 * i + 1, mask)
+        return bool(plan)
 
     def _open(self, run: _Run, seed: int, may_stream: bool) -> bool:
         """Start the execution as a stream when the strategy's first decisions are the
@@ -388,8 +410,13 @@ class Session:
             del logs[done.steps :]
         return logs
 
-    def _close_execution(self, run: _Run, seed: int) -> Execution:
+    def _close_execution(self, run: _Run, seed: int, injecting: bool = False) -> Execution:
         """Judge the end state, tell the strategy how the execution ended, and build it."""
+        faults: tuple[tuple[int, int, int], ...] = ()
+        if injecting or run.scheduler.wants_fault_points:
+            points, faults = _fault_points(run.runs, self.cpus)
+            if run.scheduler.wants_fault_points:
+                run.scheduler.saw_faults(points)
         if run.outcome == COMPLETE:
             self.s.check_quiescent()
         elif run.outcome == DEADLOCK:
@@ -410,6 +437,7 @@ class Session:
             seed,
             strategy=run.scheduler.finder,
             runnable_after=run.runnable_after,
+            faults=faults,
         )
 
     def _open_stream(self, numbers: list[int]) -> None:
@@ -530,7 +558,7 @@ class Session:
             if o != c and w[o * WORDS + W_OP] in CONDITIONAL
         ]  # fmt: skip
         for j in range(ran):
-            opj, tgt, opnd_a, opnd_b, before, after, _, _, _, _ = ring[j * REC : j * REC + REC]
+            opj, tgt, opnd_a, opnd_b, before, after = ring[j * REC : j * REC + R_LO]
             if j:
                 # c ran on, so it was runnable after the step before.
                 runnable_after.append(True)
@@ -590,7 +618,7 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
     trace: list[TraceEvent] = []
     for c, ring in runs:
         for r in range(0, len(ring), REC):
-            opi, target, _, _, before, after, lo, hi, _, call = ring[r : r + REC]
+            opi, target, _, _, before, after, lo, hi, _, call, fault = ring[r : r + REC]
             op = OPS[opi]
             result = join64(lo, hi)
             if opi in ATOMIC_OPS:
@@ -598,8 +626,28 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
                     result -= 1 << 64
                 trace.append(TraceEvent(len(trace), c, op, target, before, after, result, "", call))
             else:
-                trace.append(TraceEvent(len(trace), c, op, target, None, None, result, "", call))
+                note = f"{INJECTED_NOTE} {FAULT_KINDS[fault - 1]}" if fault else ""
+                trace.append(TraceEvent(len(trace), c, op, target, None, None, result, note, call))
     return trace
+
+
+def _fault_points(
+    runs: list[tuple[int, list[int]]], cpus: int
+) -> tuple[dict[int, list[int]], tuple[tuple[int, int, int], ...]]:
+    """The kind of every fault point each CPU passed, in its order, and the faults
+    injected: (cpu, its fault point, kind index)."""
+    points: dict[int, list[int]] = {c: [] for c in range(cpus)}
+    injected: list[tuple[int, int, int]] = []
+    kind_of = FAULT_KIND.get
+    for c, ring in runs:
+        mine = points[c]
+        for r in range(0, len(ring), REC):
+            kind = kind_of(ring[r])
+            if kind is not None:
+                if ring[r + R_FAULT]:
+                    injected.append((c, len(mine), kind))
+                mine.append(kind)
+    return points, tuple(sorted(injected))
 
 
 #: a stream's steps: runs (CPU, records), each step's CPU, the CPUs' decisions

@@ -51,6 +51,9 @@ PHASED_LEAVES: Final = frozenset(
 _MODULE_FINDINGS: Final = frozenset({tdx.TDX_NO_PAMT_PAGE_PAIR, tdx.TDX_PAMT_PAGE_NOT_EMPTY})
 #: the op name of a two-step SEAMCALL's second point is the leaf's name plus this
 END_SUFFIX: Final = ".end"
+#: request flag: the search chose to inject TDX_OPERAND_BUSY; the module answers it
+#: without executing the call (the wire: machine/seamcall.py)
+REQ_INJECT_BUSY: Final = 1
 #: request flags of a two-step SEAMCALL's begin and end (the wire: machine/seamcall.py)
 REQ_BEGIN: Final = 2
 REQ_END: Final = 4
@@ -74,8 +77,10 @@ def module_semantics(two_phase: bool | None = None) -> str:
 class Hook(Protocol):
     """Called around every primitive. ``before`` may block (explore) or sleep (chaos)."""
 
-    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> None:
-        """``a``, ``b``: the operands of ``atomic_add_unless`` and ``atomic_cmpxchg``."""
+    def before(self, op: str, target: int, a: int = 0, b: int = 0) -> int | None:
+        """``a``, ``b``: the operands of ``atomic_add_unless`` and ``atomic_cmpxchg``.
+        A true result injects a fault into the step (explore's fault choices): the
+        SEAMCALL is asked to answer BUSY, the allocator returns NULL."""
         ...
 
     def after(self, op: str, target: int, result: int) -> None:
@@ -116,7 +121,7 @@ class Kernel:
         self._hook = hook
         # The choke point every primitive calls on both sides; bound once, as it
         # runs at every step (explore: the hook's own methods, one frame less).
-        self._before: Callable[..., None] = _unhooked if hook is None else hook.before
+        self._before: Callable[..., int | None] = _unhooked if hook is None else hook.before
         self._after: Callable[[str, int, int], None] = _unhooked if hook is None else hook.after
         self._alloc_fails = alloc_fails
         self.warnings = 0
@@ -252,8 +257,8 @@ class Kernel:
 
     def alloc_page(self) -> int | None:
         """A 4 KiB page's physical address, or None as alloc_page() returns NULL."""
-        self._before("alloc_page", -1)
-        if self._alloc_fails is not None and self._alloc_fails():
+        chosen = self._before("alloc_page", -1)
+        if chosen or (self._alloc_fails is not None and self._alloc_fails()):
             self.injected += 1
             hpa = None
         else:
@@ -277,14 +282,15 @@ class Kernel:
         between them other CPUs run and their calls can meet the held entries."""
         target = range_of(rcx)
         name = tdx.leaf_name(leaf)
-        self._before(name, target)
+        # the search may choose to inject BUSY into this call (a fault point's outcome)
+        inject = REQ_INJECT_BUSY if self._before(name, target) else 0
         if not self._two_phase or leaf not in PHASED_LEAVES:
-            out = self._port.call(leaf, rcx, rdx, r8)
+            out = self._port.call(leaf, rcx, rdx, r8, inject)
             self._count_busy(out[0])
             self._after(name, target, out[0])
             self._judge_remove(leaf, out[0])
             return out
-        out = self._port.call(leaf, rcx, rdx, r8, REQ_BEGIN)
+        out = self._port.call(leaf, rcx, rdx, r8, REQ_BEGIN | inject)
         self._count_busy(out[0])
         self._after(name, target, out[0])
         if out[0] != tdx.SHMPAMT_LOCKS_HELD:

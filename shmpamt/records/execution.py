@@ -93,6 +93,8 @@ class Execution:
     strategy: str = ""
     #: per step, whether the CPU that took it could still run at the next step
     runnable_after: list[bool] = field(default_factory=list)
+    #: the faults the search injected: (cpu, its fault point, kind index in FAULT_KINDS)
+    faults: tuple[tuple[int, int, int], ...] = ()
     kinds: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -36,6 +36,21 @@ Grammar (format version 1)::
   is what lets a minimised schedule drop its tail.
 
 Example: ``s1:rfc-norecheck:c2.r1.g1.p1.w42:0x5.1x3.0x2``.
+
+Format version 2 adds the faults the search injected (docs/explore.md), and is
+written only when there are some, so a schedule without faults is the same
+``s1`` string as before and every ``s1`` string still reads::
+
+    schedule := "s2" ":" variant ":" params ":" steps ":" faults
+    faults   := fault *( "." fault )
+    fault    := N "p" N KIND          ; cpu, its fault point (0 = its first), kind
+    KIND     := "a" | "r" | "u" | "c" | "m"
+
+A CPU's fault points are its steps of PAMT.ADD (kind ``a``: add.busy), PAMT.REMOVE
+(``r``: remove.busy), PAGE.AUG (``u``: aug.busy), PAGE.RECLAIM (``c``:
+reclaim.busy) and alloc_page (``m``: alloc.fail), counted from its first in the
+execution; ``1p3r`` injects TDX_OPERAND_BUSY into CPU 1's fourth fault point, if
+that point is a PAMT.REMOVE. Example: ``s2:v6:c2.r2.g1.p2.w0:0x40.1x9:1p3r``.
 """
 
 from __future__ import annotations
@@ -47,14 +62,27 @@ from typing import Final
 
 from shmpamt.errors import ScheduleError
 
+_NUM: Final = r"(0|[1-9][0-9]{0,19})"
 VERSION: Final = "s1"
+#: the version of a schedule with injected faults
+FAULTS_VERSION: Final = "s2"
+#: injected outcomes, in a fixed order (the index is a fault's kind everywhere)
+FAULT_KINDS: Final[tuple[str, ...]] = (
+    "add.busy", "remove.busy", "aug.busy", "reclaim.busy", "alloc.fail",
+)  # fmt: skip
+#: one letter per kind in the string
+FAULT_LETTERS: Final = "arucm"
+#: how a trace note starts when the step's outcome was injected
+INJECTED_NOTE: Final = "injected"
+_FAULT_RE: Final = re.compile(rf"{_NUM}p{_NUM}([arucm])", re.ASCII)
+#: most faults a string may carry
+MAX_STRING_FAULTS: Final = 64
 #: refuse to materialise absurd schedules from a hostile or mangled string
 MAX_STEPS: Final = 1_000_000
 MAX_CPUS: Final = 4096
 _MAX_U64: Final = (1 << 64) - 1
 
 _PLAIN: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-_NUM: Final = r"(0|[1-9][0-9]{0,19})"
 _PARAMS_RE: Final = re.compile(
     rf"c{_NUM}\.r{_NUM}\.g{_NUM}\.p{_NUM}\.w{_NUM}(?:\.h([0-9a-f]{{8}}))?", re.ASCII
 )
@@ -115,8 +143,23 @@ class Schedule:
     steps: tuple[int, ...] = ()
     #: short hash of a variant file's source ("" for built-ins and modules)
     source: str = ""
+    #: injected faults: (cpu, its fault point, kind index in FAULT_KINDS), sorted
+    faults: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.faults, tuple) or self.faults != tuple(sorted(set(self.faults))):
+            object.__setattr__(self, "faults", tuple(sorted(set(map(tuple, self.faults)))))
+        if len(self.faults) > MAX_STRING_FAULTS:
+            raise ScheduleError(f"{len(self.faults)} faults: more than {MAX_STRING_FAULTS}")
+        for f in self.faults:
+            if (
+                len(f) != 3
+                or any(type(x) is not int for x in f)
+                or not 0 <= f[0] < self.cpus
+                or not 0 <= f[1] <= _MAX_U64
+                or not 0 <= f[2] < len(FAULT_KINDS)
+            ):
+                raise ScheduleError(f"fault {f!r} is not (cpu, fault point, kind) of this scenario")
         if self.source and not _SOURCE_RE.fullmatch(self.source):
             raise ScheduleError(f"source hash {self.source!r} is not 8 lowercase hex digits")
         if not isinstance(self.steps, tuple):
@@ -147,7 +190,11 @@ class Schedule:
         if self.source:
             params += f".h{self.source}"
         steps = ".".join(f"{c}x{n}" if n > 1 else f"{c}" for c, n in self.blocks())
-        return f"{VERSION}:{encode_variant(self.variant)}:{params}:{steps}"
+        head = f"{encode_variant(self.variant)}:{params}:{steps}"
+        if not self.faults:
+            return f"{VERSION}:{head}"
+        faults = ".".join(f"{c}p{p}{FAULT_LETTERS[k]}" for c, p, k in self.faults)
+        return f"{FAULTS_VERSION}:{head}:{faults}"
 
     def __str__(self) -> str:
         return self.encode()
@@ -160,10 +207,30 @@ class Schedule:
         s = s.strip()
         parts = s.split(":")
         # The version decides the rest of the grammar: a later one may add fields.
-        if len(parts) > 1 and parts[0] != VERSION and re.fullmatch(r"s[0-9]{1,3}", parts[0]):
+        known = (VERSION, FAULTS_VERSION)
+        if len(parts) > 1 and parts[0] not in known and re.fullmatch(r"s[0-9]{1,3}", parts[0]):
             raise ScheduleError(
-                f"unsupported schedule format {parts[0]!r} (this shmpamt reads {VERSION!r})"
+                f"unsupported schedule format {parts[0]!r} (this shmpamt reads "
+                f"{VERSION!r} and {FAULTS_VERSION!r})"
             )
+        faults: list[tuple[int, int, int]] = []
+        if parts[0] == FAULTS_VERSION:
+            if len(parts) != 5:
+                raise ScheduleError(
+                    "expected 5 ':'-separated fields (s2:variant:params:steps:faults), "
+                    f"got {len(parts)}"
+                )
+            faults_field = parts.pop()
+            for i, token in enumerate(faults_field.split(".")):
+                f = _FAULT_RE.fullmatch(token)
+                if f is None:
+                    raise ScheduleError(
+                        f"fault {i} {token[:30]!r} is not <cpu>p<point><kind>, e.g. 1p3r"
+                    )
+                faults.append((int(f.group(1)), int(f.group(2)), FAULT_LETTERS.index(f.group(3))))
+                if len(faults) > MAX_STRING_FAULTS:
+                    raise ScheduleError(f"more than the {MAX_STRING_FAULTS} faults allowed")
+            parts[0] = VERSION
         if len(parts) != 4:
             raise ScheduleError(
                 f"expected 4 ':'-separated fields (version:variant:params:steps), got {len(parts)}"
@@ -202,7 +269,10 @@ class Schedule:
                         f"but the scenario has {cpus} CPUs"
                     )
                 steps.extend([cpu] * count)
-        return cls(variant, cpus, rounds, ranges, pages, seed, tuple(steps), source)
+        for c, _, _ in faults:
+            if c >= cpus:
+                raise ScheduleError(f"a fault names cpu {c}, but the scenario has {cpus} CPUs")
+        return cls(variant, cpus, rounds, ranges, pages, seed, tuple(steps), source, tuple(faults))
 
     def replay_command(self) -> str:
         return f"shmpamt replay {self.encode()}"
@@ -243,6 +313,14 @@ class Schedule:
     def with_steps(self, steps: tuple[int, ...] | list[int]) -> Schedule:
         """The same variant and scenario with other steps."""
         return replace(self, steps=tuple(steps))
+
+    def with_faults(self, faults: Sequence[tuple[int, int, int]]) -> Schedule:
+        """The same schedule with other injected faults."""
+        return replace(self, faults=tuple(sorted(faults)))
+
+    def fault_names(self) -> tuple[str, ...]:
+        """The injected kinds, e.g. ("remove.busy",), in the order of the faults."""
+        return tuple(FAULT_KINDS[k] for _, _, k in self.faults)
 
     @staticmethod
     def steps_from_blocks(blocks: Sequence[tuple[int, int]]) -> tuple[int, ...]:

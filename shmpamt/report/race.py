@@ -152,13 +152,16 @@ def _primitive(e: TraceEvent, ranges: bool) -> str:
         return text
     if op in ("spin_lock", "spin_unlock"):
         return f"{op}(&pamt_lock)"
+    # A status the search injected says so: the race needed that fault.
+    injected = f" /* {e.note} */" if e.note else ""
     if _leaf(op) in _SEAMCALLS:
         arg = f"range {e.target}" if ranges and e.target >= 0 else ""
         if e.result == tdx.SHMPAMT_LOCKS_HELD:
             return f"{_seamcall(op)}({arg}) // begins: its PAMT entry locks held"
-        return f"{_seamcall(_leaf(op))}({arg}) == {tdx.describe_status(e.result)}"
+        status = tdx.status_name(e.result) if e.note else tdx.describe_status(e.result)
+        return f"{_seamcall(_leaf(op))}({arg}) == {status}{injected}"
     if op == "alloc_page":
-        return "alloc_page()" if e.result else "alloc_page() == NULL"
+        return "alloc_page()" if e.result else f"alloc_page() == NULL{injected}"
     if op == "free_page":
         return "__free_page()"
     return f"{op}()"
@@ -177,9 +180,13 @@ def _summary(c: _Call, ranges: bool) -> str:
     for e in c.events:
         if _completes(e):
             name = _SHORT.get(_leaf(e.op), _leaf(e.op))
-            done.append(
-                name if e.result == tdx.TDX_SUCCESS else f"{name} {tdx.describe_status(e.result)}"
-            )
+            if e.result == tdx.TDX_SUCCESS:
+                status = ""
+            elif e.note:  # injected: the note names the fault
+                status = f" {tdx.status_name(e.result)} ({e.note})"
+            else:
+                status = f" {tdx.describe_status(e.result)}"
+            done.append(f"{name}{status}")
     arg = f"rc[{atomics[0].target}]" if ranges and atomics else ""
     return f"{c.helper}({arg})" + (f" // {', '.join(done)}" if done else "")
 

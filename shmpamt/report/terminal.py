@@ -18,9 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from shmpamt.errors import ScheduleError
 from shmpamt.records.faildb import DB_NOTE
 from shmpamt.records.publish import check_target, reason, write_file
 from shmpamt.records.results import VariantResult, regression_line
+from shmpamt.records.schedule_string import Schedule
 from shmpamt.records.verdict import BOTH, STRESS_ONLY, Verdict, verdicts
 from shmpamt.records.violations import VIOLATIONS, describe
 
@@ -104,8 +106,11 @@ class Report:
         table.add_column("kinds seen (count)", ratio=1)
         table.add_column("ops", justify="right", no_wrap=True)
         for r in self.results:
+            tags = {f.kind: fault_tag(f.schedule) for f in r.findings}
             kinds = ", ".join(
-                f"{n} {compact(r.counts[n])}" + (" (ignored)" if n in r.ignored else "")
+                f"{n} {compact(r.counts[n])}"
+                + tags.get(n, "")
+                + (" (ignored)" if n in r.ignored else "")
                 for n in VIOLATIONS
                 if r.counts.get(n)
             )
@@ -156,7 +161,10 @@ class Report:
         table.add_column("rounds / execs", justify="right", no_wrap=True)
         for m in verdicts:
             kinds = ", ".join(
-                f"{k.kind} \\[{k.found_by}]" + (" (ignored)" if k.ignored else "") for k in m.kinds
+                f"{k.kind} \\[{k.found_by}]"
+                + (fault_tag(k.replay.split()[-1]) if k.replay else "")
+                + (" (ignored)" if k.ignored else "")
+                for k in m.kinds
             )
             ops = " / ".join(compact(r.operations) for r in m.parts)
             table.add_row(m.variant, _merged_label(m), kinds or "-", ops)
@@ -270,3 +278,13 @@ def compact(n: int) -> str:
             v = n / div
             return f"{v:.1f}{unit}" if v < 9.95 else f"{v:.0f}{unit}"
     return str(n)
+
+
+def fault_tag(schedule: str) -> str:
+    """`` [fault: remove.busy]`` when the schedule that shows a kind needs injected
+    faults (the shrunk one: a kind that needs none says nothing), else ""."""
+    try:
+        names = Schedule.parse(schedule).fault_names()
+    except ScheduleError:
+        return ""
+    return f" \\[fault: {', '.join(names)}]" if names else ""

@@ -193,6 +193,20 @@ class Scheduler(Protocol):
         """Distinct CPU sequences run so far."""
         ...
 
+    # -- injected faults (:mod:`shmpamt.schedulers.faults`) ---------------------------
+
+    #: whether ``saw_faults`` wants the fault points of every execution
+    wants_fault_points: bool
+
+    def board_faults(self) -> dict[int, list[tuple[int, int]]]:
+        """The current execution's injections as the CPUs apply them: per CPU, a list of
+        (fault point, mask of kinds injected there); empty: no fault."""
+        ...
+
+    def saw_faults(self, points: Mapping[int, Sequence[int]]) -> None:
+        """The kind of each fault point each CPU passed in the execution just ended."""
+        ...
+
 
 @functools.cache
 def below_limit(n: int) -> int:
@@ -298,6 +312,8 @@ class BaseScheduler:
     name = "base"
     #: whether ``next_cpu`` reads ``pending`` (the controller computes it only then)
     uses_pending = False
+    #: whether ``saw_faults`` wants the fault points of every execution
+    wants_fault_points = False
 
     def __init__(self, workload_seed: int = 0) -> None:
         self._base_seed = workload_seed & _MASK64
@@ -381,6 +397,13 @@ class BaseScheduler:
 
     def executed(self, access: Access) -> None:
         """Only DPOR refines its analysis with what a step did."""
+
+    def board_faults(self) -> dict[int, list[tuple[int, int]]]:
+        """No fault is injected unless a fault strategy says so."""
+        return {}
+
+    def saw_faults(self, points: Mapping[int, Sequence[int]]) -> None:
+        """Only fault strategies learn from the fault points an execution passed."""
 
     def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int | None) -> int:
         """Decisions already taken, made at once: each ``(runnable, chosen)`` asked

@@ -18,9 +18,11 @@ the current execution's seed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 from shmpamt.schedulers.base import Access, BaseScheduler, Claim, SplitMix64
 from shmpamt.schedulers.dpor import DPOR
+from shmpamt.schedulers.faults import DEFAULT_SHARE, FaultDraw, FaultTree, kinds_of
 from shmpamt.schedulers.pct import PCT
 from shmpamt.schedulers.pos import POS
 from shmpamt.schedulers.random_walk import RandomWalk
@@ -45,8 +47,14 @@ class Portfolio(BaseScheduler):
         preemption_bound: int | None = None,
         shard: tuple[int, int] = (0, 1),
         members: Sequence[str] = MEMBERS,
+        faults: Mapping[str, float] | None = None,
+        max_faults: int = 1,
+        fault_share: float = DEFAULT_SHARE,
     ) -> None:
-        """``preemption_bound`` and ``shard`` apply to the DPOR member."""
+        """``preemption_bound`` and ``shard`` apply to the DPOR member. ``faults`` (kind ->
+        probability) with ``max_faults`` > 0: the samplers inject faults on a
+        ``fault_share`` of their executions, and the DPOR member, once its no-fault
+        tree is done, goes on with every plan of up to ``max_faults`` faults."""
         unknown = [m for m in members if m not in MEMBERS]
         if unknown or not members or len(set(members)) != len(members):
             raise ValueError(f"members must be distinct names from {', '.join(MEMBERS)}")
@@ -54,6 +62,8 @@ class Portfolio(BaseScheduler):
         self.seed = seed
         self.max_executions = max_executions
         seeds = SplitMix64(seed ^ (shard[0] << 48))
+        probabilities = dict(faults or {}) if max_faults > 0 else {}
+        self.wants_fault_points = bool(probabilities)
         self._members: list[tuple[str, BaseScheduler]] = []
         for m in members:
             s = seeds.next_u64()
@@ -64,8 +74,17 @@ class Portfolio(BaseScheduler):
                 member = PCT(depth=int(m[4:]), seed=s, vary_workload=False)
             elif m == "pos":
                 member = POS(seed=s, vary_workload=False)
+            elif probabilities and shard[0] == 0:
+                # One job searches the fault plans, unsharded: see registry.make_scheduler.
+                member = FaultTree(
+                    partial(DPOR, preemption_bound, workload_seed=self._base_seed),
+                    kinds_of(probabilities),
+                    max_faults,
+                )
             else:
                 member = DPOR(preemption_bound, workload_seed=self._base_seed, shard=shard)
+            if probabilities and m != "dpor":
+                member = FaultDraw(member, probabilities, max_faults, fault_share, s)
             self._members.append((m, member))
         # DPOR takes every other execution: its proof is what ends a search early, and
         # the samplers still take turns in between for the deep and the lucky bugs.
@@ -85,9 +104,21 @@ class Portfolio(BaseScheduler):
         return self.current_member or self.name
 
     @property
-    def dpor(self) -> DPOR | None:
-        """The DPOR member, if the portfolio has one."""
-        return next((m for _, m in self._members if isinstance(m, DPOR)), None)
+    def dpor(self) -> DPOR | FaultTree | None:
+        """The DPOR member (with faults: the fault tree around it), if there is one."""
+        return next((m for _, m in self._members if isinstance(m, DPOR | FaultTree)), None)
+
+    def board_faults(self) -> dict[int, list[tuple[int, int]]]:
+        return self._member.board_faults() if self._member is not None else {}
+
+    def saw_faults(self, points: Mapping[int, Sequence[int]]) -> None:
+        if self._member is not None:
+            self._member.saw_faults(points)
+
+    @property
+    def reached(self) -> bool:
+        """Some member's execution passed a fault point of a kind it injects."""
+        return any(getattr(m, "reached", False) for _, m in self._members)
 
     def member(self, name: str) -> BaseScheduler:
         """One member, e.g. to read its own coverage."""
@@ -104,14 +135,14 @@ class Portfolio(BaseScheduler):
                 self.uses_pending = member.uses_pending
                 self.runs[name] += 1
                 return True
-            if isinstance(member, DPOR) and member.exhausted:
+            if isinstance(member, DPOR | FaultTree) and member.exhausted:
                 # The search is complete: nothing another member runs can add to it.
                 return False
             self._active.remove((name, member))
         return False
 
     def _seed_for(self, execution: int) -> int:
-        if isinstance(self._member, DPOR):
+        if isinstance(self._member, DPOR | FaultTree):
             return self._base_seed
         return self._base_seed + execution
 

@@ -6,11 +6,13 @@ or atomics binding: strategies are pure, and the CLI lists them cheaply.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from shmpamt.schedulers.base import BaseScheduler, Claim, Scheduler, SplitMix64
 from shmpamt.schedulers.dfs import DFS
 from shmpamt.schedulers.dpor import DPOR
+from shmpamt.schedulers.faults import FaultDraw, FaultTree, kinds_of
 from shmpamt.schedulers.pct import PCT
 from shmpamt.schedulers.portfolio import Portfolio
 from shmpamt.schedulers.pos import POS
@@ -45,8 +47,17 @@ def make_scheduler(
     max_executions: int | None = None,
     workload_seed: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    faults: Mapping[str, float] | None = None,
+    max_faults: int = 1,
+    fault_share: float = 1.0,
 ) -> BaseScheduler:
     """A fresh strategy ``name`` (one of :data:`STRATEGIES`).
+
+    ``faults`` (kind -> probability per fault point, :mod:`~shmpamt.schedulers.faults`)
+    with ``max_faults`` > 0 makes faults choices of the search: dfs and dpor run
+    every plan of at most ``max_faults`` injections of the kinds given, each to the
+    end; sampling strategies draw them with those probabilities on a
+    ``fault_share`` of their executions. None or empty: no fault is injected.
 
     ``preemptions`` None means unbounded for dpor (and the portfolio's dpor
     member) and :data:`DFS_DEFAULT_PREEMPTIONS` for dfs (pass a bound to go
@@ -59,8 +70,33 @@ def make_scheduler(
         raise ValueError(f"shard {shard} must be (index, count) with 0 <= index < count")
     wseed = seed if workload_seed is None else workload_seed
     s = _shard_seed(seed, index)
+    probabilities = dict(faults or {}) if max_faults > 0 else {}
+    if probabilities and name != "portfolio":
+        kinds = kinds_of(probabilities)
+        if name in ("dfs", "dpor"):
+            if count > 1 and index > 0:
+                # Plans are found from every execution of the tree before them, so one
+                # job (the first) searches them all; the others take their share of
+                # the no-fault tree, which the first job also runs.
+                return make_scheduler(
+                    name, seed=seed, preemptions=preemptions, max_executions=max_executions,
+                    workload_seed=workload_seed, shard=shard,
+                )  # fmt: skip
+            return FaultTree(
+                lambda: make_scheduler(name, seed=seed, preemptions=preemptions,
+                                       workload_seed=workload_seed),
+                kinds, max_faults, max_executions,
+            )  # fmt: skip
+        inner = make_scheduler(
+            name, seed=seed, depth=depth, max_executions=max_executions,
+            workload_seed=workload_seed, shard=shard,
+        )  # fmt: skip
+        return FaultDraw(inner, probabilities, max_faults, fault_share, s)
     if name == "portfolio":
-        return Portfolio(s, max_executions, wseed, preemptions, shard)
+        return Portfolio(
+            s, max_executions, wseed, preemptions, shard,
+            faults=probabilities, max_faults=max_faults, fault_share=fault_share,
+        )  # fmt: skip
     if name == "random":
         return RandomWalk(s, max_executions, wseed)
     if name == "pct":

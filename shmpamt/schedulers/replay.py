@@ -49,6 +49,13 @@ class Replay(BaseScheduler):
             )
         return cpu
 
+    def board_faults(self) -> dict[int, list[tuple[int, int]]]:
+        """The schedule's injected faults, at the fault points where they were found."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for cpu, point, kind in self.schedule.faults:
+            out.setdefault(cpu, []).append((point, 1 << kind))
+        return out
+
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         # The recording says; past its end, the default keeps ``cpu`` (it can run).
         recorded = self.schedule.steps
