@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,11 +62,13 @@ def _wait_gone(pids: set[int], timeout: float = 15) -> list[str]:
 
 
 def test_merged_verdict_equals_the_shards_run_one_by_one() -> None:
-    plan = Plan(("rfc-norecheck", "locked"), ("pct",), seed=3, seeds=1, executions=8)
+    plan = Plan(("rfc-norecheck", "locked"), ("pct",), seed=3, seeds=1, executions=20)
     run = run_campaign(plan, workers=2)
     assert not run.interrupted and len(run.outcomes) == 2 and run.workers == 2
     direct = [
-        ShardOutcome(s, api.run(s.config()).to_dict(), worker="direct") for s in plan.shards()
+        # one explorer per shard, as a campaign worker runs it (placement.default_jobs)
+        ShardOutcome(s, api.run(replace(s.config(), jobs=1)).to_dict(), worker="direct")
+        for s in plan.shards()
     ]
     via_dask = merge_shards(run.outcomes)
     one_by_one = merge_shards(direct)

@@ -16,7 +16,7 @@ import pytest
 
 from shmpamt import tdx
 from shmpamt.machine.atomic import RefcountArray
-from shmpamt.machine.kernel import POOL_BASE, Kernel, page_hpa, range_of
+from shmpamt.machine.kernel import POOL_BASE, REQ_INJECT_BUSY, Kernel, page_hpa, range_of
 from shmpamt.machine.lock import PamtLock
 from shmpamt.variants.base import PamtVariant
 from shmpamt.variants.common import tdx_alloc_pamt_pages, tdx_free_pamt_pages
@@ -55,12 +55,18 @@ class FakeModule:
     def statuses(self, leaf: int) -> list[int]:
         return [c.status for c in self.calls if c.leaf == leaf]
 
-    def call(self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0) -> tuple[int, int, int, int]:
+    def call(
+        self, leaf: int, rcx: int = 0, rdx: int = 0, r8: int = 0, flags: int = 0
+    ) -> tuple[int, int, int, int]:
         hpa = rcx & ~(tdx.PAGE_SIZE - 1)
         r = range_of(hpa)
         queued = self.inject.get(leaf)
-        # An injected status replaces the call: the module did nothing.
-        out = (queued.pop(0), 0, 0, 0) if queued else self._act(leaf, hpa, r, rdx, r8)
+        # An injected status replaces the call: the module did nothing (a search's
+        # fault choice arrives as a request flag, a test's as a queued status).
+        if flags & REQ_INJECT_BUSY:
+            out = (tdx.TDX_OPERAND_BUSY, 0, 0, 0)
+        else:
+            out = (queued.pop(0), 0, 0, 0) if queued else self._act(leaf, hpa, r, rdx, r8)
         self.calls.append(Call(leaf, r, out[0]))
         return out
 
