@@ -56,7 +56,7 @@ from shmpamt.campaign.cluster import (
 )
 from shmpamt.config import Scenario, check_int
 from shmpamt.errors import UsageError
-from shmpamt.explorer.subtree import SubtreeTask, run_subtree
+from shmpamt.explorer.subtree import SubtreeTask, run_subtree, session_for
 from shmpamt.machine.ipc import new_token
 from shmpamt.schedulers.dpor import MAX_SUBTREE_DEPTH
 
@@ -64,10 +64,14 @@ from shmpamt.schedulers.dpor import MAX_SUBTREE_DEPTH
 DEFAULT_SLICE: Final = 400
 #: attempts of one subtree before the proof gives up on it
 MAX_ATTEMPTS: Final = 2
+#: split states per path of a proof's tree of subtrees (see :mod:`shmpamt.schedulers.subtree`)
+DEFAULT_DEPTH: Final = 8
 #: what the checkpoint's format is (a file of another format is not resumed)
-FORMAT: Final = 1
+FORMAT: Final = 2
 #: seconds a stopped proof waits for its running tasks to end
 STOP_GRACE: Final = 30.0
+#: seconds between a task's looks at whether a worker is idle
+WANTED_POLL: Final = 0.1
 VERIFIED: Final = "verified"
 INCOMPLETE: Final = "incomplete"
 
@@ -84,9 +88,11 @@ class ProofSpec:
     ranges: int = 1
     seed: int = 0
     slice: int = DEFAULT_SLICE
+    depth: int = DEFAULT_DEPTH
 
     def __post_init__(self) -> None:
         check_int("slice", self.slice, 1, 10_000_000)
+        check_int("split depth", self.depth, 0, MAX_SUBTREE_DEPTH)
         self.scenario  # noqa: B018  (validates the variant, cpus, rounds and ranges)
 
     @property
@@ -101,14 +107,24 @@ class ProofSpec:
         """A file name that changes with anything that changes the tree of tasks."""
         s = self.scenario
         ident = json.dumps(
-            [FORMAT, s.variant, s.source, s.cpus, s.rounds, s.ranges, self.seed, self.slice]
+            [
+                FORMAT,
+                s.variant,
+                s.source,
+                s.cpus,
+                s.rounds,
+                s.ranges,
+                self.seed,
+                self.slice,
+                self.depth,
+            ]
         )
         short = hashlib.sha256(ident.encode()).hexdigest()[:12]
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(s.variant.split(":")[0]).stem)[:40]
         return f"{base}-{s.cpus}x{s.rounds}x{s.ranges}-s{self.seed}-{short}"
 
     def task(self, prefix: Prefix, known: Iterable[str] = ()) -> SubtreeTask:
-        limit = None if len(prefix) >= MAX_SUBTREE_DEPTH else self.slice
+        limit = None if len(prefix) >= self.depth else self.slice
         return SubtreeTask(
             self.variant,
             self.cpus,
@@ -117,6 +133,7 @@ class ProofSpec:
             self.seed,
             prefix,
             limit,
+            self.depth,
             frozenset(known),
         )
 
@@ -128,6 +145,7 @@ class ProofSpec:
             "ranges": self.ranges,
             "seed": self.seed,
             "slice": self.slice,
+            "depth": self.depth,
         }
 
 
@@ -159,6 +177,13 @@ class Frontier:
     elapsed: float = 0.0
     #: executions run, also by tasks whose in-progress child was discarded
     executions_run: int = 0
+    #: names of every proper prefix of a finished subtree's path (to refuse overlaps)
+    _inner: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in self.parts:
+            path = _path(name)
+            self._inner.update(_name(path[:d]) for d in range(len(path)))
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -168,15 +193,16 @@ class Frontier:
         prefix = tuple(result["prefix"])
         if prefix not in self.outstanding:
             return False
-        for child, part in result["finished"].items():
-            path = prefix if int(child) < 0 else (*prefix, int(child))
-            name = _name(path)
-            # Invariant: every subtree is counted by exactly one task.
-            if name in self.parts:
+        handed = [tuple(p) for p in result["outstanding"]]
+        for name, part in result["finished"].items():
+            path = _path(name)
+            # Invariant: every subtree is counted by exactly one task: a finished one lies
+            # in the task's subtree, and overlaps no other finished or outstanding one.
+            if path[: len(prefix)] != prefix or self._overlaps(path, prefix, handed):
                 raise AssertionError(f"subtree {list(path)} counted twice")
             self.parts[name] = part
+            self._inner.update(_name(path[:d]) for d in range(len(path)))
         self.outstanding.remove(prefix)
-        handed = [tuple(p) for p in result["outstanding"]]
         self.outstanding.extend(handed)
         for f in result["findings"]:
             best = self.findings.get(f["kind"])
@@ -194,6 +220,16 @@ class Frontier:
             }
         )
         return True
+
+    def _overlaps(self, path: Prefix, task: Prefix, handed: list[Prefix]) -> bool:
+        """True if ``path`` overlaps a finished subtree, one handed back, or an outstanding
+        one other than its own task's."""
+        if _name(path) in self._inner or any(
+            _name(path[:d]) in self.parts for d in range(len(path) + 1)
+        ):
+            return True
+        others = [o for o in self.outstanding if o != task]
+        return any(q[: len(path)] == path or path[: len(q)] == q for q in handed + others)
 
     def fail(self, prefix: Prefix, reason: str) -> bool:
         """Record a failed attempt; True when the subtree is given up on."""
@@ -339,15 +375,47 @@ def checkpoint_path(db: str, spec: ProofSpec) -> Path:
 # --- the worker side ---------------------------------------------------------------------
 
 
-def prove_task(task: SubtreeTask, stop_event: str = "") -> dict[str, Any]:
-    """One Dask task: one slice of one subtree, through the worker's kept session."""
+class _Wanted:
+    """The proof's "a worker is idle" event as a ``should_split``: polled, not latched."""
+
+    def __init__(self, name: str) -> None:
+        self.event = Event(name) if name else None
+        self.value = False
+        self._next = 0.0
+
+    def __call__(self) -> bool:
+        if self.event is None:
+            return False
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + WANTED_POLL
+            self.value = bool(self.event.is_set())
+        return self.value
+
+
+def _worker_side() -> tuple[str, str]:
     host, worker = worker_identity()
     _allow_children()
     if "SHMPAMT_CORE_SLOT" not in os.environ:
         os.environ["SHMPAMT_CORE_SLOT"] = str(int(worker) if worker.isdigit() else 0)
-    out = run_subtree(task, _StopFlag(stop_event))
+    return host, worker
+
+
+def prove_task(task: SubtreeTask, stop_event: str = "", wanted_event: str = "") -> dict[str, Any]:
+    """One Dask task: one slice of one subtree, through the worker's kept session."""
+    host, worker = _worker_side()
+    out = run_subtree(task, _StopFlag(stop_event), _Wanted(wanted_event))
     out["where"] = f"{host}:{worker}"
     return out
+
+
+def warm_task(task: SubtreeTask) -> float:
+    """Start the worker's session for the proof's scenario while the first task runs
+    elsewhere (a session costs seconds; each worker pays it once); its seconds."""
+    _worker_side()
+    t0 = time.monotonic()
+    session_for(task.scenario, task.pin)
+    return time.monotonic() - t0
 
 
 # --- the client side ---------------------------------------------------------------------
@@ -390,6 +458,9 @@ def run_proof(
     token = new_token()
     stop_name = f"shmpamt-proof-stop-{token}"
     stop_event = Event(stop_name, client=client)
+    wanted_name = f"shmpamt-proof-wanted-{token}"
+    wanted_event = Event(wanted_name, client=client)
+    wanted = False
     running: dict[Future[Any], Prefix] = {}
     done = as_completed([], loop=client.loop)
     t0 = time.monotonic()
@@ -403,11 +474,12 @@ def run_proof(
             prove_task,
             spec.task(prefix, frontier.findings),
             stop_name,
+            wanted_name,
             key=f"shmpamt-proof-{token}-{_name(prefix) or 'root'}-{tasks}",
             retries=0,
             pure=False,
-            # Deeper first: the big subtree keeps splitting while the others run.
-            priority=len(prefix),
+            # Shallower first: the big subtrees start early, the small ones fill the end.
+            priority=-len(prefix),
             **opts,
         )
         running[fut] = prefix
@@ -437,6 +509,21 @@ def run_proof(
 
     for p in list(frontier.outstanding):
         submit(p)
+    # Every worker starts its session now, not when its first task comes (below the
+    # proof's tasks in priority: a worker that took one of them starts it there).
+    warm = [
+        client.submit(
+            warm_task,
+            spec.task(()),
+            key=f"shmpamt-proof-{token}-warm-{i}",
+            pure=False,
+            priority=-MAX_SUBTREE_DEPTH - 1,
+            workers=[addr],
+            allow_other_workers=False,
+            **opts,
+        )
+        for i, addr in enumerate(client.scheduler_info(n_workers=-1)["workers"])
+    ]
     stopping = False
     stop_deadline = 0.0
     try:
@@ -447,6 +534,11 @@ def run_proof(
                 stop_deadline = time.monotonic() + STOP_GRACE
             if stopping and time.monotonic() > stop_deadline:
                 break
+            # A worker with nothing to do: the running tasks hand back work early.
+            idle = not stopping and len(running) < run.workers
+            if idle != wanted:
+                wanted = idle
+                wanted_event.set() if idle else wanted_event.clear()
             for fut in done.next_batch(block=False):
                 prefix = running.pop(fut, None)
                 if prefix is None:
@@ -467,11 +559,13 @@ def run_proof(
             progress()
             time.sleep(0.02)
     finally:
-        leftover = [f for f in running if not f.done()]
+        leftover = [f for f in [*running, *warm] if not f.done()]
         if leftover:
             client.cancel(leftover, force=True)
         with contextlib.suppress(Exception):
             stop_event.clear()
+        with contextlib.suppress(Exception):
+            wanted_event.clear()
         save()
         run.wall = time.monotonic() - t0
     progress()
@@ -484,7 +578,9 @@ def run_proof(
 def simulate(log: list[dict[str, Any]], workers: int, cost: float = 0.0) -> float:
     """Seconds the proof whose task ``log`` this is would take on ``workers`` workers:
     each task takes its measured seconds plus ``cost`` (dispatch, result, bookkeeping),
-    starts when its parent has handed it back and a worker is free, deepest first."""
+    starts when its parent has handed it back and a worker is free, shallowest first
+    (as :func:`run_proof` asks Dask to). The tree is the log's: the splits a worker
+    left idle would have asked for are not replayed, so the figure is a bound from above."""
     by_prefix = {tuple(e["prefix"]): e for e in log}
     if () not in by_prefix:
         raise ValueError("the log has no root task")
@@ -494,8 +590,8 @@ def simulate(log: list[dict[str, Any]], workers: int, cost: float = 0.0) -> floa
     while ready:
         w = heapq.heappop(free)
         waiting = [r for r in ready if r[0] <= w]
-        # A free worker takes the deepest task already handed back, else the next one to be.
-        at, p = max(waiting, key=lambda r: (len(r[1]), -r[0])) if waiting else min(ready)
+        # A free worker takes the shallowest task already handed back, else the next one.
+        at, p = min(waiting, key=lambda r: (len(r[1]), r[0])) if waiting else min(ready)
         ready.remove((at, p))
         e = by_prefix.get(p)
         finish = max(w, at) + cost + (float(e["seconds"]) if e else 0.0)

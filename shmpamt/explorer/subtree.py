@@ -2,8 +2,9 @@
 
 :func:`run_subtree` runs :func:`shmpamt.schedulers.subtree.run_slice` on a
 :class:`~shmpamt.explorer.session.Session` and returns plain data (it travels
-back from a Dask worker): per finished child its counts and the violation kinds
-its executions showed, the children handed back, and the schedule of each kind.
+back from a Dask worker): per finished subtree (by its path, "0.2.1") its counts
+and the violation kinds its executions showed, the subtrees handed back, and the
+schedule of each kind.
 A kind the proof has not seen yet (``known`` says which it has) is minimised
 here, where the session is; others are only counted.
 
@@ -45,6 +46,8 @@ class SubtreeTask:
     prefix: tuple[int, ...]
     #: executions per slice (None: run the subtree to its end)
     limit: int | None
+    #: split states per path of the proof's fixed tree of subtrees
+    depth: int | None = None
     #: kinds the proof already has a minimised schedule for
     known: frozenset[str] = frozenset()
     pin: bool = True
@@ -81,14 +84,16 @@ atexit.register(close_session)
 
 
 def run_subtree(
-    task: SubtreeTask, should_stop: Callable[[], bool] = lambda: False
+    task: SubtreeTask,
+    should_stop: Callable[[], bool] = lambda: False,
+    should_split: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Explore ``task``'s subtree for one slice; the result as JSON-ready data."""
     scenario = task.scenario
     t_start = time.monotonic()
     session = session_for(scenario, task.pin)
     t0 = time.monotonic()
-    dpor = DPOR(workload_seed=task.seed, subtree=task.prefix)
+    dpor = DPOR(workload_seed=task.seed, subtree=task.prefix, split_depth=task.depth)
 
     def execute() -> tuple[frozenset[str], tuple[int, ...], bool]:
         ex = session.execute(dpor)
@@ -97,10 +102,10 @@ def run_subtree(
     try:
         if not dpor.new_execution():  # pragma: no cover  (a fresh DPOR always starts)
             raise AssertionError("a fresh search has no execution")
-        res = run_slice(dpor, execute, task.limit, should_stop)
+        res = run_slice(dpor, execute, task.limit, should_stop, should_split)
         first: dict[str, Schedule] = {}
         finished: dict[str, Any] = {}
-        for child, part in sorted(res.finished.items()):
+        for path, part in sorted(res.finished.items()):
             kinds: dict[str, int] = {}
             limits = 0
             for seen, steps, hit_limit in part.seen:
@@ -109,7 +114,7 @@ def run_subtree(
                     kinds[k] = kinds.get(k, 0) + 1
                     if k not in first:
                         first[k] = scenario.schedule(task.seed, steps)
-            finished[str(child)] = {
+            finished[".".join(map(str, path))] = {
                 "executions": part.executions,
                 "complete": part.complete,
                 "sleep_blocked": part.sleep_blocked,
@@ -139,6 +144,7 @@ def run_subtree(
         "finished": finished,
         "outstanding": [list(p) for p in res.outstanding],
         "executions": res.executions,
+        "dropped": res.dropped,
         "seconds": time.monotonic() - t0,
         "start_s": t0 - t_start,
         "stopped": res.stopped,
