@@ -2,25 +2,32 @@
 
 The proof of one variant in one scenario starts as one task, the whole tree
 (prefix ``()``). A task explores its subtree for a slice
-(:mod:`shmpamt.schedulers.subtree`) and reports the children it finished plus
-the ones it did not, which go back into the :class:`Frontier` as new tasks, so
-the load spreads itself over however many workers there are. Every complete
-execution is counted by exactly one finished child (:meth:`Frontier.apply`
-refuses a child counted twice); the verdict is "verified" only when nothing is
-outstanding and no task failed twice, else "incomplete" with the reason.
+(:mod:`shmpamt.schedulers.subtree`) and reports the largest subtrees it
+finished plus every alternative it did not take, which go back into the
+:class:`Frontier` as new tasks, so the load spreads itself over however many
+workers there are. While a worker is idle (fewer tasks than workers), the
+running tasks are asked to end their slices early, at their next split point,
+so the first task does not keep the others waiting. Every complete execution
+is counted by exactly one finished subtree (:meth:`Frontier.apply` refuses a
+subtree that overlaps a finished or outstanding one); the verdict is
+"verified" only when nothing is outstanding and no task failed twice, else
+"incomplete" with the reason.
 
 Faults of the cluster: a worker lost mid-task makes Dask run the task again
 elsewhere; a task that raised is submitted once more; a second failure gives
 up on that subtree (the rest of the proof still runs, and its kinds are
 reported), and the verdict is "incomplete". Ctrl-C stops the running tasks
-(each keeps the children it finished) and leaves the frontier on disk.
+(each keeps the subtrees it finished) and leaves the frontier on disk.
 
-The frontier is checkpointed after every task (a temporary file made with
-O_EXCL, then renamed over the old one) as
-``<db>/proofs/<variant>-<cpus>x<rounds>x<ranges>-s<seed>-<hash>.json``; a run with
-``resume`` continues from it. Because slices count executions, the tree of
-tasks is fixed by the scenario and the slice: a resumed, retried or
-interrupted proof ends with the same count as one that ran straight through.
+The frontier is checkpointed at most once a second and at the end, through
+:mod:`shmpamt.records.publish` (a new temp file, then a rename), as
+``<db>/proofs/<variant>-<cpus>x<rounds>x<ranges>-s<seed>-<hash>.json`` with a
+checksum; a run with ``resume`` continues from it, after reading it the way the
+failure database reads its entries (no link followed, bounded size, every
+field checked). The tree of subtrees is fixed by the scenario and the split
+depth, and where slices end changes only how it is cut into tasks: a resumed,
+retried or interrupted proof ends with the same count as one that ran
+straight through, on any number of workers.
 
 The estimate of what is left uses completed subtrees: an outstanding task is
 guessed as large as the mean of its finished siblings (or of finished subtrees
@@ -40,6 +47,7 @@ import heapq
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,8 +64,10 @@ from shmpamt.campaign.cluster import (
 )
 from shmpamt.config import Scenario, check_int
 from shmpamt.errors import UsageError
+from shmpamt.explorer.session import StartAborted
 from shmpamt.explorer.subtree import SubtreeTask, run_subtree, session_for
 from shmpamt.machine.ipc import new_token
+from shmpamt.records.publish import check_target, reason, write_file
 from shmpamt.schedulers.dpor import MAX_SUBTREE_DEPTH
 
 #: executions a task runs before it hands back the children it has not finished
@@ -68,8 +78,13 @@ MAX_ATTEMPTS: Final = 2
 DEFAULT_DEPTH: Final = 8
 #: what the checkpoint's format is (a file of another format is not resumed)
 FORMAT: Final = 2
+#: the largest checkpoint read back (a larger file is not one this code wrote)
+MAX_CHECKPOINT_BYTES: Final = 256 << 20
+_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: seconds a stopped proof waits for its running tasks to end
 STOP_GRACE: Final = 30.0
+#: seconds between two writes of the checkpoint while a proof runs
+SAVE_EVERY: Final = 1.0
 #: seconds between a task's looks at whether a worker is idle
 WANTED_POLL: Final = 0.1
 VERIFIED: Final = "verified"
@@ -177,6 +192,8 @@ class Frontier:
     elapsed: float = 0.0
     #: executions run, also by tasks whose in-progress child was discarded
     executions_run: int = 0
+    #: read back from a checkpoint (this run continues an interrupted one)
+    resumed: bool = field(default=False, compare=False)
     #: names of every proper prefix of a finished subtree's path (to refuse overlaps)
     _inner: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -325,47 +342,164 @@ class Frontier:
         }
 
     def save(self, path: Path) -> None:
-        """Write the checkpoint atomically: a new file (O_EXCL), then a rename over."""
+        """Write the checkpoint whole (records/publish.py: a new temp file made with
+        O_EXCL, flushed, renamed over the old one; a link there is refused)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{new_token()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        body = self.to_dict()
+        body["checksum"] = _checksum(body)
+        write_file(path, json.dumps(body).encode())
 
     @classmethod
     def load(cls, path: Path, spec: ProofSpec) -> Frontier:
+        """The checkpoint at ``path`` for ``spec``; UsageError (one line) if it is not a
+        regular file, too large, not JSON, of another format or proof, or damaged."""
+        raw = read_checkpoint(path)
         try:
-            data = json.loads(path.read_text())
-        except OSError as e:
-            raise UsageError(f"cannot read the checkpoint {path}: {e.strerror}") from None
+            data = json.loads(raw)
+        except RecursionError:
+            raise UsageError(f"the checkpoint {path} is nested too deeply; remove it") from None
         except ValueError as e:
-            raise UsageError(f"the checkpoint {path} is not valid JSON: {e}") from None
+            why = str(e)[:80]
+            raise UsageError(
+                f"the checkpoint {path} is not valid JSON ({why}); remove it"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UsageError(f"the checkpoint {path} is of another format; remove it")
         if data.get("spec") != spec.to_dict():
             raise UsageError(f"the checkpoint {path} is of another proof: {data.get('spec')}")
+        body = {k: v for k, v in data.items() if k != "checksum"}
+        if data.get("checksum") != _checksum(body):
+            # Invariant: a checkpoint is resumed only as it was written (an edit or a
+            # damaged block could make a proof "verified" with a wrong count).
+            raise UsageError(f"the checkpoint {path} does not match its checksum; remove it")
         try:
-            return cls(
-                spec,
-                outstanding=[tuple(p) for p in data["outstanding"]],
-                parts=dict(data["parts"]),
-                failures={k: list(v) for k, v in data["failures"].items()},
-                given_up=dict(data["given_up"]),
-                findings=dict(data["findings"]),
-                log=list(data["log"]),
-                elapsed=float(data["elapsed"]),
-                executions_run=int(data["executions_run"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
+            return _from_checkpoint(spec, data)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UsageError(f"the checkpoint {path} is damaged ({e}); remove it") from None
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _ints(v: object, what: str) -> Prefix:
+    if not isinstance(v, list) or not all(type(x) is int and x >= 0 for x in v):
+        raise ValueError(f"{what} is not a list of positions")
+    if len(v) > MAX_SUBTREE_DEPTH:
+        raise ValueError(f"{what} is deeper than {MAX_SUBTREE_DEPTH}")
+    return tuple(v)
+
+
+def _dict(v: object, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise ValueError(f"{what} is not an object")
+    return v
+
+
+def _count(v: object, what: str) -> int:
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{what} is not a count")
+    return v
+
+
+def _from_checkpoint(spec: ProofSpec, data: dict[str, Any]) -> Frontier:
+    """A frontier from a checkpoint's fields, each checked for its type; the finished
+    and outstanding subtrees must not overlap (ValueError or AssertionError)."""
+    outstanding = [_ints(p, "an outstanding subtree") for p in data["outstanding"]]
+    parts: dict[str, dict[str, Any]] = {}
+    for name, part in _dict(data["parts"], "parts").items():
+        _ints([int(x) for x in name.split(".")] if name else [], f"part {name!r}")
+        part = _dict(part, f"part {name!r}")
+        for key in ("executions", "complete", "sleep_blocked", "deadlocks", "steps"):
+            _count(part.get(key, 0), f"{key} of part {name!r}")
+        for k, n in _dict(part.get("kinds", {}), f"kinds of part {name!r}").items():
+            _count(n, f"kind {k!r} of part {name!r}")
+        parts[name] = part
+    failures = {k: [str(r) for r in v] for k, v in _dict(data["failures"], "failures").items()}
+    given_up = {k: str(v) for k, v in _dict(data["given_up"], "given_up").items()}
+    findings = _dict(data["findings"], "findings")
+    for kind, f in findings.items():
+        f = _dict(f, f"finding {kind!r}")
+        if not all(isinstance(f.get(k), str) for k in ("kind", "schedule", "found")):
+            raise ValueError(f"finding {kind!r} is damaged")
+        _count(f.get("steps"), f"steps of finding {kind!r}")
+    log = data["log"]
+    if not isinstance(log, list) or not all(isinstance(e, dict) for e in log):
+        raise ValueError("the task log is not a list of objects")
+    elapsed = float(data["elapsed"])
+    if not elapsed >= 0:
+        raise ValueError("elapsed is not a number of seconds")
+    frontier = Frontier(
+        spec,
+        outstanding=outstanding,
+        parts=parts,
+        failures=failures,
+        given_up=given_up,
+        findings=dict(findings),
+        log=list(log),
+        elapsed=elapsed,
+        executions_run=_count(data["executions_run"], "executions_run"),
+    )
+    for name in parts:
+        path = _path(name)
+        # Invariant: no finished subtree overlaps another or an outstanding one.
+        above = any(_name(path[:d]) in parts for d in range(len(path)))
+        if above or name in frontier._inner:
+            raise ValueError(f"part {name!r} overlaps another")
+        if any(o[: len(path)] == path or path[: len(o)] == o for o in outstanding):
+            raise ValueError(f"part {name!r} overlaps an outstanding subtree")
+    return frontier
+
+
+def read_checkpoint(path: Path) -> bytes:
+    """The bytes of the checkpoint at ``path``: a regular file (never a link followed, a
+    FIFO or device opened) of at most MAX_CHECKPOINT_BYTES; UsageError otherwise."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise UsageError(f"the checkpoint {path} is {what}; remove it")
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as e:
+        raise UsageError(f"cannot read the checkpoint {path}: {reason(e)}") from None
+    try:
+        st = os.fstat(fd)
+        # Invariant: only a regular file of bounded size is read (it may have been
+        # swapped for something else since the lstat above).
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"the checkpoint {path} is not a regular file; remove it")
+        if st.st_size > MAX_CHECKPOINT_BYTES:
+            raise UsageError(
+                f"the checkpoint {path} is larger than {MAX_CHECKPOINT_BYTES} bytes; remove it"
+            )
+        chunks = []
+        left = MAX_CHECKPOINT_BYTES + 1
+        while left > 0:
+            b = os.read(fd, min(left, 1 << 20))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+    except OSError as e:
+        raise UsageError(f"cannot read the checkpoint {path}: {reason(e)}") from None
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > MAX_CHECKPOINT_BYTES:
+        raise UsageError(
+            f"the checkpoint {path} is larger than {MAX_CHECKPOINT_BYTES} bytes; remove it"
+        )
+    return raw
+
+
+def check_checkpoint_target(path: Path) -> None:
+    """Refuse, before a proof runs, a checkpoint name that is not a regular file (a
+    link, a folder): UsageError. The rename would replace a link, never its target, but
+    a planted name says something is wrong."""
+    try:
+        check_target(str(path))
+    except OSError as e:
+        raise UsageError(f"the checkpoint {path}: {reason(e)}") from None
 
 
 def checkpoint_path(db: str, spec: ProofSpec) -> Path:
@@ -409,12 +543,13 @@ def prove_task(task: SubtreeTask, stop_event: str = "", wanted_event: str = "") 
     return out
 
 
-def warm_task(task: SubtreeTask) -> float:
+def warm_task(task: SubtreeTask, stop_event: str = "") -> float:
     """Start the worker's session for the proof's scenario while the first task runs
     elsewhere (a session costs seconds; each worker pays it once); its seconds."""
     _worker_side()
     t0 = time.monotonic()
-    session_for(task.scenario, task.pin)
+    with contextlib.suppress(StartAborted):
+        session_for(task.scenario, task.pin, _StopFlag(stop_event))
     return time.monotonic() - t0
 
 
@@ -502,10 +637,16 @@ def run_proof(
                 )
             )
 
-    def save() -> None:
+    last_save = 0.0
+
+    def save(now: bool = False) -> None:
+        nonlocal last_save
         frontier.elapsed = base + time.monotonic() - t0
-        if checkpoint is not None:
+        # At most one write a SAVE_EVERY (the file holds the whole task log), and always
+        # the last: a crash loses at most that much work, never the proof's consistency.
+        if checkpoint is not None and (now or time.monotonic() - last_save >= SAVE_EVERY):
             frontier.save(checkpoint)
+            last_save = time.monotonic()
 
     for p in list(frontier.outstanding):
         submit(p)
@@ -515,6 +656,7 @@ def run_proof(
         client.submit(
             warm_task,
             spec.task(()),
+            stop_name,
             key=f"shmpamt-proof-{token}-warm-{i}",
             pure=False,
             priority=-MAX_SUBTREE_DEPTH - 1,
@@ -566,7 +708,7 @@ def run_proof(
             stop_event.clear()
         with contextlib.suppress(Exception):
             wanted_event.clear()
-        save()
+        save(now=True)
         run.wall = time.monotonic() - t0
     progress()
     return run

@@ -26,7 +26,7 @@ from typing import Any
 
 from shmpamt.config import Scenario
 from shmpamt.explorer.search import shrink
-from shmpamt.explorer.session import Session
+from shmpamt.explorer.session import Session, StartAborted
 from shmpamt.machine.placement import core_for
 from shmpamt.records.execution import STEP_LIMIT
 from shmpamt.records.schedule_string import Schedule
@@ -60,13 +60,16 @@ class SubtreeTask:
 _session: tuple[Scenario, Session] | None = None
 
 
-def session_for(scenario: Scenario, pin: bool) -> Session:
-    """This process's open session for ``scenario``, started if needed."""
+def session_for(
+    scenario: Scenario, pin: bool, should_stop: Callable[[], bool] = lambda: False
+) -> Session:
+    """This process's open session for ``scenario``, started if needed; a start that
+    ``should_stop`` gives up raises StartAborted with nothing left behind."""
     global _session
     if _session is not None and _session[0] == scenario:
         return _session[1]
     close_session()
-    s = Session(scenario, core_for(0) if pin else None)
+    s = Session(scenario, core_for(0) if pin else None, should_stop=should_stop)
     _session = (scenario, s)
     return s
 
@@ -91,7 +94,11 @@ def run_subtree(
     """Explore ``task``'s subtree for one slice; the result as JSON-ready data."""
     scenario = task.scenario
     t_start = time.monotonic()
-    session = session_for(scenario, task.pin)
+    try:
+        session = session_for(scenario, task.pin, should_stop)
+    except StartAborted:
+        # Stopped (Ctrl-C) while the session started: nothing ran, the task goes back.
+        return _nothing_run(task, time.monotonic() - t_start)
     t0 = time.monotonic()
     dpor = DPOR(workload_seed=task.seed, subtree=task.prefix, split_depth=task.depth)
 
@@ -149,4 +156,18 @@ def run_subtree(
         "start_s": t0 - t_start,
         "stopped": res.stopped,
         "findings": findings,
+    }
+
+
+def _nothing_run(task: SubtreeTask, start_s: float) -> dict[str, Any]:
+    return {
+        "prefix": list(task.prefix),
+        "finished": {},
+        "outstanding": [list(task.prefix)],
+        "executions": 0,
+        "dropped": 0,
+        "seconds": 0.0,
+        "start_s": start_s,
+        "stopped": True,
+        "findings": [],
     }
