@@ -12,13 +12,14 @@ against running the shards directly.
 
 ``--proof``: instead, one distributed DPOR proof (default ``v6`` 3 x 1) through a
 local cluster of 1 and of 2 workers, in the same run (target, issue 28: 2 workers
-in at most 0.6x the time of 1), then the 1-worker run's task log replayed for
-N = 1, 2, 4, 8, 16, 64 workers with the cost per task measured on 1 worker. Each
+in at most 0.6x the time of 1), then the task log of a 1-worker run cut finer
+(``--sim-slice``) replayed for N = 1, 2, 4, 8, 16, 64 workers with the cost per
+task measured in that run. Each
 worker's session start (seconds, and very load-dependent) is timed apart and
 shown; the ratio is given without it and with it.
 
     python tools/bench_campaign.py --proof [--variant v6] [--cpus 3] [--rounds 1] \
-        [--slice 400] [--depth 8]
+        [--slice 400] [--depth 8] [--sim-slice 25]
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def proof(spec: ProofSpec, workers: int) -> tuple[float, float, Frontier]:
 def bench_proof(args: argparse.Namespace) -> None:
     spec = ProofSpec(args.variant, args.cpus, args.rounds, slice=args.slice, depth=args.depth)
     print(f"proof of {spec.name}, slice {spec.slice} executions, split depth {spec.depth}")
+    print(f"load average at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(
         f"{'workers':>7} {'sessions s':>10} {'wall s':>8} {'verdict':>9} {'complete':>9} "
         f"{'run':>7} {'tasks':>6}"
@@ -107,12 +109,19 @@ def bench_proof(args: argparse.Namespace) -> None:
     print(f"2 workers / 1 worker, sessions started: {ratio:.2f} (target <= 0.60: {met})")
     with_start = (walls[2] + starts[2]) / (walls[1] + starts[1])
     print(f"2 workers / 1 worker, session start included: {with_start:.2f}")
-    log = frontiers[1].log
+    # The simulation replays a 1-worker run's tasks. That run's tree has no splits asked
+    # for by idle workers, so it is cut finer (a smaller slice) to be re-spread over N.
+    fine = ProofSpec(args.variant, args.cpus, args.rounds, slice=args.sim_slice, depth=args.depth)
+    _, fine_wall, f1 = proof(fine, 1)
+    log = f1.log
     work = sum(float(e["seconds"]) for e in log)
     # What 1 worker spent beyond its tasks' own seconds, per task: dispatch, the result's
     # trip, the client's bookkeeping and checkpoint.
-    cost = max(0.0, (walls[1] - work) / len(log))
-    print(f"task log (1 worker): {len(log)} tasks, {work:.2f} s of exploring")
+    cost = max(0.0, (fine_wall - work) / len(log))
+    print(
+        f"simulation: 1 worker, slice {fine.slice}: {fine_wall:.2f} s, {len(log)} tasks, "
+        f"{work:.2f} s of exploring, {f1.total('complete')} complete"
+    )
     print(
         f"cost per task (1 worker's wall minus its tasks' seconds, per task): {cost * 1000:.0f} ms"
     )
@@ -121,6 +130,7 @@ def bench_proof(args: argparse.Namespace) -> None:
     for n in (1, 2, 4, 8, 16, 64):
         t = simulate(log, n, cost)
         print(f"{n:4} {t:12.2f} {base / t:9.2f} {simulate(log, 1) / simulate(log, n):9.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 def main() -> None:
@@ -133,6 +143,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--slice", type=int, default=DEFAULT_SLICE)
     ap.add_argument("--depth", type=int, default=DEFAULT_DEPTH)
+    ap.add_argument("--sim-slice", type=int, default=25)
     args = ap.parse_args()
     if args.proof:
         args.variant = args.variant or "v6"

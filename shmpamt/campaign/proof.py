@@ -723,7 +723,8 @@ def simulate(log: list[dict[str, Any]], workers: int, cost: float = 0.0) -> floa
     starts when its parent has handed it back and a worker is free, shallowest first
     (as :func:`run_proof` asks Dask to). The tree is the log's: the splits a worker
     left idle would have asked for are not replayed, so the figure is a bound from above."""
-    by_prefix = {tuple(e["prefix"]): e for e in log}
+    # A task stopped by Ctrl-C handed itself back; the run that resumed it has its own entry.
+    by_prefix = {tuple(e["prefix"]): e for e in log if e["prefix"] not in e["handed"]}
     if () not in by_prefix:
         raise ValueError("the log has no root task")
     free = [0.0] * workers

@@ -244,8 +244,9 @@ def render(o: ProofOutcome, console: Console, interrupted: bool) -> None:
         )
     if f.executions_run > d["executions"]:
         console.print(
-            f"  {f.executions_run} executions run in all: the rest were children in "
-            "progress when a slice ended, explored again by their own tasks"
+            f"  {f.executions_run} executions run in all: the rest were pieces in "
+            "progress when a task was stopped or outran its slice, explored again by their "
+            "own tasks"
         )
     for kind, n in f.kinds.items():
         best = f.findings.get(kind)
