@@ -21,11 +21,13 @@ finished subtrees, each counted here, once. Nothing is explored twice.
 A task also ends its slice early, at the next such point, when ``should_split``
 says a worker is idle, so work is handed out as soon as someone can take it.
 
-If no such point comes within a second ``limit`` (a subtree below the last
-split state is large), or the task is stopped from outside, the piece in
-progress (below the deepest split state on the path) is dropped and handed
-back to be explored again by its own task: its executions are counted by that
-task only. The counts never depend on where the slices ended.
+Between two such points a task explores one subtree below the last split state
+(a path has at most ``split_depth`` of them): it finishes it, however large,
+since its own task could not cut it either. Only a task stopped from outside
+(Ctrl-C) ends mid-piece: the piece in progress (below the deepest split state on
+the path) is dropped and handed back to be explored again by its own task, and
+its executions are counted by that task only. The counts never depend on where
+the slices ended.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class SliceResult(Generic[T]):
     finished: dict[Prefix, Part[T]]
     #: subtrees not explored, in DPOR's order: each is the prefix of a new task
     outstanding: list[Prefix]
-    #: executions run, including those of a piece dropped at the slice's end
+    #: executions run, including those of a piece dropped when the task was stopped
     executions: int
     #: the task was stopped from outside (Ctrl-C) before its subtree or its slice was done
     stopped: bool = False
@@ -126,7 +128,7 @@ def run_slice(
             # The top split state's new alternative has not started: it is handed back too.
             todo = _untaken(prefix, splits, from_top=splits[-1][0])
             return SliceResult(prefix, _largest(prefix, runs, todo), todo, ran)
-        if stopping or (limit is not None and ran >= 2 * limit):
+        if stopping:
             return _drop(prefix, dpor.subtree_splits, runs, ran, stopping)
 
 
