@@ -140,3 +140,9 @@ def test_subtree_parameters_are_checked() -> None:
         DPOR(subtree=(0,) * (MAX_SUBTREE_DEPTH + 1))
     with pytest.raises(ValueError, match=">= 0"):
         DPOR(subtree=(-1,))
+    with pytest.raises(ValueError, match="split_depth"):
+        DPOR(split_depth=3)  # a fixed tree of split states is for subtree tasks only
+    with pytest.raises(ValueError, match="split_depth"):
+        DPOR(subtree=(0, 0), split_depth=1)
+    with pytest.raises(ValueError, match="split_depth"):
+        DPOR(subtree=(), split_depth=MAX_SUBTREE_DEPTH + 1)

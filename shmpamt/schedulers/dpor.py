@@ -57,7 +57,11 @@ path is in). A child not finished by one task becomes a task of its own with
 the prefix one longer, so the split states reach as deep as the work demands:
 more full expansion (sound, some redundancy), never a class lost or counted by
 two tasks, because the children are exactly the subtrees a deeper split would
-give. ``MAX_SUBTREE_DEPTH`` caps the prefix.
+give. ``MAX_SUBTREE_DEPTH`` caps the prefix. With ``split_depth=d`` the first
+``d`` such states on every path are split states, below the prefix too, so the
+tree of subtrees is fixed in advance and a task can hand back the untaken
+alternatives of every split state on its path (:mod:`.subtree`);
+``subtree_splits`` and ``at_split`` tell it where it stands.
 
 Races and sleep sets use what each executed step did (``executed``): a
 conditional atomic that left its slot unchanged only read it. A sleeping CPU
