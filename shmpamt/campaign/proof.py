@@ -2,25 +2,32 @@
 
 The proof of one variant in one scenario starts as one task, the whole tree
 (prefix ``()``). A task explores its subtree for a slice
-(:mod:`shmpamt.schedulers.subtree`) and reports the children it finished plus
-the ones it did not, which go back into the :class:`Frontier` as new tasks, so
-the load spreads itself over however many workers there are. Every complete
-execution is counted by exactly one finished child (:meth:`Frontier.apply`
-refuses a child counted twice); the verdict is "verified" only when nothing is
-outstanding and no task failed twice, else "incomplete" with the reason.
+(:mod:`shmpamt.schedulers.subtree`) and reports the largest subtrees it
+finished plus every alternative it did not take, which go back into the
+:class:`Frontier` as new tasks, so the load spreads itself over however many
+workers there are. While a worker is idle (fewer tasks than workers), the
+running tasks are asked to end their slices early, at their next split point,
+so the first task does not keep the others waiting. Every complete execution
+is counted by exactly one finished subtree (:meth:`Frontier.apply` refuses a
+subtree that overlaps a finished or outstanding one); the verdict is
+"verified" only when nothing is outstanding and no task failed twice, else
+"incomplete" with the reason.
 
 Faults of the cluster: a worker lost mid-task makes Dask run the task again
 elsewhere; a task that raised is submitted once more; a second failure gives
 up on that subtree (the rest of the proof still runs, and its kinds are
 reported), and the verdict is "incomplete". Ctrl-C stops the running tasks
-(each keeps the children it finished) and leaves the frontier on disk.
+(each keeps the subtrees it finished) and leaves the frontier on disk.
 
-The frontier is checkpointed after every task (a temporary file made with
-O_EXCL, then renamed over the old one) as
-``<db>/proofs/<variant>-<cpus>x<rounds>x<ranges>-s<seed>-<hash>.json``; a run with
-``resume`` continues from it. Because slices count executions, the tree of
-tasks is fixed by the scenario and the slice: a resumed, retried or
-interrupted proof ends with the same count as one that ran straight through.
+The frontier is checkpointed at most once a second and at the end, through
+:mod:`shmpamt.records.publish` (a new temp file, then a rename), as
+``<db>/proofs/<variant>-<cpus>x<rounds>x<ranges>-s<seed>-<hash>.json`` with a
+checksum; a run with ``resume`` continues from it, after reading it the way the
+failure database reads its entries (no link followed, bounded size, every
+field checked). The tree of subtrees is fixed by the scenario and the split
+depth, and where slices end changes only how it is cut into tasks: a resumed,
+retried or interrupted proof ends with the same count as one that ran
+straight through, on any number of workers.
 
 The estimate of what is left uses completed subtrees: an outstanding task is
 guessed as large as the mean of its finished siblings (or of finished subtrees
@@ -40,6 +47,7 @@ import heapq
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,18 +64,29 @@ from shmpamt.campaign.cluster import (
 )
 from shmpamt.config import Scenario, check_int
 from shmpamt.errors import UsageError
-from shmpamt.explorer.subtree import SubtreeTask, run_subtree
+from shmpamt.explorer.session import StartAborted
+from shmpamt.explorer.subtree import SubtreeTask, run_subtree, session_for
 from shmpamt.machine.ipc import new_token
+from shmpamt.records.publish import check_target, reason, write_file
 from shmpamt.schedulers.dpor import MAX_SUBTREE_DEPTH
 
 #: executions a task runs before it hands back the children it has not finished
 DEFAULT_SLICE: Final = 400
 #: attempts of one subtree before the proof gives up on it
 MAX_ATTEMPTS: Final = 2
+#: split states per path of a proof's tree of subtrees (see :mod:`shmpamt.schedulers.subtree`)
+DEFAULT_DEPTH: Final = 8
 #: what the checkpoint's format is (a file of another format is not resumed)
-FORMAT: Final = 1
+FORMAT: Final = 2
+#: the largest checkpoint read back (a larger file is not one this code wrote)
+MAX_CHECKPOINT_BYTES: Final = 256 << 20
+_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: seconds a stopped proof waits for its running tasks to end
 STOP_GRACE: Final = 30.0
+#: seconds between two writes of the checkpoint while a proof runs
+SAVE_EVERY: Final = 1.0
+#: seconds between a task's looks at whether a worker is idle
+WANTED_POLL: Final = 0.1
 VERIFIED: Final = "verified"
 INCOMPLETE: Final = "incomplete"
 
@@ -84,9 +103,11 @@ class ProofSpec:
     ranges: int = 1
     seed: int = 0
     slice: int = DEFAULT_SLICE
+    depth: int = DEFAULT_DEPTH
 
     def __post_init__(self) -> None:
         check_int("slice", self.slice, 1, 10_000_000)
+        check_int("split depth", self.depth, 0, MAX_SUBTREE_DEPTH)
         self.scenario  # noqa: B018  (validates the variant, cpus, rounds and ranges)
 
     @property
@@ -101,14 +122,24 @@ class ProofSpec:
         """A file name that changes with anything that changes the tree of tasks."""
         s = self.scenario
         ident = json.dumps(
-            [FORMAT, s.variant, s.source, s.cpus, s.rounds, s.ranges, self.seed, self.slice]
+            [
+                FORMAT,
+                s.variant,
+                s.source,
+                s.cpus,
+                s.rounds,
+                s.ranges,
+                self.seed,
+                self.slice,
+                self.depth,
+            ]
         )
         short = hashlib.sha256(ident.encode()).hexdigest()[:12]
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(s.variant.split(":")[0]).stem)[:40]
         return f"{base}-{s.cpus}x{s.rounds}x{s.ranges}-s{self.seed}-{short}"
 
     def task(self, prefix: Prefix, known: Iterable[str] = ()) -> SubtreeTask:
-        limit = None if len(prefix) >= MAX_SUBTREE_DEPTH else self.slice
+        limit = None if len(prefix) >= self.depth else self.slice
         return SubtreeTask(
             self.variant,
             self.cpus,
@@ -117,6 +148,7 @@ class ProofSpec:
             self.seed,
             prefix,
             limit,
+            self.depth,
             frozenset(known),
         )
 
@@ -128,6 +160,7 @@ class ProofSpec:
             "ranges": self.ranges,
             "seed": self.seed,
             "slice": self.slice,
+            "depth": self.depth,
         }
 
 
@@ -159,6 +192,15 @@ class Frontier:
     elapsed: float = 0.0
     #: executions run, also by tasks whose in-progress child was discarded
     executions_run: int = 0
+    #: read back from a checkpoint (this run continues an interrupted one)
+    resumed: bool = field(default=False, compare=False)
+    #: names of every proper prefix of a finished subtree's path (to refuse overlaps)
+    _inner: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in self.parts:
+            path = _path(name)
+            self._inner.update(_name(path[:d]) for d in range(len(path)))
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -168,15 +210,16 @@ class Frontier:
         prefix = tuple(result["prefix"])
         if prefix not in self.outstanding:
             return False
-        for child, part in result["finished"].items():
-            path = prefix if int(child) < 0 else (*prefix, int(child))
-            name = _name(path)
-            # Invariant: every subtree is counted by exactly one task.
-            if name in self.parts:
+        handed = [tuple(p) for p in result["outstanding"]]
+        for name, part in result["finished"].items():
+            path = _path(name)
+            # Invariant: every subtree is counted by exactly one task: a finished one lies
+            # in the task's subtree, and overlaps no other finished or outstanding one.
+            if path[: len(prefix)] != prefix or self._overlaps(path, prefix, handed):
                 raise AssertionError(f"subtree {list(path)} counted twice")
             self.parts[name] = part
+            self._inner.update(_name(path[:d]) for d in range(len(path)))
         self.outstanding.remove(prefix)
-        handed = [tuple(p) for p in result["outstanding"]]
         self.outstanding.extend(handed)
         for f in result["findings"]:
             best = self.findings.get(f["kind"])
@@ -194,6 +237,16 @@ class Frontier:
             }
         )
         return True
+
+    def _overlaps(self, path: Prefix, task: Prefix, handed: list[Prefix]) -> bool:
+        """True if ``path`` overlaps a finished subtree, one handed back, or an outstanding
+        one other than its own task's."""
+        if _name(path) in self._inner or any(
+            _name(path[:d]) in self.parts for d in range(len(path) + 1)
+        ):
+            return True
+        others = [o for o in self.outstanding if o != task]
+        return any(q[: len(path)] == path or path[: len(q)] == q for q in handed + others)
 
     def fail(self, prefix: Prefix, reason: str) -> bool:
         """Record a failed attempt; True when the subtree is given up on."""
@@ -289,47 +342,164 @@ class Frontier:
         }
 
     def save(self, path: Path) -> None:
-        """Write the checkpoint atomically: a new file (O_EXCL), then a rename over."""
+        """Write the checkpoint whole (records/publish.py: a new temp file made with
+        O_EXCL, flushed, renamed over the old one; a link there is refused)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{new_token()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        body = self.to_dict()
+        body["checksum"] = _checksum(body)
+        write_file(path, json.dumps(body).encode())
 
     @classmethod
     def load(cls, path: Path, spec: ProofSpec) -> Frontier:
+        """The checkpoint at ``path`` for ``spec``; UsageError (one line) if it is not a
+        regular file, too large, not JSON, of another format or proof, or damaged."""
+        raw = read_checkpoint(path)
         try:
-            data = json.loads(path.read_text())
-        except OSError as e:
-            raise UsageError(f"cannot read the checkpoint {path}: {e.strerror}") from None
+            data = json.loads(raw)
+        except RecursionError:
+            raise UsageError(f"the checkpoint {path} is nested too deeply; remove it") from None
         except ValueError as e:
-            raise UsageError(f"the checkpoint {path} is not valid JSON: {e}") from None
+            why = str(e)[:80]
+            raise UsageError(
+                f"the checkpoint {path} is not valid JSON ({why}); remove it"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UsageError(f"the checkpoint {path} is of another format; remove it")
         if data.get("spec") != spec.to_dict():
             raise UsageError(f"the checkpoint {path} is of another proof: {data.get('spec')}")
+        body = {k: v for k, v in data.items() if k != "checksum"}
+        if data.get("checksum") != _checksum(body):
+            # Invariant: a checkpoint is resumed only as it was written (an edit or a
+            # damaged block could make a proof "verified" with a wrong count).
+            raise UsageError(f"the checkpoint {path} does not match its checksum; remove it")
         try:
-            return cls(
-                spec,
-                outstanding=[tuple(p) for p in data["outstanding"]],
-                parts=dict(data["parts"]),
-                failures={k: list(v) for k, v in data["failures"].items()},
-                given_up=dict(data["given_up"]),
-                findings=dict(data["findings"]),
-                log=list(data["log"]),
-                elapsed=float(data["elapsed"]),
-                executions_run=int(data["executions_run"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
+            return _from_checkpoint(spec, data)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UsageError(f"the checkpoint {path} is damaged ({e}); remove it") from None
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _ints(v: object, what: str) -> Prefix:
+    if not isinstance(v, list) or not all(type(x) is int and x >= 0 for x in v):
+        raise ValueError(f"{what} is not a list of positions")
+    if len(v) > MAX_SUBTREE_DEPTH:
+        raise ValueError(f"{what} is deeper than {MAX_SUBTREE_DEPTH}")
+    return tuple(v)
+
+
+def _dict(v: object, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise ValueError(f"{what} is not an object")
+    return v
+
+
+def _count(v: object, what: str) -> int:
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{what} is not a count")
+    return v
+
+
+def _from_checkpoint(spec: ProofSpec, data: dict[str, Any]) -> Frontier:
+    """A frontier from a checkpoint's fields, each checked for its type; the finished
+    and outstanding subtrees must not overlap (ValueError or AssertionError)."""
+    outstanding = [_ints(p, "an outstanding subtree") for p in data["outstanding"]]
+    parts: dict[str, dict[str, Any]] = {}
+    for name, part in _dict(data["parts"], "parts").items():
+        _ints([int(x) for x in name.split(".")] if name else [], f"part {name!r}")
+        part = _dict(part, f"part {name!r}")
+        for key in ("executions", "complete", "sleep_blocked", "deadlocks", "steps"):
+            _count(part.get(key, 0), f"{key} of part {name!r}")
+        for k, n in _dict(part.get("kinds", {}), f"kinds of part {name!r}").items():
+            _count(n, f"kind {k!r} of part {name!r}")
+        parts[name] = part
+    failures = {k: [str(r) for r in v] for k, v in _dict(data["failures"], "failures").items()}
+    given_up = {k: str(v) for k, v in _dict(data["given_up"], "given_up").items()}
+    findings = _dict(data["findings"], "findings")
+    for kind, f in findings.items():
+        f = _dict(f, f"finding {kind!r}")
+        if not all(isinstance(f.get(k), str) for k in ("kind", "schedule", "found")):
+            raise ValueError(f"finding {kind!r} is damaged")
+        _count(f.get("steps"), f"steps of finding {kind!r}")
+    log = data["log"]
+    if not isinstance(log, list) or not all(isinstance(e, dict) for e in log):
+        raise ValueError("the task log is not a list of objects")
+    elapsed = float(data["elapsed"])
+    if not elapsed >= 0:
+        raise ValueError("elapsed is not a number of seconds")
+    frontier = Frontier(
+        spec,
+        outstanding=outstanding,
+        parts=parts,
+        failures=failures,
+        given_up=given_up,
+        findings=dict(findings),
+        log=list(log),
+        elapsed=elapsed,
+        executions_run=_count(data["executions_run"], "executions_run"),
+    )
+    for name in parts:
+        path = _path(name)
+        # Invariant: no finished subtree overlaps another or an outstanding one.
+        above = any(_name(path[:d]) in parts for d in range(len(path)))
+        if above or name in frontier._inner:
+            raise ValueError(f"part {name!r} overlaps another")
+        if any(o[: len(path)] == path or path[: len(o)] == o for o in outstanding):
+            raise ValueError(f"part {name!r} overlaps an outstanding subtree")
+    return frontier
+
+
+def read_checkpoint(path: Path) -> bytes:
+    """The bytes of the checkpoint at ``path``: a regular file (never a link followed, a
+    FIFO or device opened) of at most MAX_CHECKPOINT_BYTES; UsageError otherwise."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise UsageError(f"the checkpoint {path} is {what}; remove it")
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as e:
+        raise UsageError(f"cannot read the checkpoint {path}: {reason(e)}") from None
+    try:
+        st = os.fstat(fd)
+        # Invariant: only a regular file of bounded size is read (it may have been
+        # swapped for something else since the lstat above).
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"the checkpoint {path} is not a regular file; remove it")
+        if st.st_size > MAX_CHECKPOINT_BYTES:
+            raise UsageError(
+                f"the checkpoint {path} is larger than {MAX_CHECKPOINT_BYTES} bytes; remove it"
+            )
+        chunks = []
+        left = MAX_CHECKPOINT_BYTES + 1
+        while left > 0:
+            b = os.read(fd, min(left, 1 << 20))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+    except OSError as e:
+        raise UsageError(f"cannot read the checkpoint {path}: {reason(e)}") from None
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > MAX_CHECKPOINT_BYTES:
+        raise UsageError(
+            f"the checkpoint {path} is larger than {MAX_CHECKPOINT_BYTES} bytes; remove it"
+        )
+    return raw
+
+
+def check_checkpoint_target(path: Path) -> None:
+    """Refuse, before a proof runs, a checkpoint name that is not a regular file (a
+    link, a folder): UsageError. The rename would replace a link, never its target, but
+    a planted name says something is wrong."""
+    try:
+        check_target(str(path))
+    except OSError as e:
+        raise UsageError(f"the checkpoint {path}: {reason(e)}") from None
 
 
 def checkpoint_path(db: str, spec: ProofSpec) -> Path:
@@ -339,15 +509,48 @@ def checkpoint_path(db: str, spec: ProofSpec) -> Path:
 # --- the worker side ---------------------------------------------------------------------
 
 
-def prove_task(task: SubtreeTask, stop_event: str = "") -> dict[str, Any]:
-    """One Dask task: one slice of one subtree, through the worker's kept session."""
+class _Wanted:
+    """The proof's "a worker is idle" event as a ``should_split``: polled, not latched."""
+
+    def __init__(self, name: str) -> None:
+        self.event = Event(name) if name else None
+        self.value = False
+        self._next = 0.0
+
+    def __call__(self) -> bool:
+        if self.event is None:
+            return False
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + WANTED_POLL
+            self.value = bool(self.event.is_set())
+        return self.value
+
+
+def _worker_side() -> tuple[str, str]:
     host, worker = worker_identity()
     _allow_children()
     if "SHMPAMT_CORE_SLOT" not in os.environ:
         os.environ["SHMPAMT_CORE_SLOT"] = str(int(worker) if worker.isdigit() else 0)
-    out = run_subtree(task, _StopFlag(stop_event))
+    return host, worker
+
+
+def prove_task(task: SubtreeTask, stop_event: str = "", wanted_event: str = "") -> dict[str, Any]:
+    """One Dask task: one slice of one subtree, through the worker's kept session."""
+    host, worker = _worker_side()
+    out = run_subtree(task, _StopFlag(stop_event), _Wanted(wanted_event))
     out["where"] = f"{host}:{worker}"
     return out
+
+
+def warm_task(task: SubtreeTask, stop_event: str = "") -> float:
+    """Start the worker's session for the proof's scenario while the first task runs
+    elsewhere (a session costs seconds; each worker pays it once); its seconds."""
+    _worker_side()
+    t0 = time.monotonic()
+    with contextlib.suppress(StartAborted):
+        session_for(task.scenario, task.pin, _StopFlag(stop_event))
+    return time.monotonic() - t0
 
 
 # --- the client side ---------------------------------------------------------------------
@@ -390,6 +593,9 @@ def run_proof(
     token = new_token()
     stop_name = f"shmpamt-proof-stop-{token}"
     stop_event = Event(stop_name, client=client)
+    wanted_name = f"shmpamt-proof-wanted-{token}"
+    wanted_event = Event(wanted_name, client=client)
+    wanted = False
     running: dict[Future[Any], Prefix] = {}
     done = as_completed([], loop=client.loop)
     t0 = time.monotonic()
@@ -403,11 +609,12 @@ def run_proof(
             prove_task,
             spec.task(prefix, frontier.findings),
             stop_name,
+            wanted_name,
             key=f"shmpamt-proof-{token}-{_name(prefix) or 'root'}-{tasks}",
             retries=0,
             pure=False,
-            # Deeper first: the big subtree keeps splitting while the others run.
-            priority=len(prefix),
+            # Shallower first: the big subtrees start early, the small ones fill the end.
+            priority=-len(prefix),
             **opts,
         )
         running[fut] = prefix
@@ -430,13 +637,35 @@ def run_proof(
                 )
             )
 
-    def save() -> None:
+    last_save = 0.0
+
+    def save(now: bool = False) -> None:
+        nonlocal last_save
         frontier.elapsed = base + time.monotonic() - t0
-        if checkpoint is not None:
+        # At most one write a SAVE_EVERY (the file holds the whole task log), and always
+        # the last: a crash loses at most that much work, never the proof's consistency.
+        if checkpoint is not None and (now or time.monotonic() - last_save >= SAVE_EVERY):
             frontier.save(checkpoint)
+            last_save = time.monotonic()
 
     for p in list(frontier.outstanding):
         submit(p)
+    # Every worker starts its session now, not when its first task comes (below the
+    # proof's tasks in priority: a worker that took one of them starts it there).
+    warm = [
+        client.submit(
+            warm_task,
+            spec.task(()),
+            stop_name,
+            key=f"shmpamt-proof-{token}-warm-{i}",
+            pure=False,
+            priority=-MAX_SUBTREE_DEPTH - 1,
+            workers=[addr],
+            allow_other_workers=False,
+            **opts,
+        )
+        for i, addr in enumerate(client.scheduler_info(n_workers=-1)["workers"])
+    ]
     stopping = False
     stop_deadline = 0.0
     try:
@@ -447,6 +676,11 @@ def run_proof(
                 stop_deadline = time.monotonic() + STOP_GRACE
             if stopping and time.monotonic() > stop_deadline:
                 break
+            # A worker with nothing to do: the running tasks hand back work early.
+            idle = not stopping and len(running) < run.workers
+            if idle != wanted:
+                wanted = idle
+                wanted_event.set() if idle else wanted_event.clear()
             for fut in done.next_batch(block=False):
                 prefix = running.pop(fut, None)
                 if prefix is None:
@@ -467,12 +701,14 @@ def run_proof(
             progress()
             time.sleep(0.02)
     finally:
-        leftover = [f for f in running if not f.done()]
+        leftover = [f for f in [*running, *warm] if not f.done()]
         if leftover:
             client.cancel(leftover, force=True)
         with contextlib.suppress(Exception):
             stop_event.clear()
-        save()
+        with contextlib.suppress(Exception):
+            wanted_event.clear()
+        save(now=True)
         run.wall = time.monotonic() - t0
     progress()
     return run
@@ -484,8 +720,11 @@ def run_proof(
 def simulate(log: list[dict[str, Any]], workers: int, cost: float = 0.0) -> float:
     """Seconds the proof whose task ``log`` this is would take on ``workers`` workers:
     each task takes its measured seconds plus ``cost`` (dispatch, result, bookkeeping),
-    starts when its parent has handed it back and a worker is free, deepest first."""
-    by_prefix = {tuple(e["prefix"]): e for e in log}
+    starts when its parent has handed it back and a worker is free, shallowest first
+    (as :func:`run_proof` asks Dask to). The tree is the log's: the splits a worker
+    left idle would have asked for are not replayed, so the figure is a bound from above."""
+    # A task stopped by Ctrl-C handed itself back; the run that resumed it has its own entry.
+    by_prefix = {tuple(e["prefix"]): e for e in log if e["prefix"] not in e["handed"]}
     if () not in by_prefix:
         raise ValueError("the log has no root task")
     free = [0.0] * workers
@@ -494,8 +733,8 @@ def simulate(log: list[dict[str, Any]], workers: int, cost: float = 0.0) -> floa
     while ready:
         w = heapq.heappop(free)
         waiting = [r for r in ready if r[0] <= w]
-        # A free worker takes the deepest task already handed back, else the next one to be.
-        at, p = max(waiting, key=lambda r: (len(r[1]), -r[0])) if waiting else min(ready)
+        # A free worker takes the shallowest task already handed back, else the next one.
+        at, p = min(waiting, key=lambda r: (len(r[1]), r[0])) if waiting else min(ready)
         ready.remove((at, p))
         e = by_prefix.get(p)
         finish = max(w, at) + cost + (float(e["seconds"]) if e else 0.0)

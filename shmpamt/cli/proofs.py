@@ -27,6 +27,7 @@ from shmpamt.campaign.proof import (
     Frontier,
     ProofProgress,
     ProofSpec,
+    check_checkpoint_target,
     checkpoint_path,
     run_proof,
 )
@@ -148,40 +149,59 @@ def prove_all(
     ]
     if resume and db is None:
         common.fail("--resume needs the failure database's directory for its checkpoint (--db)")
+    # Every checkpoint is checked (and read, for --resume) before a cluster starts.
+    prepared = [_prepare(spec, db, resume) for spec in specs]
     board = ProofBoard(scheduler=scheduler or "local")
     with common.trapped_signals() as interrupted:
         try:
             with _client(scheduler, workers) as client:
-                for spec in specs:
+                for spec, (path, frontier) in zip(specs, prepared, strict=True):
                     if interrupted:
                         break
-                    board.outcomes.append(_one(client, spec, db, resume, plan, interrupted))
+                    board.outcomes.append(_one(client, spec, path, frontier, plan, interrupted))
         except UsageError as e:
             common.fail(common.flag_message(e))
         board.interrupted = interrupted.signal
     return board
 
 
+def _prepare(spec: ProofSpec, db: str | None, resume: bool) -> tuple[Path | None, Frontier]:
+    """The proof's checkpoint path and its frontier: fresh, or read back for ``resume``
+    (a damaged, planted or foreign checkpoint: one line, exit 2)."""
+    console = common.out_console
+    path = checkpoint_path(db, spec) if db else None
+    frontier = Frontier(spec)
+    if path is None:
+        return None, frontier
+    # A link or a folder at the checkpoint's name: refused before anything runs.
+    common.build(partial(check_checkpoint_target, path))
+    if not path.exists():
+        return path, frontier
+    if not resume:
+        console.print(f"proof {spec.name}: starting afresh over {path} (--resume continues it)")
+        return path, frontier
+    frontier = common.build(partial(Frontier.load, path, spec))
+    frontier.resumed = True
+    console.print(
+        f"proof {spec.name}: resuming {path}: {len(frontier.outstanding)} "
+        f"subtree(s) outstanding, {compact(frontier.total('complete'))} complete "
+        "executions counted"
+    )
+    return path, frontier
+
+
 def _one(
-    client: Client, spec: ProofSpec, db: str | None, resume: bool, plan: Plan, interrupted: Any
+    client: Client,
+    spec: ProofSpec,
+    path: Path | None,
+    frontier: Frontier,
+    plan: Plan,
+    interrupted: Any,
 ) -> ProofOutcome:
     console = common.out_console
     out = ProofOutcome(spec, ignore=plan.ignore)
-    path = out.checkpoint = checkpoint_path(db, spec) if db else None
-    frontier = Frontier(spec)
-    if path is not None and path.exists():
-        if resume:
-            frontier = common.build(partial(Frontier.load, path, spec))
-            out.resumed = True
-            console.print(
-                f"proof {spec.name}: resuming {out.checkpoint}: {len(frontier.outstanding)} "
-                f"subtree(s) outstanding, {compact(frontier.total('complete'))} complete "
-                "executions counted"
-            )
-        else:
-            console.print(
-                f"proof {spec.name}: starting afresh over {out.checkpoint} (--resume continues it)"
-            )
+    out.checkpoint = path
+    out.resumed = frontier.resumed
     out.frontier = frontier
     with Live(console=console, refresh_per_second=4, transient=True) as live:
         try:
@@ -224,8 +244,9 @@ def render(o: ProofOutcome, console: Console, interrupted: bool) -> None:
         )
     if f.executions_run > d["executions"]:
         console.print(
-            f"  {f.executions_run} executions run in all: the rest were children in "
-            "progress when a slice ended, explored again by their own tasks"
+            f"  {f.executions_run} executions run in all: the rest were pieces in "
+            "progress when a task was stopped or outran its slice, explored again by their "
+            "own tasks"
         )
     for kind, n in f.kinds.items():
         best = f.findings.get(kind)

@@ -2,8 +2,9 @@
 
 :func:`run_subtree` runs :func:`shmpamt.schedulers.subtree.run_slice` on a
 :class:`~shmpamt.explorer.session.Session` and returns plain data (it travels
-back from a Dask worker): per finished child its counts and the violation kinds
-its executions showed, the children handed back, and the schedule of each kind.
+back from a Dask worker): per finished subtree (by its path, "0.2.1") its counts
+and the violation kinds its executions showed, the subtrees handed back, and the
+schedule of each kind.
 A kind the proof has not seen yet (``known`` says which it has) is minimised
 here, where the session is; others are only counted.
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from shmpamt.config import Scenario
 from shmpamt.explorer.search import shrink
-from shmpamt.explorer.session import Session
+from shmpamt.explorer.session import Session, StartAborted
 from shmpamt.machine.placement import core_for
 from shmpamt.records.execution import STEP_LIMIT
 from shmpamt.records.schedule_string import Schedule
@@ -45,6 +46,8 @@ class SubtreeTask:
     prefix: tuple[int, ...]
     #: executions per slice (None: run the subtree to its end)
     limit: int | None
+    #: split states per path of the proof's fixed tree of subtrees
+    depth: int | None = None
     #: kinds the proof already has a minimised schedule for
     known: frozenset[str] = frozenset()
     pin: bool = True
@@ -57,13 +60,16 @@ class SubtreeTask:
 _session: tuple[Scenario, Session] | None = None
 
 
-def session_for(scenario: Scenario, pin: bool) -> Session:
-    """This process's open session for ``scenario``, started if needed."""
+def session_for(
+    scenario: Scenario, pin: bool, should_stop: Callable[[], bool] = lambda: False
+) -> Session:
+    """This process's open session for ``scenario``, started if needed; a start that
+    ``should_stop`` gives up raises StartAborted with nothing left behind."""
     global _session
     if _session is not None and _session[0] == scenario:
         return _session[1]
     close_session()
-    s = Session(scenario, core_for(0) if pin else None)
+    s = Session(scenario, core_for(0) if pin else None, should_stop=should_stop)
     _session = (scenario, s)
     return s
 
@@ -81,14 +87,20 @@ atexit.register(close_session)
 
 
 def run_subtree(
-    task: SubtreeTask, should_stop: Callable[[], bool] = lambda: False
+    task: SubtreeTask,
+    should_stop: Callable[[], bool] = lambda: False,
+    should_split: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Explore ``task``'s subtree for one slice; the result as JSON-ready data."""
     scenario = task.scenario
     t_start = time.monotonic()
-    session = session_for(scenario, task.pin)
+    try:
+        session = session_for(scenario, task.pin, should_stop)
+    except StartAborted:
+        # Stopped (Ctrl-C) while the session started: nothing ran, the task goes back.
+        return _nothing_run(task, time.monotonic() - t_start)
     t0 = time.monotonic()
-    dpor = DPOR(workload_seed=task.seed, subtree=task.prefix)
+    dpor = DPOR(workload_seed=task.seed, subtree=task.prefix, split_depth=task.depth)
 
     def execute() -> tuple[frozenset[str], tuple[int, ...], bool]:
         ex = session.execute(dpor)
@@ -97,10 +109,10 @@ def run_subtree(
     try:
         if not dpor.new_execution():  # pragma: no cover  (a fresh DPOR always starts)
             raise AssertionError("a fresh search has no execution")
-        res = run_slice(dpor, execute, task.limit, should_stop)
+        res = run_slice(dpor, execute, task.limit, should_stop, should_split)
         first: dict[str, Schedule] = {}
         finished: dict[str, Any] = {}
-        for child, part in sorted(res.finished.items()):
+        for path, part in sorted(res.finished.items()):
             kinds: dict[str, int] = {}
             limits = 0
             for seen, steps, hit_limit in part.seen:
@@ -109,7 +121,7 @@ def run_subtree(
                     kinds[k] = kinds.get(k, 0) + 1
                     if k not in first:
                         first[k] = scenario.schedule(task.seed, steps)
-            finished[str(child)] = {
+            finished[".".join(map(str, path))] = {
                 "executions": part.executions,
                 "complete": part.complete,
                 "sleep_blocked": part.sleep_blocked,
@@ -139,8 +151,23 @@ def run_subtree(
         "finished": finished,
         "outstanding": [list(p) for p in res.outstanding],
         "executions": res.executions,
+        "dropped": res.dropped,
         "seconds": time.monotonic() - t0,
         "start_s": t0 - t_start,
         "stopped": res.stopped,
         "findings": findings,
+    }
+
+
+def _nothing_run(task: SubtreeTask, start_s: float) -> dict[str, Any]:
+    return {
+        "prefix": list(task.prefix),
+        "finished": {},
+        "outstanding": [list(task.prefix)],
+        "executions": 0,
+        "dropped": 0,
+        "seconds": 0.0,
+        "start_s": start_s,
+        "stopped": True,
+        "findings": [],
     }

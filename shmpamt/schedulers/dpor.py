@@ -57,7 +57,11 @@ path is in). A child not finished by one task becomes a task of its own with
 the prefix one longer, so the split states reach as deep as the work demands:
 more full expansion (sound, some redundancy), never a class lost or counted by
 two tasks, because the children are exactly the subtrees a deeper split would
-give. ``MAX_SUBTREE_DEPTH`` caps the prefix.
+give. ``MAX_SUBTREE_DEPTH`` caps the prefix. With ``split_depth=d`` the first
+``d`` such states on every path are split states, below the prefix too, so the
+tree of subtrees is fixed in advance and a task can hand back the untaken
+alternatives of every split state on its path (:mod:`.subtree`);
+``subtree_splits`` and ``at_split`` tell it where it stands.
 
 Races and sleep sets use what each executed step did (``executed``): a
 conditional atomic that left its slot unchanged only read it. A sleeping CPU
@@ -165,6 +169,7 @@ class DPOR(BaseScheduler):
         workload_seed: int = 0,
         shard: tuple[int, int] = (0, 1),
         subtree: Sequence[int] | None = None,
+        split_depth: int | None = None,
     ) -> None:
         """``preemption_bound`` None: unbounded; ``shard`` (index, count) for parallel jobs;
         ``subtree`` a prefix of split-state positions (a distributed proof's task)."""
@@ -181,8 +186,17 @@ class DPOR(BaseScheduler):
                     f"subtree {tuple(subtree)} must be at most {MAX_SUBTREE_DEPTH} "
                     "positions, each >= 0"
                 )
+        if split_depth is not None and not (
+            subtree is not None and len(subtree) <= split_depth <= MAX_SUBTREE_DEPTH
+        ):
+            raise ValueError(
+                f"split_depth {split_depth} needs a subtree no longer than it, "
+                f"and at most {MAX_SUBTREE_DEPTH}"
+            )
         #: the subtree explored (None: the whole tree, or a shard of it)
         self.subtree = None if subtree is None else tuple(subtree)
+        #: split states per path of a subtree task (None: one below its prefix)
+        self.split_depth = split_depth
         super().__init__(workload_seed)
         self.preemption_bound = preemption_bound
         self.max_executions = max_executions
@@ -275,7 +289,12 @@ class DPOR(BaseScheduler):
         index, count = self.shard
         awake = [c for c in now if c not in sleep]
         level, position = parent.split_path() if parent else (0, 0)
-        levels = SPLIT_LEVELS if self.subtree is None else len(self.subtree) + 1
+        if self.subtree is None:
+            levels = SPLIT_LEVELS
+        elif self.split_depth is None:
+            levels = len(self.subtree) + 1
+        else:
+            levels = self.split_depth
         if (count > 1 or self.subtree is not None) and len(awake) >= 2 and level < levels:
             alts = tuple(awake)
             if self.subtree is not None:
@@ -313,7 +332,7 @@ class DPOR(BaseScheduler):
         """At a split state of a subtree task: the prefix's one alternative above the
         subtree, every alternative at its own level (its children)."""
         assert self.subtree is not None
-        if level == len(self.subtree):
+        if level >= len(self.subtree):
             return list(alts)
         want = self.subtree[level]
         # Invariant: the tree is the same in every task (the execution is deterministic
@@ -347,6 +366,29 @@ class DPOR(BaseScheduler):
         return next(
             (len(n.alternatives) for n in self._stack if n.split and n.path_before[0] == m), 0
         )
+
+    @property
+    def subtree_splits(self) -> list[tuple[int, int]]:
+        """The split states of the subtree on the current path, top down: the position
+        taken at each and its number of alternatives (what a task hands back is read
+        from them)."""
+        if self.subtree is None:
+            return []
+        m = len(self.subtree)
+        return [
+            (n.alternatives.index(n.choice), len(n.alternatives))
+            for n in self._stack
+            if n.split and n.path_before[0] >= m
+        ]
+
+    @property
+    def at_split(self) -> bool:
+        """True when the execution about to start changed its choice at a split state of
+        the subtree: everything below the state's earlier alternatives is done."""
+        if self.subtree is None or not self._stack:
+            return False
+        top = self._stack[-1]
+        return top.split and top.path_before[0] >= len(self.subtree)
 
     def lookahead(self, runnable: Sequence[int], cpu: int, limit: int) -> int:
         # A replayed prefix is followed whatever the footprints are (a different state
