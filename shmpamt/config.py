@@ -326,10 +326,13 @@ class ExploreConfig:
     #: failure database directory: its schedules of this variant are replayed before
     #: the search and the search's failures are stored in it; None = no database
     db: str | None = None
+    #: dpor: try one of interchangeable CPUs first (:mod:`shmpamt.schedulers.symmetry`)
+    symmetry: bool = True
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
         check_bool("first", self.first)
+        check_bool("symmetry", self.symmetry)
         check_bool("pin", self.pin)
         if self.jobs is None:
             _set(self, "jobs", default_jobs())

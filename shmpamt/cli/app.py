@@ -438,6 +438,13 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
 @click.option("--no-minimize", is_flag=True, help="Do not shrink the failing schedules.")
 @click.option("--first", is_flag=True, help="Stop at the first failing execution.")
 @click.option(
+    "--no-symmetry",
+    "no_symmetry",
+    is_flag=True,
+    help="dpor: try every CPU first, also where CPUs with the same workload are "
+    "interchangeable (the reduction assumes the variant ignores the CPU number).",
+)
+@click.option(
     "--jobs",
     type=int,
     default=None,
@@ -456,6 +463,7 @@ def explore(
     seed: int | None,
     no_minimize: bool,
     no_pin: bool,
+    no_symmetry: bool,
     ignore: tuple[str, ...],
     json_path: Path | None,
     html_path: Path | None,
@@ -476,6 +484,7 @@ def explore(
             minimize=not no_minimize,
             ignore=frozenset(ignore),
             pin=not no_pin,
+            symmetry=not no_symmetry,
             db=resolve_db(db),
             **settings,
         )

@@ -16,6 +16,7 @@ from shmpamt.config import ExploreConfig, ReplayConfig
 from shmpamt.errors import SchedulingError, UsageError
 from shmpamt.explorer.minimize import minimize
 from shmpamt.explorer.session import Session, StartAborted
+from shmpamt.explorer.symmetry import symmetry_for
 from shmpamt.machine.placement import core_for
 from shmpamt.records.execution import STEP_LIMIT, Execution
 from shmpamt.records.results import (
@@ -99,6 +100,7 @@ def run_explore(
         preemptions=config.preemptions,
         max_executions=config.executions,
         shard=shard,
+        symmetry=symmetry_for(config),
     )
     found = _Search()
     try:
