@@ -24,8 +24,8 @@ from test_dpor import (
     explore,
     get_put,
     locked_inc,
-    racy_inc,
     op,
+    racy_inc,
     release,
     write,
 )

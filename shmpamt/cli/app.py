@@ -46,6 +46,7 @@ from shmpamt.config import (
 )
 from shmpamt.errors import UsageError
 from shmpamt.machine.chaos import CHAOS_MODES
+from shmpamt.records.estimate import TreeEstimate
 from shmpamt.records.faildb import resolve_db
 from shmpamt.records.publish import reason
 from shmpamt.records.violations import VIOLATIONS
@@ -292,6 +293,11 @@ def stress(
     finish(report, json_path)
 
 
+def _tree(e: TreeEstimate) -> str:
+    """The progress line's estimate: share of the tree, and the time left at this rate."""
+    return f"~{e.share:.0%} of tree, ~{e.executions:,} total, ~{e.seconds_left:,.0f} s left"
+
+
 def _rerun(seed: int) -> str:
     """This command line with its seed pinned, so the campaign can be run again."""
     args = sys.argv[1:]
@@ -506,7 +512,8 @@ def explore(
             bar.update(
                 task,
                 completed=p.elapsed if config.seconds else p.executions,
-                info=f"{p.executions} executions ({rate}/s), {p.kinds} kinds",
+                info=f"{p.executions} executions ({rate}/s), {p.kinds} kinds"
+                + (f", {_tree(p.estimate)}" if p.estimate is not None else ""),
             )
 
         shown = run_one(report, config, interrupted, tick)

@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from shmpamt.errors import SchedulingError
+from shmpamt.records.estimate import explored_share
 from shmpamt.schedulers.base import (
     Access,
     BaseScheduler,
@@ -320,9 +321,7 @@ class DPOR(BaseScheduler):
         self._stack.append(node)
         return choice
 
-    def _symmetric(
-        self, parent: _Node | None, now: tuple[int, ...]
-    ) -> tuple[int, frozenset[int]]:
+    def _symmetric(self, parent: _Node | None, now: tuple[int, ...]) -> tuple[int, frozenset[int]]:
         """(CPUs that took a shared step before this state, CPUs symmetry prunes here)."""
         sym = self.symmetry
         if sym is None:
@@ -533,6 +532,16 @@ class DPOR(BaseScheduler):
     # -- reporting ------------------------------------------------------------------
 
     @property
+    def explored_share(self) -> float:
+        """Share of this search's tree explored so far (:mod:`~shmpamt.records.estimate`)."""
+        if self.exhausted:
+            return 1.0
+        return explored_share(
+            (len(n.done) - 1, len((n.backtrack | set(n.done)) - n.sleep.keys() - n.pruned))
+            for n in self._stack
+        )
+
+    @property
     def claim(self) -> Claim:
         if not self.exhausted:
             return "sampled"
@@ -563,5 +572,8 @@ class DPOR(BaseScheduler):
         bound = "" if self.preemption_bound is None else f" <= {self.preemption_bound} preemptions,"
         return (
             f"dpor: NOT exhausted:{bound} {n} complete executions so far{part} ({counts}); "
-            "stopped by the budget before the space was covered"
+            f"stopped by the budget before the space was covered, {self._how_far()}"
         )
+
+    def _how_far(self) -> str:
+        return f"about {self.explored_share:.1%} of its tree explored (estimate)"
