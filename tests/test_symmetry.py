@@ -194,7 +194,7 @@ def test_orbits_follow_the_workload_page_picks() -> None:
 
 # -- the real processes ------------------------------------------------------------------
 
-REAL = ["rfc", "kai", "v6", "locked", "rfc-norecheck", "rfc-leak-on-lost-race"]
+REAL = ["rfc", "v6", "locked"]
 
 
 @pytest.mark.parametrize("variant", REAL)
