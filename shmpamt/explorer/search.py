@@ -239,11 +239,12 @@ def _progress(
     )
 
 
-def tree_estimate(scheduler: Scheduler, executions: int, elapsed: float) -> TreeEstimate | None:
-    """How far an exhaustive search has got (None for sampling strategies)."""
-    if not isinstance(scheduler, DPOR) or executions == 0:
+def tree_estimate(strategy: Scheduler, executions: int, elapsed: float) -> TreeEstimate | None:
+    """How far an exhaustive search has got (None for sampling strategies): a query of
+    DPOR itself, outside the protocol every strategy implements."""
+    if not isinstance(strategy, DPOR) or executions == 0:
         return None
-    return TreeEstimate.of(scheduler.explored_share, executions, elapsed)
+    return TreeEstimate.of(strategy.explored_share, executions, elapsed)
 
 
 def _n(found: _Search, config: ExploreConfig) -> int:
