@@ -336,6 +336,8 @@ class ExploreConfig:
     faults: str = "default"
     #: most injected faults per execution
     max_faults: int = 1
+    #: dpor: try one of interchangeable CPUs first (:mod:`shmpamt.schedulers.symmetry`)
+    symmetry: bool = True
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
@@ -344,6 +346,7 @@ class ExploreConfig:
         explore_faults(self.faults)
         check_int("max_faults", self.max_faults, 0, MAX_FAULTS)
         check_bool("first", self.first)
+        check_bool("symmetry", self.symmetry)
         check_bool("pin", self.pin)
         if self.jobs is None:
             _set(self, "jobs", default_jobs())

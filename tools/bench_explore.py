@@ -21,10 +21,16 @@ baselines measured in the same run.
    in the same run: steps/s, executions/s and the ratios;
 6. faults: DPOR (1 job) on `locked` and `v6` at 2 CPUs x 2 rounds with no fault,
    then with every plan of <= 1 and <= 2 injected faults of every kind: executions,
-   seconds and the claim per scope, in the same run (capped at --fault-cap s).
+   seconds and the claim per scope, in the same run (capped at --fault-cap s);
+
+7. scale: DPOR as before (no symmetry) against DPOR with its reductions (symmetry),
+   same cap, same jobs, one after the other: v6 and locked at 3 CPUs x 2 rounds,
+   4 x 1 and 2 x 3 on one range and 3 x 1 on two ranges, and every buggy built-in
+   at 2 x 2: executions, seconds, the claim (with the estimate of the tree when the
+   cap stopped it) and the kinds, which must be the same.
 
     python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--proof-cap 600]
-                                  [--fault-cap 600] [--skip 3,4] [--repeat 3]
+                                  [--fault-cap 600] [--repeat 3] [--scale-cap 120] [--skip 3,4]
 """
 
 from __future__ import annotations
@@ -156,8 +162,10 @@ def main() -> int:
     ap.add_argument("--proof-cap", type=float, default=600.0, help="seconds per DPOR proof (4)")
     ap.add_argument("--variants", nargs="*", default=BUGGY)
     ap.add_argument("--fault-cap", type=float, default=600.0, help="seconds per fault search (6)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-6)")
-    ap.add_argument("--repeat", type=int, default=3, help="A/B pairs in part 5")
+    ap.add_argument("--scale-cap", type=float, default=120.0, help="seconds per search (7)")
+    ap.add_argument("--jobs", type=int, default=2, help="explorers per search (7)")
+    ap.add_argument("--scale", nargs="*", default=None, help="only these rows of 7, as v6:3x2x1")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-7)")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     console = Console(width=250)  # tables in a log stay whole
@@ -266,6 +274,9 @@ def main() -> int:
                 console.print(f"  done: {variant} <= {k} faults: {cell}")
             t.add_row(variant, *cells, f"{counts[1] / counts[0]:.1f}x")
         console.print(t)
+
+    if "7" not in skip:
+        scale(console, args.scale_cap, args.jobs, args.scale)
     return 0
 
 
@@ -281,6 +292,52 @@ def fault_search(variant: str, k: int, cap: float) -> tuple[str, int]:
     took = time.monotonic() - t0
     verdict = "clean" if r.clean else ",".join(sorted(r.found))
     return f"{e.executions:,} ex, {took:.1f} s, {e.claim}, {verdict}", e.executions
+
+
+SCALE = [
+    *((v, c, r, g) for v in ("v6", "locked") for c, r, g in ((3, 2, 1), (4, 1, 1), (2, 3, 1),
+                                                             (3, 1, 2))),
+    *((v, 2, 2, 1) for v in BUGGY),
+]  # fmt: skip
+
+
+def dpor_run(
+    variant: str, cpus: int, rounds: int, ranges: int, cap: float, jobs: int, symmetry: bool
+) -> tuple[str, float, int, frozenset[str]]:
+    """(cell, seconds, executions, kinds) of one DPOR search."""
+    t0 = time.monotonic()
+    r = api.explore(
+        variant, strategy="dpor", cpus=cpus, rounds=rounds, ranges=ranges, budget=cap,
+        jobs=jobs, minimize=False, seed=1, symmetry=symmetry,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    e = r.raw.explore
+    assert e is not None
+    claim = e.claim
+    if claim == "sampled" and e.estimate is not None:
+        claim = f"cap, ~{e.estimate.share:.0%} ({e.estimate.executions:,} ex est.)"
+    return f"{e.executions:,} ex, {took:.1f} s, {claim}", took, e.executions, r.found
+
+
+def scale(console: Console, cap: float, jobs: int, only: list[str] | None) -> None:
+    t = Table(title=f"7. scale: DPOR before and with symmetry, {jobs} jobs, cap {cap:g} s")
+    for c in ("variant", "scenario", "dpor (no symmetry)", "dpor + symmetry", "executions",
+              "seconds", "kinds (same?)"):  # fmt: skip
+        t.add_column(c)
+    for variant, cpus, rounds, ranges in SCALE:
+        if only and f"{variant}:{cpus}x{rounds}x{ranges}" not in only:
+            continue
+        before = dpor_run(variant, cpus, rounds, ranges, cap, jobs, False)
+        after = dpor_run(variant, cpus, rounds, ranges, cap, jobs, True)
+        kinds = ",".join(sorted(after[3])) or "-"
+        same = "yes" if before[3] == after[3] else f"NO: before {sorted(before[3])}"
+        t.add_row(
+            variant, f"{cpus} x {rounds}, {ranges} range(s)", before[0], after[0],
+            f"{after[2] / max(before[2], 1):.2f}x", f"{after[1] / before[1]:.2f}x",
+            f"{kinds} ({same})",
+        )  # fmt: skip
+        console.print(f"  done: {variant} {cpus}x{rounds}x{ranges}")
+    console.print(t)
 
 
 if __name__ == "__main__":

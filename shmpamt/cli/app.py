@@ -47,6 +47,7 @@ from shmpamt.config import (
 from shmpamt.errors import UsageError
 from shmpamt.machine.chaos import CHAOS_MODES
 from shmpamt.machine.kernel import module_semantics
+from shmpamt.records.estimate import TreeEstimate
 from shmpamt.records.faildb import resolve_db
 from shmpamt.records.publish import reason
 from shmpamt.records.violations import VIOLATIONS
@@ -294,6 +295,11 @@ def stress(
     finish(report, json_path)
 
 
+def _tree(e: TreeEstimate) -> str:
+    """The progress line's estimate: share of the tree, and the time left at this rate."""
+    return f"~{e.share:.0%} of tree, ~{e.executions:,} total, ~{e.seconds_left:,.0f} s left"
+
+
 def _rerun(seed: int) -> str:
     """This command line with its seed pinned, so the campaign can be run again."""
     args = sys.argv[1:]
@@ -456,6 +462,13 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
 @click.option("--no-minimize", is_flag=True, help="Do not shrink the failing schedules.")
 @click.option("--first", is_flag=True, help="Stop at the first failing execution.")
 @click.option(
+    "--no-symmetry",
+    "no_symmetry",
+    is_flag=True,
+    help="dpor: try every CPU first, also where CPUs with the same workload are "
+    "interchangeable (the reduction assumes the variant ignores the CPU number).",
+)
+@click.option(
     "--jobs",
     type=int,
     default=None,
@@ -474,6 +487,7 @@ def explore(
     seed: int | None,
     no_minimize: bool,
     no_pin: bool,
+    no_symmetry: bool,
     ignore: tuple[str, ...],
     json_path: Path | None,
     html_path: Path | None,
@@ -494,6 +508,7 @@ def explore(
             minimize=not no_minimize,
             ignore=frozenset(ignore),
             pin=not no_pin,
+            symmetry=not no_symmetry,
             db=resolve_db(db),
             **settings,
         )
@@ -517,7 +532,8 @@ def explore(
             bar.update(
                 task,
                 completed=p.elapsed if config.seconds else p.executions,
-                info=f"{p.executions} executions ({rate}/s), {p.kinds} kinds",
+                info=f"{p.executions} executions ({rate}/s), {p.kinds} kinds"
+                + (f", {_tree(p.estimate)}" if p.estimate is not None else ""),
             )
 
         shown = run_one(report, config, interrupted, tick)

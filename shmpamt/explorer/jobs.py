@@ -25,6 +25,7 @@ from shmpamt.explorer.search import ExploreProgress, run_explore
 from shmpamt.machine.children import ignore_sigint, sigint_held
 from shmpamt.machine.ipc import no_room
 from shmpamt.machine.placement import core_for
+from shmpamt.records.estimate import TreeEstimate
 from shmpamt.records.results import BOUNDED, SAMPLED, VERIFIED, ExploreStats, Finding, VariantResult
 
 POLL: Final = 0.2
@@ -170,6 +171,9 @@ def _sum_progress(progress: dict[int, ExploreProgress]) -> ExploreProgress:
         kinds=max(p.kinds for p in ps),
         elapsed=max(p.elapsed for p in ps),
         budget=max(p.budget for p in ps),
+        estimate=TreeEstimate.combined(
+            (p.estimate for p in ps if p.estimate is not None), max(p.elapsed for p in ps)
+        ),
     )
 
 
@@ -212,6 +216,9 @@ def merge_jobs(parts: list[VariantResult], config: ExploreConfig) -> VariantResu
             steps_total=sum(s.steps_total for s in stats),
             claim=claim,
             ignored_only=sum(s.ignored_only for s in stats),
+            estimate=TreeEstimate.combined(
+                (s.estimate for s in stats if s.estimate is not None), 0.0
+            ),
         ),
         shown=next((f.execution for f in findings if f.kind not in config.ignore), None),
     )

@@ -16,7 +16,9 @@ from shmpamt.config import ExploreConfig, ReplayConfig
 from shmpamt.errors import SchedulingError, UsageError
 from shmpamt.explorer.minimize import minimize
 from shmpamt.explorer.session import Session, StartAborted
+from shmpamt.explorer.symmetry import symmetry_for
 from shmpamt.machine.placement import core_for
+from shmpamt.records.estimate import TreeEstimate
 from shmpamt.records.execution import STEP_LIMIT, Execution
 from shmpamt.records.results import (
     EXPLORE,
@@ -30,6 +32,7 @@ from shmpamt.records.results import (
 )
 from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers.base import ScheduleMismatch, Scheduler
+from shmpamt.schedulers.dpor import DPOR
 from shmpamt.schedulers.registry import claim_of, make_scheduler
 from shmpamt.variants.registry import load_variant
 
@@ -44,6 +47,8 @@ class ExploreProgress:
     kinds: int
     elapsed: float
     budget: float
+    #: an exhaustive search's share explored and what it implies (dpor only)
+    estimate: TreeEstimate | None = None
 
 
 @dataclass
@@ -102,6 +107,7 @@ def run_explore(
         faults=config.fault_probabilities,
         max_faults=config.max_faults,
         fault_share=config.fault_share,
+        symmetry=symmetry_for(config),
     )
     found = _Search()
     try:
@@ -169,6 +175,7 @@ def run_explore(
             steps_total=scheduler.total_steps,
             claim=claim_of(scheduler),
             ignored_only=found.ignored_only,
+            estimate=tree_estimate(scheduler, ran, elapsed),
         ),
     )
 
@@ -215,16 +222,40 @@ def _search(
             break
         if on_progress is not None and elapsed - last_tick >= 0.2:
             last_tick = elapsed
-            on_progress(
-                ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget)
-            )
+            on_progress(_progress(scheduler, found, config, ran, elapsed, budget))
     for kind, k in found.kinds.items():
         if config.minimize and kind not in config.ignore:
             k.reported, k.reported_execution = shrink(session, k.schedule, kind)
     elapsed = time.monotonic() - t0
     if on_progress is not None:
-        on_progress(ExploreProgress(ran, _distinct(scheduler), _n(found, config), elapsed, budget))
+        on_progress(_progress(scheduler, found, config, ran, elapsed, budget))
     return ran, elapsed
+
+
+def _progress(
+    scheduler: Scheduler,
+    found: _Search,
+    config: ExploreConfig,
+    ran: int,
+    elapsed: float,
+    budget: float,
+) -> ExploreProgress:
+    return ExploreProgress(
+        ran,
+        _distinct(scheduler),
+        _n(found, config),
+        elapsed,
+        budget,
+        tree_estimate(scheduler, ran, elapsed),
+    )
+
+
+def tree_estimate(strategy: Scheduler, executions: int, elapsed: float) -> TreeEstimate | None:
+    """How far an exhaustive search has got (None for sampling strategies): a query of
+    DPOR itself, outside the protocol every strategy implements."""
+    if not isinstance(strategy, DPOR) or executions == 0:
+        return None
+    return TreeEstimate.of(strategy.explored_share, executions, elapsed)
 
 
 def _n(found: _Search, config: ExploreConfig) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from shmpamt.records.estimate import TreeEstimate
 from shmpamt.records.execution import Execution
 from shmpamt.records.violations import VIOLATIONS, Violation
 
@@ -98,6 +99,8 @@ class ExploreStats:
     claim: str
     #: executions whose only violations were of ignored kinds
     ignored_only: int = 0
+    #: an exhaustive search's progress (dpor), None for the others
+    estimate: TreeEstimate | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ class VariantResult:
                 steps_total=e.steps_total,
                 claim=e.claim,
                 ignored_only_executions=e.ignored_only,
+                estimate=e.estimate.to_dict() if e.estimate is not None else None,
             )
         return d
 

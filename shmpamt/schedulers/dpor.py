@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from shmpamt.errors import SchedulingError
+from shmpamt.records.estimate import explored_share
 from shmpamt.schedulers.base import (
     Access,
     BaseScheduler,
@@ -85,6 +86,7 @@ from shmpamt.schedulers.base import (
     dependent,
 )
 from shmpamt.schedulers.races import Trace
+from shmpamt.schedulers.symmetry import Symmetry
 
 #: split states per path when the search is sharded (see the module docstring)
 SPLIT_LEVELS: Final = 3
@@ -114,6 +116,10 @@ class _Node:
     effect: Access | None = None
     #: split states on the path before this one, and the sum of their chosen positions
     path_before: tuple[int, int] = (0, 0)
+    #: bit c: CPU c took a shared step before this state (symmetry, else 0)
+    shared: int = 0
+    #: enabled CPUs symmetry does not try here (their orbit's representative stands in)
+    pruned: frozenset[int] = frozenset()
 
     def split_path(self) -> tuple[int, int]:
         """``path_before`` extended by this state (it names the job that owns the path)."""
@@ -170,9 +176,11 @@ class DPOR(BaseScheduler):
         shard: tuple[int, int] = (0, 1),
         subtree: Sequence[int] | None = None,
         split_depth: int | None = None,
+        symmetry: Symmetry | None = None,
     ) -> None:
         """``preemption_bound`` None: unbounded; ``shard`` (index, count) for parallel jobs;
-        ``subtree`` a prefix of split-state positions (a distributed proof's task)."""
+        ``subtree`` a prefix of split-state positions (a distributed proof's task);
+        ``symmetry`` interchangeable CPUs (:mod:`~shmpamt.schedulers.symmetry`)."""
         if preemption_bound is not None and preemption_bound < 0:
             raise ValueError("preemption bound must be >= 0")
         index, count = shard
@@ -201,6 +209,7 @@ class DPOR(BaseScheduler):
         self.preemption_bound = preemption_bound
         self.max_executions = max_executions
         self.shard = (index, count)
+        self.symmetry = symmetry if symmetry is not None and symmetry.reduces else None
         self._stack: list[_Node] = []
         self._replay_len = 0
         #: the happens-before relation of the executions analysed so far, and how many
@@ -239,7 +248,7 @@ class DPOR(BaseScheduler):
             )
         while self._stack:
             node = self._stack[-1]
-            todo = sorted(node.backtrack - set(node.done) - node.sleep.keys())
+            todo = sorted(node.backtrack - set(node.done) - node.sleep.keys() - node.pruned)
             if todo:
                 break
             self._stack.pop()
@@ -287,7 +296,8 @@ class DPOR(BaseScheduler):
         sleep = parent.child_sleep() if parent else {}
         before = parent.preemptions if parent else 0
         index, count = self.shard
-        awake = [c for c in now if c not in sleep]
+        shared, pruned = self._symmetric(parent, now)
+        awake = [c for c in now if c not in sleep and c not in pruned]
         level, position = parent.split_path() if parent else (0, 0)
         if self.subtree is None:
             levels = SPLIT_LEVELS
@@ -312,6 +322,7 @@ class DPOR(BaseScheduler):
             node = _Node(now, parked, current, sleep, choice, 0, split=True, alternatives=alts)
             node.backtrack = set(alts_mine)
             node.path_before = (level, position)
+            node.shared, node.pruned = shared, pruned
         else:
             if not awake:
                 self._blocked_now = True
@@ -323,10 +334,23 @@ class DPOR(BaseScheduler):
             choice = current if current in awake else awake[0]
             node = _Node(now, parked, current, sleep, choice, 0, backtrack={choice})
             node.path_before = (level, position)
+            node.shared, node.pruned = shared, pruned
         node.preemptions = before + _is_preemption(now, current, choice)
         node.done.append(choice)
         self._stack.append(node)
         return choice
+
+    def _symmetric(self, parent: _Node | None, now: tuple[int, ...]) -> tuple[int, frozenset[int]]:
+        """(CPUs that took a shared step before this state, CPUs symmetry prunes here)."""
+        sym = self.symmetry
+        if sym is None:
+            return 0, frozenset()
+        shared = 0
+        if parent is not None:
+            shared = parent.shared
+            if not sym.is_private(parent.choice, parent.step()):
+                shared |= 1 << parent.choice
+        return shared, sym.pruned(now, shared)
 
     def _subtree_alternatives(self, alts: tuple[int, ...], level: int, step: int) -> list[int]:
         """At a split state of a subtree task: the prefix's one alternative above the
@@ -498,6 +522,8 @@ class DPOR(BaseScheduler):
     def _want(self, i: int, initials: set[int]) -> None:
         """Make sure state ``i`` explores one of ``initials`` (or everything, if none can run)."""
         node = self._stack[i]
+        if self.symmetry is not None:
+            initials = {self._representative(node, q) for q in initials}
         if node.split or initials & node.backtrack:
             return
         runnable = [q for q in sorted(initials) if q in node.enabled]
@@ -506,10 +532,19 @@ class DPOR(BaseScheduler):
             self._add(i, (awake or runnable)[0])
         else:
             for q in node.enabled:
-                self._add(i, q)
+                if q not in node.pruned:
+                    self._add(i, q)
+
+    def _representative(self, node: _Node, cpu: int) -> int:
+        assert self.symmetry is not None
+        if cpu not in node.pruned:
+            return cpu
+        return self.symmetry.representative(cpu, node.enabled, node.shared)
 
     def _add(self, i: int, cpu: int) -> None:
         node = self._stack[i]
+        if self.symmetry is not None:
+            cpu = self._representative(node, cpu)
         if cpu in node.backtrack:
             return
         if self._affordable(i, cpu):
@@ -523,6 +558,8 @@ class DPOR(BaseScheduler):
             free = earlier.current is None or earlier.current not in earlier.enabled
             if free and cpu in earlier.enabled:
                 # The latest such state, once: asking again must change nothing.
+                if self.symmetry is not None:
+                    cpu = self._representative(earlier, cpu)
                 if cpu not in earlier.backtrack and self._affordable(j, cpu):
                     earlier.backtrack.add(cpu)
                 return
@@ -537,6 +574,16 @@ class DPOR(BaseScheduler):
     # -- reporting ------------------------------------------------------------------
 
     @property
+    def explored_share(self) -> float:
+        """Share of this search's tree explored so far (:mod:`~shmpamt.records.estimate`)."""
+        if self.exhausted:
+            return 1.0
+        return explored_share(
+            (len(n.done) - 1, len((n.backtrack | set(n.done)) - n.sleep.keys() - n.pruned))
+            for n in self._stack
+        )
+
+    @property
     def claim(self) -> Claim:
         if not self.exhausted:
             return "sampled"
@@ -547,6 +594,8 @@ class DPOR(BaseScheduler):
         part = f" (shard {index}/{count}: this job's part only)" if count > 1 else ""
         if self.subtree is not None:
             part = f" (subtree {list(self.subtree)} only)"
+        if self.symmetry is not None:
+            part += f", with {self.symmetry.describe()}"
         counts = (
             f"{self.executions} executions, {self.sleep_blocked} sleep-set blocked, "
             f"{self.deadlocks} ending in deadlock"
@@ -565,5 +614,8 @@ class DPOR(BaseScheduler):
         bound = "" if self.preemption_bound is None else f" <= {self.preemption_bound} preemptions,"
         return (
             f"dpor: NOT exhausted:{bound} {n} complete executions so far{part} ({counts}); "
-            "stopped by the budget before the space was covered"
+            f"stopped by the budget before the space was covered, {self._how_far()}"
         )
+
+    def _how_far(self) -> str:
+        return f"about {self.explored_share:.1%} of its tree explored (estimate)"

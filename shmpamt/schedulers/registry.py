@@ -17,6 +17,7 @@ from shmpamt.schedulers.pct import PCT
 from shmpamt.schedulers.portfolio import Portfolio
 from shmpamt.schedulers.pos import POS
 from shmpamt.schedulers.random_walk import RandomWalk
+from shmpamt.schedulers.symmetry import Symmetry
 
 STRATEGIES: Final[tuple[str, ...]] = ("portfolio", "random", "pct", "pos", "dfs", "dpor")
 DEFAULT_STRATEGY: Final = "portfolio"
@@ -50,6 +51,7 @@ def make_scheduler(
     faults: Mapping[str, float] | None = None,
     max_faults: int = 1,
     fault_share: float = 1.0,
+    symmetry: Symmetry | None = None,
 ) -> BaseScheduler:
     """A fresh strategy ``name`` (one of :data:`STRATEGIES`).
 
@@ -63,7 +65,7 @@ def make_scheduler(
     member) and :data:`DFS_DEFAULT_PREEMPTIONS` for dfs (pass a bound to go
     further); ``workload_seed`` None means the same as ``seed``; ``shard``
     (index, count) splits dpor's search, and gives sampling strategies distinct
-    seeds per job; dfs cannot be sharded.
+    seeds per job; dfs cannot be sharded; ``symmetry``: dpor's interchangeable CPUs.
     """
     index, count = shard
     if count < 1 or not 0 <= index < count:
@@ -109,7 +111,7 @@ def make_scheduler(
         bound = DFS_DEFAULT_PREEMPTIONS if preemptions is None else preemptions
         return DFS(bound, max_executions, wseed)
     if name == "dpor":
-        return DPOR(preemptions, max_executions, wseed, shard)
+        return DPOR(preemptions, max_executions, wseed, shard, symmetry=symmetry)
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
