@@ -55,6 +55,11 @@ def tripwire(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
         raise WouldSpawn(repr(args)[:200])
 
     monkeypatch.setattr(System, "start", refuse)
+    # With --jobs > 1 (the default outside xdist) explore spawns job processes, in
+    # which this patch does not hold: refuse those too.
+    from shmpamt.explorer import jobs
+
+    monkeypatch.setattr(jobs, "_run_jobs", refuse)
     # The module-level console measured its width at import (80 without a terminal);
     # wrapping is the subject of its own test below, not of every case.
     monkeypatch.setattr(common, "err_console", Console(stderr=True, width=10_000))
