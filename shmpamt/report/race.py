@@ -42,6 +42,7 @@ from shmpamt.machine.kernel import END_SUFFIX
 from shmpamt.records.execution import TraceEvent
 from shmpamt.records.schedule_string import Schedule
 from shmpamt.records.violations import Violation, describe
+from shmpamt.report.timeline import BOOL_OPS, SEAMCALLS, VALUE_OPS
 
 #: columns of the whole report (a review mail's line)
 WIDTH: Final = 72
@@ -50,20 +51,7 @@ SHORT_CALL: Final = 4
 _GAP: Final = 2  # spaces between two CPUs' columns
 _INDENT: Final = 2  # per nesting level, and for a wrapped line's continuation
 
-_BOOL_OPS: Final = frozenset(
-    {
-        "atomic_dec_and_test",
-        "atomic_inc_not_zero",
-        "atomic_add_unless",
-        "atomic_inc_unless_negative",
-        "atomic_dec_unless_positive",
-    }
-)
-_VALUE_OPS: Final = frozenset(
-    {"atomic_inc_return", "atomic_dec_return", "atomic_dec_if_positive", "atomic_cmpxchg"}
-)
 _VOID_OPS: Final = frozenset({"atomic_inc", "atomic_dec"})
-_SEAMCALLS: Final = frozenset(tdx.LEAF_NAMES.values())
 _END: Final = END_SUFFIX  # a two-step SEAMCALL's second point
 
 
@@ -74,7 +62,7 @@ def _leaf(op: str) -> str:
 
 def _completes(e: TraceEvent) -> bool:
     """The point that answered the call's status (a begin that took its locks does not)."""
-    return _leaf(e.op) in _SEAMCALLS and e.result != tdx.SHMPAMT_LOCKS_HELD
+    return _leaf(e.op) in SEAMCALLS and e.result != tdx.SHMPAMT_LOCKS_HELD
 
 
 #: how a collapsed call names the SEAMCALLs it made
@@ -143,9 +131,9 @@ def _primitive(e: TraceEvent, ranges: bool) -> str:
         if op == "atomic_set":
             return f"atomic_set({arg + ', ' if arg else ''}{e.result})"
         text = f"{op}({arg})"
-        if op in _BOOL_OPS:
+        if op in BOOL_OPS:
             return f"{text} == {'true' if e.result else 'false'}"
-        if op in _VALUE_OPS or op == "atomic_read":
+        if op in VALUE_OPS or op == "atomic_read":
             return f"{text} == {e.result}"
         if op in _VOID_OPS and e.before is not None and e.after is not None:
             return f"{text} // {e.before} -> {e.after}"
@@ -154,7 +142,7 @@ def _primitive(e: TraceEvent, ranges: bool) -> str:
         return f"{op}(&pamt_lock)"
     # A status the search injected says so: the race needed that fault.
     injected = f" /* {e.note} */" if e.note else ""
-    if _leaf(op) in _SEAMCALLS:
+    if _leaf(op) in SEAMCALLS:
         arg = f"range {e.target}" if ranges and e.target >= 0 else ""
         if e.result == tdx.SHMPAMT_LOCKS_HELD:
             return f"{_seamcall(op)}({arg}) // begins: its PAMT entry locks held"

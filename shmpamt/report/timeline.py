@@ -27,8 +27,9 @@ from shmpamt.records.execution import TraceEvent
 from shmpamt.records.publish import write_file
 from shmpamt.records.violations import Violation, describe
 
-# Ops that return a truth value / a number, as the kernel's atomic_t API does.
-_BOOL_OPS: Final = frozenset(
+# Ops that return a truth value / a number, as the kernel's atomic_t API does (the
+# race report prints them the same way).
+BOOL_OPS: Final = frozenset(
     {
         "atomic_dec_and_test",
         "atomic_inc_not_zero",
@@ -37,10 +38,10 @@ _BOOL_OPS: Final = frozenset(
         "atomic_dec_unless_positive",
     }
 )
-_VALUE_OPS: Final = frozenset(
+VALUE_OPS: Final = frozenset(
     {"atomic_inc_return", "atomic_dec_return", "atomic_dec_if_positive", "atomic_cmpxchg"}
 )
-_SEAMCALLS: Final = frozenset(tdx.LEAF_NAMES.values())
+SEAMCALLS: Final = frozenset(tdx.LEAF_NAMES.values())
 _END: Final = END_SUFFIX  # a two-step SEAMCALL's second point
 
 # Cell kinds, shared by the terminal styles and the HTML classes.
@@ -97,14 +98,14 @@ def describe_event(e: TraceEvent) -> Cell:
             text += f" {e.before}→{e.after}"
         elif e.after is not None:
             text += f" →{e.after}"
-        if op in _BOOL_OPS:
+        if op in BOOL_OPS:
             text += f" = {'true' if e.result else 'false'}"
-        elif op in _VALUE_OPS:
+        elif op in VALUE_OPS:
             text += f" = {e.result}"
         return Cell(text, ATOMIC, e.note)
     if op in ("spin_lock", "spin_unlock"):
         return Cell(f"{op}(&pamt_lock)", LOCK, e.note)
-    if op in _SEAMCALLS or (op.endswith(_END) and op[: -len(_END)] in _SEAMCALLS):
+    if op in SEAMCALLS or (op.endswith(_END) and op[: -len(_END)] in SEAMCALLS):
         # a two-step call: the begin says "locks held", the end its status; a BUSY
         # says whether another CPU's call held the entry or a fault was injected
         where = f" range {e.target}" if e.target >= 0 else ""
