@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_run import shmpamt_cli
 
 import shmpamt.api as api
 from shmpamt.errors import VariantLoadError
@@ -22,9 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shmpamt", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return shmpamt_cli(args, timeout=timeout)
 
 
 def _one_line_exit_2(r: subprocess.CompletedProcess[str]) -> str:

@@ -5,31 +5,20 @@ needed, and the printed replay command reproduces it from another directory."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_run import cli_env, shmpamt_cli
 
 HERE = Path(__file__).resolve().parent
 _COMMAND = re.compile(r"^\s+\S+ (\w+): (shmpamt replay \S+)$", re.M)
 
 
 def _shmpamt(args: list[str], cwd: Path, cache: Path) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env["SHMPAMT_CACHE_DIR"] = str(cache)
-    env["COLUMNS"] = "250"  # the timeline's cells unwrapped
-    p = subprocess.run(
-        [sys.executable, "-m", "shmpamt", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # The timeline's cells unwrapped.
+    p = shmpamt_cli(args, cwd=cwd, env=cli_env(cache, columns=250), timeout=600)
     return p.returncode, p.stdout + p.stderr
 
 

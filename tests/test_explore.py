@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
+from cli_run import shmpamt_cli
 
 from shmpamt.config import ExploreConfig, Scenario
 from shmpamt.explorer.search import run_explore, shrink
@@ -94,9 +94,7 @@ def test_dfs_replays_prefixes_deterministically() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shmpamt", *args], capture_output=True, text=True, timeout=300
-    )
+    return shmpamt_cli(args, timeout=300)
 
 
 @pytest.mark.parametrize(

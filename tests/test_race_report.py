@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
+from cli_run import cli_env, shmpamt_cli
 
 from shmpamt.records.execution import GET, PUT, TraceEvent, call_id
 from shmpamt.records.violations import Violation
@@ -22,13 +21,7 @@ KAI = "s1:kai:c2.r2.g1.p2.w20:1x30.0"
 
 
 def _shmpamt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shmpamt", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return shmpamt_cli(args, env=cli_env(columns=200), timeout=120)
 
 
 def _report(out: str, kind: str) -> list[str]:

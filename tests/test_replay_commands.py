@@ -16,6 +16,7 @@ import termios
 from pathlib import Path
 
 import pytest
+from cli_run import cli_env, shmpamt_cli
 
 from shmpamt.records.schedule_string import Schedule
 from shmpamt.records.variant_files import file_hash, locate, remember, short_spec
@@ -40,22 +41,11 @@ _COMMAND = re.compile(r"(?:^|\s)(shmpamt replay .*)$")
 
 
 def _env(cache: Path, columns: int | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env["SHMPAMT_CACHE_DIR"] = str(cache)
-    if columns is not None:
-        env["COLUMNS"] = str(columns)
-    return env
+    return cli_env(cache, columns)
 
 
 def _piped(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
-    p = subprocess.run(
-        [sys.executable, "-m", "shmpamt", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    p = shmpamt_cli(args, cwd=cwd, env=env, timeout=180)
     return p.returncode, p.stdout + p.stderr
 
 
