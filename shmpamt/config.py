@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from shmpamt import tdx
 from shmpamt.errors import ScheduleError, UsageError, VariantLoadError
+from shmpamt.records.faildb import OFF
 from shmpamt.machine.chaos import CHAOS_MODES
 from shmpamt.machine.placement import default_jobs
 from shmpamt.module.faults import LEAF_KEYS, FaultPlan
@@ -87,8 +88,11 @@ def check_ignore(value: object) -> frozenset[str]:
 
 
 def check_db(value: object) -> str | None:
-    """A failure-database directory: None, or a path that is not an existing file."""
-    if value is None:
+    """A failure-database directory: None, or a path that is not an existing file.
+
+    The string ``off`` is None, as on the command line: a library caller who writes
+    what the CLI takes must not get a directory named ``off``."""
+    if value is None or value == OFF:
         return None
     if not isinstance(value, str | os.PathLike):
         raise TypeError(f"db must be a directory path or None, not {type(value).__name__}")

@@ -128,3 +128,16 @@ def test_cli_reports_regressions_before_the_findings(tmp_path: Path) -> None:
         timeout=60,
     )
     assert listed.returncode == 0 and "add_present" in listed.stdout
+
+
+def test_off_turns_the_database_off_in_the_library_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI's word for "no database" means the same through the library: no
+    # directory named "off" appears in the working directory.
+    from shmpamt import api
+
+    monkeypatch.chdir(tmp_path)
+    r = api.explore("rfc-norecheck", strategy="random", executions=30, jobs=1, seed=1, db="off")
+    assert r.found, "rfc-norecheck has violations a random walk meets in 30 executions"
+    assert not (tmp_path / "off").exists()
