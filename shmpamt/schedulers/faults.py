@@ -167,6 +167,9 @@ class _Wrapper(BaseScheduler):
     def next_u64(self) -> int:
         return self.inner.next_u64()
 
+    def saw_fault_steps(self, steps: Sequence[tuple[int, int, int, int, bool]]) -> None:
+        self.inner.saw_fault_steps(steps)
+
     @property
     def workload_seed(self) -> int:
         return self.inner.workload_seed
