@@ -82,7 +82,8 @@ plan of an execution (which the CPUs apply themselves) is read off its
 replayed prefix: every node with an injected outcome, named by (CPU, the
 CPU's fault-point index there, kind). Why no class with <= K faults is lost:
 an outcome is read by its own step only and by nothing another CPU does, so
-it is a fresh thread-local input of that step. Fix the outcomes of every
+it is a fresh thread-local input of that step, and the step's footprint
+covers both outcomes (an injected BUSY or NULL does less than the call). Fix the outcomes of every
 fault point (a plan): the system is then deterministic, and source-DPOR
 (Abdulla et al., above) explores each of its classes provided every state's
 choice of a CPU stands for everything below it. With outcome branching it
@@ -747,7 +748,9 @@ class DPOR(BaseScheduler):
             counts += (
                 f"; faults {scope(self.max_faults, self.kinds)} as outcomes of their steps: "
                 f"{self.no_fault_executions} complete executions without one, the no-fault "
-                f"part {'exhausted' if self.exhausted else 'not exhausted'}"
+                f"part {'exhausted' if self.exhausted else 'not exhausted'} ("
+                + ", ".join(f"{c} {sc}" for sc, c in self.claim_scopes)
+                + ")"
             )
         if self.exhausted and self.preemption_bound is None:
             return (
