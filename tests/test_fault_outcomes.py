@@ -243,3 +243,13 @@ def test_on_the_rig_branching_finds_what_a_tree_per_plan_finds(variant: str) -> 
     assert branching == plans
     # the slips are found, the correct variants stay clean
     assert bool(branching) == variant.startswith("tests/")
+
+
+def test_a_dpor_without_faults_never_says_no_fault_point_was_reached() -> None:
+    # (explore reports "no execution reached a fault point" from `reached`; a DPOR that
+    # injects nothing, such as a sharded plan search's second job, has nothing to reach)
+    assert DPOR().reached
+    dpor = DPOR(fault_kinds=KINDS, max_faults=1)
+    assert not dpor.reached
+    drive(dpor, TOY, TOY_INIT, TOY_IDS)
+    assert dpor.reached

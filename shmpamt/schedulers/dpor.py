@@ -277,8 +277,9 @@ class DPOR(BaseScheduler):
         self._fault_steps: dict[int, tuple[int, int, int, bool]] | None = None
         #: complete executions with no injected fault
         self.no_fault_executions = 0
-        #: some execution passed a fault point of a kind this search injects
-        self.reached = False
+        #: some execution passed a fault point of a kind this search injects (with no
+        #: fault search there is nothing to reach: never an incident)
+        self.reached = not self.max_faults
         self._stack: list[_Node] = []
         self._replay_len = 0
         #: the happens-before relation of the executions analysed so far, and how many
