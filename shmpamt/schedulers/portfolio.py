@@ -18,6 +18,7 @@ the current execution's seed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 from shmpamt.schedulers.base import Access, BaseScheduler, Claim, SplitMix64
 from shmpamt.schedulers.dpor import DPOR
@@ -52,8 +53,9 @@ class Portfolio(BaseScheduler):
     ) -> None:
         """``preemption_bound`` and ``shard`` apply to the DPOR member. ``faults`` (kind ->
         probability) with ``max_faults`` > 0: the samplers inject faults on a
-        ``fault_share`` of their executions, and the DPOR member branches on the
-        outcome of every fault point, up to ``max_faults`` injections per execution."""
+        ``fault_share`` of their executions, and the DPOR member, once its no-fault
+        tree is done, goes on with every plan of up to ``max_faults`` faults (the
+        happy path first: a short budget is spent on it)."""
         unknown = [m for m in members if m not in MEMBERS]
         if unknown or not members or len(set(members)) != len(members):
             raise ValueError(f"members must be distinct names from {', '.join(MEMBERS)}")
@@ -73,12 +75,13 @@ class Portfolio(BaseScheduler):
                 member = PCT(depth=int(m[4:]), seed=s, vary_workload=False)
             elif m == "pos":
                 member = POS(seed=s, vary_workload=False)
-            elif probabilities:
-                # Outcomes as branches of the steps, in the one tree (see dpor's docstring).
-                member = DPOR(
-                    preemption_bound, workload_seed=self._base_seed, shard=shard,
-                    fault_kinds=kinds_of(probabilities), max_faults=max_faults,
-                )  # fmt: skip
+            elif probabilities and shard[0] == 0:
+                # One job searches the fault plans, unsharded: see registry.make_scheduler.
+                member = FaultTree(
+                    partial(DPOR, preemption_bound, workload_seed=self._base_seed),
+                    kinds_of(probabilities),
+                    max_faults,
+                )
             else:
                 member = DPOR(preemption_bound, workload_seed=self._base_seed, shard=shard)
             if probabilities and m != "dpor":
