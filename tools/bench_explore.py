@@ -19,9 +19,11 @@ baselines measured in the same run.
    the module holding its locks across two requests per PAMT SEAMCALL (the default)
    against one-step calls (``SHMPAMT_SEAMCALL_STEPS=1``), alternated --repeat times
    in the same run: steps/s, executions/s and the ratios;
-6. faults: DPOR (1 job) on `locked` and `v6` at 2 CPUs x 2 rounds with no fault,
-   then with every plan of <= 1 and <= 2 injected faults of every kind: executions,
-   seconds and the claim per scope, in the same run (capped at --fault-cap s);
+6. faults: DPOR (--fault-jobs jobs) on `locked` and `v6` at 2 CPUs x 2 rounds with no
+   fault, then with <= 1 and <= 2 injected faults of every kind, each searched two
+   ways one after the other: a whole DPOR tree per plan (``SHMPAMT_FAULT_SEARCH=plans``,
+   the old way) and outcomes as branches inside one tree (the default): executions,
+   seconds, the claim and the verdict, in the same run (capped at --fault-cap s);
 
 7. scale: DPOR as before (no symmetry) against DPOR with its reductions (symmetry),
    same cap, same jobs, one after the other: v6 and locked at 3 CPUs x 2 rounds,
@@ -30,7 +32,8 @@ baselines measured in the same run.
    cap stopped it) and the kinds, which must be the same.
 
     python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--proof-cap 600]
-                                  [--fault-cap 600] [--repeat 3] [--scale-cap 120] [--skip 3,4]
+                                  [--fault-cap 600] [--fault-jobs 2] [--repeat 3]
+                                  [--scale-cap 120] [--skip 3,4]
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from shmpamt.machine.ipc import (
 )
 from shmpamt.machine.seamcall import SEAMCALL_STEPS_ENV
 from shmpamt.schedulers.random_walk import RandomWalk
+from shmpamt.schedulers.registry import FAULT_SEARCH_ENV
 
 BUGGY = ["rfc", "kai", "v4", "rfc-norecheck", "rfc-early-publish", "rfc-leak-on-lost-race"]
 
@@ -162,6 +166,7 @@ def main() -> int:
     ap.add_argument("--proof-cap", type=float, default=600.0, help="seconds per DPOR proof (4)")
     ap.add_argument("--variants", nargs="*", default=BUGGY)
     ap.add_argument("--fault-cap", type=float, default=600.0, help="seconds per fault search (6)")
+    ap.add_argument("--fault-jobs", type=int, default=2, help="explorers per fault search (6)")
     ap.add_argument("--scale-cap", type=float, default=120.0, help="seconds per search (7)")
     ap.add_argument("--jobs", type=int, default=2, help="explorers per search (7)")
     ap.add_argument("--scale", nargs="*", default=None, help="only these rows of 7, as v6:3x2x1")
@@ -262,17 +267,24 @@ def main() -> int:
         console.print(t)
 
     if "6" not in skip:
-        t = Table(title=f"6. faults: DPOR, 1 job, 2 CPUs x 2 rounds (cap {args.fault_cap:g} s)")
-        for c in ("variant", "no fault", "<= 1 fault", "<= 2 faults", "x1 / x0 executions"):
+        t = Table(
+            title=f"6. faults: DPOR, {args.fault_jobs} job(s), 2 CPUs x 2 rounds "
+            f"(cap {args.fault_cap:g} s)"
+        )
+        for c in ("variant", "faults", "tree per plan", "branches in one tree", "executions"):
             t.add_column(c)
         for variant in ("locked", "v6"):
-            cells, counts = [], []
             for k in (0, 1, 2):
-                cell, n = fault_search(variant, k, args.fault_cap)
-                cells.append(cell)
-                counts.append(n)
-                console.print(f"  done: {variant} <= {k} faults: {cell}")
-            t.add_row(variant, *cells, f"{counts[1] / counts[0]:.1f}x")
+                cells, counts = [], []
+                for how in ("plans", "branch") if k else ("branch",):
+                    cell, n = fault_search(variant, k, args.fault_cap, args.fault_jobs, how)
+                    cells.append(cell)
+                    counts.append(n)
+                    console.print(f"  done: {variant} <= {k} faults, {how}: {cell}")
+                if not k:
+                    cells = [cells[0], cells[0]]
+                ratio = f"{counts[-1] / counts[0]:.2f}x" if len(counts) == 2 else ""
+                t.add_row(variant, f"<= {k}", *cells, ratio)
         console.print(t)
 
     if "7" not in skip:
@@ -280,13 +292,18 @@ def main() -> int:
     return 0
 
 
-def fault_search(variant: str, k: int, cap: float) -> tuple[str, int]:
-    """(cell text, executions) of DPOR with every plan of <= k faults of every kind."""
+def fault_search(variant: str, k: int, cap: float, jobs: int, how: str) -> tuple[str, int]:
+    """(cell text, executions) of DPOR with <= k faults of every kind; ``how``: "plans"
+    (a tree per plan) or "branch" (outcomes as branches in one tree)."""
     t0 = time.monotonic()
-    r = api.explore(
-        variant, strategy="dpor", budget=cap, jobs=1, minimize=False, seed=1,
-        faults="*.busy=0.5,alloc.fail=0.5" if k else "none", max_faults=k,
-    )  # fmt: skip
+    os.environ[FAULT_SEARCH_ENV] = how
+    try:
+        r = api.explore(
+            variant, strategy="dpor", budget=cap, jobs=jobs, minimize=False, seed=1,
+            faults="*.busy=0.5,alloc.fail=0.5" if k else "none", max_faults=k,
+        )  # fmt: skip
+    finally:
+        os.environ.pop(FAULT_SEARCH_ENV, None)
     e = r.raw.explore
     assert e is not None
     took = time.monotonic() - t0

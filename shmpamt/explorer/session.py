@@ -414,9 +414,10 @@ class Session:
         """Judge the end state, tell the strategy how the execution ended, and build it."""
         faults: tuple[tuple[int, int, int], ...] = ()
         if injecting or run.scheduler.wants_fault_points:
-            points, faults = _fault_points(run.runs, self.cpus)
+            points, faults, at = _fault_points(run.runs, self.cpus)
             if run.scheduler.wants_fault_points:
                 run.scheduler.saw_faults(points)
+                run.scheduler.saw_fault_steps(at)
         if run.outcome == COMPLETE:
             self.s.check_quiescent()
         elif run.outcome == DEADLOCK:
@@ -633,21 +634,29 @@ def _trace(runs: list[tuple[int, list[int]]]) -> list[TraceEvent]:
 
 def _fault_points(
     runs: list[tuple[int, list[int]]], cpus: int
-) -> tuple[dict[int, list[int]], tuple[tuple[int, int, int], ...]]:
-    """The kind of every fault point each CPU passed, in its order, and the faults
-    injected: (cpu, its fault point, kind index)."""
+) -> tuple[
+    dict[int, list[int]], tuple[tuple[int, int, int], ...], list[tuple[int, int, int, int, bool]]
+]:
+    """The kind of every fault point each CPU passed, in its order, the faults
+    injected: (cpu, its fault point, kind index), and every fault point by step:
+    (step index, cpu, its fault point, kind index, injected)."""
     points: dict[int, list[int]] = {c: [] for c in range(cpus)}
     injected: list[tuple[int, int, int]] = []
+    at: list[tuple[int, int, int, int, bool]] = []
     kind_of = FAULT_KIND.get
+    step = 0
     for c, ring in runs:
         mine = points[c]
         for r in range(0, len(ring), REC):
             kind = kind_of(ring[r])
             if kind is not None:
-                if ring[r + R_FAULT]:
+                hit = bool(ring[r + R_FAULT])
+                if hit:
                     injected.append((c, len(mine), kind))
+                at.append((step + r // REC, c, len(mine), kind, hit))
                 mine.append(kind)
-    return points, tuple(sorted(injected))
+        step += len(ring) // REC
+    return points, tuple(sorted(injected)), at
 
 
 #: a stream's steps: runs (CPU, records), each step's CPU, the CPUs' decisions

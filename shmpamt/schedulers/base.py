@@ -207,6 +207,11 @@ class Scheduler(Protocol):
         """The kind of each fault point each CPU passed in the execution just ended."""
         ...
 
+    def saw_fault_steps(self, steps: Sequence[tuple[int, int, int, int, bool]]) -> None:
+        """The same fault points by step: (step index, cpu, its point index, kind,
+        whether it was injected), for a search that branches on outcomes at its steps."""
+        ...
+
 
 @functools.cache
 def below_limit(n: int) -> int:
@@ -404,6 +409,9 @@ class BaseScheduler:
 
     def saw_faults(self, points: Mapping[int, Sequence[int]]) -> None:
         """Only fault strategies learn from the fault points an execution passed."""
+
+    def saw_fault_steps(self, steps: Sequence[tuple[int, int, int, int, bool]]) -> None:
+        """Only DPOR with outcome branching learns where its steps' fault points were."""
 
     def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int | None) -> int:
         """Decisions already taken, made at once: each ``(runnable, chosen)`` asked

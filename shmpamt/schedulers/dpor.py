@@ -67,6 +67,34 @@ Races and sleep sets use what each executed step did (``executed``): a
 conditional atomic that left its slot unchanged only read it. A sleeping CPU
 keeps its may-write footprint, so a class may occasionally run twice (sound,
 not optimal); the report therefore counts complete executions, not classes.
+
+Injected faults (``fault_kinds``, ``max_faults`` K > 0) are outcomes of a step,
+explored as branches of the node where the step is taken, as VeriSoft explores
+``VS_toss`` (Godefroid, "Model Checking for Programming Languages using
+VeriSoft", POPL 1997). A fault point is the step of a CPU whose op is in
+:data:`~shmpamt.schedulers.faults.FAULT_OPS`; the session says after each
+execution which steps were fault points (``saw_fault_steps``). A node whose
+chosen step is a fault point of an allowed kind, with fewer than K injections
+on the path above it, is explored with the default outcome first and then,
+once that subtree is done, with the same choice and the step injected, the
+prefix above unchanged; only then does the node move on to its next CPU. The
+plan of an execution (which the CPUs apply themselves) is read off its
+replayed prefix: every node with an injected outcome, named by (CPU, the
+CPU's fault-point index there, kind). Why no class with <= K faults is lost:
+an outcome is read by its own step only and by nothing another CPU does, so
+it is a fresh thread-local input of that step, and the step's footprint
+covers both outcomes (an injected BUSY or NULL does less than the call). Fix the outcomes of every
+fault point (a plan): the system is then deterministic, and source-DPOR
+(Abdulla et al., above) explores each of its classes provided every state's
+choice of a CPU stands for everything below it. With outcome branching it
+does: a CPU ``p`` explored at a state has had its step there taken with
+every allowed outcome before any later sibling runs, so ``p`` asleep in a
+later sibling stands for all its outcomes; and every node below is expanded
+the same way, so a subtree reached under any plan prefix contains every
+extension of it with <= K injections. Races found in an execution with
+injections add backtrack points above as usual: an injection only changes
+what its own CPU does afterwards, which the race analysis sees as steps like
+any other. Symmetry is off with faults (the plan names CPUs).
 """
 
 from __future__ import annotations
@@ -84,6 +112,15 @@ from shmpamt.schedulers.base import (
     Nondeterminism,
     SleepBlocked,
     dependent,
+)
+from shmpamt.schedulers.faults import (
+    KIND_INDEX,
+    KINDS,
+    BoardPlan,
+    Injection,
+    Plan,
+    board_plan,
+    scope,
 )
 from shmpamt.schedulers.races import Trace
 from shmpamt.schedulers.symmetry import Symmetry
@@ -120,6 +157,14 @@ class _Node:
     shared: int = 0
     #: enabled CPUs symmetry does not try here (their orbit's representative stands in)
     pruned: frozenset[int] = frozenset()
+    #: ``choice``'s step is a fault point of this kind (index in KINDS), else -1
+    fault: int = -1
+    #: that step's position among ``choice``'s fault points in the execution
+    point: int = 0
+    #: the fault is injected into ``choice``'s step on this path
+    injected: bool = False
+    #: the injected outcome of ``choice``'s step is still to be explored here
+    outcome_todo: bool = False
 
     def split_path(self) -> tuple[int, int]:
         """``path_before`` extended by this state (it names the job that owns the path)."""
@@ -177,10 +222,19 @@ class DPOR(BaseScheduler):
         subtree: Sequence[int] | None = None,
         split_depth: int | None = None,
         symmetry: Symmetry | None = None,
+        fault_kinds: Sequence[str] = (),
+        max_faults: int = 0,
     ) -> None:
         """``preemption_bound`` None: unbounded; ``shard`` (index, count) for parallel jobs;
         ``subtree`` a prefix of split-state positions (a distributed proof's task);
-        ``symmetry`` interchangeable CPUs (:mod:`~shmpamt.schedulers.symmetry`)."""
+        ``symmetry`` interchangeable CPUs (:mod:`~shmpamt.schedulers.symmetry`);
+        ``fault_kinds`` the kinds injected as outcomes, at most ``max_faults`` per
+        execution (see the module docstring)."""
+        unknown = [k for k in fault_kinds if k not in KIND_INDEX]
+        if unknown:
+            raise ValueError(f"unknown fault kind {unknown[0]!r}; use {', '.join(KINDS)}")
+        if max_faults < 0:
+            raise ValueError(f"max_faults must be >= 0, not {max_faults}")
         if preemption_bound is not None and preemption_bound < 0:
             raise ValueError("preemption bound must be >= 0")
         index, count = shard
@@ -210,6 +264,22 @@ class DPOR(BaseScheduler):
         self.max_executions = max_executions
         self.shard = (index, count)
         self.symmetry = symmetry if symmetry is not None and symmetry.reduces else None
+        #: the kinds injected as outcomes, in KINDS order, and at most how many per execution
+        self.kinds = tuple(k for k in KINDS if k in fault_kinds)
+        self._allowed = frozenset(KIND_INDEX[k] for k in self.kinds)
+        self.max_faults = max_faults if self._allowed else 0
+        if self.max_faults and self.symmetry is not None:
+            raise ValueError("symmetry is not sound with injected faults (a plan names CPUs)")
+        self.wants_fault_points = bool(self.max_faults)
+        #: the current execution's injections (read off its replayed prefix)
+        self.fault_plan: Plan = ()
+        #: fault points of the execution just ended: step -> (cpu, point, kind, injected)
+        self._fault_steps: dict[int, tuple[int, int, int, bool]] | None = None
+        #: complete executions with no injected fault
+        self.no_fault_executions = 0
+        #: some execution passed a fault point of a kind this search injects (with no
+        #: fault search there is nothing to reach: never an incident)
+        self.reached = not self.max_faults
         self._stack: list[_Node] = []
         self._replay_len = 0
         #: the happens-before relation of the executions analysed so far, and how many
@@ -246,8 +316,11 @@ class DPOR(BaseScheduler):
                 f"execution {self.executions} ended after {len(self.last_steps)} steps, before "
                 f"the {self._replay_len} steps of its recorded prefix"
             )
+        todo: list[int] = []
         while self._stack:
             node = self._stack[-1]
+            if node.outcome_todo:
+                break
             todo = sorted(node.backtrack - set(node.done) - node.sleep.keys() - node.pruned)
             if todo:
                 break
@@ -257,17 +330,29 @@ class DPOR(BaseScheduler):
             return False
         if self.max_executions is not None and self.executions >= self.max_executions:
             return False
-        node.choice = todo[0]
-        node.done.append(node.choice)
-        before = self._stack[-2].preemptions if len(self._stack) > 1 else 0
-        node.preemptions = before + _is_preemption(node.enabled, node.current, node.choice)
+        if node.outcome_todo:
+            # The same choice again, its step injected: the default outcome's subtree is done.
+            node.outcome_todo = False
+            node.injected = True
+        else:
+            node.choice = todo[0]
+            node.done.append(node.choice)
+            node.injected = False
+            node.fault = -1
+            before = self._stack[-2].preemptions if len(self._stack) > 1 else 0
+            node.preemptions = before + _is_preemption(node.enabled, node.current, node.choice)
         self._replay_len = len(self._stack)
+        if self.max_faults:
+            self.fault_plan = tuple(
+                sorted(Injection(n.choice, n.point, n.fault) for n in self._stack if n.injected)
+            )
         # Steps before the changed choice are the last execution's (a replay).
         self._same_as_analysed = min(self._same_as_analysed, len(self._stack) - 1)
         self._reset_execution()
         return True
 
     def _reset_execution(self) -> None:
+        self._fault_steps = None
         self._final = None
         self._blocked_now = False
         self._skipped_now = False
@@ -459,6 +544,49 @@ class DPOR(BaseScheduler):
     def skipped_last(self) -> bool:
         return self._skipped_now
 
+    # -- injected faults ------------------------------------------------------------
+
+    def board_faults(self) -> BoardPlan:
+        return board_plan(self.fault_plan)
+
+    def saw_faults(self, points: Mapping[int, Sequence[int]]) -> None:
+        if not self.reached:
+            self.reached = any(k in self._allowed for kinds in points.values() for k in kinds)
+
+    def saw_fault_steps(self, steps: Sequence[tuple[int, int, int, int, bool]]) -> None:
+        """The fault points of the execution just ended: (step, cpu, point, kind, injected)."""
+        self._fault_steps = {s: (c, p, k, i) for s, c, p, k, i in steps}
+
+    def _mark_faults(self, n: int) -> None:
+        """Record which of the ``n`` steps were fault points; give the new ones their
+        injected outcome to explore (with fewer than K injections above them)."""
+        told = self._fault_steps
+        if not self.max_faults or told is None:
+            return
+        above = 0
+        replayed = self._replay_len - 1  # nodes above the changed one are as recorded
+        for j in range(n):
+            node = self._stack[j]
+            c, point, kind, injected = told.get(j, (node.choice, 0, -1, False))
+            # Invariant: the step is the node's choice, and an injection the plan asked
+            # for is the one the CPU applied (its fault-point count matches the plan's).
+            if c != node.choice or injected != node.injected:
+                raise Nondeterminism(
+                    f"step {j}: cpu {c} {'was' if injected else 'was not'} injected, but the "
+                    f"search chose cpu {node.choice} {'with' if node.injected else 'without'} "
+                    "an injection there"
+                )
+            if j < replayed or node.injected:
+                if (node.fault, node.point) != (kind, point if kind >= 0 else 0):
+                    raise Nondeterminism(
+                        f"step {j}: replayed fault point {(kind, point)} was recorded as "
+                        f"{(node.fault, node.point)}"
+                    )
+            else:
+                node.fault, node.point = kind, point if kind >= 0 else 0
+                node.outcome_todo = kind in self._allowed and above < self.max_faults
+            above += node.injected
+
     # -- race analysis --------------------------------------------------------------
 
     def _analyse(self, n: int) -> None:
@@ -477,6 +605,7 @@ class DPOR(BaseScheduler):
         # Invariant: every step of the execution has its node on the stack, and no more.
         if len(self._stack) != n:
             raise SchedulingError(f"dpor: {len(self._stack)} states recorded for {n} steps")
+        self._mark_faults(n)
         if self._blocked_now:
             self.sleep_blocked += 1
         elif self._skipped_now or self._split_owner() != self.shard[0]:
@@ -486,6 +615,7 @@ class DPOR(BaseScheduler):
         else:
             self.complete_executions += 1
             self.deadlocks += self.last_outcome == "deadlock"
+            self.no_fault_executions += not self.fault_plan
         # Races among the events the last analysed execution shared with this one were
         # handled then, and handling a race again changes nothing (see _want): only
         # the events from the first changed one on are analysed.
@@ -589,6 +719,20 @@ class DPOR(BaseScheduler):
             return "sampled"
         return "verified" if self.preemption_bound is None else "bounded"
 
+    @property
+    def no_fault_done(self) -> bool:
+        """The search without faults is complete: with outcome branching, only when the
+        whole search is (no-fault executions are spread over the tree)."""
+        return self.exhausted
+
+    @property
+    def claim_scopes(self) -> tuple[tuple[str, Claim], ...]:
+        """The claim per scope: (no faults, its claim), (<= K faults, its claim)."""
+        out: list[tuple[str, Claim]] = [(scope(0, ()), self.claim)]
+        if self.max_faults:
+            out.append((scope(self.max_faults, self.kinds), self.claim))
+        return tuple(out)
+
     def coverage(self) -> str:
         index, count = self.shard
         part = f" (shard {index}/{count}: this job's part only)" if count > 1 else ""
@@ -601,6 +745,14 @@ class DPOR(BaseScheduler):
             f"{self.deadlocks} ending in deadlock"
         )
         n = self.complete_executions
+        if self.max_faults:
+            counts += (
+                f"; faults {scope(self.max_faults, self.kinds)} as outcomes of their steps: "
+                f"{self.no_fault_executions} complete executions without one, the no-fault "
+                f"part {'exhausted' if self.exhausted else 'not exhausted'} ("
+                + ", ".join(f"{c} {sc}" for sc, c in self.claim_scopes)
+                + ")"
+            )
         if self.exhausted and self.preemption_bound is None:
             return (
                 f"dpor: verified: all classes of interleavings explored, in {n} complete "

@@ -15,8 +15,12 @@ step then does. That is what lets any search run unchanged under a *plan* (a
 set of injections fixed for the execution): the system is deterministic given
 the schedule and the plan.
 
-* Exhaustive search over faults (:class:`FaultTree`): run the inner search
-  (DFS or DPOR) to the end with no plan, then with every plan of one injection
+* Exhaustive search inside one tree: DPOR with ``fault_kinds`` branches on the
+  outcome at the node where the step is taken (see :mod:`.dpor`); the plan of
+  each execution is read off its replayed prefix. That is the default for dpor.
+* Exhaustive search over faults, a tree per plan (:class:`FaultTree`, for DFS,
+  and for DPOR under ``SHMPAMT_FAULT_SEARCH=plans``): run the inner search
+  to the end with no plan, then with every plan of one injection
   that an execution reached (each (cpu, point) seen with a kind in the spec),
   then every plan of two grown from the one-fault executions, up to
   ``max_faults``. Every execution with at most K injected faults is an
@@ -166,6 +170,9 @@ class _Wrapper(BaseScheduler):
 
     def next_u64(self) -> int:
         return self.inner.next_u64()
+
+    def saw_fault_steps(self, steps: Sequence[tuple[int, int, int, int, bool]]) -> None:
+        self.inner.saw_fault_steps(steps)
 
     @property
     def workload_seed(self) -> int:

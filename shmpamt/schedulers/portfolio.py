@@ -54,7 +54,8 @@ class Portfolio(BaseScheduler):
         """``preemption_bound`` and ``shard`` apply to the DPOR member. ``faults`` (kind ->
         probability) with ``max_faults`` > 0: the samplers inject faults on a
         ``fault_share`` of their executions, and the DPOR member, once its no-fault
-        tree is done, goes on with every plan of up to ``max_faults`` faults."""
+        tree is done, goes on with every plan of up to ``max_faults`` faults (the
+        happy path first: a short budget is spent on it)."""
         unknown = [m for m in members if m not in MEMBERS]
         if unknown or not members or len(set(members)) != len(members):
             raise ValueError(f"members must be distinct names from {', '.join(MEMBERS)}")
@@ -110,6 +111,10 @@ class Portfolio(BaseScheduler):
 
     def board_faults(self) -> dict[int, list[tuple[int, int]]]:
         return self._member.board_faults() if self._member is not None else {}
+
+    def saw_fault_steps(self, steps: Sequence[tuple[int, int, int, int, bool]]) -> None:
+        if self._member is not None:
+            self._member.saw_fault_steps(steps)
 
     def saw_faults(self, points: Mapping[int, Sequence[int]]) -> None:
         if self._member is not None:

@@ -6,6 +6,7 @@ or atomics binding: strategies are pure, and the CLI lists them cheaply.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Final
 
@@ -21,6 +22,9 @@ from shmpamt.schedulers.symmetry import Symmetry
 
 STRATEGIES: Final[tuple[str, ...]] = ("portfolio", "random", "pct", "pos", "dfs", "dpor")
 DEFAULT_STRATEGY: Final = "portfolio"
+#: "plans" makes dpor with faults search a whole tree per plan (FaultTree), as it once
+#: did; anything else (the default): outcomes are branches of their steps in one tree
+FAULT_SEARCH_ENV: Final = "SHMPAMT_FAULT_SEARCH"
 #: dfs's preemption bound when none is given (unbounded dfs rarely finishes)
 DFS_DEFAULT_PREEMPTIONS: Final = 2
 
@@ -75,6 +79,12 @@ def make_scheduler(
     probabilities = dict(faults or {}) if max_faults > 0 else {}
     if probabilities and name != "portfolio":
         kinds = kinds_of(probabilities)
+        if name == "dpor" and os.environ.get(FAULT_SEARCH_ENV, "branch") != "plans":
+            # Outcomes as branches of the steps (see dpor's docstring): shards as usual.
+            return DPOR(
+                preemptions, max_executions, wseed, shard, fault_kinds=kinds,
+                max_faults=max_faults,
+            )  # fmt: skip
         if name in ("dfs", "dpor"):
             if count > 1 and index > 0:
                 # Plans are found from every execution of the tree before them, so one
