@@ -77,3 +77,29 @@ def test_two_step_seamcalls_depend_where_their_pamt_entry_locks_meet() -> None:
     # one-step calls keep their footprints: ADD writes the PAMT, AUG reads it
     one = Footprints(2, two_phase=False)
     assert one.of(OPS.index(add), 0, 0) != fp.of(OPS.index(add), 0, 0)
+
+
+def test_an_add_meets_the_other_ranges_through_its_pair() -> None:
+    """Pool pages live in the guest ranges: ADD of range 0 walks a pair page of range 1
+    shared, so its begin and end are ordered against range 1's ADD/REMOVE and against
+    range 1's AUG/RECLAIM begin (whose walk promotes when range 1 has no PAMT); with
+    one range nothing changes, and AUG/RECLAIM of two ranges still commute."""
+    from shmpamt.schedulers.base import dependent
+
+    add, remove = "TDH.PHYMEM.PAMT.ADD", "TDH.PHYMEM.PAMT.REMOVE"
+    aug, reclaim = "TDH.MEM.PAGE.AUG", "TDH.PHYMEM.PAGE.RECLAIM"
+    two = Footprints(2, two_phase=True, ranges=2)
+    one = Footprints(2, two_phase=True, ranges=1)
+
+    def at(fp: Footprints, op: str, cpu: int, r: int) -> Access:
+        return fp.of(OPS.index(op), r, cpu)
+
+    for step in (add, add + ".end"):
+        for other in (add, add + ".end", remove, remove + ".end", aug, reclaim):
+            assert dependent(at(two, step, 0, 0), at(two, other, 1, 1)), (step, other)
+        assert not dependent(at(one, step, 0, 0), at(one, aug, 1, 1))
+    assert not dependent(at(two, aug, 0, 0), at(two, reclaim, 1, 1))
+    assert not dependent(at(two, remove, 0, 0), at(two, aug + ".end", 1, 1))
+    # one-step calls hold nothing between steps: the pair's walk meets no one
+    flat = Footprints(2, two_phase=False, ranges=2)
+    assert not dependent(at(flat, add, 0, 0), at(flat, aug, 1, 1))

@@ -9,8 +9,9 @@ import pytest
 
 from shmpamt import tdx
 from shmpamt.machine.ipc import IpcError, new_token
-from shmpamt.machine.kernel import POOL_BASE
+from shmpamt.machine.kernel import POOL_BASE, page_hpa, range_of
 from shmpamt.machine.pages import MODULE, PamtPagePool
+from shmpamt.machine.pool_layout import PoolLayout
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.state import ModuleState
 from shmpamt.records.violations import (
@@ -183,3 +184,52 @@ def test_concurrent_allocs_never_hand_out_a_page_twice(log: ViolationLog) -> Non
         every = lists[0] + lists[1]
         assert len(every) == len(set(every)) == 2000
         assert pool.statistics().allocs == 2000
+
+
+# --- pool pages inside the guest ranges (machine/pool_layout.py) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("npages", "stride", "ranges", "ppr"),
+    [(80, 2, 2, 2), (13, 3, 2, 505), (40, 2, 1, 8), (64, 4, 3, 512), (9, 1, 4, 510)],
+)
+def test_layout_is_a_bijection_that_avoids_every_guest_slot(
+    npages: int, stride: int, ranges: int, ppr: int
+) -> None:
+    lay = PoolLayout.in_ranges(npages, stride, ranges, ppr)
+    addrs = [lay.hpa(i) for i in range(npages)]
+    assert len(set(addrs)) == npages
+    for i, hpa in enumerate(addrs):
+        assert lay.index(hpa) == i
+        if hpa < POOL_BASE:
+            r, slot = divmod(hpa // tdx.PAGE_SIZE, tdx.PAGES_PER_2M)
+            # Invariant: a pool page is never a page a CPU AUGs.
+            assert r < ranges and ppr <= slot < tdx.PAGES_PER_2M
+    # every other page of the guest ranges and above the pool is no pool page
+    owned = set(addrs)
+    for r in range(ranges + 1):
+        for slot in range(tdx.PAGES_PER_2M):
+            hpa = page_hpa(r, slot)
+            assert (lay.index(hpa) is not None) == (hpa in owned)
+    assert lay.index(POOL_BASE + npages * tdx.PAGE_SIZE) is None
+    assert lay.index(addrs[0] + 1) is None
+
+
+def test_two_ranges_a_cpus_consecutive_pages_lie_in_both_ranges(log: ViolationLog) -> None:
+    with PamtPagePool.create(80, log, new_token(), cpus=2, ranges=2, pages_per_range=2) as p:
+        pair = [p.alloc(1), p.alloc(1)]
+        assert [None if h is None else range_of(h) for h in pair] == [0, 1]
+        assert all(h is not None and p.owner(h) == 2 and p.partition(h) == 1 for h in pair)
+        # the ownership checks work on in-range pages as on the others
+        assert pair[0] is not None
+        p.free(1, pair[0])
+        p.free(1, pair[0])
+        assert [(r.name, r.b) for r in log.records()] == [(PAMT_PAGES_LOST, LOST_DOUBLE_FREE)]
+
+
+def test_a_pool_too_big_for_the_spare_slots_continues_at_pool_base(log: ViolationLog) -> None:
+    with PamtPagePool.create(6, log, new_token(), cpus=1, ranges=1, pages_per_range=510) as p:
+        got = [p.alloc(0) for _ in range(6)]
+        assert got[:2] == [page_hpa(0, 511), page_hpa(0, 510)]
+        assert got[2:] == [POOL_BASE + i * tdx.PAGE_SIZE for i in range(2, 6)]
+        assert p.alloc(0) is None

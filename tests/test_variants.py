@@ -121,6 +121,9 @@ class FakePool:
         assert hpa not in self._module.owned_pages(), f"free of {hpa:#x}, owned by the module"
         self.allocated.remove(hpa)
 
+    def index(self, hpa: int) -> int:
+        return (hpa - POOL_BASE) // tdx.PAGE_SIZE if hpa >= POOL_BASE else -1
+
     def kernel_held(self) -> set[int]:
         """Allocated pages the module does not own: leaked unless someone still holds them."""
         return self.allocated - self._module.owned_pages()

@@ -48,6 +48,9 @@ class _Pool:
     def free(self, cpu: int, hpa: int) -> None:
         return None
 
+    def index(self, hpa: int) -> int:
+        return (hpa - POOL_BASE) // tdx.PAGE_SIZE if hpa >= POOL_BASE else -1
+
 
 class _Module:
     """Accepts every SEAMCALL (REMOVE hands back two pool pages)."""

@@ -205,6 +205,7 @@ class Board:
             "tool": "shmpamt",
             "schema": 2,
             "kind": "campaign",
+            "module": module_semantics(),
             "complete": not self.interrupted and not self.error and not self.missing,
             "interrupted": self.interrupted or None,
             "error": self.error or None,
@@ -396,7 +397,13 @@ def campaign_command(
 def _finish_proofs(proofs: list[dict[str, Any]], code: int, json_path: Path | None) -> NoReturn:
     """The end of a campaign of proofs only: the JSON, the exit status."""
     if json_path is not None:
-        data = {"tool": "shmpamt", "schema": 2, "kind": "proofs", "exit_status": code}
+        data = {
+            "tool": "shmpamt",
+            "schema": 2,
+            "kind": "proofs",
+            "module": module_semantics(),
+            "exit_status": code,
+        }
         try:
             write_file(
                 json_path, (json.dumps({**data, "proofs": proofs}, indent=2) + "\n").encode()

@@ -134,13 +134,48 @@ void shmpamt_spin_unlock(spinlock_t *lock)
 static struct page *shmpamt_mem_map;
 static uint32_t shmpamt_mem_map_pages;
 
+#define SHMPAMT_SLOTS_PER_2M (SZ_2M / PAGE_SIZE)
+
+/* The slot row (0 = a range's top 4 KiB slot) pool page i has in its range. */
+static uint64_t shmpamt_pool_row(const struct shmpamt_ctx *c, uint64_t i)
+{
+	uint64_t k = i / c->pool_stride;
+
+	return k / c->pool_ranges * c->pool_stride + i % c->pool_stride;
+}
+
+/* The pool index of hpa, the inverse of the layout in struct shmpamt_ctx; -1: none. */
+static int64_t shmpamt_pool_index(const struct shmpamt_ctx *c, phys_addr_t hpa)
+{
+	uint64_t i, r, row;
+
+	if (hpa % PAGE_SIZE || !c->pool_stride)
+		return -1;
+	if (hpa >= c->pool_base) {
+		i = (hpa - c->pool_base) / PAGE_SIZE;
+		if (i >= c->pool_pages)
+			return -1;
+		if (c->pool_ranges && shmpamt_pool_row(c, i) < c->pool_rows)
+			return -1; /* that page lives in a guest range */
+		return (int64_t)i;
+	}
+	if (!c->pool_ranges)
+		return -1;
+	r = hpa / SZ_2M;
+	row = SHMPAMT_SLOTS_PER_2M - 1 - hpa % SZ_2M / PAGE_SIZE;
+	if (r >= c->pool_ranges || row >= c->pool_rows)
+		return -1;
+	i = (row / c->pool_stride * c->pool_ranges + r) * c->pool_stride + row % c->pool_stride;
+	return i < c->pool_pages ? (int64_t)i : -1;
+}
+
 struct page *shmpamt_pool_page(phys_addr_t hpa)
 {
 	struct shmpamt_ctx *c = shmpamt_cur;
-	uint64_t i = (hpa - c->pool_base) / PAGE_SIZE;
+	int64_t i = shmpamt_pool_index(c, hpa);
 	struct page *page;
 
-	if (hpa < c->pool_base || i >= c->pool_pages || hpa % PAGE_SIZE)
+	if (i < 0)
 		shmpamt_bug("%#llx is not a PAMT pool page", (unsigned long long)hpa);
 	if (shmpamt_mem_map_pages < c->pool_pages) {
 		free(shmpamt_mem_map);

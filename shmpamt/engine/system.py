@@ -109,7 +109,14 @@ class System:
             s._closers.append(s.lock)
             s.log = ViolationLog.create(token=s.token)
             s._closers.append(s.log)
-            s.pool = PamtPagePool.create(config.pool_size(), s.log, s.token, cpus=config.cpus)
+            s.pool = PamtPagePool.create(
+                config.pool_size(),
+                s.log,
+                s.token,
+                cpus=config.cpus,
+                ranges=config.ranges,
+                pages_per_range=config.pages_per_range,
+            )
             s._closers.append(s.pool)
             s.board = CpuBoard.create(config.cpus, s.token)
             s._closers.append(s.board)

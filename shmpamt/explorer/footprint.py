@@ -52,10 +52,23 @@ the steps, docs/design.md) a PAMT SEAMCALL is two points, ``<leaf>`` (begin) and
 - end does what the one-step call does (above) and releases: ADD/REMOVE write
   the lock, AUG/RECLAIM read it (a shared release commutes with a shared take
   and is ordered against an exclusive try, which writes);
+- a PAMT.ADD's page pair: pool pages live in the guest ranges' spare slots
+  (machine/pool_layout.py), so a pair page may lie in another range B, and ADD
+  walks it: B's 2 MiB entry shared, then the page's 4 KiB entry shared if B has
+  a PAMT. The step's target names only the range added, not the pair, so the
+  begin and the end of ADD of A write the entry lock of *every* other range:
+  ordered against ADD/REMOVE of B (which take B exclusive: BUSY one way, not the
+  other) and against AUG/RECLAIM of B, whose walk promotes B's entry to
+  exclusive when B has no PAMT (then one of the two is BUSY, whichever comes
+  second). That over-approximates (a pair in A, or AUG of a B with a PAMT,
+  commutes) but only where two CPUs use different ranges; with one range no
+  pair page is walked. The pair page's 4 KiB entry and its in-use check are no
+  object: the layout puts pool pages above every slot a CPU AUGs, so no other
+  step takes that entry exclusive or assigns that page;
 - the 1 GiB entry (always shared: no call here takes it exclusive) and the
-  entries of pool pages (ranges without a module PAMT, only ever walked shared)
-  commute with every step, and 4 KiB entries are CPU-private (each CPU its own
-  pages), so none of them is an object.
+  entries of pool pages at POOL_BASE (ranges without a module PAMT, only ever
+  walked shared) commute with every step, and 4 KiB guest entries are
+  CPU-private (each CPU its own pages), so none of them is an object.
 """
 
 from __future__ import annotations
@@ -121,9 +134,11 @@ def _would_write(op: str, v: int, a: int, b: int) -> bool:
 class Footprints:
     """Footprint of (op index, target, cpu), computed once per distinct step."""
 
-    def __init__(self, cpus: int, two_phase: bool | None = None) -> None:
-        """``two_phase``: whether PAMT SEAMCALLs are begin + end (None: the default)."""
+    def __init__(self, cpus: int, two_phase: bool | None = None, ranges: int = 1) -> None:
+        """``two_phase``: whether PAMT SEAMCALLs are begin + end (None: the default);
+        ``ranges``: the 2 MiB ranges whose spare slots hold pool pages (a pair's walk)."""
         self._cpus = cpus
+        self._ranges = ranges
         self._two_phase = two_phase_default() if two_phase is None else two_phase
         self._pool = tuple(_POOL + c for c in range(cpus))
         self._cache: dict[tuple[int, int, int], Access] = {}
@@ -176,16 +191,26 @@ class Footprints:
         if op.endswith(END_SUFFIX):
             leaf = op[: -len(END_SUFFIX)]
             one = self._one_step(leaf, target, cpu)
-            lock = (_ENTRY_LOCK + target,)
+            lock: tuple[int, ...] = (_ENTRY_LOCK + target,)
+            if leaf == _ADD:
+                lock = self._pair_locks(target)
             if leaf in _EXCLUSIVE_BEGIN:
                 return Access(one.reads, one.writes | frozenset(lock))
             return Access(one.reads | frozenset(lock), one.writes)
         if self._two_phase and (op in _EXCLUSIVE_BEGIN or op in _USE):
             lock = (_ENTRY_LOCK + target,)
+            if op == _ADD:
+                return Access.of(writes=self._pair_locks(target))
             if op in _EXCLUSIVE_BEGIN:
                 return Access.of(writes=lock)
             return Access.of(reads=(_PAMT + target, *lock))
         return self._one_step(op, target, cpu)
+
+    def _pair_locks(self, target: int) -> tuple[int, ...]:
+        """The entry locks a two-step ADD of ``target`` may hold: its own, exclusive,
+        and, for a pair page in another range, that range's, shared."""
+        pair = range(self._ranges) if self._ranges > 1 else ()  # one range: no other
+        return tuple(_ENTRY_LOCK + r for r in sorted({target, *pair}))
 
     def _one_step(self, op: str, target: int, cpu: int) -> Access:
         if op == "atomic_read":

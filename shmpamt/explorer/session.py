@@ -169,7 +169,7 @@ class Session:
         self.cpus = scenario.cpus
         self._bases = [c * WORDS for c in range(self.cpus)]
         self._rings = [self.board.ring(c) for c in range(self.cpus)]
-        self.footprints = Footprints(scenario.cpus)
+        self.footprints = Footprints(scenario.cpus, ranges=scenario.ranges)
         self.executions = 0
         #: steps granted by a hand-off, and steps a CPU took past where a search stopped
         self.handoffs = 0

@@ -41,7 +41,7 @@ def scenario_symmetry(scenario: Scenario, seed: int) -> Symmetry:
     orbits: dict[tuple[tuple[int, int], ...], list[int]] = {}
     for c in range(scenario.cpus):
         orbits.setdefault(page_pattern(scenario, seed, c), []).append(c)
-    fp = Footprints(scenario.cpus)
+    fp = Footprints(scenario.cpus, ranges=scenario.ranges)
     private = {c: fp.of(_ALLOC, 0, c).writes for c in range(scenario.cpus)}
     return Symmetry(tuple(tuple(o) for o in orbits.values()), private)
 

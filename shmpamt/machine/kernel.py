@@ -18,6 +18,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from shmpamt import tdx
+from shmpamt.machine.pool_layout import GUEST_BASE as GUEST_BASE
+from shmpamt.machine.pool_layout import POOL_BASE as POOL_BASE
+from shmpamt.machine.pool_layout import PoolLayout
 
 if TYPE_CHECKING:
     from shmpamt.machine.atomic import RefcountArray
@@ -32,10 +35,6 @@ PRIMITIVES: Final[tuple[str, ...]] = (
     "atomic_cmpxchg", "spin_lock", "spin_unlock", "alloc_page", "free_page",
 )  # fmt: skip
 
-# Physical address layout of the emulated machine: guest memory starts at 0,
-# PAMT pages come from a pool far above it so the two can never be confused.
-GUEST_BASE: Final = 0
-POOL_BASE: Final = 1 << 40
 
 #: the SEAMCALLs a module holding PAMT locks makes two scheduling points
 PHASED_LEAVES: Final = frozenset(
@@ -92,6 +91,10 @@ class PagePool(Protocol):
     def alloc(self, cpu: int) -> int | None: ...
 
     def free(self, cpu: int, hpa: int) -> None: ...
+
+    def index(self, hpa: int) -> int:
+        """The pool index of ``hpa``; -1 if it is no pool page."""
+        ...
 
 
 class SeamcallPort(Protocol):
@@ -255,6 +258,12 @@ class Kernel:
 
     # -- page allocator ----------------------------------------------------
 
+    @property
+    def pool_layout(self) -> PoolLayout:
+        """Where the pool's pages live (a pool without one: all at POOL_BASE)."""
+        layout = getattr(self._pool, "layout", None)
+        return layout if isinstance(layout, PoolLayout) else _ABOVE_GUEST
+
     def alloc_page(self) -> int | None:
         """A 4 KiB page's physical address, or None as alloc_page() returns NULL."""
         chosen = self._before("alloc_page", -1)
@@ -268,7 +277,7 @@ class Kernel:
 
     def free_page(self, hpa: int) -> None:
         """``__free_page``; the point's target is the pool page's index (who it may touch)."""
-        self._before("free_page", (hpa - POOL_BASE) // tdx.PAGE_SIZE if hpa >= POOL_BASE else -1)
+        self._before("free_page", self._pool.index(hpa))
         self._pool.free(self.cpu, hpa)
         self._after("free_page", -1, hpa)
 
@@ -367,6 +376,10 @@ class Kernel:
                 self._warned.add(site)
                 self.pr_err(msg)
         return cond
+
+
+#: the layout of a pool that names none (test doubles): every page at POOL_BASE
+_ABOVE_GUEST: Final = PoolLayout(1 << 16)
 
 
 def _unhooked(*args: object) -> None:

@@ -8,7 +8,9 @@ caught at the moment it happens, and leaks are whatever CPUs still own at
 quiescence.
 
 Owner codes: 0 = free, ``cpu + 1`` = owned by CPU ``cpu``, -1 = owned by the
-TDX module. Pool page ``i`` lives at physical address ``POOL_BASE + i * 4096``.
+TDX module. Pool page ``i`` lives where machine/pool_layout.py puts it: in the
+guest ranges' spare slots (a pair may come from the range it is added for or from
+another one) or, without ranges, at ``POOL_BASE + i * 4096``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from shmpamt import tdx
 from shmpamt.errors import IpcError
 from shmpamt.machine.atomic import RefcountArray
 from shmpamt.machine.ipc import Segment, make_name
-from shmpamt.machine.kernel import POOL_BASE
+from shmpamt.machine.pool_layout import PoolLayout
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.records.violations import (
     LOST_DOUBLE_FREE,
@@ -42,6 +44,8 @@ _STRIDE: Final = 1  # partitions: CPU c allocates pages i with i % stride == c %
 _ALLOCS: Final = 2
 _FREES: Final = 3
 _EXHAUSTED: Final = 4  # allocs that found no free page
+_RANGES: Final = 5  # guest ranges holding pool pages (PoolLayout.ranges)
+_ROWS: Final = 6  # pool pages per guest range (PoolLayout.rows)
 _HDR_WORDS: Final = 8
 
 
@@ -69,22 +73,42 @@ class PamtPagePool:
             self._hdr.close()
             raise IpcError(f"{segment.name}: not a PAMT page pool ({n} pages)")
         self.npages = n
+        stride, ranges, rows = (self._hdr.read(w) for w in (_STRIDE, _RANGES, _ROWS))
+        if not 1 <= stride <= n or ranges < 0 or not 0 <= rows <= tdx.PAGES_PER_2M:
+            self._hdr.close()
+            raise IpcError(
+                f"{segment.name}: not a PAMT page pool (layout {stride}/{ranges}/{rows})"
+            )
+        self.layout = PoolLayout(n, stride, ranges, rows)
         self._owners = RefcountArray.over(segment, _HDR_WORDS * 4, n)
 
     @classmethod
     def create(
-        cls, npages: int, log: ViolationLog, token: str | None = None, cpus: int = 1
+        cls,
+        npages: int,
+        log: ViolationLog,
+        token: str | None = None,
+        cpus: int = 1,
+        ranges: int = 0,
+        pages_per_range: int = tdx.PAGES_PER_2M,
     ) -> PamtPagePool:
-        """``cpus`` partitions: each CPU allocates from its own first (see :meth:`alloc`)."""
+        """``cpus`` partitions: each CPU allocates from its own first (see :meth:`alloc`).
+        ``ranges``: the guest ranges whose slots above ``pages_per_range`` hold pool pages
+        (0: every page at POOL_BASE)."""
         if isinstance(npages, bool) or not isinstance(npages, int) or not 1 <= npages <= MAX_PAGES:
             raise ValueError(f"pool size must be an int in 1..{MAX_PAGES}, got {npages!r}")
         if not 1 <= cpus <= npages:
             raise ValueError(f"partitions must be within 1..{npages}, got {cpus!r}")
+        layout = PoolLayout.in_ranges(npages, cpus, ranges, pages_per_range)
+        if ranges < 0 or not 0 <= layout.rows <= tdx.PAGES_PER_2M:
+            raise ValueError(f"no pool layout for {ranges} ranges of {pages_per_range} pages")
         seg = Segment.create(make_name("pamtpool", token), KIND_POOL, (_HDR_WORDS + npages) * 4)
         try:
             hdr = RefcountArray.over(seg, 0, _HDR_WORDS)
             hdr.set(_NPAGES, npages)
             hdr.set(_STRIDE, cpus)
+            hdr.set(_RANGES, ranges)
+            hdr.set(_ROWS, layout.rows)
             return cls(seg, log)
         except BaseException:
             seg.close()
@@ -103,16 +127,21 @@ class PamtPagePool:
 
     def contains(self, hpa: int) -> bool:
         """True if ``hpa`` is the address of a page of this pool."""
-        off = hpa - POOL_BASE
-        return 0 <= off < self.npages * tdx.PAGE_SIZE and off % tdx.PAGE_SIZE == 0
+        return self.layout.index(hpa) is not None
 
     def hpa(self, index: int) -> int:
-        return POOL_BASE + index * tdx.PAGE_SIZE
+        return self.layout.hpa(index)
+
+    def index(self, hpa: int) -> int:
+        """The pool index of ``hpa``; -1 if it is no pool page (a free_page's target)."""
+        i = self.layout.index(hpa)
+        return -1 if i is None else i
 
     def _index(self, hpa: int) -> int:
-        if not self.contains(hpa):
+        i = self.layout.index(hpa)
+        if i is None:
             raise ValueError(f"{hpa:#x} is not a PAMT pool page")
-        return (hpa - POOL_BASE) // tdx.PAGE_SIZE
+        return i
 
     # -- the allocator (CPU side) ----------------------------------------------
 
@@ -132,7 +161,7 @@ class PamtPagePool:
                 # Lock-free claim: the cmpxchg decides between CPUs racing for page i.
                 if owners.read(i) == FREE and owners.cmpxchg(i, FREE, cpu + 1) == FREE:
                     self._hdr.inc(_ALLOCS)
-                    return POOL_BASE + i * tdx.PAGE_SIZE
+                    return self.layout.hpa(i)
         self._hdr.inc(_EXHAUSTED)
         return None
 

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from shmpamt.errors import ScheduleError
+from shmpamt.machine.kernel import module_semantics
 from shmpamt.records.faildb import DB_NOTE
 from shmpamt.records.publish import check_target, reason, write_file
 from shmpamt.records.results import VariantResult, regression_line
@@ -69,6 +70,8 @@ class Report:
         return {
             "tool": "shmpamt",
             "schema": 2,
+            # the module semantics the run was judged against, as every header names them
+            "module": module_semantics(),
             "complete": not self.interrupted and not self.error,
             "interrupted": self.interrupted or None,
             "error": self.error or None,

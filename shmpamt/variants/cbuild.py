@@ -84,6 +84,7 @@ struct shmpamt_ctx {
     void *handle;
     uint64_t pool_base;
     uint32_t pool_pages;
+    uint32_t pool_stride, pool_ranges, pool_rows;
     int cpu;
     int last_op;
     int32_t last_target;

@@ -25,7 +25,6 @@ from shmpamt import tdx
 from shmpamt.errors import VariantLoadError
 from shmpamt.machine.atomic import BACKEND
 from shmpamt.machine.kernel import POOL_BASE, Kernel
-from shmpamt.machine.pages import MAX_PAGES
 from shmpamt.variants import cbuild
 from shmpamt.variants.base import CachedPamtVariant, PamtCache, PamtVariant
 
@@ -70,8 +69,12 @@ class _Bridge:
         ctx.nr_refcounts = n
         ctx.ops = _native_ops(module)
         ctx.handle = self.handle
+        layout = k.pool_layout
         ctx.pool_base = POOL_BASE
-        ctx.pool_pages = MAX_PAGES
+        ctx.pool_pages = layout.npages
+        ctx.pool_stride = layout.stride
+        ctx.pool_ranges = layout.ranges
+        ctx.pool_rows = layout.rows
         ctx.cpu = k.cpu
         ctx.last_op = -1
         ctx.last_target = -1

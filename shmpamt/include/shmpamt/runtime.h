@@ -69,9 +69,15 @@ struct shmpamt_ctx {
 	const struct shmpamt_atomic_ops *ops;
 	/* the Python bridge object (a cffi handle) */
 	void *handle;
-	/* where the PAMT page pool starts, and its page count (for pfn_to_page) */
+	/*
+	 * The PAMT page pool's layout (for pfn_to_page), as machine/pool_layout.py
+	 * has it: page i is the (i / stride)-th page of partition i % stride; those
+	 * go round the first pool_ranges 2 MiB ranges, pool_rows of them per range
+	 * from the range's top 4 KiB slot down, and the rest at pool_base + i pages.
+	 */
 	uint64_t pool_base;
 	uint32_t pool_pages;
+	uint32_t pool_stride, pool_ranges, pool_rows;
 	int cpu;
 	/* the last primitive entered and its refcount index, for the crash note */
 	int last_op;
