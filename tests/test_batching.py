@@ -9,7 +9,7 @@ executions: steps, trace, violations and the steps they surfaced at, outcome.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ def _fingerprint(ex: Execution) -> Fingerprint:
     trace = tuple((e.cpu, e.op, e.target, e.before, e.after, e.result) for e in ex.trace)
     named = tuple((v.name, v.cpu, v.range) for v in ex.violations)
     return (tuple(ex.steps), ex.outcome, named, tuple(ex.violation_steps),
-            tuple(ex.runnable_after), trace)  # fmt: skip
+            tuple(ex.runnable_after), trace, ex.faults)  # fmt: skip
 
 
 def _run(session: Session, scheduler: BaseScheduler, batch: bool) -> list[Fingerprint]:
@@ -128,3 +128,77 @@ def test_a_search_that_stops_mid_run_discards_what_the_cpu_ran_past_it(
     stepwise = _run(session, _StopsMidRun(), batch=False)
     assert batched == stepwise
     assert any(f[1] == SLEEP_BLOCKED for f in batched)
+
+
+def _run_scripted(session: Session, scheduler: BaseScheduler, scripts: bool) -> list[Fingerprint]:
+    session.scripts = scripts
+    try:
+        return _run(session, scheduler, batch=True)
+    finally:
+        session.scripts = True
+
+
+def _scripted_granted_stepwise(
+    session: Session, make: Callable[[], BaseScheduler]
+) -> list[Fingerprint]:
+    """The same strategy's executions as scripted streams, with one grant per CPU
+    switch, and with one hand-off per step: they must be the same."""
+    wakeups = session.wakeups
+    scripted = _run_scripted(session, make(), scripts=True)
+    scripted_wakeups = session.wakeups - wakeups
+    wakeups = session.wakeups
+    granted = _run_scripted(session, make(), scripts=False)
+    granted_wakeups = session.wakeups - wakeups
+    stepwise = _run(session, make(), batch=False)
+    # Invariant: the runs are the same; only who grants the steps differs.
+    for i, (a, b, c) in enumerate(zip(scripted, granted, stepwise, strict=True)):
+        assert a == b == c, f"execution {i} differs"
+    assert scripted_wakeups < granted_wakeups, "no prefix ran as a scripted stream"
+    return scripted
+
+
+def test_scripted_streams_change_no_execution(session: Session) -> None:
+    """DPOR's replayed prefixes, granted by the CPUs to each other (a scripted stream)."""
+    runs = _scripted_granted_stepwise(
+        session, lambda: make_scheduler("dpor", seed=5, max_executions=60)
+    )
+    assert len(runs) == 60
+
+
+def test_scripted_streams_apply_the_fault_plan() -> None:
+    """With faults as choices the CPUs apply each plan inside the streams too."""
+    faults = {"add.busy": 1.0, "alloc.fail": 1.0}
+    with Session(Scenario("locked", rounds=1)) as s:
+        runs = _scripted_granted_stepwise(
+            s, lambda: make_scheduler("dpor", seed=5, max_executions=120, faults=faults)
+        )
+    injected = [f for f in runs if f[-1]]
+    assert injected, "no execution had a fault injected: the test tests nothing"
+
+
+class _ScriptsCpu1(RandomWalk):
+    """Scripts cpu 1 for every next decision and picks it whenever it can run: the
+    script is kept only while cpu 1 can run, so streams stop where it cannot."""
+
+    uses_pending = True
+
+    def __init__(self) -> None:
+        super().__init__(seed=2, max_executions=20)
+
+    def _decide(
+        self, runnable: Sequence[int], current: int | None, pending: Mapping[int, Access] | None
+    ) -> int:
+        assert pending is not None
+        return 1 if 1 in runnable else min(runnable)
+
+    def scripted_choices(self, limit: int) -> list[int] | None:
+        return [1] * limit
+
+
+def test_a_scripted_cpu_that_cannot_run_hands_back_to_the_controller(session: Session) -> None:
+    scripted = _run_scripted(session, _ScriptsCpu1(), scripts=True)
+    stepwise = _run(session, _ScriptsCpu1(), batch=False)
+    assert scripted == stepwise
+    # cpu 1 finishes (or waits for the lock) before cpu 0 in every execution: the
+    # streams stopped at a scripted cpu 1 that could not run, and cpu 0 went on.
+    assert all(0 in f[0][f[0].index(1) :] for f in scripted)  # type: ignore[attr-defined]

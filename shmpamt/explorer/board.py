@@ -29,6 +29,13 @@ decisions (``follow``), so a broken rule is caught. A stream can start an
 execution: each CPU starts the next at its first scheduling point, and the
 last one makes the first decision.
 
+A *scripted* stream (``S_SCRIPT``) carries the CPUs themselves instead of
+numbers: the decisions a strategy has already fixed whatever the state is
+(DPOR's recorded prefix). The running CPU grants the next CPU of the script
+if that one can run, and hands back to the controller otherwise (the
+controller then finds the state differs from the recording); the controller
+checks every decision afterwards with the footprints each would have seen.
+
 A run-on is a promise made for the CPUs that can run at the grant, so it
 holds only while exactly those can: a CPU stops short (parks, and rings the
 controller) before a step that changes that. Only the lock does: taking it
@@ -115,7 +122,8 @@ S_USED: Final = 3  # numbers taken so far
 S_STEPS: Final = 4  # entries in the step log
 S_ALIVE: Final = 5  # CPUs not finished (one bit each)
 S_AT_LOCK: Final = 6  # CPUs parked at spin_lock
-S_HEAD: Final = 7
+S_SCRIPT: Final = 7  # 1: the numbers are the CPUs to grant, in order (a scripted stream)
+S_HEAD: Final = 8
 STEP_REC: Final = 3
 
 # The step ring, per CPU: one record per step taken since the last grant. The

@@ -35,6 +35,7 @@ from shmpamt.explorer.board import (
     S_GEN,
     S_LEN,
     S_ON,
+    S_SCRIPT,
     S_STEPS,
     S_USED,
     SPIN_LOCK,
@@ -206,7 +207,8 @@ class ExploreHook:
 
     def _choose(self, mine: int) -> int:
         """A stream's next decision: the CPU that takes the next step, or -1 (the
-        numbers ran out, or nobody can run): the controller decides then.
+        numbers ran out, nobody can run, or a scripted CPU cannot): the controller
+        decides then.
 
         Who can run is what the controller would find: every parked CPU, but
         one at ``spin_lock`` of a held lock. This CPU is parked at op ``mine``
@@ -224,15 +226,20 @@ class ExploreHook:
             mask &= ~at_lock
         if not mask:
             return -1
-        runnable = CPU_SETS[mask]
-        n = len(runnable)
-        pick = uniform_pick(self._numbers[used], n)
-        while pick < 0:  # the rule draws again: the next number decides
-            used += 1
-            if used >= have:
-                return -1
+        if w[s + S_SCRIPT]:
+            chosen = self._numbers[used]
+            if not mask >> chosen & 1:
+                return -1  # not what was recorded: the controller finds out how
+        else:
+            runnable = CPU_SETS[mask]
+            n = len(runnable)
             pick = uniform_pick(self._numbers[used], n)
-        chosen = runnable[pick]
+            while pick < 0:  # the rule draws again: the next number decides
+                used += 1
+                if used >= have:
+                    return -1
+                pick = uniform_pick(self._numbers[used], n)
+            chosen = runnable[pick]
         w[s + S_USED] = used + 1
         k = w[s + S_STEPS]
         e = self._step_log + k * STEP_REC

@@ -13,6 +13,7 @@ afterwards, exactly as it would have been one at a time.
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ from shmpamt.explorer.board import (
     S_GEN,
     S_LEN,
     S_ON,
+    S_SCRIPT,
     S_STEPS,
     S_USED,
     SPIN_LOCK,
@@ -93,6 +95,9 @@ from shmpamt.schedulers.base import Access, Scheduler, SleepBlocked
 from shmpamt.schedulers.replay import Replay
 from shmpamt.variants.registry import load_variant
 
+#: "0" turns scripted streams off (every replayed prefix step through the controller),
+#: for comparison: the executions are the same
+SCRIPTS_ENV: Final = "SHMPAMT_SCRIPTED_STREAMS"
 STEP_TIMEOUT: Final = 15.0  # a parked CPU that needs longer than this is dead or hung
 BOOT_TIMEOUT: Final = 60.0
 #: what the boot wait looks at between slices (None: nothing, every other wait)
@@ -109,6 +114,9 @@ class Session:
     ``core``: run the controller, the CPUs and the daemon on this one core
     (:mod:`~shmpamt.machine.placement`); None leaves placement to the OS. ``batch``
     False: every step is a hand-off (for comparison; the executions are the same).
+    ``scripts`` False: decisions a strategy has fixed in advance (DPOR's replayed
+    prefix) are granted by the controller one CPU switch at a time instead of as a
+    scripted stream (None: ``$SHMPAMT_SCRIPTED_STREAMS``, on unless it says 0).
     """
 
     def __init__(
@@ -117,10 +125,14 @@ class Session:
         core: int | None = None,
         batch: bool = True,
         should_stop: Callable[[], bool] = lambda: False,
+        scripts: bool | None = None,
     ) -> None:
         """``should_stop`` (a Ctrl-C) is looked at while the processes start: once it
         holds, the start is given up (:class:`StartAborted`) with nothing left behind."""
         self.batch = batch
+        if scripts is None:
+            scripts = os.environ.get(SCRIPTS_ENV, "1").strip() != "0"
+        self.scripts = batch and scripts
         self._pin = pinned(core)
         self._pin.__enter__()
         try:
@@ -263,6 +275,7 @@ class Session:
         ring_room = RING_SLOTS if self.batch else 1
         in_state, rc = self.footprints.pending, self._rc
         next_cpu = scheduler.next_cpu
+        scripts = self.scripts
         if not self._open(run, seed, ring_room > 1 and not wants_pending):
             for c in cpus:
                 self._grant(c, CMD_START, seed)
@@ -303,11 +316,15 @@ class Session:
                 raise SchedulingError(f"scheduler chose cpu {c}, runnable were {runnable}")
             first = len(run.steps)
             room = min(ring_room, max_steps - first) - 1
-            numbers = None
+            numbers = script = None
             if room > 0 and not wants_pending:
                 numbers = scheduler.uniform_numbers(min(room, STREAM_ROOM))
+            elif room > 0 and scripts:
+                script = scheduler.scripted_choices(min(room, STREAM_ROOM))
             if numbers:
                 logs = self._grant_stream(run, c, parked, runnable, numbers)
+            elif script:
+                logs = self._grant_script(run, c, parked, runnable, script)
             else:
                 logs = self._grant_run_on(run, c, parked, runnable, room)
             # The last step's violations are those logged up to now.
@@ -362,6 +379,89 @@ class Session:
         got, made, decisions, after, logs = self._end_stream(c, self._bases, self._rings)
         run.took(got, made, decisions, after, c)
         return logs
+
+    def _grant_script(
+        self, run: _Run, c: int, parked: list[int], runnable: list[int], script: list[int]
+    ) -> list[int]:
+        """Grant ``c`` its step and the steps the strategy has already fixed after it
+        (``script``: their CPUs) as a scripted stream: the CPUs grant each other. Then
+        ask the strategy for each of those decisions with the footprints it would
+        have seen one hand-off at a time. Returns the violation total after each step."""
+        w, bases = self.board.w, self._bases
+        # Where every parked CPU is, and the refcounts, before the stream moves them.
+        parked_at = {
+            o: (w[bases[o] + W_OP], w[bases[o] + W_TARGET], w[bases[o] + W_OPND_A],
+                w[bases[o] + W_OPND_B])
+            for o in parked
+        }  # fmt: skip
+        values = self._rc.tolist()
+        self._run_stream(c, parked, runnable, script, scripted=True)
+        got, made, decisions, after, logs = self._end_stream(c, bases, self._rings)
+        self._follow_script(run.scheduler, run.pending, parked_at, values, got, made, decisions)
+        run.runnable_after.extend(after)
+        run.steps.extend(made)
+        run.runs.extend(got)
+        return logs
+
+    def _follow_script(
+        self,
+        scheduler: Scheduler,
+        pending: dict[int, Access] | None,
+        parked_at: dict[int, tuple[int, int, int, int]],
+        values: list[int],
+        got: list[tuple[int, list[int]]],
+        made: list[int],
+        decisions: list[tuple[Sequence[int], int]],
+    ) -> None:
+        """A scripted stream's decisions after its first, one at a time, each with
+        ``pending`` as it would have seen it: every parked CPU's next step (the next
+        record in its ring, else where it is parked now) judged on the refcounts at
+        that point, which the steps' records give."""
+        assert pending is not None, "a strategy that reads pending was given none"
+        w, bases = self.board.w, self._bases
+        in_state, effect = self.footprints.pending, self.footprints.effect
+        pending = dict(pending)
+        # each CPU's records in the stream, in order; then its position at the end
+        records: dict[int, list[list[int]]] = {o: [] for o in parked_at}
+        for o, ring in got:
+            mine = records[o]
+            for r in range(0, len(ring), REC):
+                mine.append(ring[r : r + REC])
+        taken = dict.fromkeys(records, 0)
+        # the step each parked CPU takes next (op, target, a, b)
+        nxt = dict(parked_at)
+        for k, c in enumerate(made):
+            if k:
+                runnable, want = decisions[k - 1]
+                chosen = scheduler.next_cpu(runnable, made[k - 1], pending)
+                # Invariant: a script is a promise about the strategy's decisions.
+                if chosen != want:
+                    raise _broken(scheduler, want, len(scheduler.steps) - 1)
+            opj, tgt, _, _, before, after = records[c][taken[c]][:R_LO]
+            taken[c] += 1
+            scheduler.executed(effect(opj, tgt, c, before, after))
+            if k == len(made) - 1:
+                break
+            mine = records[c]
+            if taken[c] < len(mine):
+                nxt[c] = (mine[taken[c]][0], mine[taken[c]][1], mine[taken[c]][2],
+                          mine[taken[c]][3])  # fmt: skip
+            elif w[bases[c] + W_STATE] == PARKED:
+                base = bases[c]
+                nxt[c] = (w[base + W_OP], w[base + W_TARGET], w[base + W_OPND_A],
+                          w[base + W_OPND_B])  # fmt: skip
+            else:
+                del nxt[c]  # c finished
+                pending.pop(c, None)
+            if opj in ATOMIC_OPS:
+                values[tgt] = after
+                # A parked conditional atomic is judged in the state it is parked in.
+                for o, (op_o, target_o, a_o, b_o) in nxt.items():
+                    if o != c and target_o == tgt and op_o in CONDITIONAL:
+                        pending[o] = in_state(op_o, target_o, o, values, a_o, b_o)
+            if c in nxt:
+                op_c, target_c, a_c, b_c = nxt[c]
+                pending[c] = in_state(op_c, target_c, c, values, a_c, b_c)
 
     def _grant_run_on(
         self, run: _Run, c: int, parked: list[int], runnable: list[int], room: int
@@ -441,10 +541,12 @@ class Session:
             faults=faults,
         )
 
-    def _open_stream(self, numbers: list[int]) -> None:
-        """Hand the decisions to the CPUs: the stream's numbers, then S_ON."""
+    def _open_stream(self, numbers: list[int], scripted: bool = False) -> None:
+        """Hand the decisions to the CPUs: the stream's numbers (``scripted``: the CPUs
+        to grant), then S_ON."""
         w, s = self.board.w, self.board.stream
         self.board.numbers[: len(numbers)] = array("Q", numbers)
+        w[s + S_SCRIPT] = int(scripted)
         w[s + S_GEN] += 1
         w[s + S_LEN] = len(numbers)
         w[s + S_USED] = 0
@@ -468,11 +570,16 @@ class Session:
         self.board.grants[0].release()
 
     def _run_stream(
-        self, c: int, parked: list[int], runnable: list[int], numbers: list[int]
+        self,
+        c: int,
+        parked: list[int],
+        runnable: list[int],
+        numbers: list[int],
+        scripted: bool = False,
     ) -> None:
         """Grant ``c`` the step we decided, with a stream of ``numbers`` after it."""
         w, s = self.board.w, self.board.stream
-        self._open_stream(numbers)
+        self._open_stream(numbers, scripted)
         alive = at_lock = 0
         for o in parked:
             alive |= 1 << o

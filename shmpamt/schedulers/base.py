@@ -176,6 +176,11 @@ class Scheduler(Protocol):
         the CPUs can decide themselves; None for any other strategy."""
         ...
 
+    def scripted_choices(self, limit: int) -> list[int] | None:
+        """The CPUs the next decisions (at most ``limit``) will choose whatever the state
+        is, so the CPUs can grant each other; None or empty when there are none."""
+        ...
+
     # -- what the search loop reports -----------------------------------------------
 
     @property
@@ -457,6 +462,16 @@ class BaseScheduler:
         with the next number it draws, drawing again when that says -1): the next
         ``limit`` numbers, without taking them, so that the CPUs can make the
         decisions themselves. None (the default) for any other strategy.
+        """
+        return None
+
+    def scripted_choices(self, limit: int) -> list[int] | None:
+        """For a strategy that has already fixed its next decisions whatever the state
+        will be (DPOR's recorded prefix): the CPUs they choose, at most ``limit``, in
+        order, so that the CPUs can grant each other. Each is still asked through
+        ``next_cpu`` afterwards, with the state as it was, and must answer the same; a
+        decision whose state is not the recorded one is the strategy's to report
+        (``Nondeterminism``). None (the default) for any other strategy.
         """
         return None
 

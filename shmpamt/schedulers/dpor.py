@@ -771,3 +771,11 @@ class DPOR(BaseScheduler):
 
     def _how_far(self) -> str:
         return f"about {self.explored_share:.1%} of its tree explored (estimate)"
+
+    def scripted_choices(self, limit: int) -> list[int] | None:
+        # The recorded prefix's choices after the step just decided: they are followed
+        # whatever the state (a different one is Nondeterminism, raised when each is
+        # confirmed through next_cpu with the footprints it saw).
+        i = len(self.steps)
+        stack = self._stack
+        return [stack[j].choice for j in range(i, min(self._replay_len, i + limit))]

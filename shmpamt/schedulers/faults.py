@@ -164,6 +164,9 @@ class _Wrapper(BaseScheduler):
     def uniform_numbers(self, limit: int) -> list[int] | None:
         return self.inner.uniform_numbers(limit)
 
+    def scripted_choices(self, limit: int) -> list[int] | None:
+        return self.inner.scripted_choices(limit)
+
     def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
         super().end_execution(outcome, pending)
         self.inner.end_execution(outcome, pending)

@@ -164,6 +164,9 @@ class Portfolio(BaseScheduler):
     def uniform_numbers(self, limit: int) -> list[int] | None:
         return self._member.uniform_numbers(limit) if self._member is not None else None
 
+    def scripted_choices(self, limit: int) -> list[int] | None:
+        return self._member.scripted_choices(limit) if self._member is not None else None
+
     def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int | None) -> int:
         assert self._member is not None, "follow before new_execution"
         n = len(decisions)
