@@ -92,8 +92,15 @@ def test_v6_3x1_verified_through_two_local_workers(tmp_path: Path) -> None:
     out = tmp_path / "p.json"
     args = [*V6_3X1, "--workers", "2", "--split-depth", "6"]
     p = _campaign([*args, "--db", str(tmp_path / "db"), "--json", str(out)])
-    stdout, stderr = p.communicate(timeout=300)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 300
+    while p.poll() is None and time.monotonic() < deadline:
+        seen |= _descendants(p.pid)  # the workers, their kept sessions' daemons and CPUs
+        time.sleep(0.2)
+    stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 0, stdout + stderr
+    # Invariant: each worker's kept session is closed when the cluster ends.
+    assert not _shm_of(seen)
     r = _report(out)
     assert r["verdict"] == "verified" and r["complete_executions"] == V6_3X1_SYMMETRY
     assert r["workers"] == 2 and r["proof"]["depth"] == 6 and r["proof"]["symmetry"] is True
@@ -184,3 +191,12 @@ def test_a_subtree_that_always_crashes_makes_the_proof_incomplete(tmp_path: Path
     assert r["verdict"] == "incomplete" and "failed 2 times" in str(r["reason"])
     assert "incomplete" in stdout and ": verified" not in stdout
     assert not _shm_of(seen)
+
+
+def test_the_command_line_defaults_are_the_proofs() -> None:
+    """cli.campaign keeps its own copies (it does not load Dask for --help)."""
+    from shmpamt.campaign import proof
+    from shmpamt.cli import campaign
+
+    assert campaign.DEFAULT_SLICE == proof.DEFAULT_SLICE
+    assert campaign.DEFAULT_SPLIT_DEPTH == proof.DEFAULT_DEPTH

@@ -75,7 +75,7 @@ DEFAULT_SLICE: Final = 400
 #: attempts of one subtree before the proof gives up on it
 MAX_ATTEMPTS: Final = 2
 #: split states per path of a proof's tree of subtrees (see :mod:`shmpamt.schedulers.subtree`)
-DEFAULT_DEPTH: Final = 8
+DEFAULT_DEPTH: Final = 12
 #: what the checkpoint's format is (a file of another format is not resumed)
 FORMAT: Final = 2
 #: the largest checkpoint read back (a larger file is not one this code wrote)

@@ -58,7 +58,7 @@ PROOF: Final = "dpor"
 #: executions per subtree task (shmpamt.campaign.proof.DEFAULT_SLICE, without loading Dask)
 DEFAULT_SLICE: Final = 400
 #: split states per path of a proof's tree (shmpamt.campaign.proof.DEFAULT_DEPTH)
-DEFAULT_SPLIT_DEPTH: Final = 8
+DEFAULT_SPLIT_DEPTH: Final = 12
 
 if TYPE_CHECKING:
     from shmpamt.campaign.cluster import CampaignRun, RegressionOutcome
