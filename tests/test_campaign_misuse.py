@@ -122,3 +122,27 @@ def test_a_matrix_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
     big = tmp_path / "big.toml"
     big.write_bytes(b"#" * (2 << 20))
     assert "at most" in _one_line(_cli("--matrix", str(big), cwd=tmp_path)[0])
+
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        (["--split-depth", "25"], "--split-depth must be within 0..24, not 25"),
+        (["--split-depth", "-1"], "--split-depth must be within 0..24, not -1"),
+        (["--split-depth", "two"], "'two' is not a valid integer"),
+        (["--slice", "0"], "--slice must be within 1.."),
+    ],
+)
+def test_a_bad_split_depth_or_slice_is_one_line_before_any_cluster_work(
+    tmp_path: Path, args: list[str], word: str
+) -> None:
+    proof = ["--variant", "v6", "--strategy", "dpor", "--cpus", "2", "--rounds", "1"]
+    r, took = _cli(*proof, *args, cwd=tmp_path)
+    assert word in _one_line(r)
+    assert r.stdout == "" and took < 30, (r.stdout, took)
+
+
+@pytest.mark.parametrize("flag", [["--split-depth", "4"], ["--no-symmetry"]])
+def test_proof_options_without_a_proof_are_one_line(tmp_path: Path, flag: list[str]) -> None:
+    r, _ = _cli("--variant", "locked", "--strategy", "random", *flag, cwd=tmp_path)
+    assert "are for proofs: add --strategy dpor" in _one_line(r)

@@ -30,22 +30,30 @@ __all__ = ["dask_processes"]  # the fixture, shared with the campaign tests
 
 HERE = Path(__file__).parent
 CRASHY = f"{HERE / 'crashy_variant.py'}:CrashOnFastPath"
-#: v6 3 CPUs x 1 round: 1,152 complete executions in the unsplit search
+#: v6 3 CPUs x 1 round: complete executions of the unsplit search, with symmetry (the
+#: campaign's default, as explore's) and without
 V6_3X1 = ["--variant", "v6", "--strategy", "dpor", "--cpus", "3", "--rounds", "1"]
+V6_3X1_SYMMETRY, V6_3X1_PLAIN = 529, 1152
 
 
-def _unsplit(variant: str, cpus: int, rounds: int) -> str:
-    # the distributed proof's tasks explore without symmetry: compare like with like
+def _unsplit(variant: str, cpus: int, rounds: int, symmetry: bool) -> api.Result:
     cfg = api.ExploreConfig(
-        variant, strategy="dpor", cpus=cpus, rounds=rounds, jobs=1, budget=600, symmetry=False
+        variant, strategy="dpor", cpus=cpus, rounds=rounds, jobs=1, budget=600, symmetry=symmetry
     )
-    res = api.run(cfg)
-    return res.raw.coverage
+    return api.run(cfg)
 
 
-def test_subtree_tasks_on_the_rig_add_up_to_the_unsplit_search() -> None:
-    """v6 2 x 1 in-process, with slices of 3 executions: many tasks, one count."""
-    spec = ProofSpec("v6", cpus=2, rounds=1, slice=3)
+@pytest.mark.parametrize(
+    ("variant", "symmetry"),
+    [("v6", False), ("v6", True), ("rfc-norecheck", True)],
+)
+def test_subtree_tasks_on_the_rig_add_up_to_the_unsplit_search(
+    variant: str, symmetry: bool
+) -> None:
+    """2 x 1 in-process, with slices of 3 executions: many tasks, one count, the same
+    kinds. With symmetry the split states' alternatives are the CPUs it does not prune,
+    in every task alike, so the tree of subtrees is still fixed."""
+    spec = ProofSpec(variant, cpus=2, rounds=1, slice=3, symmetry=symmetry)
     f = Frontier(spec)
     try:
         while f.outstanding:
@@ -53,8 +61,10 @@ def test_subtree_tasks_on_the_rig_add_up_to_the_unsplit_search() -> None:
     finally:
         close_session()
     assert len(f.log) > 3 and f.verdict == "verified"
-    whole = _unsplit("v6", 2, 1)
-    assert f"in {f.total('complete')} complete executions" in whole, whole
+    whole = _unsplit(variant, 2, 1, symmetry)
+    assert f"in {f.total('complete')} complete executions" in whole.raw.coverage, whole
+    assert ("symmetry over CPUs" in whole.raw.coverage) == symmetry
+    assert set(f.kinds) == set(whole.found) and (variant == "v6") == (not f.kinds)
     # The task log replays: more workers never take longer, and the cost per task counts.
     one, four = simulate(f.log, 1), simulate(f.log, 4)
     assert four <= one and simulate(f.log, 4, cost=1.0) >= four + 1.0
@@ -80,11 +90,20 @@ def _report(path: Path) -> dict[str, object]:
 
 def test_v6_3x1_verified_through_two_local_workers(tmp_path: Path) -> None:
     out = tmp_path / "p.json"
-    p = _campaign([*V6_3X1, "--workers", "2", "--db", str(tmp_path / "db"), "--json", str(out)])
-    stdout, stderr = p.communicate(timeout=300)
+    args = [*V6_3X1, "--workers", "2", "--split-depth", "6"]
+    p = _campaign([*args, "--db", str(tmp_path / "db"), "--json", str(out)])
+    seen: set[int] = set()
+    deadline = time.monotonic() + 300
+    while p.poll() is None and time.monotonic() < deadline:
+        seen |= _descendants(p.pid)  # the workers, their kept sessions' daemons and CPUs
+        time.sleep(0.2)
+    stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 0, stdout + stderr
+    # Invariant: each worker's kept session is closed when the cluster ends.
+    assert not _shm_of(seen)
     r = _report(out)
-    assert r["verdict"] == "verified" and r["complete_executions"] == 1152 and r["workers"] == 2
+    assert r["verdict"] == "verified" and r["complete_executions"] == V6_3X1_SYMMETRY
+    assert r["workers"] == 2 and r["proof"]["depth"] == 6 and r["proof"]["symmetry"] is True
     assert "verified" in stdout and (tmp_path / "db" / "proofs").is_dir()
 
 
@@ -92,16 +111,17 @@ def test_v6_3x1_verified_through_a_scheduler_started_by_hand(
     dask_processes: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "p.json"
-    args = [*V6_3X1, "--scheduler", dask_processes, "--db", "off", "--json", str(out)]
-    p = _campaign(args)
+    args = [*V6_3X1, "--no-symmetry", "--scheduler", dask_processes, "--db", "off"]
+    p = _campaign([*args, "--json", str(out)])
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stdout + stderr
     r = _report(out)
-    assert r["verdict"] == "verified" and r["complete_executions"] == 1152 and r["workers"] == 2
+    assert r["verdict"] == "verified" and r["complete_executions"] == V6_3X1_PLAIN
+    assert r["workers"] == 2 and r["proof"]["symmetry"] is False
 
 
 def test_a_killed_worker_still_ends_verified_with_the_same_count() -> None:
-    spec = ProofSpec("v6", cpus=3, rounds=1)
+    spec = ProofSpec("v6", cpus=3, rounds=1, symmetry=False)
     killed: set[int] = set()
     with local_cluster(2) as cluster:
         client = Client(cluster, set_as_default=False)
@@ -126,14 +146,15 @@ def test_a_killed_worker_still_ends_verified_with_the_same_count() -> None:
             client.close()
     assert killed, "no worker was busy"
     # Invariant: the lost subtree ran again elsewhere; the proof is whole.
-    assert frontier.verdict == "verified" and frontier.total("complete") == 1152
+    assert frontier.verdict == "verified" and frontier.total("complete") == V6_3X1_PLAIN
     assert not _wait_gone(killed), "the killed worker left IPC objects"
 
 
 def test_ctrl_c_then_resume_ends_verified_with_the_same_count(tmp_path: Path) -> None:
     db = tmp_path / "db"
     out = tmp_path / "p.json"
-    args = [*V6_3X1, "--workers", "2", "--db", str(db), "--json", str(out)]
+    # Without symmetry: the larger tree, so the interrupt comes while it runs.
+    args = [*V6_3X1, "--no-symmetry", "--workers", "2", "--db", str(db), "--json", str(out)]
     p = _campaign(args)
     seen: set[int] = set()
     deadline = time.monotonic() + 200
@@ -156,7 +177,7 @@ def test_ctrl_c_then_resume_ends_verified_with_the_same_count(tmp_path: Path) ->
     assert p.returncode == 0, stdout + stderr
     assert "resuming" in stdout
     r = _report(out)
-    assert r["verdict"] == "verified" and r["complete_executions"] == 1152 and r["resumed"]
+    assert r["verdict"] == "verified" and r["complete_executions"] == V6_3X1_PLAIN and r["resumed"]
 
 
 def test_a_subtree_that_always_crashes_makes_the_proof_incomplete(tmp_path: Path) -> None:
@@ -170,3 +191,12 @@ def test_a_subtree_that_always_crashes_makes_the_proof_incomplete(tmp_path: Path
     assert r["verdict"] == "incomplete" and "failed 2 times" in str(r["reason"])
     assert "incomplete" in stdout and ": verified" not in stdout
     assert not _shm_of(seen)
+
+
+def test_the_command_line_defaults_are_the_proofs() -> None:
+    """cli.campaign keeps its own copies (it does not load Dask for --help)."""
+    from shmpamt.campaign import proof
+    from shmpamt.cli import campaign
+
+    assert campaign.DEFAULT_SLICE == proof.DEFAULT_SLICE
+    assert campaign.DEFAULT_SPLIT_DEPTH == proof.DEFAULT_DEPTH

@@ -62,7 +62,7 @@ from shmpamt.campaign.cluster import (
     _task_options,
     worker_identity,
 )
-from shmpamt.config import Scenario, check_int
+from shmpamt.config import Scenario, check_bool, check_int
 from shmpamt.errors import UsageError
 from shmpamt.explorer.session import StartAborted
 from shmpamt.explorer.subtree import SubtreeTask, run_subtree, session_for
@@ -75,7 +75,7 @@ DEFAULT_SLICE: Final = 400
 #: attempts of one subtree before the proof gives up on it
 MAX_ATTEMPTS: Final = 2
 #: split states per path of a proof's tree of subtrees (see :mod:`shmpamt.schedulers.subtree`)
-DEFAULT_DEPTH: Final = 8
+DEFAULT_DEPTH: Final = 12
 #: what the checkpoint's format is (a file of another format is not resumed)
 FORMAT: Final = 2
 #: the largest checkpoint read back (a larger file is not one this code wrote)
@@ -104,10 +104,13 @@ class ProofSpec:
     seed: int = 0
     slice: int = DEFAULT_SLICE
     depth: int = DEFAULT_DEPTH
+    #: DPOR's symmetry over interchangeable CPUs, as for explore (on by default)
+    symmetry: bool = True
 
     def __post_init__(self) -> None:
         check_int("slice", self.slice, 1, 10_000_000)
-        check_int("split depth", self.depth, 0, MAX_SUBTREE_DEPTH)
+        check_int("split_depth", self.depth, 0, MAX_SUBTREE_DEPTH)
+        check_bool("symmetry", self.symmetry)
         self.scenario  # noqa: B018  (validates the variant, cpus, rounds and ranges)
 
     @property
@@ -132,6 +135,7 @@ class ProofSpec:
                 self.seed,
                 self.slice,
                 self.depth,
+                self.symmetry,
             ]
         )
         short = hashlib.sha256(ident.encode()).hexdigest()[:12]
@@ -150,6 +154,7 @@ class ProofSpec:
             limit,
             self.depth,
             frozenset(known),
+            symmetry=self.symmetry,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +166,7 @@ class ProofSpec:
             "seed": self.seed,
             "slice": self.slice,
             "depth": self.depth,
+            "symmetry": self.symmetry,
         }
 
 

@@ -57,6 +57,8 @@ from shmpamt.schedulers.registry import DEFAULT_STRATEGY
 PROOF: Final = "dpor"
 #: executions per subtree task (shmpamt.campaign.proof.DEFAULT_SLICE, without loading Dask)
 DEFAULT_SLICE: Final = 400
+#: split states per path of a proof's tree (shmpamt.campaign.proof.DEFAULT_DEPTH)
+DEFAULT_SPLIT_DEPTH: Final = 12
 
 if TYPE_CHECKING:
     from shmpamt.campaign.cluster import CampaignRun, RegressionOutcome
@@ -295,6 +297,20 @@ class Board:
     help="dpor: executions a subtree task runs before it hands back what it has not "
     "finished (400).",
 )
+@click.option(
+    "--split-depth",
+    "split_depth",
+    type=int,
+    default=None,
+    help="dpor: split states per path of the proof's fixed tree of subtrees, 0..24 "
+    f"({DEFAULT_SPLIT_DEPTH}); deeper cuts the tree into more, smaller subtrees.",
+)
+@click.option(
+    "--no-symmetry",
+    "no_symmetry",
+    is_flag=True,
+    help="dpor: explore without symmetry over interchangeable CPUs (as for explore).",
+)
 @DB_OPTION
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 def campaign_command(
@@ -306,6 +322,8 @@ def campaign_command(
     retries: int,
     resume: bool,
     slice_: int | None,
+    split_depth: int | None,
+    no_symmetry: bool,
     db: str | None,
     json_path: Path | None,
     ignore: tuple[str, ...],
@@ -362,15 +380,19 @@ def campaign_command(
             workers=workers,
             db=db_path,
             resume=resume,
-            slice_=slice_ or DEFAULT_SLICE,
+            slice_=DEFAULT_SLICE if slice_ is None else slice_,
+            depth=DEFAULT_SPLIT_DEPTH if split_depth is None else split_depth,
+            symmetry=not no_symmetry,
         )
         proofs_exit, proofs = proof_board.exit_code(), proof_board.to_dict()
         rest = tuple(s for s in plan.strategies if s != PROOF)
         if not rest or proof_board.interrupted:
             _finish_proofs(proofs, proofs_exit, json_path)
         plan = dataclasses.replace(plan, strategies=rest)
-    elif resume or slice_ is not None:
-        common.fail("--resume and --slice are for proofs: add --strategy dpor")
+    elif resume or slice_ is not None or split_depth is not None or no_symmetry:
+        common.fail(
+            "--resume, --slice, --split-depth and --no-symmetry are for proofs: add --strategy dpor"
+        )
     board = Board(plan)
     board.proofs, board.proofs_exit = proofs, proofs_exit
     board.notes = notes

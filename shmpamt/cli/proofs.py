@@ -23,6 +23,7 @@ from rich.live import Live
 from shmpamt.campaign.cluster import local_cluster
 from shmpamt.campaign.matrix import Plan
 from shmpamt.campaign.proof import (
+    DEFAULT_DEPTH,
     VERIFIED,
     Frontier,
     ProofProgress,
@@ -140,11 +141,17 @@ def prove_all(
     db: str | None,
     resume: bool,
     slice_: int,
+    depth: int = DEFAULT_DEPTH,
+    symmetry: bool = True,
     ranges: int = 1,
 ) -> ProofBoard:
     """Run (or resume) one proof per variant of ``plan``; render each as it ends."""
     specs: list[ProofSpec] = [
-        common.build(partial(ProofSpec, v, plan.cpus, plan.rounds, ranges, plan.seed, slice_))
+        common.build(
+            partial(
+                ProofSpec, v, plan.cpus, plan.rounds, ranges, plan.seed, slice_, depth, symmetry
+            )
+        )
         for v in plan.variants
     ]
     if resume and db is None:
@@ -231,7 +238,10 @@ def render(o: ProofOutcome, console: Console, interrupted: bool) -> None:
         f"{d['executions']} executions, {d['sleep_blocked']} sleep-set blocked, "
         f"{d['deadlocks']} ending in deadlock"
     )
-    where = f"{d['tasks']} subtree task(s) on {o.workers} worker(s), {f.elapsed:.1f} s"
+    how = f"split depth {o.spec.depth}" + (
+        ", with symmetry over interchangeable CPUs" if o.spec.symmetry else ", no symmetry"
+    )
+    where = f"{d['tasks']} subtree task(s) on {o.workers} worker(s), {how}, {f.elapsed:.1f} s"
     if d["verdict"] == VERIFIED:
         console.print(
             f"proof {o.spec.name}: [green]verified[/green]: all classes of interleavings "

@@ -27,6 +27,7 @@ from typing import Any
 from shmpamt.config import Scenario
 from shmpamt.explorer.search import shrink
 from shmpamt.explorer.session import Session, StartAborted
+from shmpamt.explorer.symmetry import scenario_symmetry
 from shmpamt.machine.placement import core_for
 from shmpamt.records.execution import STEP_LIMIT
 from shmpamt.records.schedule_string import Schedule
@@ -51,6 +52,9 @@ class SubtreeTask:
     #: kinds the proof already has a minimised schedule for
     known: frozenset[str] = frozenset()
     pin: bool = True
+    #: DPOR's symmetry over interchangeable CPUs (the split states' alternatives are
+    #: then the CPUs it does not prune, in every task alike)
+    symmetry: bool = False
 
     @property
     def scenario(self) -> Scenario:
@@ -100,7 +104,8 @@ def run_subtree(
         # Stopped (Ctrl-C) while the session started: nothing ran, the task goes back.
         return _nothing_run(task, time.monotonic() - t_start)
     t0 = time.monotonic()
-    dpor = DPOR(workload_seed=task.seed, subtree=task.prefix, split_depth=task.depth)
+    sym = scenario_symmetry(scenario, task.seed) if task.symmetry else None
+    dpor = DPOR(workload_seed=task.seed, subtree=task.prefix, split_depth=task.depth, symmetry=sym)
 
     def execute() -> tuple[frozenset[str], tuple[int, ...], bool]:
         ex = session.execute(dpor)
