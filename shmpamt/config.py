@@ -20,10 +20,10 @@ from typing import Any, Final
 
 from shmpamt import tdx
 from shmpamt.errors import ScheduleError, UsageError, VariantLoadError
-from shmpamt.records.faildb import OFF
 from shmpamt.machine.chaos import CHAOS_MODES
 from shmpamt.machine.placement import default_jobs
 from shmpamt.module.faults import LEAF_KEYS, FaultPlan
+from shmpamt.records.faildb import OFF
 from shmpamt.records.schedule_string import FAULT_KINDS, Schedule
 from shmpamt.records.variant_files import (
     Located,
