@@ -94,7 +94,9 @@ the same way, so a subtree reached under any plan prefix contains every
 extension of it with <= K injections. Races found in an execution with
 injections add backtrack points above as usual: an injection only changes
 what its own CPU does afterwards, which the race analysis sees as steps like
-any other. Symmetry is off with faults (the plan names CPUs).
+any other. With symmetry (below) a CPU whose step was injected counts as one
+that took a shared step: its history is no longer the one its orbit's others
+would take, so it is never pruned for, nor stands in for, them.
 """
 
 from __future__ import annotations
@@ -268,8 +270,6 @@ class DPOR(BaseScheduler):
         self.kinds = tuple(k for k in KINDS if k in fault_kinds)
         self._allowed = frozenset(KIND_INDEX[k] for k in self.kinds)
         self.max_faults = max_faults if self._allowed else 0
-        if self.max_faults and self.symmetry is not None:
-            raise ValueError("symmetry is not sound with injected faults (a plan names CPUs)")
         self.wants_fault_points = bool(self.max_faults)
         #: the current execution's injections (read off its replayed prefix)
         self.fault_plan: Plan = ()
@@ -433,7 +433,8 @@ class DPOR(BaseScheduler):
         shared = 0
         if parent is not None:
             shared = parent.shared
-            if not sym.is_private(parent.choice, parent.step()):
+            # An injected outcome sets its CPU apart from its orbit as a shared step does.
+            if parent.injected or not sym.is_private(parent.choice, parent.step()):
                 shared |= 1 << parent.choice
         return shared, sym.pruned(now, shared)
 

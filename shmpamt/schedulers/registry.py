@@ -82,8 +82,8 @@ def make_scheduler(
         if name == "dpor" and os.environ.get(FAULT_SEARCH_ENV, "branch") != "plans":
             # Outcomes as branches of the steps (see dpor's docstring): shards as usual.
             return DPOR(
-                preemptions, max_executions, wseed, shard, fault_kinds=kinds,
-                max_faults=max_faults,
+                preemptions, max_executions, wseed, shard, symmetry=symmetry,
+                fault_kinds=kinds, max_faults=max_faults,
             )  # fmt: skip
         if name in ("dfs", "dpor"):
             if count > 1 and index > 0:

@@ -24,10 +24,15 @@ Races that would add j at s add i (:meth:`Symmetry.representative`). The choice 
 i is canonical (the lowest), so coverage always rests on an explored subtree.
 
 What it assumes: the variant's code does not depend on the CPU number (the
-built-ins' does not; a variant that branches on ``k.cpu`` needs ``--no-symmetry``),
-and no fault is injected into a private step (an injected ``alloc.fail`` makes
-two private histories differ: the search must then run without symmetry or key
-the orbits on the outcomes too).
+built-ins' does not; a variant that branches on ``k.cpu`` needs ``--no-symmetry``).
+
+Injected faults (outcome branches, :mod:`~shmpamt.schedulers.dpor`): a CPU whose
+step was injected is treated as one that took a shared step, so i and j above
+have no injection behind them and the same local state up to renaming. The
+image under the swap of an execution starting with j has the same outcomes,
+moved to i's steps, and as many injections; i's subtree explores every outcome
+of every step of i within the bound, so the image is in it. The fault kinds and
+the bound are the same for every CPU, so nothing else tells the two apart.
 
 Emerson and Sistla, "Symmetry and model checking" (FMSD 1996) for the orbit
 argument; the combination with sleep sets follows the "interchangeable until
