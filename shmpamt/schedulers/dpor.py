@@ -46,7 +46,10 @@ awake CPU at a split state can repeat a class, as a may-write sleeper can in
 the unsharded search). One level was not enough: the first alternative's subtree is
 the big one (nothing sleeps in it yet), and at 2 CPUs x 2 rounds of ``rfc``
 the job that took it ran 36,534 complete executions against the other's 5,049;
-three levels spread the big and the small subtrees over the jobs.
+three levels spread the big and the small subtrees over the jobs, but still
+unevenly against the real module (``rfc`` 12,931 against 750; ``v6`` with <= 1
+fault 16,438 against 5,679). Eight levels gave 6,916 / 6,765 and 11,075 /
+11,042 with the same totals (no repeated class), halving both wall times.
 
 ``subtree=prefix`` explores one subtree of the same split-state tree, for a
 distributed proof (:mod:`shmpamt.campaign.proof`): the first ``len(prefix)``
@@ -128,7 +131,7 @@ from shmpamt.schedulers.races import Trace
 from shmpamt.schedulers.symmetry import Symmetry
 
 #: split states per path when the search is sharded (see the module docstring)
-SPLIT_LEVELS: Final = 3
+SPLIT_LEVELS: Final = 8
 #: longest subtree prefix: a task at this depth explores its whole subtree, however long
 MAX_SUBTREE_DEPTH: Final = 24
 
