@@ -107,3 +107,15 @@ def test_sigint_at_once_gives_no_traceback() -> None:
 def test_a_big_valid_scenario_is_not_a_livelock() -> None:
     r = api.explore("v6", executions=1, cpus=8, rounds=100, strategy="random", jobs=1)
     assert r.clean, r.incidents
+
+
+def test_faults_on_a_distributed_proof_are_refused_not_dropped(tmp_path: Path) -> None:
+    # The proof's subtree tasks search without faults: a spec given for it alone would
+    # vanish and the proof would claim more than it searched.
+    r = shmpamt_cli(
+        ["campaign", "--variant", "locked", "--strategy", "dpor", "--faults", "add.busy=1",
+         "--db", "off"],
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    line = _one_line_exit_2(r)
+    assert "does not reach the distributed dpor proof" in line

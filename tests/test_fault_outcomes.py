@@ -207,6 +207,14 @@ def test_the_claim_names_both_scopes() -> None:
 # -- the rig: 2 CPUs x 1 round, real processes ------------------------------------------
 
 
+#: the error-path slips of tests/error_path_variants.py, each v6 but for one slip
+SLIPS = [
+    f"tests/error_path_variants.py:{name}"
+    for name in ("AddResultIgnored", "RemoveFailureWarnsOnly", "AddFailureLeaksPages",
+                 "SecondPageLeaks")
+]  # fmt: skip
+
+
 def _kinds(scenario: object, make: Callable[[], BaseScheduler]) -> tuple[set[str], int]:
     from shmpamt.config import Scenario
     from shmpamt.explorer.session import Session
@@ -223,17 +231,7 @@ def _kinds(scenario: object, make: Callable[[], BaseScheduler]) -> tuple[set[str
     return kinds, n
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        "tests/error_path_variants.py:AddResultIgnored",
-        "tests/error_path_variants.py:RemoveFailureWarnsOnly",
-        "tests/error_path_variants.py:AddFailureLeaksPages",
-        "tests/error_path_variants.py:SecondPageLeaks",
-        "v6",
-        "locked",
-    ],
-)
+@pytest.mark.parametrize("variant", [*SLIPS, "v6", "locked"])
 def test_on_the_rig_branching_finds_what_a_tree_per_plan_finds(variant: str) -> None:
     from shmpamt.config import Scenario
 
@@ -311,16 +309,7 @@ def test_symmetry_with_fault_branches_reaches_what_brute_force_reaches(
         assert reduced.executions < plain.executions, (k, reduced.executions, plain.executions)
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        "tests/error_path_variants.py:AddResultIgnored",
-        "tests/error_path_variants.py:RemoveFailureWarnsOnly",
-        "tests/error_path_variants.py:AddFailureLeaksPages",
-        "tests/error_path_variants.py:SecondPageLeaks",
-        "v6",
-    ],
-)
+@pytest.mark.parametrize("variant", [*SLIPS, "v6"])
 def test_on_the_rig_symmetry_with_faults_finds_what_plain_branching_finds(variant: str) -> None:
     from shmpamt.config import Scenario
     from shmpamt.explorer.symmetry import scenario_symmetry

@@ -361,12 +361,25 @@ def campaign_command(
         return Plan.from_mapping(given)
 
     plan: Plan = common.build(make)
+    # The proof's subtree tasks search without faults: a fault spec must not vanish.
+    proof_without_faults = (
+        PROOF in plan.strategies and plan.faults not in ("default", "none") and plan.max_faults > 0
+    )
+    if proof_without_faults and plan.strategies == (PROOF,):
+        common.fail(
+            "--faults does not reach the distributed dpor proof, which searches without "
+            "injected faults: drop it, or prove with faults on one machine "
+            "(shmpamt explore --strategy dpor --faults SPEC)"
+        )
     for spec in plan.variants:
         common.build(partial(api.check_variant, spec))
         remember_file(spec)  # the shards' schedule strings name variant files short
     db_path: str | None = common.build(lambda: resolve_db(db))
     fdb = FailureDB(db_path) if db_path else None
     notes: list[str] = []
+    if proof_without_faults:
+        notes.append("the dpor proof searches without injected faults; --faults applies to the "
+                     "other strategies' explore shards")  # fmt: skip
     stored = _stored(fdb, plan, api.stored_entries, notes)
     if stored is None:
         fdb = None  # unreadable: not written either

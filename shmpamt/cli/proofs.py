@@ -245,7 +245,8 @@ def render(o: ProofOutcome, console: Console, interrupted: bool) -> None:
     if d["verdict"] == VERIFIED:
         console.print(
             f"proof {o.spec.name}: [green]verified[/green]: all classes of interleavings "
-            f"explored, in {d['complete_executions']} complete executions ({counts}); {where}"
+            f"with no injected fault explored, in {d['complete_executions']} complete "
+            f"executions ({counts}); {where}"
         )
     else:
         console.print(
