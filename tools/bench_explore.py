@@ -30,10 +30,15 @@ baselines measured in the same run.
    4 x 1 and 2 x 3 on one range and 3 x 1 on two ranges, and every buggy built-in
    at 2 x 2: executions, seconds, the claim (with the estimate of the tree when the
    cap stopped it) and the kinds, which must be the same.
+8. DPOR speed: one pinned session of `locked` (2 CPUs x 2 rounds), the random walk,
+   then DPOR without and with symmetry (each tree restarted whenever it is
+   exhausted), --seconds each: complete executions/s, steps/s, microseconds per
+   step and their ratios to the floor and to the random walk (target: >= 1,000
+   complete executions/s per core).
 
     python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--proof-cap 600]
                                   [--fault-cap 600] [--fault-jobs 2] [--repeat 3]
-                                  [--scale-cap 120] [--skip 3,4]
+                                  [--scale-cap 120] [--skip 3,4,8]
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import shmpamt.api as api
 from shmpamt.config import ExploreConfig, Scenario
 from shmpamt.explorer.search import ExploreProgress
 from shmpamt.explorer.session import Session
+from shmpamt.explorer.symmetry import scenario_symmetry
 from shmpamt.machine.ipc import (
     create_semaphore,
     make_name,
@@ -60,7 +66,9 @@ from shmpamt.machine.ipc import (
     open_semaphore,
     remove_semaphore,
 )
+from shmpamt.machine.placement import core_for
 from shmpamt.machine.seamcall import SEAMCALL_STEPS_ENV
+from shmpamt.schedulers.dpor import DPOR
 from shmpamt.schedulers.random_walk import RandomWalk
 from shmpamt.schedulers.registry import FAULT_SEARCH_ENV
 
@@ -170,7 +178,7 @@ def main() -> int:
     ap.add_argument("--scale-cap", type=float, default=120.0, help="seconds per search (7)")
     ap.add_argument("--jobs", type=int, default=2, help="explorers per search (7)")
     ap.add_argument("--scale", nargs="*", default=None, help="only these rows of 7, as v6:3x2x1")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-7)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-8)")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     console = Console(width=250)  # tables in a log stay whole
@@ -289,7 +297,54 @@ def main() -> int:
 
     if "7" not in skip:
         scale(console, args.scale_cap, args.jobs, args.scale)
+
+    if "8" not in skip:
+        dpor_speed(console, args.seconds, floor)
     return 0
+
+
+def session_speed(session: Session, seconds: float, how: str) -> tuple[float, float, float]:
+    """(complete executions/s, executions/s, steps/s) in ``session``: ``how`` is "random",
+    "dpor" or "dpor+symmetry"; an exhausted DPOR tree starts over."""
+    sym = scenario_symmetry(session.scenario, 1) if how == "dpor+symmetry" else None
+
+    def fresh() -> RandomWalk | DPOR:
+        return RandomWalk(seed=1) if how == "random" else DPOR(workload_seed=1, symmetry=sym)
+
+    sched = fresh()
+    complete = executions = steps = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        if not sched.new_execution():
+            # Invariant: only a finished tree stops the strategy here (no budget is set).
+            assert isinstance(sched, DPOR) and sched.exhausted
+            complete += sched.complete_executions
+            sched = fresh()
+            continue
+        steps += len(session.execute(sched).steps)
+        executions += 1
+    took = time.monotonic() - t0
+    complete += sched.complete_executions if isinstance(sched, DPOR) else executions
+    return complete / took, executions / took, steps / took
+
+
+def dpor_speed(console: Console, seconds: float, floor: float) -> None:
+    t = Table(
+        title=f"8. DPOR speed: locked, 2 CPUs x 2 rounds, 1 pinned session, {seconds:g} s each"
+    )
+    for c in ("strategy", "complete executions/s", "executions/s", "steps/s", "us/step",
+              "vs floor", "us/step vs random walk"):  # fmt: skip
+        t.add_column(c, justify="right")
+    with Session(Scenario("locked"), core_for(0)) as session:
+        rows = [(how, *session_speed(session, seconds, how))
+                for how in ("random", "dpor", "dpor+symmetry")]  # fmt: skip
+    walk_us = 1e6 / rows[0][3]
+    for how, complete, ex_s, st_s in rows:
+        us = 1e6 / st_s
+        t.add_row(how, f"{complete:,.0f}", f"{ex_s:,.0f}", f"{st_s:,.0f}", f"{us:.1f}",
+                  f"{us / floor:.1f}x", f"{us / walk_us:.2f}x")  # fmt: skip
+    console.print(t)
+    console.print("target: >= 1,000 complete executions/s per core for dpor on locked 2 x 2")
 
 
 def fault_search(variant: str, k: int, cap: float, jobs: int, how: str) -> tuple[str, int]:
