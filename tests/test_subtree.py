@@ -103,6 +103,36 @@ def test_a_task_stopped_from_outside_drops_the_piece_in_progress() -> None:
     assert res.outstanding == [(0,), (1,), (2,)]
 
 
+def test_an_idle_worker_gets_a_just_entered_piece_at_once() -> None:
+    toy = TOYS["writers-3"]()
+    dpor = DPOR(subtree=(), split_depth=1)
+    assert dpor.new_execution()
+    res = run_slice(dpor, lambda: run_toy(dpor, toy), 100, should_split=lambda: True)
+    # One split state: child (0,) is a piece of two executions. A worker is idle after
+    # the first, so the task does not finish the piece: it goes back whole with its
+    # siblings, its one execution dropped (its own task counts it).
+    assert res.finished == {} and res.dropped == 1 and not res.stopped
+    assert res.outstanding == [(0,), (1,), (2,)]
+    # With nobody idle the same slice finishes the piece first.
+    dpor = DPOR(subtree=(), split_depth=1)
+    assert dpor.new_execution()
+    res = run_slice(dpor, lambda: run_toy(dpor, toy), 1)
+    assert list(res.finished) == [(0,)] and res.dropped == 0
+
+
+def test_a_piece_past_the_early_handoff_is_finished_even_for_an_idle_worker() -> None:
+    toy = TOYS["writers-3"]()
+    dpor = DPOR(subtree=(), split_depth=1)
+    assert dpor.new_execution()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("shmpamt.schedulers.subtree.EARLY_HANDOFF", 0)
+        res = run_slice(dpor, lambda: run_toy(dpor, toy), 100, should_split=lambda: True)
+    # The piece has run one execution, more than EARLY_HANDOFF (0 here) allows to drop:
+    # the task finishes it and ends the slice where the next alternative would start.
+    assert list(res.finished) == [(0,)] and res.dropped == 0
+    assert res.outstanding == [(1,), (2,)]
+
+
 def test_a_fixed_tree_hands_back_every_untaken_alternative_and_wastes_nothing() -> None:
     toy = TOYS["writers-3"]()
     dpor = DPOR(subtree=(), split_depth=3)

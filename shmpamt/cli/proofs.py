@@ -256,8 +256,8 @@ def render(o: ProofOutcome, console: Console, interrupted: bool) -> None:
     if f.executions_run > d["executions"]:
         console.print(
             f"  {f.executions_run} executions run in all: the rest were pieces in "
-            "progress when a task was stopped or outran its slice, explored again by their "
-            "own tasks"
+            "progress when a task was stopped or handed a just-entered piece to an idle "
+            "worker, explored again by their own tasks"
         )
     for kind, n in f.kinds.items():
         best = f.findings.get(kind)

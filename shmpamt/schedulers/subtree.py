@@ -20,6 +20,13 @@ finished subtrees, each counted here, once. Nothing is explored twice.
 
 A task also ends its slice early, at the next such point, when ``should_split``
 says a worker is idle, so work is handed out as soon as someone can take it.
+If the next such point is behind a piece the task has only just entered (at
+most ``EARLY_HANDOFF`` of its executions run), the task does not make the idle
+worker wait for that piece: it hands the piece back too, as a task of its own,
+and those few executions are dropped (run again, and counted, by the piece's
+task). Otherwise the first task of a proof, whose first piece below the last
+split state is the largest of all (nothing sleeps in it), kept every other
+worker idle until that piece was done.
 
 Between two such points a task explores one subtree below the last split state
 (a path has at most ``split_depth`` of them): it finishes it, however large,
@@ -41,6 +48,9 @@ from shmpamt.schedulers.dpor import DPOR
 T = TypeVar("T")
 
 Prefix = tuple[int, ...]
+
+#: most executions of a piece a task drops to hand it back to an idle worker
+EARLY_HANDOFF = 4
 
 
 @dataclass
@@ -122,7 +132,8 @@ def run_slice(
         stopping = should_stop()
         if not dpor.new_execution():
             return SliceResult(prefix, _largest(prefix, runs, []), [], ran)
-        over = limit is not None and (ran >= limit or should_split())
+        idle = limit is not None and should_split()
+        over = limit is not None and (ran >= limit or idle)
         if over and dpor.at_split:
             splits = dpor.subtree_splits
             # The top split state's new alternative has not started: it is handed back too.
@@ -130,6 +141,20 @@ def run_slice(
             return SliceResult(prefix, _largest(prefix, runs, todo), todo, ran)
         if stopping:
             return _drop(prefix, dpor.subtree_splits, runs, ran, stopping)
+        if idle and _just_entered(prefix, dpor.subtree_splits, runs):
+            return _drop(prefix, dpor.subtree_splits, runs, ran, False)
+
+
+def _just_entered(
+    prefix: Prefix, splits: list[tuple[int, int]], runs: list[tuple[Prefix, Part[T]]]
+) -> bool:
+    """Whether the piece in progress (below the deepest split state on the path) lies
+    below the prefix and has run at most EARLY_HANDOFF executions."""
+    if not splits:
+        return False  # the piece is the whole subtree: handing it back would loop
+    piece = _path(prefix, splits)
+    mine = sum(1 for p, _ in runs if p[: len(piece)] == piece)
+    return mine <= EARLY_HANDOFF
 
 
 def _untaken(prefix: Prefix, splits: list[tuple[int, int]], from_top: int) -> list[Prefix]:
