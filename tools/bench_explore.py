@@ -114,14 +114,8 @@ def stepwise_throughput(seconds: float) -> tuple[float, float]:
     """(executions/s, steps/s) of an unpinned explorer that hands off every step
     (budgeted grants off, as before they existed), random walk on locked."""
     with Session(Scenario("locked"), None, batch=False) as s:
-        sched = RandomWalk(seed=1)
-        t0 = time.monotonic()
-        executions = steps = 0
-        while time.monotonic() - t0 < seconds and sched.new_execution():
-            steps += len(s.execute(sched).steps)
-            executions += 1
-        took = time.monotonic() - t0
-    return executions / took, steps / took
+        _, ex_s, st_s = session_speed(s, seconds, "random")
+    return ex_s, st_s
 
 
 def throughput(seconds: float, jobs: int, pin: bool) -> tuple[float, float]:
