@@ -12,15 +12,16 @@ against running the shards directly.
 
 ``--proof``: instead, distributed DPOR proofs through a local cluster of 1 and of 2
 workers, in the same run (target, issue 28: 2 workers in at most 0.6x the time of
-1, on the largest scenario the proof reaches): by default ``v6`` 3 x 1 and
-``locked`` 3 x 2, with symmetry as the campaign runs them. Then the task log of a
-1-worker run of the first scenario cut finer (``--sim-slice``; 0 skips it) is
+1, on the largest scenario the proof reaches): by default ``v6`` 4 x 1 and
+``locked`` 3 x 2 (the largest verified, about 3 and 1.5 minutes on 1 worker), with
+symmetry as the campaign runs them. Then the task log of a 1-worker run of
+``--sim-scenario`` (``v6`` 3 x 1) cut finer (``--sim-slice``; 0 skips it) is
 replayed for N = 1, 2, 4, 8, 16, 64 workers with the cost per task measured in
 that run. Each worker's session start (seconds, and very load-dependent) is
 timed apart and shown; the ratio is given without it and with it.
 
-    python tools/bench_campaign.py --proof [--scenario v6:3x1 --scenario locked:3x2] \
-        [--no-symmetry] [--slice 400] [--depth 8] [--sim-slice 25]
+    python tools/bench_campaign.py --proof [--scenario v6:4x1 --scenario locked:3x2] \
+        [--no-symmetry] [--slice 400] [--depth 12] [--sim-scenario v6:3x1] [--sim-slice 25]
 """
 
 from __future__ import annotations
@@ -142,11 +143,11 @@ def bench_proof(args: argparse.Namespace) -> None:
         return
     # The simulation replays a 1-worker run's tasks. That run's tree has no splits asked
     # for by idle workers, so it is cut finer (a smaller slice) to be re-spread over N.
-    first = specs[0]
+    variant, cpus, rounds = _scenario(args.sim_scenario)
     fine = ProofSpec(
-        first.variant,
-        first.cpus,
-        first.rounds,
+        variant,
+        cpus,
+        rounds,
         slice=args.sim_slice,
         depth=args.depth,
         symmetry=symmetry,
@@ -182,15 +183,16 @@ def main() -> None:
         "--scenario",
         action="append",
         default=None,
-        help="--proof: VARIANT:CPUSxROUNDS, repeatable (default v6:3x1 and locked:3x2)",
+        help="--proof: VARIANT:CPUSxROUNDS, repeatable (default v6:4x1 and locked:3x2)",
     )
+    ap.add_argument("--sim-scenario", default="v6:3x1")
     ap.add_argument("--no-symmetry", action="store_true")
     ap.add_argument("--slice", type=int, default=DEFAULT_SLICE)
     ap.add_argument("--depth", type=int, default=DEFAULT_DEPTH)
     ap.add_argument("--sim-slice", type=int, default=25)
     args = ap.parse_args()
     if args.proof:
-        args.scenario = args.scenario or ["v6:3x1", "locked:3x2"]
+        args.scenario = args.scenario or ["v6:4x1", "locked:3x2"]
         bench_proof(args)
         return
     args.variant = args.variant or "locked"

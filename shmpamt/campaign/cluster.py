@@ -196,13 +196,25 @@ class CampaignRun:
 Event_ = ShardOutcome | RegressionOutcome
 
 
+#: Dask's own periodic work, slowed for an embedded cluster: a session's steps are a
+#: chain of process switches on one pinned core, and every wake-up of a sampler in the
+#: worker (the profiler's 10 ms, the memory monitor's 100 ms) or of a 20 ms event-loop
+#: tick delays the whole chain; a 2-worker proof on 2 cores has no core to spare.
+QUIET: Final = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.tick.interval": "200ms",
+}
+
+
 @contextlib.contextmanager
 def local_cluster(workers: int) -> Iterator[LocalCluster]:
     """An embedded cluster on 127.0.0.1: ``workers`` processes, one thread and one
     shmpamt system each. The cluster's threads, and so the worker processes they
     start (also later, to replace a lost one), have SIGINT blocked: a terminal's
     Ctrl-C is the client's to handle, and one that comes meanwhile is not lost."""
-    with sigint_held(), dask.config.set({"distributed.worker.daemon": False}):
+    with sigint_held(), dask.config.set({"distributed.worker.daemon": False, **QUIET}):
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
