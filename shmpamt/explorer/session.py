@@ -518,6 +518,14 @@ class Session:
             if run.scheduler.wants_fault_points:
                 run.scheduler.saw_faults(points)
                 run.scheduler.saw_fault_steps(at)
+        # Invariant: the footprints' pool reduction holds only while every alloc is
+        # served from its CPU's own partition (explorer/footprint.py).
+        if run.scheduler.uses_pending and self.footprints.pool_commutes and self.s.pool.strayed:
+            raise SchedulingError(
+                f"{self.s.pool.strayed} page allocation(s) found their CPU's pool partition "
+                "empty: the search's rule that allocations and frees commute does not hold "
+                "for this scenario, so it cannot give a proof"
+            )
         if run.outcome == COMPLETE:
             self.s.check_quiescent()
         elif run.outcome == DEADLOCK:

@@ -46,6 +46,7 @@ _FREES: Final = 3
 _EXHAUSTED: Final = 4  # allocs that found no free page
 _RANGES: Final = 5  # guest ranges holding pool pages (PoolLayout.ranges)
 _ROWS: Final = 6  # pool pages per guest range (PoolLayout.rows)
+_STRAYED: Final = 7  # allocs not served from the CPU's own partition (also the exhausted)
 _HDR_WORDS: Final = 8
 
 
@@ -58,6 +59,8 @@ class PoolStatistics:
     allocs: int
     frees: int
     exhausted: int
+    #: allocs that found their own partition empty (took another's page, or none)
+    strayed: int = 0
 
 
 class PamtPagePool:
@@ -156,7 +159,9 @@ class PamtPagePool:
         n = self.npages
         stride = self._hdr.read(_STRIDE)
         owners = self._owners
-        for scan in (range(cpu % stride, n, stride), range(n)):
+        for own, scan in ((True, range(cpu % stride, n, stride)), (False, range(n))):
+            if not own:
+                self._hdr.inc(_STRAYED)
             for i in scan:
                 # Lock-free claim: the cmpxchg decides between CPUs racing for page i.
                 if owners.read(i) == FREE and owners.cmpxchg(i, FREE, cpu + 1) == FREE:
@@ -164,6 +169,11 @@ class PamtPagePool:
                     return self.layout.hpa(i)
         self._hdr.inc(_EXHAUSTED)
         return None
+
+    @property
+    def strayed(self) -> int:
+        """Allocs since the last reset that found their own partition empty."""
+        return self._hdr.read(_STRAYED)
 
     def partition(self, hpa: int) -> int:
         """The partition a pool page belongs to (the CPU that allocates it first)."""
@@ -241,6 +251,7 @@ class PamtPagePool:
             allocs=self._hdr.read(_ALLOCS),
             frees=self._hdr.read(_FREES),
             exhausted=self._hdr.read(_EXHAUSTED),
+            strayed=self._hdr.read(_STRAYED),
         )
 
     def reset(self, counters: bool = True) -> None:
@@ -248,7 +259,7 @@ class PamtPagePool:
         executions or stress epochs, every CPU parked)."""
         self._owners.fill(FREE)
         if counters:
-            for w in (_ALLOCS, _FREES, _EXHAUSTED):
+            for w in (_ALLOCS, _FREES, _EXHAUSTED, _STRAYED):
                 self._hdr.set(w, 0)
 
     def close(self) -> None:
