@@ -17,7 +17,7 @@ import pytest
 import shmpamt.api as api
 from shmpamt.errors import SchedulingError
 from shmpamt.explorer.board import OPS
-from shmpamt.explorer.footprint import Footprints
+from shmpamt.explorer.footprint import POOL_RULE, Footprints
 from shmpamt.machine.pages import PamtPagePool
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.schedulers.base import Access, dependent
@@ -83,3 +83,23 @@ def test_a_random_walk_needs_no_premise(monkeypatch: pytest.MonkeyPatch) -> None
         minimize=False,
     )  # fmt: skip
     assert r.ok and not r.incidents, r.incidents
+
+
+def test_the_claim_names_the_rule_where_the_search_used_it() -> None:
+    """A proof says what it rests on: the rule on one range, for a footprint search."""
+    one = api.explore("locked", strategy="dpor", cpus=2, rounds=1, jobs=1, seed=1, minimize=False)
+    assert one.ok and one.raw.explore is not None and one.raw.explore.claim == "verified"
+    assert one.raw.coverage.endswith(f"; with {POOL_RULE}"), one.raw.coverage
+    assert one.raw.explore.reductions == ("symmetry over CPUs {0,1}", POOL_RULE)
+    two = api.explore(
+        "locked", strategy="dpor", cpus=2, rounds=1, ranges=2, jobs=1, seed=1, minimize=False,
+        symmetry=False,
+    )  # fmt: skip
+    assert two.ok and two.raw.explore is not None and two.raw.explore.claim == "verified"
+    assert POOL_RULE not in two.raw.coverage and two.raw.explore.reductions == ()
+    walk = api.explore(
+        "locked", strategy="random", cpus=2, rounds=1, jobs=1, seed=1, executions=5,
+        minimize=False,
+    )  # fmt: skip
+    assert walk.raw.explore is not None and walk.raw.explore.reductions == ()
+    assert POOL_RULE not in walk.raw.coverage

@@ -23,6 +23,7 @@ from test_campaign_dask import _descendants, _shm_of, _wait_gone, dask_processes
 from shmpamt import api
 from shmpamt.campaign.cluster import local_cluster
 from shmpamt.campaign.proof import Frontier, ProofSpec, run_proof, simulate
+from shmpamt.explorer.footprint import POOL_RULE
 from shmpamt.explorer.subtree import close_session, run_subtree
 
 pytestmark = pytest.mark.xdist_group("dask")
@@ -104,7 +105,10 @@ def test_v6_3x1_verified_through_two_local_workers(tmp_path: Path) -> None:
     r = _report(out)
     assert r["verdict"] == "verified" and r["complete_executions"] == V6_3X1_SYMMETRY
     assert r["workers"] == 2 and r["proof"]["depth"] == 6 and r["proof"]["symmetry"] is True
+    # The claim names what it rests on: symmetry and, on one range, the pool rule.
+    assert r["reductions"] == ["symmetry over interchangeable CPUs", POOL_RULE]
     assert "verified" in stdout and (tmp_path / "db" / "proofs").is_dir()
+    assert POOL_RULE in " ".join(stdout.split())
 
 
 def test_v6_3x1_verified_through_a_scheduler_started_by_hand(
@@ -118,6 +122,7 @@ def test_v6_3x1_verified_through_a_scheduler_started_by_hand(
     r = _report(out)
     assert r["verdict"] == "verified" and r["complete_executions"] == V6_3X1_PLAIN
     assert r["workers"] == 2 and r["proof"]["symmetry"] is False
+    assert r["reductions"] == [POOL_RULE]
 
 
 def test_a_killed_worker_still_ends_verified_with_the_same_count() -> None:

@@ -64,6 +64,7 @@ from shmpamt.campaign.cluster import (
 )
 from shmpamt.config import Scenario, check_bool, check_int
 from shmpamt.errors import UsageError
+from shmpamt.explorer.footprint import dependence_reductions
 from shmpamt.explorer.session import StartAborted
 from shmpamt.explorer.subtree import SubtreeTask, run_subtree, session_for
 from shmpamt.machine.ipc import new_token
@@ -120,6 +121,12 @@ class ProofSpec:
     @property
     def name(self) -> str:
         return f"{self.variant} {self.cpus}x{self.rounds}x{self.ranges} seed {self.seed}"
+
+    @property
+    def reductions(self) -> tuple[str, ...]:
+        """What a verified proof rests on besides the search itself (its claim names them)."""
+        sym = ("symmetry over interchangeable CPUs",) if self.symmetry else ()
+        return sym + dependence_reductions(self.ranges)
 
     def key(self) -> str:
         """A file name that changes with anything that changes the tree of tasks."""

@@ -64,6 +64,7 @@ class ProofOutcome:
         f = self.frontier
         return {
             "proof": self.spec.to_dict(),
+            "reductions": list(self.spec.reductions),
             "verdict": f.verdict if f and not self.error else "incomplete",
             "reason": self.error or (f.reason() if f else ""),
             "complete_executions": f.total("complete") if f else 0,
@@ -238,9 +239,8 @@ def render(o: ProofOutcome, console: Console, interrupted: bool) -> None:
         f"{d['executions']} executions, {d['sleep_blocked']} sleep-set blocked, "
         f"{d['deadlocks']} ending in deadlock"
     )
-    how = f"split depth {o.spec.depth}" + (
-        ", with symmetry over interchangeable CPUs" if o.spec.symmetry else ", no symmetry"
-    )
+    how = f"split depth {o.spec.depth}" + ("" if o.spec.symmetry else ", no symmetry")
+    how += "".join(f", with {r}" for r in o.spec.reductions)
     where = f"{d['tasks']} subtree task(s) on {o.workers} worker(s), {how}, {f.elapsed:.1f} s"
     if d["verdict"] == VERIFIED:
         console.print(

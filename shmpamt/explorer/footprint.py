@@ -152,6 +152,16 @@ def _would_write(op: str, v: int, a: int, b: int) -> bool:
     raise ValueError(f"{op} is not a conditional atomic")
 
 
+#: how a claim names the pool rule (one range: allocs and frees commute)
+POOL_RULE: Final = "alloc_page and __free_page commuting (one range)"
+
+
+def dependence_reductions(ranges: int) -> tuple[str, ...]:
+    """What a claim must name besides symmetry: the orders the footprints leave out on
+    purpose for this scenario, each resting on an argument of the module docstring."""
+    return (POOL_RULE,) if ranges == 1 else ()
+
+
 class Footprints:
     """Footprint of (op index, target, cpu), computed once per distinct step."""
 
@@ -160,9 +170,11 @@ class Footprints:
         ``ranges``: the 2 MiB ranges whose spare slots hold pool pages (a pair's walk)."""
         self._cpus = cpus
         self._ranges = ranges
-        #: allocs and frees commute (one range: the module docstring); the session checks
-        #: the premise, every alloc served from its own partition, after each execution
-        self.pool_commutes = ranges == 1
+        #: the claim's names for the orders this relation leaves out (module docstring)
+        self.reductions = dependence_reductions(ranges)
+        #: allocs and frees commute (one range); the session checks the premise, every
+        #: alloc served from its own partition, after each execution
+        self.pool_commutes = POOL_RULE in self.reductions
         self._two_phase = two_phase_default() if two_phase is None else two_phase
         self._pool = tuple(_POOL + c for c in range(cpus))
         self._cache: dict[tuple[int, int, int], Access] = {}

@@ -219,6 +219,8 @@ def merge_jobs(parts: list[VariantResult], config: ExploreConfig) -> VariantResu
             estimate=TreeEstimate.combined(
                 (s.estimate for s in stats if s.estimate is not None), 0.0
             ),
+            # Every job runs the same scenario: a reduction any of them used is named.
+            reductions=tuple(dict.fromkeys(r for s in stats for r in s.reductions)),
         ),
         shown=next((f.execution for f in findings if f.kind not in config.ignore), None),
     )

@@ -97,6 +97,7 @@ def run_explore(
     ``shard`` is this explorer's part of a ``--jobs`` search, ``core`` its core.
     """
     scenario = config.scenario
+    symmetry = symmetry_for(config)
     scheduler = make_scheduler(
         config.strategy,
         seed=config.seed,
@@ -107,9 +108,11 @@ def run_explore(
         faults=config.fault_probabilities,
         max_faults=config.max_faults,
         fault_share=config.fault_share,
-        symmetry=symmetry_for(config),
+        symmetry=symmetry,
     )
     found = _Search()
+    reductions: tuple[str, ...] = (symmetry.describe(),) if symmetry and symmetry.reduces else ()
+    rules: tuple[str, ...] = ()
     try:
         session = Session(scenario, core, should_stop=should_stop)
     except StartAborted:  # a Ctrl-C while its processes started: nothing ran
@@ -118,6 +121,8 @@ def run_explore(
         with session:
             ran, elapsed = _search(session, config, scheduler, found, on_progress, should_stop)
             name = session.variant_name
+            if session.used_footprints:
+                rules = session.footprints.reductions
         # Closing the session stopped whatever the CPUs started and left running.
         found.incidents.extend(session.fleet.incidents)
     # Faults asked for by name that no execution could inject: say so, not "clean".
@@ -165,7 +170,7 @@ def run_explore(
         incidents=tuple(found.incidents),
         ignored=config.ignore,
         findings=tuple(ordered),
-        coverage=scheduler.coverage(),
+        coverage=scheduler.coverage() + "".join(f"; with {r}" for r in rules),
         spec=config.variant,
         shown=next((f.execution for f in ordered if f.kind not in config.ignore), None),
         explore=ExploreStats(
@@ -176,6 +181,7 @@ def run_explore(
             claim=claim_of(scheduler),
             ignored_only=found.ignored_only,
             estimate=tree_estimate(scheduler, ran, elapsed),
+            reductions=reductions + rules,
         ),
     )
 

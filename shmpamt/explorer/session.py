@@ -182,6 +182,8 @@ class Session:
         self._bases = [c * WORDS for c in range(self.cpus)]
         self._rings = [self.board.ring(c) for c in range(self.cpus)]
         self.footprints = Footprints(scenario.cpus, ranges=scenario.ranges)
+        #: some execution was decided with the footprints: a claim names their reductions
+        self.used_footprints = False
         self.executions = 0
         #: steps granted by a hand-off, and steps a CPU took past where a search stopped
         self.handoffs = 0
@@ -520,6 +522,7 @@ class Session:
                 run.scheduler.saw_fault_steps(at)
         # Invariant: the footprints' pool reduction holds only while every alloc is
         # served from its CPU's own partition (explorer/footprint.py).
+        self.used_footprints |= run.scheduler.uses_pending
         if run.scheduler.uses_pending and self.footprints.pool_commutes and self.s.pool.strayed:
             raise SchedulingError(
                 f"{self.s.pool.strayed} page allocation(s) found their CPU's pool partition "

@@ -101,6 +101,8 @@ class ExploreStats:
     ignored_only: int = 0
     #: an exhaustive search's progress (dpor), None for the others
     estimate: TreeEstimate | None = None
+    #: what the claim rests on besides the search itself: symmetry, dependence rules
+    reductions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ class VariantResult:
                 claim=e.claim,
                 ignored_only_executions=e.ignored_only,
                 estimate=e.estimate.to_dict() if e.estimate is not None else None,
+                reductions=list(e.reductions),
             )
         return d
 
