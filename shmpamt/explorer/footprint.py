@@ -13,7 +13,10 @@ not, so every choice below errs towards dependence:
   parked one in the current state (its operands are on the board), and
   :meth:`Footprints.effect` judges one that ran by the values before and after;
 - ``pamt_lock``: ``spin_lock`` and ``spin_unlock`` both read and write it, held
-  or not (a CPU blocked on it stays parked with this footprint);
+  or not (a CPU blocked on it stays parked with this footprint), and say that
+  they take and release it (``Access.acquires``/``releases``): DPOR reorders
+  critical sections at their acquires (``schedulers/races.py``). The module's
+  PAMT entry locks are try-locks, whose failure is an outcome: never marked;
 - the PAMT page pool, one object per CPU partition (see ``PamtPagePool.alloc``):
   ``alloc_page`` by CPU c writes partition c, ``__free_page`` writes the freed
   page's partition (its index is the point's target). PAMT.ADD and PAMT.REMOVE
@@ -111,6 +114,7 @@ _RC: Final = 1 << 24
 _PAMT: Final = 2 << 24
 _PAGES: Final = 3 << 24
 _ENTRY_LOCK: Final = 5 << 24
+_LOCKS: Final = frozenset({LOCK})
 _CPU_BITS: Final = 8  # at most 256 CPUs per range in the page ids
 
 _ADD: Final = tdx.leaf_name(tdx.TDH_PHYMEM_PAMT_ADD)
@@ -253,8 +257,10 @@ class Footprints:
             return self._read(target)
         if op.startswith("atomic"):
             return Access.of(writes=(_RC + target,))
-        if op in ("spin_lock", "spin_unlock"):
-            return Access.of(reads=(LOCK,), writes=(LOCK,))
+        if op == "spin_lock":
+            return Access(_LOCKS, _LOCKS, acquires=_LOCKS)
+        if op == "spin_unlock":
+            return Access(_LOCKS, _LOCKS, releases=_LOCKS)
         if op in ("alloc_page", "free_page") and self.pool_commutes:
             return Access.of()
         if op == "alloc_page":

@@ -76,6 +76,11 @@ class Access:
 
     reads: frozenset[int] = frozenset()
     writes: frozenset[int] = frozenset()
+    #: blocking locks this step takes (it waits while another CPU holds one): a subset
+    #: of ``writes``; a try-lock, whose failure is an outcome, is not one
+    acquires: frozenset[int] = frozenset()
+    #: blocking locks this step releases (its CPU holds each until then)
+    releases: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, reads: Sequence[int] = (), writes: Sequence[int] = ()) -> Access:

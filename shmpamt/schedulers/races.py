@@ -98,7 +98,44 @@ class Trace:
             covered |= self.hb[d]
             dmask |= 1 << d
         racing = [d for d in direct if self.cpus[d] != cpu and not (covered >> d) & 1]
+        if access.acquires:
+            racing = self._lock_races(racing, direct, access)
         return racing, dmask
+
+    def _lock_races(self, racing: list[int], direct: list[int], access: Access) -> list[int]:
+        """Races of a blocking acquire: a release ``u`` it follows stands for the acquire
+        ``a`` of the same lock that ``u``'s CPU released (see below), when nothing but
+        ``u`` orders ``a`` before the new event.
+
+        At the state before ``u`` the lock is held by ``u``'s CPU, so no execution
+        from there takes it before ``u``: the race with ``u`` has no reversal, and
+        trying one only ends with every CPU asleep. An order in which the new event
+        comes first exists only before ``a``, where the lock was free: that is
+        the race to reverse (as stateless checkers order the critical sections of
+        a mutex, e.g. Nidhugg's source-DPOR).
+        """
+        out: list[int] = []
+        for d in racing:
+            held = self.accesses[d].releases & access.acquires
+            a = self._acquire_of(d, held) if held else -1
+            if a < 0:
+                out.append(d)
+                continue
+            others = [x for x in direct if x != d]
+            # Invariant: a is before d in d's CPU's program order (it took what d frees).
+            assert a < d and self.cpus[a] == self.cpus[d]
+            if not any(x == a or (self.hb[x] >> a) & 1 for x in others):
+                out.append(a)
+        return sorted(set(out))
+
+    def _acquire_of(self, u: int, locks: frozenset[int]) -> int:
+        """The latest step before ``u`` of ``u``'s CPU that acquired one of ``locks``."""
+        cpu = self.cpus[u]
+        own = self._by_cpu.get(cpu, [])
+        for m in reversed(own[: bisect_left(own, u)]):
+            if self.accesses[m].acquires & locks:
+                return m
+        return -1
 
     def initials(self, i: int, cpu: int, dmask: int, k: int) -> set[int]:
         """CPUs that may start ``notdep(i).e``: the reversal of race ``i`` with ``e`` at ``k``.
