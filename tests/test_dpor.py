@@ -547,6 +547,9 @@ def test_a_release_stands_for_its_acquire_only_for_a_blocking_acquire() -> None:
     # wrote inside it): nothing but the release's order is left to reverse.
     t.add(1, Access.of([1], ()))
     assert t.races(1, take, 4)[0] == []
+    # A release its CPU did not take the lock for (a second one) is not substituted.
+    twice = Trace([(0, take), (0, give), (0, give)])
+    assert twice.races(1, take, 3)[0] == [2]
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])

@@ -129,11 +129,16 @@ class Trace:
         return sorted(set(out))
 
     def _acquire_of(self, u: int, locks: frozenset[int]) -> int:
-        """The latest step before ``u`` of ``u``'s CPU that acquired one of ``locks``."""
+        """The acquire of ``locks`` that release ``u`` ends: the latest step before ``u``
+        of ``u``'s CPU that took or freed one of them, if it took it (else -1: the
+        CPU may not hold the lock, and the race with ``u`` is kept)."""
         cpu = self.cpus[u]
         own = self._by_cpu.get(cpu, [])
         for m in reversed(own[: bisect_left(own, u)]):
-            if self.accesses[m].acquires & locks:
+            a = self.accesses[m]
+            if a.releases & locks:
+                return -1
+            if a.acquires & locks:
                 return m
         return -1
 
