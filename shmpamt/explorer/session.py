@@ -520,9 +520,9 @@ class Session:
             if run.scheduler.wants_fault_points:
                 run.scheduler.saw_faults(points)
                 run.scheduler.saw_fault_steps(at)
+        self.used_footprints |= run.scheduler.uses_pending
         # Invariant: the footprints' pool reduction holds only while every alloc is
         # served from its CPU's own partition (explorer/footprint.py).
-        self.used_footprints |= run.scheduler.uses_pending
         if run.scheduler.uses_pending and self.footprints.pool_commutes and self.s.pool.strayed:
             raise SchedulingError(
                 f"{self.s.pool.strayed} page allocation(s) found their CPU's pool partition "

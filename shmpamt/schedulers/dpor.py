@@ -33,7 +33,7 @@ the acquire that release ends instead (``Access.acquires``/``releases``,
 :meth:`~shmpamt.schedulers.races.Trace.races`). Reversing at the release only
 ran an execution that ended with every CPU asleep, whose parked CPU then led
 the analysis to that acquire; all of ``v6``'s 226 sleep-set blocked executions
-at 2 CPUs x 2 rounds were such, and none is left.
+at 2 CPUs x 2 rounds (one job) were such, and none is left.
 
 ``preemption_bound`` keeps backtracking within the bound: an alternative that
 would need more preemptions is instead tried at the latest earlier state where

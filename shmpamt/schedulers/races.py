@@ -111,8 +111,7 @@ class Trace:
         from there takes it before ``u``: the race with ``u`` has no reversal, and
         trying one only ends with every CPU asleep. An order in which the new event
         comes first exists only before ``a``, where the lock was free: that is
-        the race to reverse (as stateless checkers order the critical sections of
-        a mutex, e.g. Nidhugg's source-DPOR).
+        the race to reverse: critical sections are ordered by their acquires.
         """
         out: list[int] = []
         for d in racing:
