@@ -34,6 +34,7 @@ from shmpamt.records.variant_files import (
     variant_file,
 )
 from shmpamt.records.violations import VIOLATIONS
+from shmpamt.schedulers.base import MAX_EXPLORE_CPUS
 from shmpamt.schedulers.faults import DEFAULT_PROBABILITY, DEFAULT_SHARE, MAX_FAULTS
 from shmpamt.schedulers.registry import DEFAULT_STRATEGY, STRATEGIES
 
@@ -43,7 +44,6 @@ DEFAULT_STRESS_SECONDS: Final = 7.0
 DEFAULT_EXPLORE_BUDGET: Final = 20.0
 MAX_SEED: Final = 2**63 - 1
 MAX_STRESS_CPUS: Final = 64
-MAX_EXPLORE_CPUS: Final = 8
 #: scheduled steps one get/use/put round may take before an execution counts as a livelock
 STEPS_PER_ROUND: Final = 200
 

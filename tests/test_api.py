@@ -107,6 +107,21 @@ def test_import_shmpamt_stays_light() -> None:
     assert loaded == "0.1.0"
 
 
+def test_a_cpu_process_loads_no_strategy_and_no_config() -> None:
+    # Every CPU and the daemon import this much at each start: with 2 jobs at 2 x 2 that
+    # is six processes on two cores before the first step.
+    heavy = ("shmpamt.config", "shmpamt.schedulers.dpor", "shmpamt.schedulers.registry")
+    code = (
+        "import sys, shmpamt.explorer.cpu, shmpamt.engine.cpu, shmpamt.module.daemon\n"
+        "print('loaded', *[m for m in H if m in sys.modules])\n"
+        "from shmpamt.schedulers import DPOR\n"
+        "print(DPOR.__module__)"
+    )
+    first, second = _python(code.replace("H", repr(heavy))).splitlines()
+    assert first == "loaded"
+    assert second == "shmpamt.schedulers.dpor"  # the package still names every strategy
+
+
 def test_package_exports_the_public_api_lazily() -> None:
     out = _python(
         "import shmpamt, shmpamt.api as a, shmpamt.explorer.session as s\n"

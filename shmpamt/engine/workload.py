@@ -18,10 +18,9 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from shmpamt import tdx
-from shmpamt.config import Scenario, StressConfig
 from shmpamt.machine.kernel import Kernel, page_hpa, range_of
 from shmpamt.machine.violation_log import ViolationLog
 from shmpamt.module.faults import page_kept_by_injection
@@ -32,6 +31,9 @@ from shmpamt.records.violations import (
     PUT_FAILED,
 )
 from shmpamt.variants.base import CachedPamtVariant, PamtCache, PamtVariant
+
+if TYPE_CHECKING:  # config imports every strategy: a CPU process needs none of them
+    from shmpamt.config import Scenario, StressConfig
 
 #: gets a round's top-up covers: one guest page is mapped per round
 TOPUP_GETS: Final = 1

@@ -58,7 +58,6 @@ from typing import Final
 import posix_ipc
 
 from shmpamt import tdx
-from shmpamt.config import MAX_EXPLORE_CPUS
 from shmpamt.machine.atomic import wrap32
 from shmpamt.machine.ipc import (
     Segment,
@@ -68,6 +67,7 @@ from shmpamt.machine.ipc import (
     remove_semaphore,
 )
 from shmpamt.machine.kernel import END_SUFFIX, PRIMITIVES
+from shmpamt.schedulers.base import MAX_EXPLORE_CPUS
 from shmpamt.schedulers.faults import FAULT_OPS, MAX_FAULTS
 
 # Every op a point can carry, in a fixed order: the index is what crosses the board.

@@ -31,6 +31,9 @@ from shmpamt.errors import SchedulingError
 
 _MASK64: Final = (1 << 64) - 1
 _GOLDEN: Final = 0x9E3779B97F4A7C15
+#: CPUs one search schedules at most: runnable sets travel as bit masks, and the board
+#: keeps one table entry per mask
+MAX_EXPLORE_CPUS: Final = 8
 
 
 class Nondeterminism(SchedulingError):
