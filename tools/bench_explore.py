@@ -35,10 +35,17 @@ baselines measured in the same run.
    exhausted), --seconds each: complete executions/s, steps/s, microseconds per
    step and their ratios to the floor and to the random walk (target: >= 1,000
    complete executions/s per core).
+9. start-up: the command a user types, ``shmpamt explore --variant v6 --strategy dpor
+   --jobs 2`` (2 x 2, the target is 2 s) and the same at 1 CPU x 1 round (almost only
+   start-up), in fresh interpreters, --repeat A/B pairs: shmpamt's bytecode read from a
+   cache against compiled from source at every process start (what every spawned CPU
+   and daemon does when PYTHONDONTWRITEBYTECODE is set and no __pycache__ exists):
+   median wall seconds and the ratio. Both use caches of their own
+   (PYTHONPYCACHEPREFIX), the same but for shmpamt's own files.
 
     python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--proof-cap 600]
                                   [--fault-cap 600] [--fault-jobs 2] [--repeat 3]
-                                  [--scale-cap 120] [--skip 3,4,8]
+                                  [--scale-cap 120] [--skip 3,4,8,9]
 """
 
 from __future__ import annotations
@@ -46,9 +53,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import posix_ipc
 from rich.console import Console
@@ -169,10 +180,11 @@ def main() -> int:
     ap.add_argument("--variants", nargs="*", default=BUGGY)
     ap.add_argument("--fault-cap", type=float, default=600.0, help="seconds per fault search (6)")
     ap.add_argument("--fault-jobs", type=int, default=2, help="explorers per fault search (6)")
+    ap.add_argument("--repeat", type=int, default=3, help="A/B pairs (5, 9)")
     ap.add_argument("--scale-cap", type=float, default=120.0, help="seconds per search (7)")
     ap.add_argument("--jobs", type=int, default=2, help="explorers per search (7)")
     ap.add_argument("--scale", nargs="*", default=None, help="only these rows of 7, as v6:3x2x1")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-8)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-9)")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     console = Console(width=250)  # tables in a log stay whole
@@ -294,6 +306,9 @@ def main() -> int:
 
     if "8" not in skip:
         dpor_speed(console, args.seconds, floor)
+
+    if "9" not in skip:
+        startup(console, args.repeat)
     return 0
 
 
@@ -358,6 +373,51 @@ def fault_search(variant: str, k: int, cap: float, jobs: int, how: str) -> tuple
     took = time.monotonic() - t0
     verdict = "clean" if r.clean else ",".join(sorted(r.found))
     return f"{e.executions:,} ex, {took:.1f} s, {e.claim}, {verdict}", e.executions
+
+
+def _cli_seconds(cpus: int, rounds: int, env: dict[str, str]) -> float:
+    """Wall seconds of one explore command in a fresh interpreter (it must verify)."""
+    cmd = [sys.executable, "-m", "shmpamt", "explore", "--variant", "v6", "--strategy", "dpor",
+           "--jobs", "2", "--cpus", str(cpus), "--rounds", str(rounds), "--faults", "none",
+           "--db", "off", "--seed", "1", "--no-minimize", "--budget", "600"]  # fmt: skip
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    took = time.monotonic() - t0
+    if out.returncode != 0 or "verified" not in out.stdout:
+        raise SystemExit(f"9: {' '.join(cmd[1:])} did not verify:\n{out.stdout}{out.stderr}")
+    return took
+
+
+def startup(console: Console, repeat: int) -> None:
+    package = Path(api.__file__).resolve().parent
+    with tempfile.TemporaryDirectory(prefix="shmpamt-bench-pyc-") as tmp:
+        cached, source = Path(tmp, "cached"), Path(tmp, "source")
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        warm = {**base, "PYTHONPYCACHEPREFIX": str(cached)}
+        _cli_seconds(1, 1, warm)  # fills the cache: every process imports what it needs
+        shutil.copytree(cached, source)
+        # the cache mirrors absolute paths: drop shmpamt's own entries, keep the rest
+        shutil.rmtree(source / package.relative_to(package.anchor), ignore_errors=True)
+        envs = {
+            "bytecode cached": {**warm, "PYTHONDONTWRITEBYTECODE": "1"},
+            "compiled at each start": {**base, "PYTHONPYCACHEPREFIX": str(source),
+                                       "PYTHONDONTWRITEBYTECODE": "1"},
+        }  # fmt: skip
+        got: dict[tuple[str, int], list[float]] = {}
+        for _ in range(repeat):
+            for label, env in envs.items():
+                for cpus, rounds in ((1, 1), (2, 2)):
+                    got.setdefault((label, cpus), []).append(_cli_seconds(cpus, rounds, env))
+    t = Table(title=f"9. start-up: `shmpamt explore --variant v6 --strategy dpor --jobs 2`, "
+              f"median of {repeat}")  # fmt: skip
+    for c in ("shmpamt's bytecode", "1 x 1 s", "2 x 2 s", "2 x 2 vs cached"):
+        t.add_column(c, justify="right")
+    best = statistics.median(got[("bytecode cached", 2)])
+    for label in envs:
+        one, two = (statistics.median(got[(label, c)]) for c in (1, 2))
+        t.add_row(label, f"{one:.2f}", f"{two:.2f}", f"{two / best:.2f}x")
+    console.print(t)
+    console.print("target: v6 2 x 2 within 2 s with 2 jobs")
 
 
 SCALE = [
