@@ -25,6 +25,7 @@ from shmpamt import tdx
 from shmpamt.config import StressConfig
 from shmpamt.engine.stress import StressProgress as Progress
 from shmpamt.engine.stress import run_stress
+from shmpamt.engine.system import System
 from shmpamt.machine.cpu_board import ITERATIONS, CpuBoard
 from shmpamt.machine.ipc import IpcError, parse_name, pid_alive
 from shmpamt.machine.kernel import Kernel
@@ -169,6 +170,33 @@ def test_daemon_death_inside_pamt_lock_is_no_violation() -> None:
     assert hit
     _assert_ended_by_the_daemon(res, "died")
     # Invariant: the rig's own failure is an incident, never a verdict about the variant.
+    assert res.found == {}, res.found
+
+
+@pytest.mark.timeout(120)
+def test_daemon_death_at_a_fresh_start_is_an_incident(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon dies after every CPU paused and before the runner's RESET: the run ends
+    with the daemon's incident, not with ModuleDied out of run_stress."""
+    reset = System.fresh_start
+    killed: list[int] = []
+
+    def die_first(s: System) -> None:
+        pid = s.module.pid
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        while s.module.alive():
+            time.sleep(0.01)
+        reset(s)
+
+    monkeypatch.setattr(System, "fresh_start", die_first)
+    config = StressConfig("locked", cpus=2, ranges=2, duration=60.0, epoch=0.3, seed=11)
+    t0 = time.monotonic()
+    res = run_stress(config)
+    assert killed, "no fresh start was reached"
+    assert time.monotonic() - t0 < 30  # ended on the death, not at the duration
+    _assert_ended_by_the_daemon(res, "died")
+    # not mistaken for a CPU that would not pause
+    assert not any("fresh starts stopped" in n for n in res.notes), res.notes
     assert res.found == {}, res.found
 
 

@@ -151,7 +151,14 @@ class Fleet:
         # dead CPU and as its waiters giving up.
         pid, cpu = s.lock.holder()
         if pid and not pid_alive(pid):
-            return self._incident(f"cpu {cpu} (pid {pid}) died holding pamt_lock")
+            # the exit status says why it died (a SIGKILL, a crash): the lock alone does not
+            how = [
+                self._describe(c)
+                for c, p in enumerate(self.procs)
+                if p.pid == pid and p.exitcode is not None
+            ]
+            said = f" (it {how[0]})" if how else ""
+            return self._incident(f"cpu {cpu} (pid {pid}) died holding pamt_lock{said}")
         if not s.module.alive():
             return self._incident("the TDX module daemon died mid-run")
         for c, p in enumerate(self.procs):

@@ -20,6 +20,7 @@ from shmpamt.engine.system import System, SystemConfig
 from shmpamt.engine.workload import Workload
 from shmpamt.machine.chaos import TARGETED
 from shmpamt.machine.cpu_board import DELAYS, INJECTED, ITERATIONS, PAUSE_POLL, PAUSED, WARNINGS
+from shmpamt.machine.seamcall import SeamcallError
 from shmpamt.module.faults import FaultPlan
 from shmpamt.records.results import (
     STRESS,
@@ -74,7 +75,12 @@ def _fresh_start(s: System, fleet: Fleet, n: int, should_stop: Callable[[], bool
         if fleet.died():
             return False
         s.check_quiescent()
-        s.fresh_start()
+        try:
+            s.fresh_start()
+        except SeamcallError:
+            # The daemon died between the pause and its reset: the run's next check
+            # reports the death; the reset is simply not done.
+            return False
         return True
     finally:
         board.resume(n)
@@ -134,8 +140,10 @@ def run_stress(
                     if _fresh_start(s, fleet, starts + 1, should_stop):
                         starts += 1
                     else:
-                        epochs = False  # a CPU did not pause: judge quiescence at the end only
-                        gave_up = not should_stop()
+                        # A CPU did not pause (or the daemon died): judge quiescence at the
+                        # end only.
+                        epochs = False
+                        gave_up = not should_stop() and not fleet.died()
                     next_epoch = time.monotonic() + config.epoch
         finally:
             s.board.stop()
