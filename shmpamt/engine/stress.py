@@ -55,6 +55,7 @@ def _fresh_start(s: System, fleet: Fleet, n: int, should_stop: Callable[[], bool
 
     False (nothing judged or reset) if a CPU did not pause in time: it may be
     stuck mid-round (a leaked lock), where quiescence would be a false alarm.
+    False too (judged, not reset) if the daemon died before its RESET.
     """
     board = s.board
     board.request_epoch(n)

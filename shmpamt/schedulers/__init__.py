@@ -3,7 +3,7 @@
 The names below load on first use (PEP 562): every CPU process imports
 ``schedulers.base`` and ``schedulers.faults`` (the board's fault points), and
 importing this package eagerly would load every strategy into each of them
-(about 30 ms a process, most of a CPU's own start-up after ``atomics``).
+(10 ms a process with bytecode cached, 25 ms compiled from source).
 """
 
 from __future__ import annotations
