@@ -122,6 +122,16 @@ def test_a_cpu_process_loads_no_strategy_and_no_config() -> None:
     assert second == "shmpamt.schedulers.dpor"  # the package still names every strategy
 
 
+def test_the_schedulers_package_resolves_every_name_it_exports() -> None:
+    import shmpamt.schedulers as pkg
+
+    # Invariant: the lazy table and __all__ name the same things, and each one loads.
+    assert sorted(pkg._HOME) == sorted(pkg.__all__)
+    assert all(getattr(pkg, n) is not None for n in pkg.__all__)
+    with pytest.raises(AttributeError, match="no_such_strategy"):
+        pkg.no_such_strategy  # noqa: B018
+
+
 def test_package_exports_the_public_api_lazily() -> None:
     out = _python(
         "import shmpamt, shmpamt.api as a, shmpamt.explorer.session as s\n"
