@@ -116,6 +116,35 @@ def test_dead_lock_holder_is_reported_as_lock_leaked() -> None:
     assert any("died holding" in i and "SIGKILL" in i for i in res.incidents), res.incidents
 
 
+def test_dead_lock_holder_is_named_when_every_cpu_exits_before_a_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The waiters see the dead holder and exit before the runner polls: the run ends
+    with every CPU gone, and the account still names the holder and how it died."""
+    from shmpamt.engine.processes import Fleet
+
+    # No mid-run poll: only the end-of-run accounting can name the holder.
+    monkeypatch.setattr(Fleet, "check", lambda self: None)
+    victim: list[int] = []
+
+    def kill_holder(p: Progress) -> None:
+        if victim or p.elapsed < 0.5:
+            return
+        for pid in _cpu_pids():
+            if _holds_lock(pid):
+                os.kill(pid, signal.SIGKILL)
+                victim.append(pid)
+                return
+
+    res = _run(SLEEPY, 30.0, cpus=3, on_progress=kill_holder)
+    assert victim, "no CPU was seen holding pamt_lock"
+    assert "lock_leaked" in res.found, res.to_dict()
+    held = [i for i in res.incidents if "died holding pamt_lock" in i]
+    assert len(held) == 1 and f"pid {victim[0]}" in held[0] and "SIGKILL" in held[0], held
+    # ... and the dead holder is not accounted for a second time as a plain dead CPU
+    assert not any(i.endswith("was killed by SIGKILL") for i in res.incidents), res.incidents
+
+
 _lock_owner_words: dict[str, object] = {}
 
 

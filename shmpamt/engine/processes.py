@@ -149,16 +149,9 @@ class Fleet:
         s = self.system
         # The most specific account first: a dead lock holder also shows up as a
         # dead CPU and as its waiters giving up.
-        pid, cpu = s.lock.holder()
-        if pid and not pid_alive(pid):
-            # the exit status says why it died (a SIGKILL, a crash): the lock alone does not
-            how = [
-                self._describe(c)
-                for c, p in enumerate(self.procs)
-                if p.pid == pid and p.exitcode is not None
-            ]
-            said = f" (it {how[0]})" if how else ""
-            return self._incident(f"cpu {cpu} (pid {pid}) died holding pamt_lock{said}")
+        held = self._dead_holder()
+        if held:
+            return held
         if not s.module.alive():
             return self._incident("the TDX module daemon died mid-run")
         for c, p in enumerate(self.procs):
@@ -175,6 +168,28 @@ class Fleet:
                     f"cpu {c} {self._describe(c)} mid-run" + (f" ({msg})" if msg else "")
                 )
         return None
+
+    def _dead_holder(self) -> str | None:
+        """An incident naming pamt_lock's holder if it is dead (recorded), else None.
+
+        Both ``check`` and ``join`` meet a dead holder, whichever polls first; either
+        way the report says which CPU it was and how it died, not only that it died.
+        """
+        pid, cpu = self.system.lock.holder()
+        if not pid or pid_alive(pid):
+            return None
+        text = f"cpu {cpu} (pid {pid}) died holding pamt_lock"
+        seen = [i for i in self.incidents if i.startswith(text)]
+        if seen:
+            return seen[0]
+        for c, p in enumerate(self.procs):
+            if p.pid == pid:
+                # It is dead, so this returns at once; it reaps the process, and only
+                # then is its exit status (a SIGKILL, a crash) known.
+                p.join(1)
+                if p.exitcode is not None:
+                    text += f" (it {self._describe(c)})"
+        return self._incident(text)
 
     def _incident(self, text: str) -> str:
         self.incidents.append(text)
@@ -218,8 +233,7 @@ class Fleet:
             # A CPU blocked behind a dead lock holder notices it itself (LockHolderDied);
             # record the dead holder first so the lock is free for the others to finish.
             while p.exitcode is None and time.monotonic() < deadline:
-                pid, _ = s.lock.holder()
-                if pid and not pid_alive(pid):
+                if self._dead_holder():
                     s.check_lock()
                 p.join(POLL)
             if p.exitcode is None:
@@ -237,6 +251,9 @@ class Fleet:
             self.notes.append(
                 f"{_cpus(unstarted)} of {len(self.procs)} had not started when the run stopped"
             )
+        # Every CPU may have exited before anyone polled the lock (its waiters saw the
+        # dead holder and gave up): name the holder now, before the generic accounts.
+        self._dead_holder()
         for c in range(len(self.procs)):
             if c in unstarted:
                 continue

@@ -135,8 +135,8 @@ def run_stress(
                     )
                 if should_stop() or (config.duration and elapsed >= config.duration):
                     break
-                if fleet.all_exited() or fleet.check() is not None:
-                    break  # iteration mode: every CPU finished; or something died
+                if fleet.check() is not None or fleet.all_exited():
+                    break  # something died; or (iteration mode) every CPU finished
                 if epochs and time.monotonic() >= next_epoch:
                     if _fresh_start(s, fleet, starts + 1, should_stop):
                         starts += 1
