@@ -88,12 +88,9 @@ def _cpu_pids() -> list[int]:
     return sorted(p.pid for p in mp.active_children() if p.name.startswith("shmpamt-cpu") and p.pid)
 
 
-SLEEPY = os.path.join(os.path.dirname(__file__), "sleepy_variant.py") + ":SleepyLocked"
-
-
-def test_dead_lock_holder_is_reported_as_lock_leaked() -> None:
-    """A CPU SIGKILLed while holding pamt_lock: lock_leaked names it, nothing hangs."""
-    victim: list[int] = []
+def _lock_holder_killer(victim: list[int]) -> Callable[[Progress], None]:
+    """A progress callback that SIGKILLs the first CPU seen holding pamt_lock (after
+    0.5 s), once, and appends its pid to ``victim``."""
 
     def kill_holder(p: Progress) -> None:
         if victim or p.elapsed < 0.5:
@@ -103,6 +100,17 @@ def test_dead_lock_holder_is_reported_as_lock_leaked() -> None:
                 os.kill(pid, signal.SIGKILL)
                 victim.append(pid)
                 return
+
+    return kill_holder
+
+
+SLEEPY = os.path.join(os.path.dirname(__file__), "sleepy_variant.py") + ":SleepyLocked"
+
+
+def test_dead_lock_holder_is_reported_as_lock_leaked() -> None:
+    """A CPU SIGKILLed while holding pamt_lock: lock_leaked names it, nothing hangs."""
+    victim: list[int] = []
+    kill_holder = _lock_holder_killer(victim)
 
     t0 = time.monotonic()
     res = _run(SLEEPY, 30.0, cpus=3, on_progress=kill_holder)
@@ -126,15 +134,7 @@ def test_dead_lock_holder_is_named_when_every_cpu_exits_before_a_poll(
     # No mid-run poll: only the end-of-run accounting can name the holder.
     monkeypatch.setattr(Fleet, "check", lambda self: None)
     victim: list[int] = []
-
-    def kill_holder(p: Progress) -> None:
-        if victim or p.elapsed < 0.5:
-            return
-        for pid in _cpu_pids():
-            if _holds_lock(pid):
-                os.kill(pid, signal.SIGKILL)
-                victim.append(pid)
-                return
+    kill_holder = _lock_holder_killer(victim)
 
     res = _run(SLEEPY, 30.0, cpus=3, on_progress=kill_holder)
     assert victim, "no CPU was seen holding pamt_lock"
