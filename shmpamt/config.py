@@ -342,6 +342,8 @@ class ExploreConfig:
     max_faults: int = 1
     #: dpor: try one of interchangeable CPUs first (:mod:`shmpamt.schedulers.symmetry`)
     symmetry: bool = True
+    #: dpor: each execution's search ends at its first violation (schedulers/dpor.py)
+    halt_at_violation: bool = False
 
     def __post_init__(self) -> None:
         _set(self, "variant", check_variant(self.variant))
@@ -351,6 +353,7 @@ class ExploreConfig:
         check_int("max_faults", self.max_faults, 0, MAX_FAULTS)
         check_bool("first", self.first)
         check_bool("symmetry", self.symmetry)
+        check_bool("halt_at_violation", self.halt_at_violation)
         check_bool("pin", self.pin)
         if self.jobs is None:
             _set(self, "jobs", default_jobs())
@@ -360,6 +363,11 @@ class ExploreConfig:
             raise UsageError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}",
                 "strategy",
+            )
+        if self.halt_at_violation and self.strategy != "dpor":
+            raise UsageError(
+                f"halting at the first violation is a dpor search's, not {self.strategy}'s",
+                "halt_at_violation",
             )
         check_int("depth", self.depth, 1, 10)
         if self.preemptions is not None:

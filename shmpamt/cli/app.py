@@ -469,6 +469,13 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
     "interchangeable (the reduction assumes the variant ignores the CPU number).",
 )
 @click.option(
+    "--halt-at-violation",
+    is_flag=True,
+    help="dpor: end each execution's search at its first violation: a proof of every "
+    "kind an execution can show first, in far fewer executions; kinds logged after "
+    "one are reported as seen on one schedule each, not searched.",
+)
+@click.option(
     "--jobs",
     type=int,
     default=None,

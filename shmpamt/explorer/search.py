@@ -32,7 +32,7 @@ from shmpamt.records.results import (
 )
 from shmpamt.records.schedule_string import Schedule
 from shmpamt.schedulers.base import ScheduleMismatch, Scheduler
-from shmpamt.schedulers.dpor import DPOR
+from shmpamt.schedulers.dpor import DPOR, HALT_RULE
 from shmpamt.schedulers.registry import claim_of, make_scheduler
 from shmpamt.variants.registry import load_variant
 
@@ -109,9 +109,12 @@ def run_explore(
         max_faults=config.max_faults,
         fault_share=config.fault_share,
         symmetry=symmetry,
+        halt_at_violation=config.halt_at_violation,
     )
     found = _Search()
     reductions: tuple[str, ...] = (symmetry.describe(),) if symmetry and symmetry.reduces else ()
+    if config.halt_at_violation:
+        reductions += (HALT_RULE,)
     rules: tuple[str, ...] = ()
     try:
         session = Session(scenario, core, should_stop=should_stop)

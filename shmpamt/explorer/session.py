@@ -278,6 +278,7 @@ class Session:
         in_state, rc = self.footprints.pending, self._rc
         next_cpu = scheduler.next_cpu
         scripts = self.scripts
+        halts = scheduler.halts
         if not self._open(run, seed, ring_room > 1 and not wants_pending):
             for c in cpus:
                 self._grant(c, CMD_START, seed)
@@ -333,6 +334,8 @@ class Session:
             if run.outcome != SLEEP_BLOCKED:
                 logs[-1] = run.log.total()
             run.logged(logs, first)
+            if halts and run.vsteps:
+                scheduler.violated(run.vsteps[0])
             if run.outcome == SLEEP_BLOCKED:
                 # The CPU ran past where the search stops: what it did there never happened.
                 run.seen = run.log.total()
@@ -502,8 +505,9 @@ class Session:
             run.took([(c, ring)], [c] * ran, [(then, c)] * (ran - 1), [True] * (ran - 1), c)
             return logs
         done = self._follow_pending(
-            scheduler, then, c, ring, ran, run.pending, run.runnable_after, run.steps
-        )
+            scheduler, then, c, ring, ran, run.pending, run.runnable_after, run.steps,
+            run.seen if scheduler.halts else None,
+        )  # fmt: skip
         run.pending = done.pending
         run.runs.append((c, ring[: done.steps * REC]))
         if done.stopped:
@@ -663,9 +667,11 @@ class Session:
         pending: dict[int, Access] | None,
         runnable_after: list[bool],
         steps: list[int],
+        seen: int | None = None,
     ) -> _Followed:
         """The decisions for a run, one at a time with ``pending`` as each would have
-        seen it, and what each step did; stops where the strategy abandons."""
+        seen it, and what each step did; stops where the strategy abandons. ``seen``:
+        the violations logged before the run, for a strategy that halts at the first."""
         assert pending is not None, "a strategy that reads pending was given none"
         w, in_state, effect = self.board.w, self.footprints.pending, self.footprints.effect
         written: dict[int, int] = {}  # refcount slots c's steps so far changed: value now
@@ -688,6 +694,9 @@ class Session:
                 for o, op_o, target_o, a_o, b_o in judged:
                     if target_o in written:
                         pending[o] = in_state(op_o, target_o, o, written, a_o, b_o)
+                if seen is not None and ring[(j - 1) * REC + R_LOG] != seen:
+                    scheduler.violated(len(steps) - 1)  # before it decides what follows
+                    seen = None
                 try:
                     chosen = scheduler.next_cpu(then, c, pending)
                 except SleepBlocked:

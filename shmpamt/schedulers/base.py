@@ -134,6 +134,11 @@ class Scheduler(Protocol):
         """
         ...
 
+    def violated(self, step: int) -> None:
+        """Step ``step`` of the current execution logged a violation (told before any
+        later decision, and only to a strategy that ``halts``)."""
+        ...
+
     def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
         """The execution just ended with ``outcome`` (see :data:`OUTCOMES`).
 
@@ -159,6 +164,8 @@ class Scheduler(Protocol):
 
     #: whether ``next_cpu`` reads ``pending`` (the controller computes it only then)
     uses_pending: bool
+    #: whether an execution's search ends at its first violation (``violated``)
+    halts: bool
     #: CPU choices of the current execution, in order
     steps: list[int]
     #: CPU choices over all executions so far
@@ -332,6 +339,8 @@ class BaseScheduler:
     uses_pending = False
     #: whether ``saw_faults`` wants the fault points of every execution
     wants_fault_points = False
+    #: whether an execution's search ends at its first violation (``violated``)
+    halts = False
 
     def __init__(self, workload_seed: int = 0) -> None:
         self._base_seed = workload_seed & _MASK64
@@ -415,6 +424,9 @@ class BaseScheduler:
 
     def executed(self, access: Access) -> None:
         """Only DPOR refines its analysis with what a step did."""
+
+    def violated(self, step: int) -> None:
+        """Only DPOR can end an execution's search at its first violation."""
 
     def board_faults(self) -> dict[int, list[tuple[int, int]]]:
         """No fault is injected unless a fault strategy says so."""

@@ -115,6 +115,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
+import os as _os
 
 from shmpamt.errors import SchedulingError
 from shmpamt.records.estimate import explored_share
@@ -135,13 +136,15 @@ from shmpamt.schedulers.faults import (
     board_plan,
     scope,
 )
-from shmpamt.schedulers.races import Trace
+from shmpamt.schedulers.races import HALT, Trace
 from shmpamt.schedulers.symmetry import Symmetry
 
 #: split states per path when the search is sharded (see the module docstring)
 SPLIT_LEVELS: Final = 8
 #: longest subtree prefix: a task at this depth explores its whole subtree, however long
 MAX_SUBTREE_DEPTH: Final = 24
+#: how a claim names ``halt_at_violation``: what it proves is the first violations' kinds
+HALT_RULE: Final = "each execution's search ending at its first violation"
 
 
 @dataclass
@@ -237,12 +240,14 @@ class DPOR(BaseScheduler):
         symmetry: Symmetry | None = None,
         fault_kinds: Sequence[str] = (),
         max_faults: int = 0,
+        halt_at_violation: bool = False,
     ) -> None:
         """``preemption_bound`` None: unbounded; ``shard`` (index, count) for parallel jobs;
         ``subtree`` a prefix of split-state positions (a distributed proof's task);
         ``symmetry`` interchangeable CPUs (:mod:`~shmpamt.schedulers.symmetry`);
         ``fault_kinds`` the kinds injected as outcomes, at most ``max_faults`` per
-        execution (see the module docstring)."""
+        execution (see the module docstring); ``halt_at_violation``: each execution's
+        search ends at its first violation (the module docstring says what that proves)."""
         unknown = [k for k in fault_kinds if k not in KIND_INDEX]
         if unknown:
             raise ValueError(f"unknown fault kind {unknown[0]!r}; use {', '.join(KINDS)}")
@@ -281,6 +286,12 @@ class DPOR(BaseScheduler):
         self.kinds = tuple(k for k in KINDS if k in fault_kinds)
         self._allowed = frozenset(KIND_INDEX[k] for k in self.kinds)
         self.max_faults = max_faults if self._allowed else 0
+        #: an execution's search ends at its first violating step (``violated``)
+        self.halts = halt_at_violation
+        #: the current execution's first violating step, once the controller said so
+        self._halt: int | None = None
+        #: complete executions whose search ended at a violation
+        self.halted = 0
         self.wants_fault_points = bool(self.max_faults)
         #: the current execution's injections (read off its replayed prefix)
         self.fault_plan: Plan = ()
@@ -364,6 +375,7 @@ class DPOR(BaseScheduler):
 
     def _reset_execution(self) -> None:
         self._fault_steps = None
+        self._halt = None
         self._final = None
         self._blocked_now = False
         self._skipped_now = False
@@ -389,6 +401,8 @@ class DPOR(BaseScheduler):
                 )
             return node.choice
         parent = self._stack[-1] if self._stack else None
+        if self._halt is not None:
+            return self._past_halt(parent, now, parked, current)
         sleep = parent.child_sleep() if parent else {}
         before = parent.preemptions if parent else 0
         index, count = self.shard
@@ -435,6 +449,35 @@ class DPOR(BaseScheduler):
         node.done.append(choice)
         self._stack.append(node)
         return choice
+
+    def _past_halt(
+        self,
+        parent: _Node | None,
+        now: tuple[int, ...],
+        parked: dict[int, Access],
+        current: int | None,
+    ) -> int:
+        """A state after the first violation: the search has ended there, so the
+        execution runs on by the non-preemptive default, with nothing to branch on
+        (no sleep set, no split, no outcome), only to report what happens after."""
+        choice = current if current in now else now[0]
+        node = _Node(now, parked, current, {}, choice, 0, backtrack={choice})
+        if parent is not None:
+            node.path_before = parent.split_path()
+            node.preemptions = parent.preemptions + _is_preemption(now, current, choice)
+        node.done.append(choice)
+        self._stack.append(node)
+        return choice
+
+    def violated(self, step: int) -> None:
+        if self.halts and (self._halt is None or step < self._halt):
+            # Invariant: the controller says so before any decision after that step.
+            if step + 1 < len(self._stack):
+                raise SchedulingError(
+                    f"dpor: told of a violation at step {step} after deciding step "
+                    f"{len(self._stack) - 1}"
+                )
+            self._halt = step
 
     def _symmetric(self, parent: _Node | None, now: tuple[int, ...]) -> tuple[int, frozenset[int]]:
         """(CPUs that took a shared step before this state, CPUs symmetry prunes here)."""
@@ -596,7 +639,8 @@ class DPOR(BaseScheduler):
                     )
             else:
                 node.fault, node.point = kind, point if kind >= 0 else 0
-                node.outcome_todo = kind in self._allowed and above < self.max_faults
+                searched = self._halt is None or j <= self._halt
+                node.outcome_todo = searched and kind in self._allowed and above < self.max_faults
             above += node.injected
 
     # -- race analysis --------------------------------------------------------------
@@ -618,6 +662,7 @@ class DPOR(BaseScheduler):
         if len(self._stack) != n:
             raise SchedulingError(f"dpor: {len(self._stack)} states recorded for {n} steps")
         self._mark_faults(n)
+        m, final = self._searched(n, final)
         if self._blocked_now:
             self.sleep_blocked += 1
         elif self._skipped_now or self._split_owner() != self.shard[0]:
@@ -626,7 +671,8 @@ class DPOR(BaseScheduler):
             self.shard_skipped += 1
         else:
             self.complete_executions += 1
-            self.deadlocks += self.last_outcome == "deadlock"
+            self.halted += self._halt is not None
+            self.deadlocks += self._halt is None and self.last_outcome == "deadlock"
             self.no_fault_executions += not self.fault_plan
         # Races among the events the last analysed execution shared with this one were
         # handled then, and handling a race again changes nothing (see _want): only
@@ -634,18 +680,30 @@ class DPOR(BaseScheduler):
         same = self._same_as_analysed
         trace = self._trace
         trace.truncate(same)
-        for s in self._stack[same:]:
-            trace.add(s.choice, s.step())
-        self._same_as_analysed = n
-        for j in range(same, n):
+        halt = self._halt
+        for j in range(same, m):
+            s = self._stack[j]
+            step = s.step()
+            if j == halt and not _os.environ.get("NOHALTW"):
+                step = Access(step.reads, step.writes | {HALT}, step.acquires, step.releases)
+            trace.add(s.choice, step)
+        self._same_as_analysed = m
+        for j in range(same, m):
             self._reverse_races(trace, trace.cpus[j], trace.accesses[j], j)
-        for k in range(same + 1, n + 1):
-            state: _Node | _Final = self._stack[k] if k < n else final
+        for k in range(same + 1, m + 1):
+            state: _Node | _Final = self._stack[k] if k < m else final
             enabled = state.enabled
             for q, access in sorted(state.pending.items()):
                 if q in state.sleep:
                     continue
-                if enabled is None and k == n:
+                if halt is not None and k == m:
+                    # Its search ended here: the violating CPU cannot step again, and
+                    # the others' next steps depend on the halt (read HALT).
+                    if q != trace.cpus[halt]:
+                        seen = Access(access.reads | {HALT}, access.writes, access.acquires,
+                                      access.releases)  # fmt: skip
+                        self._reverse_races(trace, q, seen, k)
+                elif enabled is None and k == n:
                     # Unknown end (step limit): every parked CPU's next step counts.
                     self._reverse_races(trace, q, access, k)
                 elif (
@@ -655,6 +713,30 @@ class DPOR(BaseScheduler):
                 ):
                     # A blocked CPU that just parked, or whose step the last one conflicts with.
                     self._reverse_races(trace, q, access, k)
+
+    def _searched(self, n: int, final: _Final) -> tuple[int, _Final]:
+        """How many of the ``n`` steps the search analyses, and the state after them:
+        all of them, or up to the first violation when the search halts there. The
+        steps after it are the default schedule's, explored no further."""
+        halt = self._halt
+        if halt is None:
+            return n, final
+        # Invariant: a replayed prefix repeats its execution's steps, none of which
+        # violated (its search would have ended there), up to the changed choice.
+        if halt < self._replay_len - 1:
+            raise Nondeterminism(
+                f"step {halt} of a replayed prefix of {self._replay_len} steps logged a "
+                "violation its recorded execution did not"
+            )
+        m = halt + 1
+        for node in self._stack[m:]:
+            node.backtrack = set(node.done)
+            node.outcome_todo = False
+        # Invariant: a sleep set ends an execution only before its first violation.
+        assert not self._blocked_now, "dpor: sleep-set blocked after the search halted"
+        if m == n:
+            return m, final
+        return m, _Final(dict(self._stack[m].pending), None, self._stack[m - 1].child_sleep())
 
     def _reverse_races(self, trace: Trace, cpu: int, access: Access, k: int) -> None:
         racing, dmask = trace.races(cpu, access, k)
@@ -756,6 +838,8 @@ class DPOR(BaseScheduler):
             f"{self.executions} executions, {self.sleep_blocked} sleep-set blocked, "
             f"{self.deadlocks} ending in deadlock"
         )
+        if self.halts:
+            counts += f", {self.halted} searched only up to their first violation"
         n = self.complete_executions
         if self.max_faults:
             counts += (

@@ -138,6 +138,7 @@ class Portfolio(BaseScheduler):
                 self._turn += 1
                 self._member, self.current_member = member, name
                 self.uses_pending = member.uses_pending
+                self.halts = member.halts
                 self.runs[name] += 1
                 return True
             if isinstance(member, DPOR | FaultTree) and member.exhausted:
@@ -178,6 +179,10 @@ class Portfolio(BaseScheduler):
     def executed(self, access: Access) -> None:
         if self._member is not None:
             self._member.executed(access)
+
+    def violated(self, step: int) -> None:
+        if self._member is not None:
+            self._member.violated(step)
 
     def end_execution(self, outcome: str, pending: Mapping[int, Access] | None = None) -> None:
         super().end_execution(outcome, pending)

@@ -17,8 +17,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Final
 
 from shmpamt.schedulers.base import Access
+
+#: the object a halting step writes (the execution stops after it, so it disables every
+#: other CPU's next step) and every step reads implicitly; no footprint names it
+HALT: Final = -1
 
 
 class Trace:
@@ -74,6 +79,12 @@ class Trace:
         n = bisect_left(own, k)
         if n:
             out.add(own[n - 1])
+        if HALT in access.writes:
+            # Every step reads HALT: a halting step follows the latest step of each CPU.
+            for events in self._by_cpu.values():
+                m = bisect_left(events, k)
+                if m:
+                    out.add(events[m - 1])
         for o in access.reads | access.writes:
             written = self._written.get(o, [])
             w = bisect_left(written, k)

@@ -56,6 +56,7 @@ def make_scheduler(
     max_faults: int = 1,
     fault_share: float = 1.0,
     symmetry: Symmetry | None = None,
+    halt_at_violation: bool = False,
 ) -> BaseScheduler:
     """A fresh strategy ``name`` (one of :data:`STRATEGIES`).
 
@@ -69,7 +70,8 @@ def make_scheduler(
     member) and :data:`DFS_DEFAULT_PREEMPTIONS` for dfs (pass a bound to go
     further); ``workload_seed`` None means the same as ``seed``; ``shard``
     (index, count) splits dpor's search, and gives sampling strategies distinct
-    seeds per job; dfs cannot be sharded; ``symmetry``: dpor's interchangeable CPUs.
+    seeds per job; dfs cannot be sharded; ``symmetry``: dpor's interchangeable CPUs;
+    ``halt_at_violation``: dpor ends each execution's search at its first violation.
     """
     index, count = shard
     if count < 1 or not 0 <= index < count:
@@ -83,7 +85,7 @@ def make_scheduler(
             # Outcomes as branches of the steps (see dpor's docstring): shards as usual.
             return DPOR(
                 preemptions, max_executions, wseed, shard, symmetry=symmetry,
-                fault_kinds=kinds, max_faults=max_faults,
+                fault_kinds=kinds, max_faults=max_faults, halt_at_violation=halt_at_violation,
             )  # fmt: skip
         if name in ("dfs", "dpor"):
             if count > 1 and index > 0:
@@ -121,7 +123,10 @@ def make_scheduler(
         bound = DFS_DEFAULT_PREEMPTIONS if preemptions is None else preemptions
         return DFS(bound, max_executions, wseed)
     if name == "dpor":
-        return DPOR(preemptions, max_executions, wseed, shard, symmetry=symmetry)
+        return DPOR(
+            preemptions, max_executions, wseed, shard, symmetry=symmetry,
+            halt_at_violation=halt_at_violation,
+        )  # fmt: skip
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
