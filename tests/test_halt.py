@@ -142,7 +142,7 @@ def _random_program(rng: random.Random, cpus: int, length: int) -> Program:
 INIT = {"x": 0, "y": 1, "z": 2, "p0": 0, "p1": 1, "p2": 2}
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(200))
 def test_halting_finds_every_first_violation_brute_force_finds(seed: int) -> None:
     rng = random.Random(seed)
     cpus = 2 + seed % 2
@@ -213,7 +213,7 @@ def _first_kinds(variant: str, strategy: str, **kw: object) -> tuple[set[str], s
 
 @pytest.mark.parametrize("variant", ["rfc", "kai", "rfc-norecheck", "rfc-early-publish"])
 def test_halting_proves_the_kinds_of_2_cpus_x_1_round(variant: str) -> None:
-    brute, _, b = _first_kinds(variant, "dfs", cpus=2, rounds=1, preemptions=3)
+    brute, _, _ = _first_kinds(variant, "dfs", cpus=2, rounds=1, preemptions=3)
     halted, rules, h = _first_kinds(variant, "dpor", cpus=2, rounds=1, halt_at_violation=True)
     assert h.raw.explore.claim == "verified" and HALT_RULE in rules  # type: ignore[attr-defined]
     # At one round each kind brute force finds is some execution's first.
@@ -228,14 +228,13 @@ def test_halting_proves_the_kinds_of_3_cpus_x_1_round(variant: str) -> None:
     assert brute <= halted == full, (brute, full, halted)
 
 
-@pytest.mark.parametrize("variant", ["rfc", "v4", "rfc-early-publish"])
+@pytest.mark.parametrize("variant", ["rfc", "v4"])
 def test_halting_keeps_the_2_x_2_verdict(variant: str) -> None:
-    full, _, _ = _first_kinds(variant, "dpor", cpus=2, rounds=2)
+    full, _, f = _first_kinds(variant, "dpor", cpus=2, rounds=2)
     halted, _, h = _first_kinds(variant, "dpor", cpus=2, rounds=2, halt_at_violation=True)
     assert full and halted == full, (full, halted)
-    assert h.raw.explore.executions < 0.7 * _first_kinds(  # type: ignore[attr-defined]
-        variant, "dpor", cpus=2, rounds=2
-    )[2].raw.explore.executions  # type: ignore[attr-defined]
+    ran = h.raw.explore.executions  # type: ignore[attr-defined]
+    assert ran < 0.7 * f.raw.explore.executions  # type: ignore[attr-defined]
 
 
 def test_halting_is_a_dpor_option() -> None:
