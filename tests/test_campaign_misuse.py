@@ -142,7 +142,9 @@ def test_a_bad_split_depth_or_slice_is_one_line_before_any_cluster_work(
     assert r.stdout == "" and took < 30, (r.stdout, took)
 
 
-@pytest.mark.parametrize("flag", [["--split-depth", "4"], ["--no-symmetry"]])
+@pytest.mark.parametrize(
+    "flag", [["--split-depth", "4"], ["--no-symmetry"], ["--halt-at-violation"]]
+)
 def test_proof_options_without_a_proof_are_one_line(tmp_path: Path, flag: list[str]) -> None:
     r, _ = _cli("--variant", "locked", "--strategy", "random", *flag, cwd=tmp_path)
     assert "are for proofs: add --strategy dpor" in _one_line(r)

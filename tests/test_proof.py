@@ -25,6 +25,7 @@ from shmpamt.campaign.cluster import local_cluster
 from shmpamt.campaign.proof import Frontier, ProofSpec, run_proof, simulate
 from shmpamt.explorer.footprint import POOL_RULE
 from shmpamt.explorer.subtree import close_session, run_subtree
+from shmpamt.schedulers.dpor import HALT_RULE
 
 pytestmark = pytest.mark.xdist_group("dask")
 __all__ = ["dask_processes"]  # the fixture, shared with the campaign tests
@@ -37,10 +38,13 @@ V6_3X1 = ["--variant", "v6", "--strategy", "dpor", "--cpus", "3", "--rounds", "1
 V6_3X1_SYMMETRY, V6_3X1_PLAIN = 529, 1152
 
 
-def _unsplit(variant: str, cpus: int, rounds: int, symmetry: bool) -> api.Result:
+def _unsplit(
+    variant: str, cpus: int, rounds: int, symmetry: bool, halt: bool = False
+) -> api.Result:
     cfg = api.ExploreConfig(
-        variant, strategy="dpor", cpus=cpus, rounds=rounds, jobs=1, budget=600, symmetry=symmetry
-    )
+        variant, strategy="dpor", cpus=cpus, rounds=rounds, jobs=1, budget=600, symmetry=symmetry,
+        halt_at_violation=halt,
+    )  # fmt: skip
     return api.run(cfg)
 
 
@@ -69,6 +73,24 @@ def test_subtree_tasks_on_the_rig_add_up_to_the_unsplit_search(
     # The task log replays: more workers never take longer, and the cost per task counts.
     one, four = simulate(f.log, 1), simulate(f.log, 4)
     assert four <= one and simulate(f.log, 4, cost=1.0) >= four + 1.0
+
+
+def test_halting_subtree_tasks_add_up_to_the_unsplit_halting_search() -> None:
+    """The halt ends a path's search wherever it falls against the split states:
+    the tasks still count what the unsplit halting search counts, with its kinds."""
+    spec = ProofSpec("rfc-norecheck", cpus=2, rounds=2, slice=50, halt_at_violation=True)
+    assert HALT_RULE in spec.reductions and spec.to_dict()["halt_at_violation"] is True
+    assert "halt_at_violation" not in ProofSpec("rfc-norecheck").to_dict()
+    f = Frontier(spec)
+    try:
+        while f.outstanding:
+            assert f.apply(run_subtree(spec.task(f.outstanding[0])))
+    finally:
+        close_session()
+    assert len(f.log) > 3 and f.verdict == "verified"
+    whole = _unsplit("rfc-norecheck", 2, 2, True, halt=True)
+    assert f"in {f.total('complete')} complete executions" in whole.raw.coverage, whole
+    assert set(f.kinds) == set(whole.found) and "remove_while_in_use" in f.kinds
 
 
 def _campaign(args: list[str], **kw: object) -> subprocess.Popen[str]:

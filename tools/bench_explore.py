@@ -42,10 +42,14 @@ baselines measured in the same run.
    and daemon does when PYTHONDONTWRITEBYTECODE is set and no __pycache__ exists):
    median wall seconds and the ratio. Both use caches of their own
    (PYTHONPYCACHEPREFIX), the same but for shmpamt's own files.
+10. halting: every buggy built-in at 2 x 2 (DPOR with symmetry, --jobs, --proof-cap),
+   the full search then the search that ends each execution's at its first violation
+   (``--halt-at-violation``), one after the other: executions, seconds, claim, kinds
+   (which must be the same; the target is 20 s).
 
     python tools/bench_explore.py [--seconds 5] [--cap 60] [--seeds 5] [--proof-cap 600]
                                   [--fault-cap 600] [--fault-jobs 2] [--repeat 3]
-                                  [--scale-cap 120] [--skip 3,4,8,9]
+                                  [--scale-cap 120] [--skip 3,4,8,9,10]
 """
 
 from __future__ import annotations
@@ -184,7 +188,7 @@ def main() -> int:
     ap.add_argument("--scale-cap", type=float, default=120.0, help="seconds per search (7)")
     ap.add_argument("--jobs", type=int, default=2, help="explorers per search (7)")
     ap.add_argument("--scale", nargs="*", default=None, help="only these rows of 7, as v6:3x2x1")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-9)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1-10)")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     console = Console(width=250)  # tables in a log stay whole
@@ -309,6 +313,8 @@ def main() -> int:
 
     if "9" not in skip:
         startup(console, args.repeat)
+    if "10" not in skip:
+        halting(console, args.proof_cap, args.jobs)
     return 0
 
 
@@ -429,13 +435,21 @@ SCALE = [
 
 
 def dpor_run(
-    variant: str, cpus: int, rounds: int, ranges: int, cap: float, jobs: int, symmetry: bool
+    variant: str,
+    cpus: int,
+    rounds: int,
+    ranges: int,
+    cap: float,
+    jobs: int,
+    symmetry: bool,
+    halt: bool = False,
 ) -> tuple[str, float, int, frozenset[str]]:
     """(cell, seconds, executions, kinds) of one DPOR search."""
     t0 = time.monotonic()
     r = api.explore(
         variant, strategy="dpor", cpus=cpus, rounds=rounds, ranges=ranges, budget=cap,
-        jobs=jobs, minimize=False, seed=1, symmetry=symmetry,
+        jobs=jobs, minimize=False, seed=1, symmetry=symmetry, halt_at_violation=halt,
+        faults="none", db=None,
     )  # fmt: skip
     took = time.monotonic() - t0
     e = r.raw.explore
@@ -464,6 +478,22 @@ def scale(console: Console, cap: float, jobs: int, only: list[str] | None) -> No
             f"{kinds} ({same})",
         )  # fmt: skip
         console.print(f"  done: {variant} {cpus}x{rounds}x{ranges}")
+    console.print(t)
+
+
+def halting(console: Console, cap: float, jobs: int) -> None:
+    t = Table(title=f"10. halting at the first violation: 2 x 2, {jobs} jobs, cap {cap:g} s")
+    for c in ("variant", "full search", "halting", "executions", "seconds", "kinds (same?)"):
+        t.add_column(c)
+    for variant in BUGGY:
+        full = dpor_run(variant, 2, 2, 1, cap, jobs, True)
+        halted = dpor_run(variant, 2, 2, 1, cap, jobs, True, halt=True)
+        same = "yes" if full[3] == halted[3] else f"NO: full {sorted(full[3])}"
+        t.add_row(
+            variant, full[0], halted[0], f"{halted[2] / max(full[2], 1):.2f}x",
+            f"{halted[1] / full[1]:.2f}x", f"{','.join(sorted(halted[3])) or '-'} ({same})",
+        )  # fmt: skip
+        console.print(f"  done: {variant}")
     console.print(t)
 
 

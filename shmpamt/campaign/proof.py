@@ -69,7 +69,7 @@ from shmpamt.explorer.session import StartAborted
 from shmpamt.explorer.subtree import SubtreeTask, run_subtree, session_for
 from shmpamt.machine.ipc import new_token
 from shmpamt.records.publish import check_target, reason, write_file
-from shmpamt.schedulers.dpor import MAX_SUBTREE_DEPTH
+from shmpamt.schedulers.dpor import HALT_RULE, MAX_SUBTREE_DEPTH
 
 #: executions a task runs before it hands back the children it has not finished
 DEFAULT_SLICE: Final = 400
@@ -107,11 +107,14 @@ class ProofSpec:
     depth: int = DEFAULT_DEPTH
     #: DPOR's symmetry over interchangeable CPUs, as for explore (on by default)
     symmetry: bool = True
+    #: each execution's search ends at its first violation, as for explore (off)
+    halt_at_violation: bool = False
 
     def __post_init__(self) -> None:
         check_int("slice", self.slice, 1, 10_000_000)
         check_int("split_depth", self.depth, 0, MAX_SUBTREE_DEPTH)
         check_bool("symmetry", self.symmetry)
+        check_bool("halt_at_violation", self.halt_at_violation)
         self.scenario  # noqa: B018  (validates the variant, cpus, rounds and ranges)
 
     @property
@@ -126,7 +129,8 @@ class ProofSpec:
     def reductions(self) -> tuple[str, ...]:
         """What a verified proof rests on besides the search itself (its claim names them)."""
         sym = ("symmetry over interchangeable CPUs",) if self.symmetry else ()
-        return sym + dependence_reductions(self.ranges)
+        halt = (HALT_RULE,) if self.halt_at_violation else ()
+        return sym + halt + dependence_reductions(self.ranges)
 
     def key(self) -> str:
         """A file name that changes with anything that changes the tree of tasks."""
@@ -143,6 +147,8 @@ class ProofSpec:
                 self.slice,
                 self.depth,
                 self.symmetry,
+                # (appended only when on: the keys of existing proofs stay as they were)
+                *(["halt"] if self.halt_at_violation else []),
             ]
         )
         short = hashlib.sha256(ident.encode()).hexdigest()[:12]
@@ -162,6 +168,7 @@ class ProofSpec:
             self.depth,
             frozenset(known),
             symmetry=self.symmetry,
+            halt_at_violation=self.halt_at_violation,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +181,8 @@ class ProofSpec:
             "slice": self.slice,
             "depth": self.depth,
             "symmetry": self.symmetry,
+            # (only when on: checkpoints written before the option still match)
+            **({"halt_at_violation": True} if self.halt_at_violation else {}),
         }
 
 

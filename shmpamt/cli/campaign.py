@@ -311,6 +311,12 @@ class Board:
     is_flag=True,
     help="dpor: explore without symmetry over interchangeable CPUs (as for explore).",
 )
+@click.option(
+    "--halt-at-violation",
+    "halt_at_violation",
+    is_flag=True,
+    help="dpor: end each execution's search at its first violation (as for explore).",
+)
 @DB_OPTION
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 def campaign_command(
@@ -324,6 +330,7 @@ def campaign_command(
     slice_: int | None,
     split_depth: int | None,
     no_symmetry: bool,
+    halt_at_violation: bool,
     db: str | None,
     json_path: Path | None,
     ignore: tuple[str, ...],
@@ -396,15 +403,19 @@ def campaign_command(
             slice_=DEFAULT_SLICE if slice_ is None else slice_,
             depth=DEFAULT_SPLIT_DEPTH if split_depth is None else split_depth,
             symmetry=not no_symmetry,
+            halt_at_violation=halt_at_violation,
         )
         proofs_exit, proofs = proof_board.exit_code(), proof_board.to_dict()
         rest = tuple(s for s in plan.strategies if s != PROOF)
         if not rest or proof_board.interrupted:
             _finish_proofs(proofs, proofs_exit, json_path)
         plan = dataclasses.replace(plan, strategies=rest)
-    elif resume or slice_ is not None or split_depth is not None or no_symmetry:
+    elif (
+        resume or slice_ is not None or split_depth is not None or no_symmetry or halt_at_violation
+    ):
         common.fail(
-            "--resume, --slice, --split-depth and --no-symmetry are for proofs: add --strategy dpor"
+            "--resume, --slice, --split-depth, --no-symmetry and --halt-at-violation are for "
+            "proofs: add --strategy dpor"
         )
     board = Board(plan)
     board.proofs, board.proofs_exit = proofs, proofs_exit

@@ -145,12 +145,22 @@ def prove_all(
     depth: int = DEFAULT_DEPTH,
     symmetry: bool = True,
     ranges: int = 1,
+    halt_at_violation: bool = False,
 ) -> ProofBoard:
     """Run (or resume) one proof per variant of ``plan``; render each as it ends."""
     specs: list[ProofSpec] = [
         common.build(
             partial(
-                ProofSpec, v, plan.cpus, plan.rounds, ranges, plan.seed, slice_, depth, symmetry
+                ProofSpec,
+                v,
+                plan.cpus,
+                plan.rounds,
+                ranges,
+                plan.seed,
+                slice_,
+                depth,
+                symmetry,
+                halt_at_violation,
             )
         )
         for v in plan.variants

@@ -55,6 +55,8 @@ class SubtreeTask:
     #: DPOR's symmetry over interchangeable CPUs (the split states' alternatives are
     #: then the CPUs it does not prune, in every task alike)
     symmetry: bool = False
+    #: DPOR ends each execution's search at its first violation
+    halt_at_violation: bool = False
 
     @property
     def scenario(self) -> Scenario:
@@ -105,7 +107,10 @@ def run_subtree(
         return _nothing_run(task, time.monotonic() - t_start)
     t0 = time.monotonic()
     sym = scenario_symmetry(scenario, task.seed) if task.symmetry else None
-    dpor = DPOR(workload_seed=task.seed, subtree=task.prefix, split_depth=task.depth, symmetry=sym)
+    dpor = DPOR(
+        workload_seed=task.seed, subtree=task.prefix, split_depth=task.depth, symmetry=sym,
+        halt_at_violation=task.halt_at_violation,
+    )  # fmt: skip
 
     def execute() -> tuple[frozenset[str], tuple[int, ...], bool]:
         ex = session.execute(dpor)
