@@ -97,7 +97,7 @@ nothing to branch on, so kinds logged after a first violation are reported as
 seen on that schedule, not searched for; a claim names the rule
 (:data:`HALT_RULE`). The buggy built-ins' trees are mostly what happens after
 their first violation: ``kai`` at 2 CPUs x 2 rounds needs 37,420 executions
-instead of 200,797, ``rfc-norecheck`` 7,254 instead of 92,241.
+instead of 200,823, ``rfc-norecheck`` 7,254 instead of 92,241.
 
 Injected faults (``fault_kinds``, ``max_faults`` K > 0) are outcomes of a step,
 explored as branches of the node where the step is taken, as VeriSoft explores
