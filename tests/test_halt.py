@@ -205,8 +205,9 @@ def test_a_late_violation_report_is_refused() -> None:
 
 
 def _first_kinds(variant: str, strategy: str, **kw: object) -> tuple[set[str], set[str], object]:
+    kw.setdefault("faults", "none")
     r = api.explore(variant, strategy=strategy, jobs=1, minimize=False, seed=1, budget=300.0,
-                    faults="none", **kw)  # type: ignore[arg-type]  # fmt: skip
+                    **kw)  # type: ignore[arg-type]  # fmt: skip
     assert r.raw.explore is not None and not r.incidents
     return set(r.found), set(r.raw.explore.reductions), r
 
@@ -250,3 +251,14 @@ def test_independent_violations_of_two_cpus_are_both_first() -> None:
     prog = [[a], [b]]
     assert brute_force(prog, INIT)[0] == {"A", "B"}
     assert drive(DPOR(halt_at_violation=True), prog, INIT)[0] == {"A", "B"}
+
+
+@pytest.mark.parametrize("variant", ["rfc-norecheck", "kai"])
+def test_halting_with_faults_as_outcomes_keeps_the_verdict(variant: str) -> None:
+    # Injected outcomes branch at nodes up to the halt only; what follows is one schedule.
+    kw = dict(cpus=2, rounds=1, faults="*.busy=1,alloc.fail=1", max_faults=1)
+    full, _, f = _first_kinds(variant, "dpor", **kw)
+    halted, rules, h = _first_kinds(variant, "dpor", halt_at_violation=True, **kw)
+    assert HALT_RULE in rules and h.raw.explore.claim == "verified"  # type: ignore[attr-defined]
+    assert full and halted == full, (full, halted)
+    assert h.raw.explore.executions < f.raw.explore.executions  # type: ignore[attr-defined]
