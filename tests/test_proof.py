@@ -48,6 +48,18 @@ def _unsplit(
     return api.run(cfg)
 
 
+def _in_process(spec: ProofSpec) -> Frontier:
+    """The proof's tasks one after the other in this process, to its verdict."""
+    f = Frontier(spec)
+    try:
+        while f.outstanding:
+            assert f.apply(run_subtree(spec.task(f.outstanding[0])))
+    finally:
+        close_session()
+    assert len(f.log) > 3 and f.verdict == "verified"
+    return f
+
+
 @pytest.mark.parametrize(
     ("variant", "symmetry"),
     [("v6", False), ("v6", True), ("rfc-norecheck", True)],
@@ -59,13 +71,7 @@ def test_subtree_tasks_on_the_rig_add_up_to_the_unsplit_search(
     kinds. With symmetry the split states' alternatives are the CPUs it does not prune,
     in every task alike, so the tree of subtrees is still fixed."""
     spec = ProofSpec(variant, cpus=2, rounds=1, slice=3, symmetry=symmetry)
-    f = Frontier(spec)
-    try:
-        while f.outstanding:
-            assert f.apply(run_subtree(spec.task(f.outstanding[0])))
-    finally:
-        close_session()
-    assert len(f.log) > 3 and f.verdict == "verified"
+    f = _in_process(spec)
     whole = _unsplit(variant, 2, 1, symmetry)
     assert f"in {f.total('complete')} complete executions" in whole.raw.coverage, whole
     assert ("symmetry over CPUs" in whole.raw.coverage) == symmetry
@@ -81,13 +87,7 @@ def test_halting_subtree_tasks_add_up_to_the_unsplit_halting_search() -> None:
     spec = ProofSpec("rfc-norecheck", cpus=2, rounds=2, slice=50, halt_at_violation=True)
     assert HALT_RULE in spec.reductions and spec.to_dict()["halt_at_violation"] is True
     assert "halt_at_violation" not in ProofSpec("rfc-norecheck").to_dict()
-    f = Frontier(spec)
-    try:
-        while f.outstanding:
-            assert f.apply(run_subtree(spec.task(f.outstanding[0])))
-    finally:
-        close_session()
-    assert len(f.log) > 3 and f.verdict == "verified"
+    f = _in_process(spec)
     whole = _unsplit("rfc-norecheck", 2, 2, True, halt=True)
     assert f"in {f.total('complete')} complete executions" in whole.raw.coverage, whole
     assert set(f.kinds) == set(whole.found) and "remove_while_in_use" in f.kinds
