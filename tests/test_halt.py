@@ -22,6 +22,7 @@ import pytest
 import shmpamt.api as api
 from shmpamt.schedulers.base import Access, SleepBlocked
 from shmpamt.schedulers.dpor import DPOR, HALT_RULE
+from shmpamt.schedulers.registry import FAULT_SEARCH_ENV
 from shmpamt.schedulers.symmetry import Symmetry
 
 Vars = dict[str, int]
@@ -260,5 +261,15 @@ def test_halting_with_faults_as_outcomes_keeps_the_verdict(variant: str) -> None
     full, _, f = _first_kinds(variant, "dpor", **kw)
     halted, rules, h = _first_kinds(variant, "dpor", halt_at_violation=True, **kw)
     assert HALT_RULE in rules and h.raw.explore.claim == "verified"  # type: ignore[attr-defined]
+    assert full and halted == full, (full, halted)
+    assert h.raw.explore.executions < f.raw.explore.executions  # type: ignore[attr-defined]
+
+
+def test_halting_reaches_the_fault_tree_of_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tree-per-plan fault search wraps its DPOR: the halt must reach the one inside.
+    monkeypatch.setenv(FAULT_SEARCH_ENV, "plans")
+    kw = dict(cpus=2, rounds=1, faults="*.busy=1,alloc.fail=1", max_faults=1)
+    full, _, f = _first_kinds("rfc-norecheck", "dpor", **kw)
+    halted, _, h = _first_kinds("rfc-norecheck", "dpor", halt_at_violation=True, **kw)
     assert full and halted == full, (full, halted)
     assert h.raw.explore.executions < f.raw.explore.executions  # type: ignore[attr-defined]

@@ -155,6 +155,17 @@ class _Wrapper(BaseScheduler):
     def executed(self, access: Access) -> None:
         self.inner.executed(access)
 
+    def violated(self, step: int) -> None:
+        self.inner.violated(step)
+
+    @property
+    def halts(self) -> bool:
+        return self.inner.halts
+
+    @halts.setter
+    def halts(self, value: bool) -> None:
+        pass  # the inner strategy's
+
     def follow(self, decisions: Sequence[tuple[Sequence[int], int]], cpu: int | None) -> int:
         return self.inner.follow(decisions, cpu)
 

@@ -94,11 +94,12 @@ def make_scheduler(
                 # the no-fault tree, which the first job also runs.
                 return make_scheduler(
                     name, seed=seed, preemptions=preemptions, max_executions=max_executions,
-                    workload_seed=workload_seed, shard=shard,
+                    workload_seed=workload_seed, shard=shard, halt_at_violation=halt_at_violation,
                 )  # fmt: skip
             return FaultTree(
                 lambda: make_scheduler(name, seed=seed, preemptions=preemptions,
-                                       workload_seed=workload_seed),
+                                       workload_seed=workload_seed,
+                                       halt_at_violation=halt_at_violation),
                 kinds, max_faults, max_executions,
             )  # fmt: skip
         inner = make_scheduler(
