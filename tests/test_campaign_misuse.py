@@ -148,3 +148,19 @@ def test_a_bad_split_depth_or_slice_is_one_line_before_any_cluster_work(
 def test_proof_options_without_a_proof_are_one_line(tmp_path: Path, flag: list[str]) -> None:
     r, _ = _cli("--variant", "locked", "--strategy", "random", *flag, cwd=tmp_path)
     assert "are for proofs: add --strategy dpor" in _one_line(r)
+
+
+def test_a_halting_proof_with_ignored_kinds_is_refused_in_one_line(tmp_path: Path) -> None:
+    proof = ["--variant", "rfc", "--strategy", "dpor", "--cpus", "2", "--rounds", "1"]
+    r, took = _cli(*proof, "--halt-at-violation", "--ignore", "add_present", cwd=tmp_path)
+    assert "--halt-at-violation with --ignore" in _one_line(r)
+    assert r.returncode == 2 and took < 30, (r.stdout, took)
+
+
+def test_ignore_on_the_command_line_reaches_the_plan(tmp_path: Path) -> None:
+    # It used to be refused as "not a list of names" before any work.
+    args = ["--variant", "rfc", "--strategy", "random", "--seeds", "1", "--budget", "1"]
+    ignored = ["--ignore", "add_present", "--ignore", "remove_absent"]
+    r, _ = _cli(*args, *ignored, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no violation (outside --ignore)" in r.stdout

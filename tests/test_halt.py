@@ -14,6 +14,7 @@ built-ins it can afford here.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -273,3 +274,22 @@ def test_halting_reaches_the_fault_tree_of_plans(monkeypatch: pytest.MonkeyPatch
     halted, _, h = _first_kinds("rfc-norecheck", "dpor", halt_at_violation=True, **kw)
     assert full and halted == full, (full, halted)
     assert h.raw.explore.executions < f.raw.explore.executions  # type: ignore[attr-defined]
+
+
+def _halted_count(r: object) -> int:
+    found = re.findall(r"(\d+) searched only up to their first violation", r.raw.coverage)  # type: ignore[attr-defined]
+    assert len(found) == 1, r.raw.coverage  # type: ignore[attr-defined]
+    return int(found[0])
+
+
+def test_an_ignored_kind_does_not_end_the_search() -> None:
+    # rfc treats add_present as an expected race: with --ignore the search runs past it
+    # and halts at the first kind that counts (a different tree, the same verdict).
+    kw = dict(cpus=2, rounds=1)
+    ig = frozenset({"add_present"})
+    full, _, _ = _first_kinds("rfc", "dpor", ignore=ig, **kw)
+    plain, _, p = _first_kinds("rfc", "dpor", halt_at_violation=True, **kw)
+    past, _, h = _first_kinds("rfc", "dpor", halt_at_violation=True, ignore=ig, **kw)
+    assert past == full == plain == {"add_present", "remove_absent"}
+    assert _halted_count(h) != _halted_count(p)
+    assert h.raw.explore.executions > p.raw.explore.executions  # type: ignore[attr-defined]

@@ -359,7 +359,7 @@ def campaign_command(
     if strategies:
         given["strategies"] = strategies
     if ignore:
-        given["ignore"] = frozenset(ignore)
+        given["ignore"] = ignore  # a tuple of names, as the matrix file gives them
 
     def make() -> Plan:
         if matrix is not None:

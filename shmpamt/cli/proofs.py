@@ -165,6 +165,11 @@ def prove_all(
         )
         for v in plan.variants
     ]
+    if halt_at_violation and plan.ignore:
+        common.fail(
+            "--halt-at-violation with --ignore: a proof's tasks halt at every kind; explore "
+            "--strategy dpor --halt-at-violation runs past the ignored ones"
+        )
     if resume and db is None:
         common.fail("--resume needs the failure database's directory for its checkpoint (--db)")
     # Every checkpoint is checked (and read, for --resume) before a cluster starts.

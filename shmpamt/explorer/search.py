@@ -121,6 +121,7 @@ def run_explore(
     except StartAborted:  # a Ctrl-C while its processes started: nothing ran
         name, ran, elapsed = load_variant(config.variant).name or config.variant, 0, 0.0
     else:
+        session.halt_ignores = config.ignore  # an ignored kind does not end the search
         with session:
             ran, elapsed = _search(session, config, scheduler, found, on_progress, should_stop)
             name = session.variant_name

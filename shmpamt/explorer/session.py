@@ -190,6 +190,8 @@ class Session:
         #: times the controller granted (in a stream the CPUs grant each other)
         self.wakeups = 0
         self.discarded = 0
+        #: kinds a strategy that halts at the first violation runs past (``--ignore``)
+        self.halt_ignores: frozenset[str] = frozenset()
         try:
             if len(self.fleet.procs) < self.cpus:
                 raise StartAborted("stopped while the CPUs were being started")
@@ -335,7 +337,7 @@ class Session:
                 logs[-1] = run.log.total()
             run.logged(logs, first)
             if halts and run.vsteps:
-                scheduler.violated(run.vsteps[0])
+                self._tell_first(scheduler, run)
             if run.outcome == SLEEP_BLOCKED:
                 # The CPU ran past where the search stops: what it did there never happened.
                 run.seen = run.log.total()
@@ -468,6 +470,22 @@ class Session:
                 op_c, target_c, a_c, b_c = nxt[c]
                 pending[c] = in_state(op_c, target_c, c, values, a_c, b_c)
 
+    def _halts_at(self, seen: int, total: int) -> bool:
+        """Whether the violations logged from ``seen`` to ``total`` end the search of
+        a strategy that halts: any of a kind not in ``halt_ignores``."""
+        new = self.s.log.records()[seen:total]
+        return any(v.name not in self.halt_ignores for v in new)
+
+    def _halted(self, run: _Run) -> bool:
+        return any(v.name not in self.halt_ignores for v in run.violations)
+
+    def _tell_first(self, scheduler: Scheduler, run: _Run) -> None:
+        """Tell a strategy that halts where the first violation it halts at was."""
+        for v, step in zip(run.violations, run.vsteps, strict=True):
+            if v.name not in self.halt_ignores:
+                scheduler.violated(step)
+                return
+
     def _grant_run_on(
         self, run: _Run, c: int, parked: list[int], runnable: list[int], room: int
     ) -> list[int]:
@@ -506,7 +524,7 @@ class Session:
             return logs
         done = self._follow_pending(
             scheduler, then, c, ring, ran, run.pending, run.runnable_after, run.steps,
-            run.seen if scheduler.halts else None,
+            run.seen if scheduler.halts and not self._halted(run) else None,
         )  # fmt: skip
         run.pending = done.pending
         run.runs.append((c, ring[: done.steps * REC]))
@@ -694,9 +712,13 @@ class Session:
                 for o, op_o, target_o, a_o, b_o in judged:
                     if target_o in written:
                         pending[o] = in_state(op_o, target_o, o, written, a_o, b_o)
-                if seen is not None and ring[(j - 1) * REC + R_LOG] != seen:
-                    scheduler.violated(len(steps) - 1)  # before it decides what follows
-                    seen = None
+                total = ring[(j - 1) * REC + R_LOG]
+                if seen is not None and total != seen:
+                    if self._halts_at(seen, total):
+                        scheduler.violated(len(steps) - 1)  # before it decides what follows
+                        seen = None
+                    else:
+                        seen = total
                 try:
                     chosen = scheduler.next_cpu(then, c, pending)
                 except SleepBlocked:
