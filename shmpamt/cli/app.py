@@ -472,8 +472,9 @@ _STRATEGY_HELP = "; ".join(f"{n}: {h}" for n, h in HELP.items())
     "--halt-at-violation",
     is_flag=True,
     help="dpor: end each execution's search at its first violation: a proof of every "
-    "kind an execution can show first, in far fewer executions; kinds logged after "
-    "one are reported as seen on one schedule each, not searched.",
+    "kind an interleaving can log first, in far fewer executions where what follows a "
+    "violation is a big tree; kinds logged after one are reported as seen on one "
+    "schedule each, not searched.",
 )
 @click.option(
     "--jobs",
