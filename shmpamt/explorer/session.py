@@ -470,14 +470,10 @@ class Session:
                 op_c, target_c, a_c, b_c = nxt[c]
                 pending[c] = in_state(op_c, target_c, c, values, a_c, b_c)
 
-    def _halts_at(self, seen: int, total: int) -> bool:
-        """Whether the violations logged from ``seen`` to ``total`` end the search of
-        a strategy that halts: any of a kind not in ``halt_ignores``."""
-        new = self.s.log.records()[seen:total]
-        return any(v.name not in self.halt_ignores for v in new)
-
-    def _halted(self, run: _Run) -> bool:
-        return any(v.name not in self.halt_ignores for v in run.violations)
+    def _halts_on(self, violations: Sequence[Violation]) -> bool:
+        """Whether these violations end the search of a strategy that halts: any of a
+        kind not in ``halt_ignores``."""
+        return any(v.name not in self.halt_ignores for v in violations)
 
     def _tell_first(self, scheduler: Scheduler, run: _Run) -> None:
         """Tell a strategy that halts where the first violation it halts at was."""
@@ -524,7 +520,7 @@ class Session:
             return logs
         done = self._follow_pending(
             scheduler, then, c, ring, ran, run.pending, run.runnable_after, run.steps,
-            run.seen if scheduler.halts and not self._halted(run) else None,
+            run.seen if scheduler.halts and not self._halts_on(run.violations) else None,
         )  # fmt: skip
         run.pending = done.pending
         run.runs.append((c, ring[: done.steps * REC]))
@@ -714,7 +710,7 @@ class Session:
                         pending[o] = in_state(op_o, target_o, o, written, a_o, b_o)
                 total = ring[(j - 1) * REC + R_LOG]
                 if seen is not None and total != seen:
-                    if self._halts_at(seen, total):
+                    if self._halts_on(self.s.log.records()[seen:total]):
                         scheduler.violated(len(steps) - 1)  # before it decides what follows
                         seen = None
                     else:

@@ -133,7 +133,7 @@ would take, so it is never pruned for, nor stands in for, them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from shmpamt.errors import SchedulingError
@@ -704,7 +704,7 @@ class DPOR(BaseScheduler):
             s = self._stack[j]
             step = s.step()
             if j == halt:
-                step = Access(step.reads, step.writes | {HALT}, step.acquires, step.releases)
+                step = replace(step, writes=step.writes | {HALT})
             trace.add(s.choice, step)
         self._same_as_analysed = m
         for j in range(same, m):
@@ -719,8 +719,7 @@ class DPOR(BaseScheduler):
                     # Its search ended here: the violating CPU cannot step again, and
                     # the others' next steps depend on the halt (read HALT).
                     if q != trace.cpus[halt]:
-                        seen = Access(access.reads | {HALT}, access.writes, access.acquires,
-                                      access.releases)  # fmt: skip
+                        seen = replace(access, reads=access.reads | {HALT})
                         self._reverse_races(trace, q, seen, k)
                 elif enabled is None and k == n:
                     # Unknown end (step limit): every parked CPU's next step counts.
